@@ -1,0 +1,77 @@
+"""PostgreSQL: the connection pool and the schema migrations the worker (or `jobstream migrate`) runs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import asyncpg
+
+JOBS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id        text PRIMARY KEY,
+    type          text,
+    status        text NOT NULL CHECK (status IN ('retrying', 'succeeded', 'dead_lettered')),
+    attempt       integer NOT NULL,
+    result        jsonb,
+    error         text,
+    error_class   text,
+    source        text,
+    worker        text,
+    executions    integer NOT NULL DEFAULT 1,
+    created_at    timestamptz,
+    finished_at   timestamptz,
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS jobs_status_idx ON jobs (status);
+CREATE INDEX IF NOT EXISTS jobs_type_finished_idx ON jobs (type, finished_at);
+"""
+
+
+def _migrations() -> Sequence[tuple[str, str]]:
+    # imported here so that each module keeps its own schema next to the code that uses it
+    from streams.dlq_audit import SCHEMA_SQL as DLQ_SCHEMA
+    from streams.ratelimit import SCHEMA_SQL as RATELIMIT_SCHEMA
+
+    return (
+        ("0001_jobs", JOBS_SCHEMA),
+        ("0002_rate_limits", RATELIMIT_SCHEMA),
+        ("0003_dlq_replays", DLQ_SCHEMA),
+    )
+
+
+_MIGRATION_LOCK = 0x6A6F6273  # "jobs": one advisory lock so replicas do not migrate at once
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply the migrations not yet applied; safe to run from every replica at start-up."""
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+        for name, sql in _migrations():
+            if name in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+            applied.append(name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+    )
+    assert pool is not None
+    return pool
