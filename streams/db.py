@@ -1,4 +1,4 @@
-"""PostgreSQL: the connection pool and the schema migrations the worker (or `jobstream migrate`) runs."""
+"""PostgreSQL: the connection pool and the schema migrations (run by the worker or `migrate`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error         text,
     error_class   text,
     source        text,
+    replay_of     text,
     worker        text,
     executions    integer NOT NULL DEFAULT 1,
     created_at    timestamptz,

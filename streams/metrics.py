@@ -76,6 +76,12 @@ class Metrics:
         self.db_errors = Counter(
             "jobstream_db_errors_total", "Failed database round trips", ["op"], registry=r
         )
+        self.step_retries = Counter(
+            "jobstream_step_retries_total",
+            "Durable steps (row write, publish) retried after a PostgreSQL or Kafka error",
+            ["step"],
+            registry=r,
+        )
         self.rate_limit_wait = Histogram(
             "jobstream_rate_limit_wait_seconds",
             "Time waiting for a rate-limit token",

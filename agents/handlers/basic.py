@@ -1,0 +1,57 @@
+"""``echo`` and ``sleep``: job types for tests, demos and benchmarks.
+
+``sleep`` can also fail on purpose (retryable for its first N attempts, or fatally), which is
+how the failure path is exercised end to end without an unreliable upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.policy import RetryPolicy
+from agents.registry import JobContext, JobType
+from models.errors import FatalError, RetryableError
+
+
+class EchoPayload(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+async def echo(payload: EchoPayload, ctx: JobContext) -> dict[str, Any]:
+    return {"echo": payload.model_dump(), "attempt": ctx.job.attempt}
+
+
+class SleepPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = Field(default=0.1, ge=0, le=3600)
+    fail_attempts: int = Field(default=0, ge=0, description="raise a retryable error until then")
+    fatal: bool = Field(default=False, description="raise a fatal error instead of finishing")
+
+
+async def sleep(payload: SleepPayload, ctx: JobContext) -> dict[str, Any]:
+    await asyncio.sleep(payload.seconds)
+    if payload.fatal:
+        raise FatalError("sleep job asked to fail fatally")
+    if ctx.job.attempt <= payload.fail_attempts:
+        raise RetryableError(
+            f"sleep job asked to fail its first {payload.fail_attempts} attempt(s)"
+        )
+    return {"slept": payload.seconds, "attempt": ctx.job.attempt}
+
+
+def echo_type(timeout_s: float | None = None) -> JobType:
+    return JobType(name="echo", payload_model=EchoPayload, handler=echo, timeout_s=timeout_s)
+
+
+def sleep_type(timeout_s: float | None = None, policy: RetryPolicy | None = None) -> JobType:
+    return JobType(
+        name="sleep",
+        payload_model=SleepPayload,
+        handler=sleep,
+        timeout_s=timeout_s,
+        policy=policy or RetryPolicy(),
+    )

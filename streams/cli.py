@@ -1,0 +1,181 @@
+"""The ``jobstream`` command: one entry point, one subcommand per role."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from streams.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def _services(settings: Settings) -> tuple[str, str]:
+    from streams.devstack import resolve_services
+
+    return asyncio.run(resolve_services(settings))
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.observability import configure_logging
+    from streams.worker import run_worker
+
+    configure_logging(settings.log_level)
+    bootstrap, dsn = _services(settings)
+    run_worker(settings, bootstrap, dsn)
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.db import create_pool, migrate
+
+    _, dsn = _services(settings)
+
+    async def run() -> list[str]:
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                return await migrate(conn)
+        finally:
+            await pool.close()
+
+    applied = asyncio.run(run())
+    print("applied: " + (", ".join(applied) if applied else "nothing (schema up to date)"))
+    return EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.client import JobClient
+
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        print(f"--payload is not JSON: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not isinstance(payload, dict):
+        print("--payload must be a JSON object", file=sys.stderr)
+        return EXIT_USAGE
+    bootstrap, _ = _services(settings)
+
+    async def run() -> list[str]:
+        async with JobClient(bootstrap, topic_prefix=settings.topic_prefix) as client:
+            events = [
+                client.build(args.type, payload, job_id=args.id if args.count == 1 else None)
+                for _ in range(args.count)
+            ]
+            return await client.submit_many(events)
+
+    for job_id in asyncio.run(run()):
+        print(job_id)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.db import create_pool
+
+    _, dsn = _services(settings)
+
+    async def run() -> dict[str, Any] | None:
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        try:
+            row = await pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", args.job_id)
+            return dict(row) if row else None
+        finally:
+            await pool.close()
+
+    row = asyncio.run(run())
+    if row is None:
+        print(f"job {args.job_id} has no row yet (queued, running, or unknown)", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(row, default=str, indent=2))
+    return EXIT_OK
+
+
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.devstack import main as devstack_main
+
+    return devstack_main([args.action, "--state-dir", str(settings.state_dir)])
+
+
+def cmd_fake_openrouter(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.fake_openrouter import main as fake_main
+
+    return fake_main(args.rest)
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(settings, jobs=args.jobs, job_type=args.type, replicas=args.replicas)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobstream",
+        description="Kafka consumer-group job runner. Settings come from JOBSTREAM_* variables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("worker", help="run one consumer-group replica").set_defaults(fn=cmd_worker)
+    sub.add_parser("migrate", help="create or update the PostgreSQL schema").set_defaults(
+        fn=cmd_migrate
+    )
+
+    p = sub.add_parser("submit", help="publish job events")
+    p.add_argument("type", help="job type, e.g. echo, sleep, llm.chat, http.webhook")
+    p.add_argument("--payload", default="{}", help="JSON object")
+    p.add_argument("--id", help="job id (default: a new uuid)")
+    p.add_argument("--count", type=int, default=1, help="publish this many copies")
+    p.set_defaults(fn=cmd_submit)
+
+    p = sub.add_parser("status", help="show a job's row")
+    p.add_argument("job_id")
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("dev", help="the local Kafka + PostgreSQL stack")
+    p.add_argument("action", choices=["up", "down", "status", "env", "fetch"])
+    p.set_defaults(fn=cmd_dev)
+
+    p = sub.add_parser("fake-openrouter", help="run the fake OpenRouter server", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_fake_openrouter)
+
+    p = sub.add_parser("demo", help="stack + worker(s) + a batch of jobs, with progress")
+    p.add_argument("--jobs", type=int, default=2000)
+    p.add_argument("--type", default="echo", choices=["echo", "llm.chat"])
+    p.add_argument("--replicas", type=int, default=1)
+    p.set_defaults(fn=cmd_demo)
+
+    try:
+        from streams.api import add_api_parser
+    except ImportError:
+        pass
+    else:
+        add_api_parser(sub)
+    try:
+        from streams.dlq_cli import add_dlq_parser
+    except ImportError:
+        pass
+    else:
+        add_dlq_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        print(f"invalid JOBSTREAM_* settings: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    result: int = args.fn(args, settings)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

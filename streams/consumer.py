@@ -1,0 +1,79 @@
+"""A faust consumer whose commit offset never passes an unfinished event.
+
+faust-streaming 0.15.3 (``faust.transport.consumer.Consumer._new_offset``, upstream #606)
+guards the head of the acked list with ``min(acked) - committed > 1``. The stored committed
+offset is the *next* offset to read, so with ``concurrency > 1`` offset C still running and C+1
+acked makes the commit jump to C+2: if the process dies, C is never processed. The guard is also
+skipped while nothing was committed yet (``None`` or 0). This subclass replaces the guard with
+the correct one: the acked run must start exactly at the next offset to read, which is the
+committed offset or, before the first commit, the first offset this assignment delivered.
+
+The transport is registered under the URL scheme ``jobstream://`` (entry point
+``faust.transports`` in pyproject), so the app selects it with ``broker="jobstream://host:port"``.
+"""
+
+from __future__ import annotations
+
+from faust.transport.consumer import consecutive_numbers
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, Message
+
+
+class SafeOffsetConsumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._head_offset: dict[TP, int] = {}
+
+    def track_message(self, message: Message) -> None:
+        # Called in offset order for each partition before the event reaches a stream, so the
+        # first offset seen after an assignment is where consumption (re)started.
+        self._head_offset.setdefault(message.tp, message.offset)
+        super().track_message(message)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        for tp in revoked:
+            self._head_offset.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        # A re-assignment seeks back to the committed offset: forget the old head.
+        for tp in assigned:
+            self._head_offset.pop(tp, None)
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    def expected_head(self, tp: TP) -> int | None:
+        committed = self._committed_offset[tp]
+        return committed if committed is not None else self._head_offset.get(tp)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        self._merge_gaps(tp, acked)
+        acked.sort()
+        head = self.expected_head(tp)
+        if head is None or acked[0] > head:
+            return None  # the next offset to read is not finished: nothing may be committed
+        batch = next(consecutive_numbers(acked))
+        acked[: len(batch)] = []
+        self._acked_index[tp].difference_update(batch)
+        return batch[-1] + 1
+
+    def _merge_gaps(self, tp: TP, acked: list[int]) -> None:
+        """Offsets known to be absent (compaction, transaction markers) count as acked."""
+        gap_for_tp = self._gap[tp]
+        if not gap_for_tp:
+            return
+        max_offset = max(acked)
+        candidates = sorted(gap_for_tp.overlap(0, max_offset), key=lambda x: x.begin)
+        if candidates:
+            stuff_to_add: list[int] = []
+            for entry in candidates:
+                stuff_to_add.extend(range(entry.begin, entry.end))
+            new_max_offset = max(stuff_to_add[-1], max_offset + 1)
+            acked.extend(stuff_to_add)
+            gap_for_tp.chop(0, new_max_offset)
+
+
+class Transport(faust_aiokafka.Transport):
+    Consumer = SafeOffsetConsumer

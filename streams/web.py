@@ -1,0 +1,44 @@
+"""The replica's HTTP server: liveness, readiness, Prometheus metrics and the producer API."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from streams.runtime import Runtime
+
+
+def health_routes(runtime: Runtime) -> list[web.RouteDef]:
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(_: web.Request) -> web.Response:
+        ok = runtime.ready.is_set() and not runtime.draining.is_set()
+        return web.json_response(
+            {"ready": ok, "in_flight": runtime.in_flight}, status=200 if ok else 503
+        )
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(runtime.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return [web.get("/health", health), web.get("/ready", ready), web.get("/metrics", metrics)]
+
+
+async def start_web(runtime: Runtime) -> web.AppRunner:
+    app = web.Application(client_max_size=runtime.settings.api_max_body_bytes)
+    app.add_routes(health_routes(runtime))
+    try:
+        from streams.api import api_routes
+    except ImportError:  # the producer API module is optional for a bare worker
+        pass
+    else:
+        app.add_routes(api_routes(runtime))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, runtime.settings.web_host, runtime.settings.web_port)
+    await site.start()
+    return runner

@@ -1,0 +1,60 @@
+"""``jobstream worker``: one consumer-group replica.
+
+The faust Worker owns process signals. SIGTERM/SIGINT first drain (stop taking events, let
+in-flight jobs finish within ``shutdown_grace_s``, commit what finished), then hand over to
+faust's stop, which cancels what is left: those offsets stay uncommitted and the next owner
+runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+import faust
+
+from streams.app import create_app, register_agents
+from streams.observability import init_sentry
+from streams.runtime import Runtime
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class JobstreamWorker(faust.Worker):
+    def __init__(self, app: faust.App, runtime: Runtime, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.runtime = runtime
+
+    async def on_first_start(self) -> None:
+        await self.runtime.start()
+        await super().on_first_start()
+
+    async def _stop_on_signal(self, sig: signal.Signals) -> None:
+        grace = self.runtime.settings.shutdown_grace_s
+        log.info("%s received: draining (grace %.0fs)", sig.name, grace)
+        consumer = self.app.consumer
+        await self.runtime.drain(grace)
+        await asyncio.sleep(0.05)  # let the finished agents ack before the final commit
+        try:
+            await consumer.commit()
+        except Exception:  # the group may be rebalancing; faust commits again on stop
+            log.exception("final commit failed")
+        await super()._stop_on_signal(sig)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        await self.runtime.stop()
+
+
+def run_worker(settings: Settings, bootstrap: str, dsn: str) -> None:
+    init_sentry(settings)
+    app = create_app(settings, bootstrap)
+    runtime = Runtime(settings, bootstrap=bootstrap, dsn=dsn)
+    register_agents(app, runtime)
+    worker = JobstreamWorker(
+        app, runtime, loglevel=settings.log_level, quiet=True, redirect_stdouts=False
+    )
+    worker.execute_from_commandline()
