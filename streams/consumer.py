@@ -14,9 +14,12 @@ The transport is registered under the URL scheme ``jobstream://`` (entry point
 
 from __future__ import annotations
 
+from typing import Any
+
 from faust.transport.consumer import consecutive_numbers
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, Message
+from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 
 
 class SafeOffsetConsumer(faust_aiokafka.Consumer):
@@ -24,11 +27,14 @@ class SafeOffsetConsumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._head_offset: dict[TP, int] = {}
 
-    def track_message(self, message: Message) -> None:
-        # Called in offset order for each partition before the event reaches a stream, so the
-        # first offset seen after an assignment is where consumption (re)started.
-        self._head_offset.setdefault(message.tp, message.offset)
-        super().track_message(message)
+    def _to_message(self, tp: TP, record: Any) -> ConsumerMessage:
+        # Called in offset order for every fetched record, so the lowest offset fetched since
+        # the assignment is where consumption (re)started. (faust's streams inline their own
+        # message tracking, so Consumer.track_message is not a usable hook.)
+        head = self._head_offset.get(tp)
+        if head is None or record.offset < head:
+            self._head_offset[tp] = record.offset
+        return super()._to_message(tp, record)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:

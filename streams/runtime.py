@@ -87,7 +87,8 @@ class Runtime:
         self.limiter = PgRateLimiter(
             self.pool, s.rate_limits, lease=s.rate_limit_lease, metrics=self.metrics
         )
-        self.http = aiohttp.ClientSession()
+        # webhooks share this session: never carry cookies from one receiver to another
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         self.pipeline = Pipeline(
             settings=s,
             topics=self.topics,

@@ -1,0 +1,68 @@
+"""faust #606 against real Kafka: a slow job at offset N, a fast one at N+1, SIGKILL, restart.
+
+With faust's stock guard the group commits N+2 while N still runs, and N is lost. Here the
+committed offset must stay at N, and N must be processed after the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from streams.client import JobClient
+from tests.integration.harness import WorkerFactory, wait_for, wait_terminal
+
+
+async def committed_offset(bootstrap: str, group: str, topic: str) -> int | None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    meta = offsets.get(TopicPartition(topic, 0))
+    return None if meta is None or meta.offset < 0 else meta.offset
+
+
+async def test_sigkill_with_slow_head_loses_nothing(
+    workers: WorkerFactory, kafka_bootstrap: str, pg_pool: asyncpg.Pool, prefix: str
+) -> None:
+    env = {"JOBSTREAM_PARTITIONS": "1", "JOBSTREAM_CONCURRENCY": "4"}
+    worker = workers.start("first", **env)
+    await worker.wait_assigned()
+    async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
+        slow = await client.submit("sleep", {"seconds": 8})  # offset 0
+        fast = await client.submit("echo", {"n": 1})  # offset 1
+        fast2 = await client.submit("echo", {"n": 2})  # offset 2
+
+    await wait_terminal(pg_pool, [fast, fast2], timeout=60)
+    # Give faust several commit intervals (0.5 s each) to commit whatever it would commit.
+    await asyncio.sleep(2.0)
+    before_kill = await committed_offset(kafka_bootstrap, prefix, prefix)
+    assert await pg_pool.fetchval("SELECT count(*) FROM jobs WHERE job_id = $1", slow) == 0
+    assert before_kill in (None, 0), f"commit passed the running offset 0: {before_kill}"
+
+    worker.kill()
+    restarted = workers.start("second", **env)
+    await restarted.wait_assigned()
+    await wait_terminal(pg_pool, [slow], timeout=60)
+
+    rows = {
+        r["job_id"]: r
+        for r in await pg_pool.fetch(
+            "SELECT job_id, status, executions, worker FROM jobs WHERE job_id = ANY($1)",
+            [slow, fast, fast2],
+        )
+    }
+    assert rows[slow]["status"] == "succeeded"
+    assert rows[slow]["worker"] == "second"
+    # the fast jobs were redelivered (the commit could not pass offset 0) but not re-run
+    assert rows[fast]["executions"] == 1 and rows[fast2]["executions"] == 1
+
+    async def committed_past_all() -> bool:
+        return (await committed_offset(kafka_bootstrap, prefix, prefix) or 0) >= 3
+
+    await wait_for(committed_past_all, timeout=30, what="commit after the restart")
