@@ -8,6 +8,11 @@ skipped while nothing was committed yet (``None`` or 0). This subclass replaces 
 the correct one: the acked run must start exactly at the next offset to read, which is the
 committed offset or, before the first commit, the first offset this assignment delivered.
 
+Also: faust acks an event in a ``finally`` even when its agent was cancelled, so at shutdown
+every event an agent held but never finished would count as done and be committed by the
+consumer's last commit. ``freeze_commits`` (called by the worker right after its own final
+commit) makes every later commit a no-op, so those offsets stay for the next owner.
+
 The transport is registered under the URL scheme ``jobstream://`` (entry point
 ``faust.transports`` in pyproject), so the app selects it with ``broker="jobstream://host:port"``.
 """
@@ -26,6 +31,10 @@ class SafeOffsetConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._head_offset: dict[TP, int] = {}
+        self.commits_frozen = False
+
+    def freeze_commits(self) -> None:
+        self.commits_frozen = True
 
     def _to_message(self, tp: TP, record: Any) -> ConsumerMessage:
         # Called in offset order for every fetched record, so the lowest offset fetched since
@@ -53,7 +62,7 @@ class SafeOffsetConsumer(faust_aiokafka.Consumer):
 
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
-        if not acked:
+        if not acked or self.commits_frozen:
             return None
         self._merge_gaps(tp, acked)
         acked.sort()

@@ -16,6 +16,7 @@ from typing import Any
 import faust
 
 from streams.app import create_app, register_agents
+from streams.consumer import SafeOffsetConsumer
 from streams.observability import init_sentry
 from streams.runtime import Runtime
 from streams.settings import Settings
@@ -35,17 +36,28 @@ class JobstreamWorker(faust.Worker):
     async def _stop_on_signal(self, sig: signal.Signals) -> None:
         grace = self.runtime.settings.shutdown_grace_s
         log.info("%s received: draining (grace %.0fs)", sig.name, grace)
-        consumer = self.app.consumer
         await self.runtime.drain(grace)
-        await asyncio.sleep(0.05)  # let the finished agents ack before the final commit
-        try:
-            await consumer.commit()
-        except Exception:  # the group may be rebalancing; faust commits again on stop
-            log.exception("final commit failed")
+        await asyncio.sleep(0.05)  # let the agents that just finished ack their events
         await super()._stop_on_signal(sig)
 
     async def on_stop(self) -> None:
+        """Runs before faust stops its services: the last commit happens here, then no more.
+
+        Agents still holding events are cancelled after this, and faust acks cancelled events;
+        with commits frozen those offsets stay uncommitted and the next owner runs them.
+        """
+        consumer = self.app.consumer
+        try:
+            await consumer.commit()
+        except Exception:  # the group may be rebalancing; the work is redone, not lost
+            log.exception("final commit failed")
+        if isinstance(consumer, SafeOffsetConsumer):
+            consumer.freeze_commits()
         await super().on_stop()
+
+    async def on_shutdown(self) -> None:
+        # after faust's services (and so every agent) have stopped
+        await super().on_shutdown()
         await self.runtime.stop()
 
 
