@@ -9,13 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,14 +19,10 @@ from typing import Any, TypeVar
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.replicas import Replica, free_port, replica_env
+
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_for(
@@ -47,76 +39,17 @@ async def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
 
 
-@dataclass
-class WorkerProcess:
-    name: str
-    env: dict[str, str]
-    log_path: Path
-    web_port: int
-    proc: subprocess.Popen[bytes] | None = None
-    _log: Any = None
+class WorkerProcess(Replica):
+    """A replica with the names the tests use."""
 
-    def start(self) -> WorkerProcess:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()/kill()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        return self
-
-    async def wait_ready(self, timeout: float = 60) -> None:
-        import aiohttp
-
-        async def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker {self.name} exited early:\n{self.tail()}")
-            try:
-                async with (
-                    aiohttp.ClientSession() as s,
-                    s.get(f"http://127.0.0.1:{self.web_port}/ready") as r,
-                ):
-                    return r.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await wait_for(ready, timeout=timeout, what=f"worker {self.name} ready")
-
-    async def wait_assigned(self, timeout: float = 60) -> None:
-        """Ready and holding partitions: faust logs this once the group has settled."""
+    async def wait_assigned(self, timeout: float = 90) -> None:
         await self.wait_ready(timeout)
 
-        async def assigned() -> bool:
-            return "Worker ready" in self.log_text()
-
-        await wait_for(assigned, timeout=timeout, what=f"worker {self.name} assigned")
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def tail(self, n: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-n:])
-
     def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
+        self.send(sig)
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        if self._log is not None:
-            self._log.close()
-
-    def wait(self, timeout: float = 60) -> int:
-        assert self.proc is not None
-        code = self.proc.wait(timeout=timeout)
-        if self._log is not None:
-            self._log.close()
-        return code
+    def wait(self, timeout: float = 60) -> int:  # type: ignore[override]
+        return super().wait(timeout)
 
 
 @dataclass
@@ -130,40 +63,30 @@ class WorkerFactory:
     base_env: dict[str, str] = field(default_factory=dict)
     workers: list[WorkerProcess] = field(default_factory=list)
 
-    def env(
-        self, name: str, web_port: int, extra: Mapping[str, str] | None = None
-    ) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSTREAM_")}
-        env.update(
-            {
-                "JOBSTREAM_KAFKA_BOOTSTRAP": self.bootstrap,
-                "JOBSTREAM_DATABASE_URL": self.dsn,
-                "JOBSTREAM_TOPIC_PREFIX": self.prefix,
-                "JOBSTREAM_GROUP_ID": self.prefix,
-                "JOBSTREAM_WORKER_NAME": name,
-                "JOBSTREAM_WEB_PORT": str(web_port),
-                "JOBSTREAM_STATE_DIR": str(self.tmp / "state"),
-                "JOBSTREAM_PARTITIONS": "4",
-                "JOBSTREAM_RETRY_TIERS_S": "[1, 2, 3]",
-                "JOBSTREAM_COMMIT_INTERVAL_S": "0.5",
-                "JOBSTREAM_SESSION_TIMEOUT_S": "10",
-                "JOBSTREAM_LOG_LEVEL": "INFO",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        env.update(self.base_env)
-        env.update(extra or {})
-        return env
-
     def start(self, name: str | None = None, **extra: str) -> WorkerProcess:
         name = name or f"w{len(self.workers) + 1}"
         port = free_port()
+        settings = {
+            "JOBSTREAM_TOPIC_PREFIX": self.prefix,
+            "JOBSTREAM_GROUP_ID": self.prefix,
+            "JOBSTREAM_STATE_DIR": str(self.tmp / "state"),
+            "JOBSTREAM_PARTITIONS": "4",
+            "JOBSTREAM_RETRY_TIERS_S": "[1, 2, 3]",
+            "JOBSTREAM_COMMIT_INTERVAL_S": "0.5",
+            "JOBSTREAM_SESSION_TIMEOUT_S": "10",
+            **self.base_env,
+            **extra,
+        }
         worker = WorkerProcess(
             name=name,
-            env=self.env(name, port, extra),
+            env=replica_env(
+                bootstrap=self.bootstrap, dsn=self.dsn, name=name, web_port=port, extra=settings
+            ),
             log_path=self.tmp / f"{name}-{len(self.workers)}.log",
             web_port=port,
-        ).start()
+            cwd=ROOT,
+        )
+        worker.start()
         self.workers.append(worker)
         return worker
 
@@ -245,9 +168,3 @@ async def wait_terminal(pool: asyncpg.Pool, job_ids: list[str], timeout: float =
         return int(await pool.fetchval(q, job_ids)) >= len(job_ids)
 
     await wait_for(done, timeout=timeout, interval=0.3, what=f"{len(job_ids)} terminal rows")
-
-
-def kill_all(workers: Iterator[WorkerProcess]) -> None:
-    for w in workers:
-        with contextlib.suppress(Exception):
-            w.signal(signal.SIGKILL)

@@ -7,7 +7,6 @@ import json
 import signal
 from pathlib import Path
 
-import aiohttp
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -187,7 +186,7 @@ async def test_sigterm_drains_in_flight_jobs_and_exits_zero(
         )
 
     async def running() -> bool:
-        return await _in_flight(first.web_port) >= in_flight
+        return (await first.in_flight() or 0) >= in_flight
 
     await wait_for(running, timeout=30, what="jobs in flight")
     first.signal(signal.SIGTERM)
@@ -202,8 +201,3 @@ async def test_sigterm_drains_in_flight_jobs_and_exits_zero(
     await wait_terminal(pg_pool, ids, timeout=90)
     rows = await pg_pool.fetch("SELECT executions FROM jobs WHERE job_id = ANY($1)", ids)
     assert len(rows) == len(ids) and {r["executions"] for r in rows} == {1}
-
-
-async def _in_flight(port: int) -> int:
-    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/ready") as r:
-        return int((await r.json())["in_flight"])
