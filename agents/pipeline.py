@@ -204,9 +204,7 @@ class Pipeline:
         timeout = job_type.timeout_s or self.settings.default_timeout_s
         try:
             if key is not None:
-                waited = time.perf_counter()
-                await self.limiter.acquire(key)
-                self.metrics.rate_limit_wait.labels(key=key).observe(time.perf_counter() - waited)
+                await self.limiter.acquire(key)  # the limiter observes its own wait time
             try:
                 async with asyncio.timeout(timeout) as cm:
                     result = await job_type.handler(payload, ctx)

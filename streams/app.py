@@ -54,6 +54,12 @@ def to_record(message: Any) -> Record:
 
 def register_agents(app: faust.App, runtime: Runtime) -> None:
     settings = runtime.settings
+
+    @app.on_rebalance_complete.connect
+    async def _joined(sender: Any, **kwargs: Any) -> None:
+        # readiness: the replica is in the group and has its (possibly empty) assignment
+        runtime.joined.set()
+
     main_topic = app.topic(runtime.topics.main, key_serializer="raw", value_serializer="raw")
 
     async def process(stream: faust.StreamT[Any]) -> None:

@@ -85,12 +85,12 @@ class Replica:
             return None
 
     async def wait_ready(self, timeout_s: float = 90) -> None:
-        """Until ``/ready`` answers and faust has its first assignment."""
+        """Until ``/ready`` answers 200: started, in the group, assignment received."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive:
                 raise RuntimeError(f"replica {self.name} exited early:\n{self.tail()}")
-            if await self.in_flight() is not None and "Worker ready" in self.log_text():
+            if await self.in_flight() is not None:
                 return
             await asyncio.sleep(0.2)
         raise TimeoutError(f"replica {self.name} not ready after {timeout_s}s:\n{self.tail()}")

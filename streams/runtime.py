@@ -55,6 +55,7 @@ class Runtime:
         self.forwarder: RetryForwarder | None = None
         self.web_runner: web.AppRunner | None = None
         self.ready = asyncio.Event()
+        self.joined = asyncio.Event()
         self.draining = asyncio.Event()
         self._in_flight = 0
         self._idle = asyncio.Event()

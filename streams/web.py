@@ -16,7 +16,7 @@ def health_routes(runtime: Runtime) -> list[web.RouteDef]:
         return web.json_response({"status": "ok"})
 
     async def ready(_: web.Request) -> web.Response:
-        ok = runtime.ready.is_set() and not runtime.draining.is_set()
+        ok = runtime.ready.is_set() and runtime.joined.is_set() and not runtime.draining.is_set()
         return web.json_response(
             {"ready": ok, "in_flight": runtime.in_flight}, status=200 if ok else 503
         )

@@ -1,0 +1,69 @@
+# jobstream — every command a newcomer needs. `make demo` and `make test` work on a fresh
+# machine: they create the virtualenv, install Java/Maven/PostgreSQL when missing, fetch the
+# Kafka jars and start the local stack.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help venv prereqs ops-tools stack-up stack-down stack-status demo test test-unit \
+        test-integration lint format bench clean
+
+help:
+	@echo "make demo        stack + fake OpenRouter + a worker + a batch of echo jobs, with progress"
+	@echo "make test        unit + integration tests against real Kafka and PostgreSQL"
+	@echo "make lint        ruff + mypy"
+	@echo "make bench       end-to-end throughput/latency benchmark (JSON + table)"
+	@echo "make stack-up    start the local Kafka 4 + PostgreSQL (make stack-down to stop)"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+venv: $(STAMP)
+
+prereqs: venv
+	scripts/install-prereqs.sh $(PY)
+
+ops-tools:
+	scripts/install-ops-tools.sh
+
+stack-up: prereqs
+	$(PY) -m streams.devstack up
+
+stack-down:
+	@if [ -x $(PY) ]; then $(PY) -m streams.devstack down; fi
+
+stack-status: venv
+	$(PY) -m streams.devstack status
+
+demo: stack-up
+	$(PY) -m streams.cli demo --jobs $${JOBS:-2000} --replicas $${REPLICAS:-1}
+
+test: stack-up ops-tools
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: stack-up
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+format: venv
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: stack-up
+	$(PY) -m streams.bench $(BENCH_ARGS)
+
+clean: stack-down
+	rm -rf .state bench-results .pytest_cache .mypy_cache .ruff_cache
