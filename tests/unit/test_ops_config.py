@@ -1,0 +1,598 @@
+"""Static checks of the deployment and monitoring files.
+
+promtool, amtool and helm validate what they own; the rest is parsed here and checked for the
+structure the project relies on. The tools come from scripts/install-ops-tools.sh: without one,
+its tests skip, except under CI (``CI`` set), where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streams.metrics import Metrics
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+MONITORING = ROOT / "monitoring"
+PROM_DIR = MONITORING / "prometheus"
+ALERTS = PROM_DIR / "alerts.yml"
+ALERTS_TEST = PROM_DIR / "alerts_test.yml"
+ALERTMANAGER = MONITORING / "alertmanager" / "alertmanager.yml"
+RUNBOOK = MONITORING / "RUNBOOK.md"
+DASHBOARD = MONITORING / "grafana" / "dashboards" / "jobstream.json"
+GRAFANA_PROVISIONING = MONITORING / "grafana" / "provisioning"
+CHART = ROOT / "helm" / "jobstream"
+CHART_ALERTS = CHART / "files" / "alerts.yml"
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+
+IN_CI = bool(os.environ.get("CI"))
+# Rendered for a fixed Kubernetes version, whatever the local helm binary assumes by default.
+KUBE_VERSION = "1.30.0"
+SECRET_ENV = {
+    "JOBSTREAM_DATABASE_URL": "DATABASE_URL",
+    "JOBSTREAM_OPENROUTER_API_KEY": "OPENROUTER_API_KEY",
+    "JOBSTREAM_SENTRY_DSN": "SENTRY_DSN",
+    "JOBSTREAM_API_TOKEN": "API_TOKEN",
+}
+# Metrics that come from Prometheus itself or from the Kafka lag exporter, not from jobstream.
+EXTERNAL_METRICS = {"up", "kafka_consumergroup_lag", "kafka_consumergroup_lag_sum", "kafka_brokers"}
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _unavailable(what: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} is missing under CI: run scripts/install-ops-tools.sh")
+    pytest.skip(f"{what} is not installed (scripts/install-ops-tools.sh installs it)")
+
+
+def _yaml() -> Any:
+    try:
+        import yaml
+    except ImportError:
+        _unavailable("PyYAML")
+    return yaml
+
+
+def load_yaml(path: Path) -> Any:
+    return _yaml().safe_load(path.read_text())
+
+
+def tool(name: str) -> str:
+    """The tool's path: on PATH, or where `go install` put it (~/go/bin, $GOBIN, $GOPATH/bin)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    dirs = [os.environ.get("GOBIN"), Path(os.environ.get("GOPATH", Path.home() / "go")) / "bin"]
+    for d in dirs:
+        if d and (candidate := Path(d) / name).is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    _unavailable(name)
+    raise AssertionError("unreachable")
+
+
+def run(*args: str, cwd: Path = ROOT, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        args, cwd=cwd, capture_output=True, text=True, timeout=120, check=False, stdin=None
+    )
+    if ok:
+        assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def helm_template(*values: str) -> list[dict[str, Any]]:
+    out = run(
+        tool("helm"), "template", "rel", str(CHART), "--namespace", "jobs",
+        "--kube-version", KUBE_VERSION, *values,
+    ).stdout  # fmt: skip
+    return [d for d in _yaml().safe_load_all(out) if d]
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    matches = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(matches) == 1, f"expected one {kind} {name or ''}, got {len(matches)}"
+    return matches[0]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [r for g in load_yaml(ALERTS)["groups"] for r in g["rules"] if "alert" in r]
+
+
+def recording_rules() -> list[dict[str, Any]]:
+    return [r for g in load_yaml(ALERTS)["groups"] for r in g["rules"] if "record" in r]
+
+
+def duration_s(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text):
+        total += float(number) * units[unit]
+    assert total > 0, f"not a duration: {text!r}"
+    return total
+
+
+def github_anchor(heading: str) -> str:
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+# --- metric names in PromQL ----------------------------------------------------------------
+
+_PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "bool", "offset"}
+_PROMQL_WORDS |= {"group_left", "group_right", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric (and recording rule) names in an expression: identifiers that are not functions,
+    keywords, label names, numbers, durations or Grafana variables."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    e = re.sub(r"\$\{?\w+\}?", "", e)
+    e = re.sub(r"\{[^}]*\}", "", e)
+    e = re.sub(r"\[[^\]]*\]", "", e)
+    e = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", e)
+    e = re.sub(r"(?<![\w:])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", "", e)
+    names = set()
+    for m in re.finditer(r"[A-Za-z_:][\w:]*", e):
+        if e[m.end() :].lstrip().startswith("("):
+            continue  # a function or an aggregation
+        if m.group(0).lower() not in _PROMQL_WORDS:
+            names.add(m.group(0))
+    return names
+
+
+def test_promql_metric_names_parser() -> None:
+    quantile = (
+        "histogram_quantile(0.99, sum by (type, le) "
+        '(rate(jobstream_handler_duration_seconds_bucket{type=~"$type"}[5m])))'
+    )
+    expr = f"{quantile} > 1e3 and on () (sum(rate(x_total[$__rate_interval])) or vector(0)) == 0"
+    assert promql_metric_names(expr) == {"jobstream_handler_duration_seconds_bucket", "x_total"}
+    assert promql_metric_names('absent(up{job="w"} == 1)') == {"up"}
+    assert promql_metric_names("jobstream:error_ratio:rate5m > 0.1") == {
+        "jobstream:error_ratio:rate5m"
+    }
+
+
+@cache
+def exported_metric_names() -> frozenset[str]:
+    """Every sample name jobstream's Metrics can expose, from a fresh registry."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    suffixes["summary"] = ("_sum", "_count")
+    names = set()
+    for family in registry.collect():
+        names.update(family.name + s for s in suffixes.get(family.type, ("",)))
+    return frozenset(names)
+
+
+def dashboard_exprs(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    def walk(panels: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+        for panel in panels:
+            for target in panel.get("targets", []):
+                yield panel["title"], target["expr"]
+            yield from walk(panel.get("panels", []))
+
+    yield from walk(dashboard["panels"])
+
+
+# --- Prometheus ----------------------------------------------------------------------------
+
+
+def test_promtool_check_config() -> None:
+    run(tool("promtool"), "check", "config", "prometheus.yml", cwd=PROM_DIR)
+
+
+@pytest.mark.parametrize("rules", [ALERTS, CHART_ALERTS], ids=["monitoring", "chart"])
+def test_promtool_check_rules(rules: Path) -> None:
+    run(tool("promtool"), "check", "rules", str(rules))
+
+
+def test_promtool_rule_unit_tests() -> None:
+    proc = run(tool("promtool"), "test", "rules", ALERTS_TEST.name, cwd=PROM_DIR)
+    assert "SUCCESS" in proc.stdout
+
+
+def test_prometheus_scrapes_what_the_rules_use() -> None:
+    config = load_yaml(PROM_DIR / "prometheus.yml")
+    jobs = {c["job_name"] for c in config["scrape_configs"]}
+    assert {"jobstream-worker", "jobstream-api", "kafka-exporter"} <= jobs
+    assert config["rule_files"] == ["alerts.yml"]
+    targets = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert targets == ["alertmanager:9093"]
+    worker = next(c for c in config["scrape_configs"] if c["job_name"] == "jobstream-worker")
+    # every replica, not just the one a static name would resolve to
+    assert worker["dns_sd_configs"][0]["names"] == ["worker"]
+    assert worker["dns_sd_configs"][0]["port"] == Settings().web_port
+
+
+REQUIRED_ALERTS = {
+    "JobstreamWorkerDown",
+    "JobstreamConsumerLagHigh",
+    "JobstreamDeadLettersHigh",
+    "JobstreamErrorRatioHigh",
+    "JobstreamHandlerLatencyHigh",
+    "JobstreamUpstreamThrottled",
+    "JobstreamDatabaseErrors",
+    "JobstreamResultFlushSlow",
+    "JobstreamStuck",
+}
+
+
+def test_alert_rules_are_complete() -> None:
+    rules = alert_rules()
+    assert {r["alert"] for r in rules} >= REQUIRED_ALERTS
+    anchors = {
+        github_anchor(line[3:]) for line in RUNBOOK.read_text().splitlines() if line[:3] == "## "
+    }
+    for rule in rules:
+        name = rule["alert"]
+        assert duration_s(rule["for"]) > 0, name
+        assert rule["labels"]["severity"] in {"warning", "critical"}, name
+        notes = rule["annotations"]
+        assert notes["summary"].strip() and notes["description"].strip(), name
+        path, _, anchor = notes["runbook"].partition("#")
+        assert path == "monitoring/RUNBOOK.md", name
+        assert anchor in anchors, f"{name}: no section #{anchor} in RUNBOOK.md"
+    # an alert name used twice is one warning and one critical, never two of a kind
+    for name in {r["alert"] for r in rules}:
+        severities = [r["labels"]["severity"] for r in rules if r["alert"] == name]
+        assert len(severities) == len(set(severities)), name
+
+
+def test_recorded_series_are_read_in_the_group_that_records_them() -> None:
+    """Rules of one group run in order; across groups an alert could see the previous
+    evaluation's value, which makes alerts (and their unit tests) flaky."""
+    for group in load_yaml(ALERTS)["groups"]:
+        recorded: set[str] = set()
+        for rule in group["rules"]:
+            if "record" in rule:
+                recorded.add(rule["record"])
+                continue
+            for name in promql_metric_names(rule["expr"]):
+                if ":" in name:
+                    assert name in recorded, f"{rule['alert']} reads {name} from another group"
+
+
+def test_runbook_has_one_section_per_alert() -> None:
+    sections = [line[3:].strip() for line in RUNBOOK.read_text().splitlines() if line[:3] == "## "]
+    assert sorted(sections) == sorted({r["alert"] for r in alert_rules()})
+    text = RUNBOOK.read_text()
+    assert "jobstream dlq stats" in text and "jobstream dlq replay" in text
+
+
+def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
+    fired: set[tuple[str, str]] = set()
+    silent: set[str] = set()
+    for case in load_yaml(ALERTS_TEST)["tests"]:
+        for check in case.get("alert_rule_test", []):
+            if check.get("exp_alerts"):
+                fired.update(
+                    (check["alertname"], a["exp_labels"]["severity"]) for a in check["exp_alerts"]
+                )
+            else:
+                silent.add(check["alertname"])
+    for rule in alert_rules():
+        assert (rule["alert"], rule["labels"]["severity"]) in fired, f"{rule['alert']} never fires"
+        assert rule["alert"] in silent, f"{rule['alert']} has no test where it stays silent"
+
+
+def test_metric_names_in_rules_and_dashboard_exist() -> None:
+    recorded = {r["record"] for r in recording_rules()}
+    known = exported_metric_names() | EXTERNAL_METRICS | recorded
+    used: dict[str, set[str]] = {}
+    for rule in [*alert_rules(), *recording_rules()]:
+        where = rule.get("alert") or rule["record"]
+        for name in promql_metric_names(rule["expr"]):
+            used.setdefault(name, set()).add(f"rule {where}")
+    dashboard = json.loads(DASHBOARD.read_text())
+    for title, expr in dashboard_exprs(dashboard):
+        for name in promql_metric_names(expr):
+            used.setdefault(name, set()).add(f"panel {title!r}")
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "query":
+            metric = re.fullmatch(r"label_values\((\w+),\s*\w+\)", var["definition"])
+            assert metric, var["definition"]
+            used.setdefault(metric.group(1), set()).add(f"variable {var['name']}")
+    unknown = {name: sorted(places) for name, places in used.items() if name not in known}
+    assert not unknown, f"metrics that jobstream does not export: {unknown}"
+    # the check has teeth: the core metrics are really used
+    assert {"jobstream_jobs_completed_total", "kafka_consumergroup_lag", "up"} <= set(used)
+
+
+# --- Alertmanager --------------------------------------------------------------------------
+
+
+def test_amtool_check_config() -> None:
+    run(tool("amtool"), "check-config", str(ALERTMANAGER))
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (["severity=critical", "alertname=JobstreamStuck"], "critical"),
+        (["severity=warning", "alertname=JobstreamLagUnknown"], "warning"),
+        (["alertname=Unlabelled"], "warning"),
+    ],
+)
+def test_alertmanager_routes_by_severity(labels: list[str], receiver: str) -> None:
+    proc = run(tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER}", *labels)
+    assert proc.stdout.split() == [receiver]
+
+
+def test_alertmanager_inhibits_warning_by_critical_and_holds_no_secrets() -> None:
+    config = load_yaml(ALERTMANAGER)
+    rule = config["inhibit_rules"][0]
+    assert rule["source_matchers"] == ['severity="critical"']
+    assert rule["target_matchers"] == ['severity="warning"']
+    assert "alertname" in rule["equal"]
+    assert "instance" not in rule["equal"]  # "no worker at all" covers "worker X down"
+    assert config["route"]["group_by"]
+    for receiver in config["receivers"]:
+        for hook in receiver["webhook_configs"]:
+            assert ".invalid/" in hook["url"], "receivers are placeholders"
+            auth = hook["http_config"]["authorization"]
+            assert "credentials" not in auth and auth["credentials_file"].startswith("/run/")
+
+
+# --- Grafana -------------------------------------------------------------------------------
+
+
+def test_grafana_dashboard_and_provisioning() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "jobstream"
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+    exprs = " ".join(expr for _, expr in dashboard_exprs(dashboard))
+    for needed in [
+        "sum by (outcome) (rate(jobstream_jobs_completed_total",
+        "histogram_quantile(0.5, sum by (type, le) (rate(jobstream_handler_duration_seconds",
+        "histogram_quantile(0.99, sum by (type, le) (rate(jobstream_handler_duration_seconds",
+        "jobstream_in_flight_jobs",
+        "sum by (tier) (rate(jobstream_retries_total",
+        "sum by (reason) (rate(jobstream_dead_letters_total",
+        "kafka_consumergroup_lag",
+        "jobstream_rate_limit_wait_seconds_bucket",
+        "jobstream_upstream_throttled_total",
+        "jobstream_result_flush_seconds_bucket",
+        "jobstream_result_batch_size",
+    ]:
+        assert needed in exprs, needed
+
+    datasource = load_yaml(GRAFANA_PROVISIONING / "datasources" / "prometheus.yml")
+    (source,) = datasource["datasources"]
+    variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "datasource")
+    assert source["uid"] == variable["current"]["value"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+
+    providers = load_yaml(GRAFANA_PROVISIONING / "dashboards" / "jobstream.yml")["providers"]
+    compose = load_yaml(COMPOSE)
+    mounts = compose["services"]["grafana"]["volumes"]
+    assert f"./monitoring/grafana/dashboards:{providers[0]['options']['path']}:ro" in mounts
+    assert "./monitoring/grafana/provisioning:/etc/grafana/provisioning:ro" in mounts
+
+
+# --- Helm ----------------------------------------------------------------------------------
+
+ALL_ON = [
+    "--set", "autoscaling.enabled=true",
+    "--set", "serviceMonitor.enabled=true",
+    "--set", "prometheusRule.enabled=true",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("values", [[], ALL_ON], ids=["defaults", "all-on"])
+def test_helm_lint(values: list[str]) -> None:
+    run(tool("helm"), "lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), *values)
+
+
+def test_chart_alerts_copy_equals_monitoring_rules() -> None:
+    assert CHART_ALERTS.read_bytes() == ALERTS.read_bytes(), (
+        "helm/jobstream/files/alerts.yml differs from monitoring/prometheus/alerts.yml: "
+        "cp monitoring/prometheus/alerts.yml helm/jobstream/files/alerts.yml"
+    )
+
+
+def test_helm_template_defaults() -> None:
+    docs = helm_template()
+    kinds = sorted(d["kind"] for d in docs)
+    expected = ["Deployment", "Deployment", "Service", "Service", "Job"]
+    expected += ["PodDisruptionBudget", "PodDisruptionBudget"]
+    assert kinds == sorted(expected)
+
+    worker = find(docs, "Deployment", "rel-jobstream-worker")
+    assert worker["spec"]["replicas"] == 2
+    pod = worker["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = env_of(container)
+    grace = float(env["JOBSTREAM_SHUTDOWN_GRACE_S"]["value"])
+    assert grace == Settings().shutdown_grace_s
+    assert pod["spec"]["terminationGracePeriodSeconds"] > grace
+    assert container["args"] == ["worker"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert container["ports"] == [{"name": "http", "containerPort": 6066, "protocol": "TCP"}]
+    assert env["JOBSTREAM_CONCURRENCY"]["value"] == "25"
+    assert env["JOBSTREAM_KAFKA_BOOTSTRAP"]["value"]
+    assert json.loads(env["JOBSTREAM_RETRY_TIERS_S"]["value"]) == [10, 60, 600]
+    assert json.loads(env["JOBSTREAM_RATE_LIMITS"]["value"]) == {
+        "openrouter": {"rate": 50, "per": 1}
+    }
+    for var, key in SECRET_ENV.items():
+        ref = env[var]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "rel-jobstream" and ref["key"] == key, var
+        assert ref.get("optional", False) is (var != "JOBSTREAM_DATABASE_URL"), var
+    assert not any("value" in e for n, e in env.items() if n in SECRET_ENV)
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "6066"
+    anti = pod["spec"]["affinity"]["podAntiAffinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in anti
+    assert anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"] > 0
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+    api = find(docs, "Deployment", "rel-jobstream-api")
+    assert api["spec"]["template"]["spec"]["containers"][0]["args"] == ["api"]
+    service = find(docs, "Service", "rel-jobstream-api")
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+    job = find(docs, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    job_container = job["spec"]["template"]["spec"]["containers"][0]
+    assert job_container["args"] == ["migrate"]
+    job_env = env_of(job_container)
+    assert "JOBSTREAM_DATABASE_URL" in job_env and "JOBSTREAM_KAFKA_BOOTSTRAP" in job_env
+
+    pdb = find(docs, "PodDisruptionBudget", "rel-jobstream-worker")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
+
+
+def test_helm_template_all_on() -> None:
+    docs = helm_template(*ALL_ON)
+    worker = find(docs, "Deployment", "rel-jobstream-worker")
+    assert "replicas" not in worker["spec"], "the HPA owns the replica count"
+    hpa = find(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "rel-jobstream-worker"
+    assert hpa["spec"]["maxReplicas"] <= 8
+
+    monitor = find(docs, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    label = monitor["spec"]["jobLabel"]
+    jobs = {
+        d["metadata"]["labels"][label]
+        for d in docs
+        if d["kind"] == "Service" and label in d["metadata"]["labels"]
+    }
+    assert jobs == {"jobstream-worker", "jobstream-api"}, "the job names the alert rules use"
+
+    rule = find(docs, "PrometheusRule")
+    assert rule["spec"] == load_yaml(ALERTS)
+
+
+def test_helm_refuses_a_grace_period_shorter_than_the_drain() -> None:
+    proc = run(
+        tool("helm"), "template", "rel", str(CHART), "--kube-version", KUBE_VERSION,
+        "--set", "worker.terminationGracePeriodSeconds=20", ok=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "must exceed config.shutdownGraceSeconds" in proc.stderr
+
+
+def test_helm_schema_rejects_bad_values() -> None:
+    proc = run(
+        tool("helm"), "template", "rel", str(CHART), "--kube-version", KUBE_VERSION,
+        "--set", "config.concurrency=0", ok=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "concurrency" in proc.stderr
+
+
+# --- docker-compose ------------------------------------------------------------------------
+
+JOBSTREAM_SERVICES = {"migrate", "worker", "api", "fake-openrouter"}
+
+
+def test_compose_structure() -> None:
+    compose = load_yaml(COMPOSE)
+    services = compose["services"]
+    assert set(services) >= JOBSTREAM_SERVICES | {
+        "kafka", "postgres", "prometheus", "alertmanager", "grafana", "kafka-exporter",
+    }  # fmt: skip
+    assert services["kafka"]["image"] == "apache/kafka:4.1.1"
+    assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+    assert services["postgres"]["image"] == "postgres:15"
+    for name in ("kafka", "postgres"):
+        check = services[name]["healthcheck"]
+        assert check["test"] and check["interval"] and check["retries"], name
+
+    worker = services["worker"]
+    assert worker["deploy"]["replicas"] == 2
+    assert "container_name" not in worker and "ports" not in worker
+    assert duration_s(worker["stop_grace_period"]) > Settings().shutdown_grace_s
+    assert worker["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+    for name in JOBSTREAM_SERVICES:
+        service = services[name]
+        assert service["image"] == "jobstream:local" and service["build"]["context"] == "."
+        env = service["environment"]
+        # with either missing the CLI would start a local Kafka or PostgreSQL of its own
+        assert env["JOBSTREAM_KAFKA_BOOTSTRAP"] == "kafka:9092", name
+        assert "@postgres:5432/" in env["JOBSTREAM_DATABASE_URL"], name
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["migrate"]["restart"] == "no"
+    assert services["api"]["command"] == ["api"]
+    assert services["worker"]["command"] == ["worker"]
+    assert services["fake-openrouter"]["command"][0] == "fake-openrouter"
+
+    assert "--kafka.server=kafka:9092" in services["kafka-exporter"]["command"]
+    assert "./monitoring/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    # published ports reach the laptop only
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_docker_compose_config() -> None:
+    """`docker compose config` validates against the Compose specification without a daemon.
+    Optional: the install script does not provide the compose plugin."""
+    docker = shutil.which("docker")
+    if not docker or run(docker, "compose", "version", ok=False).returncode != 0:
+        pytest.skip("the docker compose plugin is not installed")
+    run(docker, "compose", "-f", str(COMPOSE), "config", "--quiet")
+
+
+# --- Dockerfile ----------------------------------------------------------------------------
+
+
+def test_dockerfile() -> None:
+    text = DOCKERFILE.read_text()
+    lines = [line.strip() for line in re.sub(r"\\\n", " ", text).splitlines() if line.strip()]
+    instructions = [line for line in lines if not line.startswith("#")]
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in instructions
+    assert [i for i in instructions if i.startswith("FROM")] == [
+        "FROM ${PYTHON_IMAGE} AS build",
+        "FROM ${PYTHON_IMAGE}",
+    ]
+    assert "RUN pip install ." in instructions
+    final = instructions[instructions.index("FROM ${PYTHON_IMAGE}") :]
+    user = [i for i in final if i.startswith("USER ")]
+    assert user and user[-1] not in {"USER root", "USER 0"}
+    healthcheck = next(i for i in final if i.startswith("HEALTHCHECK"))
+    assert "/health" in healthcheck and "/ready" not in healthcheck
+    assert 'ENTRYPOINT ["jobstream"]' in final
+    assert final[-1] == 'CMD ["worker"]'
+    assert any("JOBSTREAM_WEB_HOST=0.0.0.0" in i for i in final)
+
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "tests", ".env"} <= ignored
+    assert not {"pyproject.toml", "streams", "agents", "models", "README.md"} & ignored
+
+
+def test_install_script_is_valid_bash() -> None:
+    script = ROOT / "scripts" / "install-ops-tools.sh"
+    assert os.access(script, os.X_OK)
+    run("bash", "-n", str(script))
