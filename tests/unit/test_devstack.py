@@ -85,7 +85,7 @@ def test_cluster_ids_look_like_storage_tool_ones() -> None:
         assert len(raw) == 16 and raw not in (bytes(16), bytes(15) + b"\x01")
 
 
-def test_server_command_names_the_props_file_and_fast_start_jit(
+def test_server_command_names_the_props_file_and_takes_jvm_opts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("JOBSTREAM_KAFKA_JVM_OPTS", raising=False)
@@ -94,12 +94,12 @@ def test_server_command_names_the_props_file_and_fast_start_jit(
         "java", tmp_path / "libs", tmp_path / "l.properties", tmp_path, props
     )
     assert cmd[0] == "java" and cmd[-2:] == ["kafka.Kafka", str(props)]
-    assert "-XX:TieredStopAtLevel=1" in cmd and "-Xmx512m" in cmd
+    assert "-Xmx512m" in cmd and "-XX:TieredStopAtLevel=1" not in cmd
     assert cmd[cmd.index("-cp") + 1] == str(tmp_path / "libs" / "*")
 
-    monkeypatch.setenv("JOBSTREAM_KAFKA_JVM_OPTS", "-Xmx1g")
+    monkeypatch.setenv("JOBSTREAM_KAFKA_JVM_OPTS", " ".join(kafka.FAST_START_JVM_OPTS))
     cmd = kafka.server_command("java", tmp_path, tmp_path, tmp_path, props)
-    assert "-Xmx1g" in cmd and "-XX:TieredStopAtLevel=1" not in cmd
+    assert "-XX:TieredStopAtLevel=1" in cmd and "-Xmx512m" in cmd
 
 
 def test_jars_dir_lives_outside_the_repo_unless_overridden(
