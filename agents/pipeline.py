@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from agents.decode import decode_event, payload_error
 from agents.policy import RetryPolicy
 from agents.registry import JobContext, JobType, Registry
-from models.deadletter import DeadLetter, DeadLetterReason, b64
+from models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
 from models.errors import InvalidJobError, JobError, JobTimeoutError, RateLimitedError
 from models.job import FailureRecord, JobEvent, JobOutcome, JobStatus
 from streams.kafka import Publisher
@@ -36,7 +36,6 @@ from streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
-REPLAY_HEADER = "jobstream-replayed-from"
 TIER_HEADER = "jobstream-retry-tier"
 TRACEBACK_LIMIT = 4000
 T = TypeVar("T")

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.job import FailureRecord, utcnow
 
+REPLAY_HEADER = "jobstream-replayed-from"
+"""Header on an event republished by ``jobstream dlq replay``: the dead letter it came from."""
+
 
 class DeadLetterReason(StrEnum):
     INVALID_BYTES = "invalid_bytes"  # not UTF-8

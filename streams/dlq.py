@@ -23,13 +23,12 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from pydantic import ValidationError
 
-from models.deadletter import DeadLetter, DeadLetterReason, unb64
+from models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, unb64
 from models.errors import JobstreamError, StackError
 from models.job import JobEvent
 from streams import dlq_audit
 from streams.metrics import Metrics
 
-REPLAY_HEADER = "jobstream-replayed-from"
 CONNECT_TIMEOUT_S = 15.0
 IDLE_TIMEOUT_S = 30.0
 PUBLISH_TIMEOUT_S = 30.0
