@@ -88,8 +88,12 @@ class Runtime:
         self.limiter = PgRateLimiter(
             self.pool, s.rate_limits, lease=s.rate_limit_lease, metrics=self.metrics
         )
-        # webhooks share this session: never carry cookies from one receiver to another
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        # Webhooks share this session: never carry cookies from one receiver to another.
+        # aiohttp's default pool of 100 connections would cap concurrency below the setting.
+        self.http = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(),
+            connector=aiohttp.TCPConnector(limit=s.concurrency, limit_per_host=s.concurrency),
+        )
         self.pipeline = Pipeline(
             settings=s,
             topics=self.topics,

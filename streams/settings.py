@@ -61,7 +61,11 @@ class Settings(BaseSettings):
 
     # rate limits, keyed by upstream
     rate_limits: dict[str, RateLimit] = Field(default_factory=_default_rate_limits)
-    rate_limit_lease: int = Field(default=5, ge=1, description="tokens taken per DB round trip")
+    rate_limit_lease: int = Field(
+        default=100,
+        ge=1,
+        description="most tokens taken per DB round trip; also capped at 100 ms of the rate",
+    )
 
     # handlers
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
