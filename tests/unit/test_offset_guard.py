@@ -25,6 +25,7 @@ def bare(cls: type[Any], committed: int | None, head: int | None = None) -> Any:
     consumer._committed_offset[TP0] = committed
     if cls is SafeOffsetConsumer:
         consumer._head_offset = {} if head is None else {TP0: head}
+        consumer.commits_frozen = False
     return consumer
 
 
@@ -78,3 +79,10 @@ def test_gaps_count_as_acked() -> None:
     ours._gap[TP0].addi(11, 13)  # offsets 11 and 12 do not exist (e.g. compacted)
     ack(ours, 10, 13)
     assert ours._new_offset(TP0) == 14
+
+
+def test_frozen_commits_commit_nothing() -> None:
+    ours = bare(SafeOffsetConsumer, 10)
+    ack(ours, 10, 11)
+    ours.freeze_commits()
+    assert ours._new_offset(TP0) is None
