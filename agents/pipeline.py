@@ -150,7 +150,7 @@ class Pipeline:
             return "reemitted"
 
         if job_type is None:
-            failure = _Failure(
+            unknown = _Failure(
                 InvalidJobError(DeadLetterReason.UNKNOWN_TYPE, f"unknown job type {job.type!r}"),
                 retryable=False,
                 at=now(),
@@ -158,13 +158,13 @@ class Pipeline:
             return await self.durably(
                 "dead-letter",
                 lambda: self._dead_letter_job(
-                    rec, job, None, failure, DeadLetterReason.UNKNOWN_TYPE, replay_of
+                    rec, job, None, unknown, DeadLetterReason.UNKNOWN_TYPE, replay_of
                 ),
             )
         try:
             payload = job_type.payload_model.model_validate(job.payload)
         except ValidationError as exc:
-            failure = _Failure(
+            invalid = _Failure(
                 InvalidJobError(DeadLetterReason.INVALID_PAYLOAD, payload_error(exc)),
                 retryable=False,
                 at=now(),
@@ -172,7 +172,7 @@ class Pipeline:
             return await self.durably(
                 "dead-letter",
                 lambda: self._dead_letter_job(
-                    rec, job, job_type, failure, DeadLetterReason.INVALID_PAYLOAD, replay_of
+                    rec, job, job_type, invalid, DeadLetterReason.INVALID_PAYLOAD, replay_of
                 ),
             )
 

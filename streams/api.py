@@ -30,15 +30,13 @@ import json
 import logging
 import signal
 import sys
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from models.job import JobEvent
@@ -117,40 +115,6 @@ class ApiRuntime(Protocol):
     def metrics(self) -> Metrics: ...
 
 
-# --- metrics ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _ApiMetrics:
-    requests: Counter
-    submitted: Counter
-
-
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _ApiMetrics] = weakref.WeakKeyDictionary()
-
-
-def _api_metrics(registry: CollectorRegistry) -> _ApiMetrics:
-    """One set per registry: mounting the routes twice must not register the names twice."""
-    found = _METRICS.get(registry)
-    if found is None:
-        found = _ApiMetrics(
-            requests=Counter(
-                "jobstream_api_requests_total",
-                "Producer API requests, by route and HTTP status",
-                ["route", "status"],
-                registry=registry,
-            ),
-            submitted=Counter(
-                "jobstream_api_jobs_submitted_total",
-                "Jobs accepted by the producer API and durable in Kafka",
-                ["type"],
-                registry=registry,
-            ),
-        )
-        _METRICS[registry] = found
-    return found
-
-
 # --- errors ----------------------------------------------------------------------------------
 
 
@@ -215,7 +179,7 @@ def api_routes(runtime: ApiRuntime) -> list[web.RouteDef]:
 class _JobsApi:
     def __init__(self, runtime: ApiRuntime) -> None:
         self.rt = runtime
-        self.metrics = _api_metrics(runtime.metrics.registry)
+        self.metrics = runtime.metrics
 
     def guarded(self, route: str, handler: Handler) -> Handler:
         """Auth first, then the handler; every failure leaves as JSON, never as a traceback."""
@@ -229,7 +193,7 @@ class _JobsApi:
             except Exception:
                 log.exception("%s %s failed", request.method, request.path)
                 response = ApiError(500, "internal_error", "unexpected server error").response()
-            self.metrics.requests.labels(route=route, status=str(response.status)).inc()
+            self.metrics.api_requests.labels(route=route, status=str(response.status)).inc()
             return response
 
         return wrapped
@@ -277,7 +241,7 @@ class _JobsApi:
             )
         await self.publish(events)
         for event in events:
-            self.metrics.submitted.labels(type=event.type).inc()
+            self.metrics.api_jobs_submitted.labels(type=event.type).inc()
         if batch:
             return web.json_response(
                 {"ids": [e.id for e in events], "status": "queued"}, status=202

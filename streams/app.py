@@ -55,7 +55,7 @@ def to_record(message: Any) -> Record:
 def register_agents(app: faust.App, runtime: Runtime) -> None:
     settings = runtime.settings
 
-    @app.on_rebalance_complete.connect
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def _joined(sender: Any, **kwargs: Any) -> None:
         # readiness: the replica is in the group and has its (possibly empty) assignment
         runtime.joined.set()

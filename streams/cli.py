@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from streams.api import add_api_parser
+from streams.dlq_cli import add_dlq_parser
 from streams.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -150,18 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=1)
     p.set_defaults(fn=cmd_demo)
 
-    try:
-        from streams.api import add_api_parser
-    except ImportError:
-        pass
-    else:
-        add_api_parser(sub)
-    try:
-        from streams.dlq_cli import add_dlq_parser
-    except ImportError:
-        pass
-    else:
-        add_dlq_parser(sub)
+    add_api_parser(sub)
+    add_dlq_parser(sub)
     return parser
 
 

@@ -106,6 +106,18 @@ class Metrics:
             "Dead letters republished by the replay tool",
             registry=r,
         )
+        self.api_requests = Counter(
+            "jobstream_api_requests_total",
+            "Producer API requests, by route and HTTP status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.api_jobs_submitted = Counter(
+            "jobstream_api_jobs_submitted_total",
+            "Jobs accepted by the producer API and durable in Kafka",
+            ["type"],
+            registry=r,
+        )
         self.worker_info = Gauge(
             "jobstream_worker_up", "1 while this replica runs", ["worker"], registry=r
         )

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streams.api import api_routes
+
 if TYPE_CHECKING:
     from streams.runtime import Runtime
 
@@ -29,14 +31,10 @@ def health_routes(runtime: Runtime) -> list[web.RouteDef]:
 
 
 async def start_web(runtime: Runtime) -> web.AppRunner:
+
     app = web.Application(client_max_size=runtime.settings.api_max_body_bytes)
     app.add_routes(health_routes(runtime))
-    try:
-        from streams.api import api_routes
-    except ImportError:  # the producer API module is optional for a bare worker
-        pass
-    else:
-        app.add_routes(api_routes(runtime))
+    app.add_routes(api_routes(runtime))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, runtime.settings.web_host, runtime.settings.web_port)
