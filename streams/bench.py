@@ -395,8 +395,8 @@ METHOD = {
     "warmup": "warm-up jobs are published and waited for before the timed part, then excluded",
     "baseline": "streams.bench_baseline: 1 process, aiokafka consume -> produce -> commit",
     "rate_limit": "llm.chat uses a per-run limiter key (policy file) with an unreachable rate"
-    " and a lease of `concurrency` tokens per round trip (--lease), so the limiter runs but"
-    " does not limit, and the shared 'openrouter' bucket of other users is untouched",
+    " and the production lease size (unless --lease), so the limiter runs but does not limit,"
+    " and the shared 'openrouter' bucket of other users is untouched",
 }
 
 
@@ -1029,20 +1029,10 @@ class Bench:
             "JOBSTREAM_OPENROUTER_API_KEY": "sk-bench",
             "JOBSTREAM_RATE_LIMITS": json.dumps({key: UNLIMITED}),
             "JOBSTREAM_POLICY_FILE": str(policy),
-            "JOBSTREAM_RATE_LIMIT_LEASE": str(self.lease_for(spec)),
         }
-        return fake, env
-
-    def lease_for(self, spec: Scenario) -> int:
-        """Tokens one limiter round trip may take. A replica has one lease in flight per key, so
-        it gets at most ``lease`` tokens per database round trip: with the default of 5 and a
-        round trip of tens of ms on a busy machine that is ~100-200 jobs/s whatever the rate,
-        and the limiter, not the upstream, would be what scenario llm-500 measures. By default
-        the lease is the concurrency, so one round trip can serve every waiting job;
-        ``--lease 5`` measures the default instead."""
         if self.lease is not None:
-            return self.lease
-        return max(5, spec.concurrency or 0)
+            env["JOBSTREAM_RATE_LIMIT_LEASE"] = str(self.lease)
+        return fake, env
 
     async def _wait_assigned(
         self, group: str, children: Sequence[Child], *, marker: str, web_ports: Sequence[int]
@@ -1295,8 +1285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lease",
         type=int,
-        help="JOBSTREAM_RATE_LIMIT_LEASE for llm.chat (default: the concurrency, so the limiter"
-        " is not the bottleneck; 5 is the production default)",
+        help="JOBSTREAM_RATE_LIMIT_LEASE for llm.chat (default: the production default)",
     )
     p.add_argument("--keep", action="store_true", help="keep topics and rows afterwards")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
@@ -1363,7 +1352,7 @@ async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
         "publish_chunk": args.chunk,
         "timeout_s": args.timeout,
         "fake_latency_ms": FAKE_LATENCY_MS,
-        "rate_limit_lease": args.lease or "concurrency",
+        "rate_limit_lease": args.lease or "default",
         "worker_env_passthrough": passthrough_env(os.environ, owned),
         "logs": str(log_dir),
     }

@@ -358,19 +358,6 @@ def test_worker_settings_keep_the_knobs_and_drop_plumbing_and_secrets() -> None:
     }
 
 
-def test_the_limiter_lease_follows_the_concurrency_unless_given(tmp_path: Path) -> None:
-    def make(lease: int | None) -> bench.Bench:
-        return bench.Bench(
-            bootstrap="b", dsn="d", partitions=8, timeout_s=1, quick=True, jobs_override=None,
-            warmup_override=None, chunk=1000, keep=False, lease=lease, log_dir=tmp_path,
-            state_dir=tmp_path,
-        )  # fmt: skip
-
-    assert make(None).lease_for(bench.BY_NAME["llm-500"]) == 500
-    assert make(None).lease_for(bench.BY_NAME["llm-25"]) == 25
-    assert make(5).lease_for(bench.BY_NAME["llm-500"]) == 5
-
-
 def test_notes_say_what_limits_each_number() -> None:
     llm = _result("llm-500", 167.0)
     llm["cpu"] = {"consumer_cpu_ms_per_job": 1.734, "machine_busy": 0.998}
