@@ -10,7 +10,6 @@ retried in place with backoff: the record is never acked before its routing is d
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import traceback
@@ -22,11 +21,17 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 from pydantic import ValidationError
 
-from agents.decode import decode_event, payload_error
+from agents.decode import decode_event, payload_error, storable
 from agents.policy import RetryPolicy
 from agents.registry import JobContext, JobType, Registry
 from models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
-from models.errors import InvalidJobError, JobError, JobTimeoutError, RateLimitedError
+from models.errors import (
+    FatalError,
+    InvalidJobError,
+    JobError,
+    JobTimeoutError,
+    RateLimitedError,
+)
 from models.job import FailureRecord, JobEvent, JobOutcome, JobStatus
 from streams.kafka import Publisher
 from streams.metrics import Metrics
@@ -138,16 +143,16 @@ class Pipeline:
         replay_of = rec.header(REPLAY_HEADER)
 
         existing = await self.durably("lookup", lambda: self.store.lookup(job.id))
-        replaying = (
-            replay_of is not None
-            and existing is not None
-            and (existing.status is JobStatus.DEAD_LETTERED)
-        )
-        if existing is not None and existing.status.terminal and not replaying:
-            stored = existing
-            await self.durably("re-emit", lambda: self._emit_outcome(job, stored, True))
-            self.metrics.jobs_completed.labels(type=type_label, outcome="reemitted").inc()
-            return "reemitted"
+        if existing is not None:
+            replaying = replay_of is not None and existing.status is JobStatus.DEAD_LETTERED
+            if existing.status.terminal and not replaying:
+                await self.durably("re-emit", lambda: self._emit_outcome(job, existing, True))
+                self.metrics.jobs_completed.labels(type=type_label, outcome="reemitted").inc()
+                return "reemitted"
+            if existing.status is JobStatus.RETRYING and job.attempt <= existing.attempt:
+                # a redelivery of an attempt whose failure (and retry event) is already durable
+                self.metrics.jobs_completed.labels(type=type_label, outcome="duplicate").inc()
+                return "duplicate"
 
         if job_type is None:
             unknown = _Failure(
@@ -155,11 +160,8 @@ class Pipeline:
                 retryable=False,
                 at=now(),
             )
-            return await self.durably(
-                "dead-letter",
-                lambda: self._dead_letter_job(
-                    rec, job, None, unknown, DeadLetterReason.UNKNOWN_TYPE, replay_of
-                ),
+            return await self._dead_letter_job(
+                rec, job, None, unknown, DeadLetterReason.UNKNOWN_TYPE, replay_of
             )
         try:
             payload = job_type.payload_model.model_validate(job.payload)
@@ -169,11 +171,8 @@ class Pipeline:
                 retryable=False,
                 at=now(),
             )
-            return await self.durably(
-                "dead-letter",
-                lambda: self._dead_letter_job(
-                    rec, job, job_type, invalid, DeadLetterReason.INVALID_PAYLOAD, replay_of
-                ),
+            return await self._dead_letter_job(
+                rec, job, job_type, invalid, DeadLetterReason.INVALID_PAYLOAD, replay_of
             )
 
         started = time.perf_counter()
@@ -182,16 +181,11 @@ class Pipeline:
         self.metrics.handler_duration.labels(type=type_label).observe(elapsed)
 
         if failure is None:
-            return await self.durably(
-                "success", lambda: self._succeed(job, job_type, result, elapsed, replay_of)
-            )
+            return await self._succeed(job, job_type, result, elapsed, replay_of)
         if failure.retryable and job.attempt < job_type.policy.max_attempts:
-            return await self.durably("retry", lambda: self._retry(rec, job, job_type, failure))
+            return await self._retry(rec, job, job_type, failure)
         reason = DeadLetterReason.EXHAUSTED if failure.retryable else DeadLetterReason.FATAL_ERROR
-        return await self.durably(
-            "dead-letter",
-            lambda: self._dead_letter_job(rec, job, job_type, failure, reason, replay_of),
-        )
+        return await self._dead_letter_job(rec, job, job_type, failure, reason, replay_of)
 
     # -- running the handler -----------------------------------------------------------------
 
@@ -212,7 +206,9 @@ class Pipeline:
                     raise  # the handler's own timeout error, not ours
                 self.metrics.handler_timeouts.labels(type=job_type.name).inc()
                 raise JobTimeoutError(f"handler ran past its {timeout:g}s timeout") from exc
-            json.dumps(result)  # refuse a result PostgreSQL could not store, before batching it
+            why = storable(result)  # refused here, before it could fail a whole batch
+            if why is not None:
+                raise FatalError(f"the handler's result cannot be stored: {why}")
         except asyncio.CancelledError:
             raise
         except RateLimitedError as exc:
@@ -247,9 +243,12 @@ class Pipeline:
             created_at=job.created_at,
             finished_at=now(),
         )
-        stored = await self.store.write(row)
+        stored = await self.durably("write", lambda: self.store.write(row))
         reemitted = stored.finished_at != row.finished_at
-        await self._emit_outcome(job, stored, reemitted, duration_ms=elapsed * 1000)
+        await self.durably(
+            "outcome",
+            lambda: self._emit_outcome(job, stored, reemitted, duration_ms=elapsed * 1000),
+        )
         outcome = "reemitted" if reemitted else "succeeded"
         self.metrics.jobs_completed.labels(type=job_type.name, outcome=outcome).inc()
         self.metrics.job_latency.labels(type=job_type.name).observe(
@@ -285,12 +284,15 @@ class Pipeline:
             worker=self.settings.worker_name,
             created_at=job.created_at,
         )
-        await asyncio.gather(
-            self.publisher.send_and_wait(
+        # Publish first: a "retrying" row at attempt k tells a redelivery of attempt k that its
+        # retry is already durable, so it must never exist without that retry event.
+        await self.durably(
+            "retry-publish",
+            lambda: self.publisher.send_and_wait(
                 tier.topic, retry_event.to_bytes(), key=rec.key, headers=headers
             ),
-            self.store.write(row),
         )
+        await self.durably("write", lambda: self.store.write(row))
         self.metrics.retries.labels(tier=tier.topic.rsplit(".", 1)[-1]).inc()
         self.metrics.jobs_completed.labels(type=job_type.name, outcome="retried").inc()
         return "retried"
@@ -329,13 +331,17 @@ class Pipeline:
             created_at=job.created_at,
             finished_at=failure.at,
         )
-        _, stored = await asyncio.gather(
-            self.publisher.send_and_wait(
+        # The dead letter before the terminal row: a redelivery that finds the row terminal
+        # only re-emits the outcome, so the row must never exist without its dead letter.
+        await self.durably(
+            "dlq-publish",
+            lambda: self.publisher.send_and_wait(
                 self.topics.dlq, letter.to_bytes(), key=job.id.encode(), headers=rec.headers
             ),
-            self.store.write(row),
         )
-        await self._emit_outcome(job, stored, stored.finished_at != row.finished_at)
+        stored = await self.durably("write", lambda: self.store.write(row))
+        reemitted = stored.finished_at != row.finished_at
+        await self.durably("outcome", lambda: self._emit_outcome(job, stored, reemitted))
         label = job_type.name if job_type else "unknown"
         self.metrics.dead_letters.labels(reason=reason.value).inc()
         self.metrics.jobs_completed.labels(type=label, outcome="dead_lettered").inc()
@@ -343,11 +349,8 @@ class Pipeline:
 
     async def dead_letter_input(self, rec: Record, exc: InvalidJobError) -> str:
         """Undecodable input: no job id to key it by, so its source coordinates are the key."""
-        return await self.durably("dead-letter", lambda: self._dead_letter_input(rec, exc))
-
-    async def _dead_letter_input(self, rec: Record, exc: InvalidJobError) -> str:
         job_id = f"invalid:{rec.coordinates}"
-        existing = await self.store.lookup(job_id)
+        existing = await self.durably("lookup", lambda: self.store.lookup(job_id))
         if existing is not None and existing.status.terminal:
             return "reemitted"  # an earlier delivery already dead-lettered this very record
         at = now()
@@ -374,12 +377,13 @@ class Pipeline:
             worker=self.settings.worker_name,
             finished_at=at,
         )
-        await asyncio.gather(
-            self.publisher.send_and_wait(
+        await self.durably(
+            "dlq-publish",
+            lambda: self.publisher.send_and_wait(
                 self.topics.dlq, letter.to_bytes(), key=rec.key, headers=rec.headers
             ),
-            self.store.write(row),
         )
+        await self.durably("write", lambda: self.store.write(row))
         self.metrics.dead_letters.labels(reason=reason.value).inc()
         self.metrics.jobs_completed.labels(type="unknown", outcome="dead_lettered").inc()
         return "dead_lettered"

@@ -100,6 +100,11 @@ class StoredState:
         )
 
 
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold U+0000; an error message quoting one must still be stored."""
+    return value.replace("\x00", "\ufffd") if value else value
+
+
 def _merge(rows: Sequence[JobRow]) -> tuple[list[JobRow], list[int], dict[str, int]]:
     """One row per job id per statement (Postgres refuses to update a row twice in one).
 
@@ -133,7 +138,7 @@ class ResultStore:
     ) -> None:
         self._pool = pool
         self._metrics = metrics
-        self._writes: Batcher[JobRow, StoredState] = Batcher(
+        self._writes: Batcher[JobRow, StoredState | Exception] = Batcher(
             self._write_batch,
             max_size=max_size,
             max_delay_s=max_delay_s,
@@ -153,7 +158,10 @@ class ResultStore:
 
     async def write(self, row: JobRow) -> StoredState:
         """Returns once the row is committed; the state returned is what the table now holds."""
-        return await self._writes.submit(row)
+        stored = await self._writes.submit(row)
+        if isinstance(stored, Exception):
+            raise stored
+        return stored
 
     async def lookup(self, job_id: str) -> StoredState | None:
         return await self._lookups.submit(job_id)
@@ -167,14 +175,30 @@ class ResultStore:
             self._metrics.batch_size.observe(size)
             self._metrics.batch_flush.observe(seconds)
 
-    async def _write_batch(self, rows: Sequence[JobRow]) -> list[StoredState]:
+    async def _write_batch(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:
         merged, counts, winner = _merge(rows)
+        try:
+            by_id = await self._upsert(merged, counts)
+        except asyncpg.DataError:
+            # One row PostgreSQL refuses must not fail the others sharing its batch: write
+            # them one by one, so only the bad row's caller gets the error.
+            by_id = {}
+            for row, n in zip(merged, counts, strict=True):
+                try:
+                    by_id.update(await self._upsert([row], [n]))
+                except asyncpg.DataError as exc:
+                    by_id[row.job_id] = exc
+        return [by_id[merged[winner[row.job_id]].job_id] for row in rows]
+
+    async def _upsert(
+        self, rows: Sequence[JobRow], counts: Sequence[int]
+    ) -> dict[str, StoredState | Exception]:
         cols: list[list[Any]] = [[] for _ in range(13)]
-        for row, n in zip(merged, counts, strict=True):
+        for row, n in zip(rows, counts, strict=True):
             values = (
-                row.job_id, row.type, row.status.value, row.attempt, row.result, row.error,
-                row.error_class, row.source, row.replay_of, row.worker, row.created_at,
-                row.finished_at, n,
+                row.job_id, _text(row.type), row.status.value, row.attempt, row.result,
+                _text(row.error), _text(row.error_class), _text(row.source),
+                _text(row.replay_of), _text(row.worker), row.created_at, row.finished_at, n,
             )  # fmt: skip
             for col, value in zip(cols, values, strict=True):
                 col.append(value)
@@ -184,8 +208,7 @@ class ResultStore:
             if self._metrics is not None:
                 self._metrics.db_errors.labels(op="write").inc()
             raise
-        by_id = {r["job_id"]: StoredState.from_record(r) for r in records}
-        return [by_id[merged[winner[row.job_id]].job_id] for row in rows]
+        return {r["job_id"]: StoredState.from_record(r) for r in records}
 
     async def _lookup_batch(self, job_ids: Sequence[str]) -> list[StoredState | None]:
         try:

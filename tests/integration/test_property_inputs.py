@@ -11,23 +11,11 @@ per example). Every published record must then end as either
 
 and the counts must add up. The local ``decode_event`` is the oracle for which records decode.
 
-KNOWN BUG (this test fails until the product is fixed; it is left failing on purpose):
-inputs that Python's ``json`` accepts but PostgreSQL refuses are never ended. A NUL character
-(``"\\u0000"``) in a payload string or key, or a ``NaN`` / ``Infinity`` / ``-Infinity`` number,
-makes the ``jobs`` upsert fail (jsonb ``result``: "unsupported Unicode escape sequence" /
-"Token "NaN" is invalid"; text ``error``/``type`` carrying a NUL from a validation message:
-"invalid byte sequence for encoding UTF8: 0x00"). ``Pipeline.durably`` takes that for an
-infrastructure failure and retries the step forever, so
-
-* the record never ends and its offset is never acked (the partition's commit is stuck behind
-  it for good; a restart re-runs everything after it), and
-* the group-commit batch that carried the poison row fails as a whole: innocent records in the
-  same batch retry their step too, and because the dead-letter step publishes the dead letter
-  concurrently with the row write, each retry publishes it again -> the same input ends with
-  2-3 dead letters (and a retrying job would be republished to its tier twice).
-
-The explicit ``@example`` inputs below reproduce it on every run; hypothesis finds it on its
-own too (``st.text()`` produces NULs often).
+Regression guard: inputs that Python's ``json`` reads but PostgreSQL cannot store (a NUL
+character in a string or key, ``NaN`` / ``Infinity``) once made the row write fail forever, stuck
+the partition and, through a dead-letter step retried as a whole, published duplicate dead
+letters. They are now refused at decoding (reason ``invalid_json``); the explicit ``@example``
+inputs below keep them in every run.
 """
 
 from __future__ import annotations
@@ -164,9 +152,9 @@ def generate_inputs(prefix: str) -> list[Input]:
         suppress_health_check=list(HealthCheck),
     )
     @given(inputs)
-    # Known poison, always included (see KNOWN BUG in the module docstring): a NUL in a string
-    # of the payload / of an unknown key, and NaN / -Infinity numbers, which Python's json
-    # accepts but PostgreSQL's jsonb and text columns refuse.
+    # Always included (see the module docstring): a NUL in a string of the payload / of an
+    # unknown key, and NaN / -Infinity numbers, which Python's json accepts but PostgreSQL's
+    # jsonb and text columns refuse.
     @example(JobLike({"type": "echo", "_id": "unique", "payload": {"nul": "a\x00b"}}, True))
     @example(JobLike({"type": "echo", "_id": "unique", "payload": {"x": float("nan")}}, True))
     @example(JobLike({"type": "echo", "_id": "unique", "payload": {"x": -math.inf}}, False))

@@ -82,3 +82,31 @@ def test_topic_names_come_from_one_prefix() -> None:
 )
 def test_tier_labels(seconds: float, label: str) -> None:
     assert tier_label(seconds) == label
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type": "echo", "payload": {"x": NaN}}',
+        b'{"type": "echo", "payload": {"x": -Infinity}}',
+        b'{"type": "echo", "payload": {"x": "a\\u0000b"}}',
+        b'{"type": "echo", "payload": {"k\\u0000": 1}}',
+        b'{"type": "echo\\u0000"}',
+    ],
+)
+def test_json_postgresql_cannot_store_is_refused_at_the_door(raw: bytes) -> None:
+    assert reason_of(raw) == DeadLetterReason.INVALID_JSON
+
+
+def test_a_literal_backslash_u_is_not_a_nul() -> None:
+    event = decode_event(b'{"type": "echo", "payload": {"x": "\\\\u0000"}}', max_bytes=1000)
+    assert event.payload == {"x": "\\u0000"}
+
+
+def test_storable_names_what_jsonb_would_refuse() -> None:
+    from agents.decode import storable
+
+    assert storable({"ok": [1, "two", None]}) is None
+    assert storable({"x": float("nan")}) is not None
+    assert storable({"x": ["a\x00"]}) is not None
+    assert storable({"x": object()}) is not None
