@@ -3,6 +3,7 @@
 #   promtool  (Debian package "prometheus")               prometheus.yml, alert rules, rule unit tests
 #   amtool    (Debian package "prometheus-alertmanager")  alertmanager.yml
 #   helm      (built from the Go module, cached)           chart lint and template
+#   PyYAML    (into the project's virtualenv, if missing)  the tests parse the YAML files
 #
 # Idempotent: tools already on PATH (or helm already in the cache dir) are not installed again.
 # Nothing installed here is left running: the packages' services are kept from starting and, if
@@ -12,9 +13,12 @@
 #   HELM_VERSION    helm module version to build      (default below)
 #   HELM_BIN_DIR    where the helm binary is cached    (default: $(go env GOPATH)/bin, i.e. ~/go/bin)
 #   OPS_TOOLS_FORCE=1  rebuild helm even if cached
+#   OPS_TOOLS_PYTHON   the project's Python           (default: .venv/bin/python of this checkout)
 set -euo pipefail
 
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${OPS_TOOLS_PYTHON:-$REPO_ROOT/.venv/bin/python}"
 
 log() { printf '[install-ops-tools] %s\n' "$*" >&2; }
 now() { date +%s; }
@@ -41,18 +45,21 @@ install_apt_tools() {
         printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
         $SUDO chmod 755 "$policy"
         created_policy=1
+        # removed again below, or here if apt fails
+        trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
     fi
 
     local t0
     t0=$(now)
     log "apt: installing ${missing[*]}"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
     log "apt: done in $(($(now) - t0)) s"
 
     if [ "$created_policy" -eq 1 ]; then
         $SUDO rm -f "$policy"
+        trap - EXIT
     fi
     stop_packaged_services
 }
@@ -79,6 +86,10 @@ stop_packaged_services() {
 
 # ---------------------------------------------------------------- helm (go install, cached)
 install_helm() {
+    # The Go toolchain may be installed but not on a non-login shell's PATH.
+    if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+        PATH="$PATH:/usr/local/go/bin"
+    fi
     if ! command -v go >/dev/null 2>&1; then
         log "go not found: cannot build helm"
         return 1
@@ -88,11 +99,9 @@ install_helm() {
     local helm_bin="$bin_dir/helm"
 
     if [ -x "$helm_bin" ] && [ "${OPS_TOOLS_FORCE:-0}" != "1" ]; then
-        # The module version and our ldflags are in the binary's build info; rebuild on a mismatch.
-        local info
-        info=$(go version -m "$helm_bin" 2>/dev/null || true)
-        if grep -q "helm.sh/helm/v3[[:space:]]*${HELM_VERSION}" <<<"$info" \
-            && grep -q "chartutil.k8sVersionMinor" <<<"$info"; then
+        # Only this script's build reports the full version (set by -ldflags below; a plain
+        # `go install` reports "v3.xx"), so it tells a build of ours and of which version.
+        if [ "$("$helm_bin" version --template '{{ .Version }}' 2>/dev/null)" = "$HELM_VERSION" ]; then
             log "helm ${HELM_VERSION} already built at $helm_bin"
             link_helm "$helm_bin"
             return
@@ -134,17 +143,33 @@ link_helm() {
     fi
 }
 
+# ---------------------------------------------------------------- PyYAML (project venv)
+install_pyyaml() {
+    if [ ! -x "$PYTHON" ]; then
+        log "no project Python at $PYTHON: skipping PyYAML"
+        return
+    fi
+    if "$PYTHON" -c "import yaml" 2>/dev/null; then
+        log "PyYAML already installed"
+        return
+    fi
+    log "installing PyYAML into $PYTHON"
+    "$PYTHON" -m pip install --quiet "pyyaml>=6"
+}
+
 install_apt_tools
 install_helm
+install_pyyaml
 
 promtool --version 2>&1 | head -n1 >&2
 amtool --version 2>&1 | head -n1 >&2
 helm version --short >&2
 
-# Report anything listening beyond loopback that these packages may have started.
+# Fail if anything these packages started listens beyond loopback.
 if command -v ss >/dev/null 2>&1; then
-    if ss -ltnp 2>/dev/null | grep -E 'prometheus|alertmanager' >&2; then
-        log "WARNING: a prometheus/alertmanager process is listening (see above)"
+    if ss -ltnpH 2>/dev/null | grep -E 'prometheus|alertmanager' \
+        | grep -v -E '[[:space:]](127\.[0-9.]+|\[::1\]|\[::ffff:127\.[0-9.]+\]):[0-9]+[[:space:]]' >&2; then
+        log "ERROR: a prometheus/alertmanager process listens beyond loopback (see above)"
         exit 1
     fi
 fi
