@@ -3,7 +3,6 @@
 #   promtool  (Debian package "prometheus")               prometheus.yml, alert rules, rule unit tests
 #   amtool    (Debian package "prometheus-alertmanager")  alertmanager.yml
 #   helm      (built from the Go module, cached)           chart lint and template
-#   PyYAML    (into the project's virtualenv, if missing)  the tests parse the YAML files
 #
 # Idempotent: tools already on PATH (or helm already in the cache dir) are not installed again.
 # Nothing installed here is left running: the packages' services are kept from starting and, if
@@ -13,12 +12,10 @@
 #   HELM_VERSION    helm module version to build      (default below)
 #   HELM_BIN_DIR    where the helm binary is cached    (default: $(go env GOPATH)/bin, i.e. ~/go/bin)
 #   OPS_TOOLS_FORCE=1  rebuild helm even if cached
-#   OPS_TOOLS_PYTHON   the project's Python           (default: .venv/bin/python of this checkout)
 set -euo pipefail
 
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${OPS_TOOLS_PYTHON:-$REPO_ROOT/.venv/bin/python}"
 
 log() { printf '[install-ops-tools] %s\n' "$*" >&2; }
 now() { date +%s; }
@@ -143,23 +140,8 @@ link_helm() {
     fi
 }
 
-# ---------------------------------------------------------------- PyYAML (project venv)
-install_pyyaml() {
-    if [ ! -x "$PYTHON" ]; then
-        log "no project Python at $PYTHON: skipping PyYAML"
-        return
-    fi
-    if "$PYTHON" -c "import yaml" 2>/dev/null; then
-        log "PyYAML already installed"
-        return
-    fi
-    log "installing PyYAML into $PYTHON"
-    "$PYTHON" -m pip install --quiet "pyyaml>=6"
-}
-
 install_apt_tools
 install_helm
-install_pyyaml
 
 promtool --version 2>&1 | head -n1 >&2
 amtool --version 2>&1 | head -n1 >&2

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from streams.metrics import Metrics
@@ -59,16 +60,8 @@ def _unavailable(what: str) -> None:
     pytest.skip(f"{what} is not installed (scripts/install-ops-tools.sh installs it)")
 
 
-def _yaml() -> Any:
-    try:
-        import yaml
-    except ImportError:
-        _unavailable("PyYAML")
-    return yaml
-
-
 def load_yaml(path: Path) -> Any:
-    return _yaml().safe_load(path.read_text())
+    return yaml.safe_load(path.read_text())
 
 
 def tool(name: str) -> str:
@@ -98,7 +91,7 @@ def helm_template(*values: str) -> list[dict[str, Any]]:
         tool("helm"), "template", "rel", str(CHART), "--namespace", "jobs",
         "--kube-version", KUBE_VERSION, *values,
     ).stdout  # fmt: skip
-    return [d for d in _yaml().safe_load_all(out) if d]
+    return [d for d in yaml.safe_load_all(out) if d]
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
