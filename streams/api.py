@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 from models.job import JobEvent
 from streams.metrics import Metrics
+from streams.results import fetch_job
 from streams.settings import Settings
 from streams.topics import TopicNames, topic_names
 
@@ -516,8 +517,7 @@ class PgJobLookup:
         self._pool = pool
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
-        row = await self._pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job_id)
-        return dict(row) if row is not None else None
+        return await fetch_job(self._pool, job_id)
 
 
 class ServiceUnreachable(Exception):
@@ -553,24 +553,13 @@ class ApiServer:
         self.runner: web.AppRunner | None = None
 
     async def connect(self) -> None:
-        """Topics, schema, producer. Creating the topics here matters: a broker that
-        auto-creates them would use its default partition count, not ours."""
-        from streams.db import create_pool, migrate
-        from streams.kafka import ensure_topics
+        """Topics, schema, producer."""
+        from streams.setup import prepare
 
-        s = self.settings
         try:
-            await ensure_topics(
-                self.bootstrap,
-                self.topics.all(),
-                partitions=s.partitions,
-                replication_factor=s.replication_factor,
+            self.pool = await prepare(
+                self.settings, bootstrap=self.bootstrap, dsn=self.dsn, topics=self.topics
             )
-            self.pool = await create_pool(self.dsn, min_size=1, max_size=s.db_pool_max)
-            async with self.pool.acquire() as conn:
-                applied = await migrate(conn)
-            if applied:
-                log.info("applied migrations: %s", ", ".join(applied))
             self.store = PgJobLookup(self.pool)
             await self.publisher.start()
         except Exception as exc:

@@ -78,14 +78,14 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from streams.db import create_pool
+    from streams.results import fetch_job
 
     _, dsn = _services(settings)
 
     async def run() -> dict[str, Any] | None:
         pool = await create_pool(dsn, min_size=1, max_size=1)
         try:
-            row = await pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", args.job_id)
-            return dict(row) if row else None
+            return await fetch_job(pool, args.job_id)
         finally:
             await pool.close()
 

@@ -57,6 +57,12 @@ FROM jobs WHERE job_id = ANY($1::text[])
 """
 
 
+async def fetch_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:
+    """One job's whole row, for status queries (the API, ``jobstream status``)."""
+    row = await pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job_id)
+    return dict(row) if row is not None else None
+
+
 @dataclass(frozen=True)
 class JobRow:
     job_id: str
@@ -167,8 +173,7 @@ class ResultStore:
         return await self._lookups.submit(job_id)
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
-        row = await self._pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job_id)
-        return dict(row) if row is not None else None
+        return await fetch_job(self._pool, job_id)
 
     def _observe(self, size: int, seconds: float) -> None:
         if self._metrics is not None:

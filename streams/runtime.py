@@ -15,11 +15,11 @@ from agents.catalog import default_registry
 from agents.pipeline import Pipeline, Record
 from agents.registry import Registry
 from agents.retry import RetryForwarder
-from streams.db import create_pool, migrate
-from streams.kafka import Publisher, ensure_topics
+from streams.kafka import Publisher
 from streams.metrics import Metrics
 from streams.results import ResultStore
 from streams.settings import Settings
+from streams.setup import prepare
 from streams.topics import RetryTier, TopicNames, topic_names
 
 if TYPE_CHECKING:
@@ -66,17 +66,9 @@ class Runtime:
         from streams.web import start_web
 
         s = self.settings
-        await ensure_topics(
-            self.bootstrap,
-            self.topics.all(),
-            partitions=s.partitions,
-            replication_factor=s.replication_factor,
+        self.pool = await prepare(
+            s, bootstrap=self.bootstrap, dsn=self.dsn, topics=self.topics, pool_min=s.db_pool_min
         )
-        self.pool = await create_pool(self.dsn, min_size=s.db_pool_min, max_size=s.db_pool_max)
-        async with self.pool.acquire() as conn:
-            applied = await migrate(conn)
-        if applied:
-            log.info("applied migrations: %s", ", ".join(applied))
         self.store = ResultStore(
             self.pool,
             max_size=s.batch_max_size,

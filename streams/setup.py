@@ -1,0 +1,37 @@
+"""What every process that serves jobs needs before its first one: topics and schema."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+
+from streams.db import create_pool, migrate
+from streams.kafka import ensure_topics
+from streams.settings import Settings
+from streams.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+
+async def prepare(
+    settings: Settings, *, bootstrap: str, dsn: str, topics: TopicNames, pool_min: int = 1
+) -> asyncpg.Pool:
+    """Create the topics (with our partition count: a broker that auto-creates them would use
+    its own) and apply the schema migrations; returns a connection pool."""
+    await ensure_topics(
+        bootstrap,
+        topics.all(),
+        partitions=settings.partitions,
+        replication_factor=settings.replication_factor,
+    )
+    pool = await create_pool(dsn, min_size=pool_min, max_size=settings.db_pool_max)
+    try:
+        async with pool.acquire() as conn:
+            applied = await migrate(conn)
+    except BaseException:
+        await pool.close()
+        raise
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    return pool
