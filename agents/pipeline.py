@@ -231,17 +231,8 @@ class Pipeline:
     async def _succeed(
         self, job: JobEvent, job_type: JobType, result: Any, elapsed: float, replay_of: str | None
     ) -> str:
-        row = JobRow(
-            job_id=job.id,
-            type=job.type,
-            status=JobStatus.SUCCEEDED,
-            attempt=job.attempt,
-            result=result,
-            source="worker",
-            replay_of=replay_of,
-            worker=self.settings.worker_name,
-            created_at=job.created_at,
-            finished_at=now(),
+        row = self._row(
+            job, JobStatus.SUCCEEDED, result=result, replay_of=replay_of, finished_at=now()
         )
         stored = await self.durably("write", lambda: self.store.write(row))
         reemitted = stored.finished_at != row.finished_at
@@ -273,16 +264,8 @@ class Pipeline:
         )
         headers = [(k, v) for k, v in rec.headers if k != TIER_HEADER]
         headers.append((TIER_HEADER, tier.topic.encode()))
-        row = JobRow(
-            job_id=job.id,
-            type=job.type,
-            status=JobStatus.RETRYING,
-            attempt=job.attempt,
-            error=record.message,
-            error_class=record.error_class,
-            source="worker",
-            worker=self.settings.worker_name,
-            created_at=job.created_at,
+        row = self._row(
+            job, JobStatus.RETRYING, error=record.message, error_class=record.error_class
         )
         # Publish first: a "retrying" row at attempt k tells a redelivery of attempt k that its
         # retry is already durable, so it must never exist without that retry event.
@@ -318,17 +301,13 @@ class Pipeline:
             history=history,
             first_failure_at=history[0].at,
         )
-        row = JobRow(
-            job_id=job.id,
-            type=job.type,
-            status=JobStatus.DEAD_LETTERED,
-            attempt=job.attempt,
+        row = self._row(
+            job,
+            JobStatus.DEAD_LETTERED,
             error=record.message,
             error_class=record.error_class,
             source=rec.coordinates,
             replay_of=replay_of,
-            worker=self.settings.worker_name,
-            created_at=job.created_at,
             finished_at=failure.at,
         )
         # The dead letter before the terminal row: a redelivery that finds the row terminal
@@ -420,6 +399,18 @@ class Pipeline:
             original_key=b64(rec.key),
             original_value=b64(rec.value),
             original_headers=[(k, b64(v)) for k, v in rec.headers],
+        )
+
+    def _row(self, job: JobEvent, status: JobStatus, **fields: Any) -> JobRow:
+        fields.setdefault("source", "worker")
+        return JobRow(
+            job_id=job.id,
+            type=job.type,
+            status=status,
+            attempt=job.attempt,
+            worker=self.settings.worker_name,
+            created_at=job.created_at,
+            **fields,
         )
 
     @staticmethod
