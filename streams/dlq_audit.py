@@ -75,19 +75,6 @@ class Published:
     offset: int
 
 
-async def ensure_schema(conn: asyncpg.Connection) -> None:
-    """Create the tables if no worker has migrated yet; the tool may run before any worker.
-
-    Takes the same advisory lock as ``streams.db.migrate`` so it never races the migration
-    applying the same DDL.
-    """
-    from streams.db import _MIGRATION_LOCK
-
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-        await conn.execute(SCHEMA_SQL)
-
-
 async def replayed_ids(conn: asyncpg.Connection, ids: Iterable[str]) -> set[str]:
     """The subset of ``ids`` already replayed; read-only, so a dry run can use it."""
     exists = await conn.fetchval("SELECT to_regclass('dlq_replays') IS NOT NULL")

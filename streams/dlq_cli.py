@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from models.deadletter import DeadLetter, DeadLetterReason, unb64
 from models.errors import StackError
 from streams import dlq_audit
+from streams.db import migrate
 from streams.dlq import (
     Action,
     DeadLetterFilter,
@@ -302,7 +303,7 @@ async def _replay(
             _err(f"no dead letters match in {snap.topic} ({snap.scanned} scanned)")
             return EXIT_NO_MATCH
         if not opts.dry_run:
-            await dlq_audit.ensure_schema(conn)
+            await migrate(conn)  # the tool may run before any worker has created the schema
         already = await dlq_audit.replayed_ids(conn, (d.id for d in snap.matched))
         items = plan(snap.matched, already, opts)
         if opts.dry_run:
