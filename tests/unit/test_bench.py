@@ -15,8 +15,10 @@ from types import SimpleNamespace
 import pytest
 
 from models.job import JobEvent, JobOutcome, JobStatus
-from streams import bench
-from streams.bench import (
+from streams import bench, bench_report
+from streams.bench import parse_outcome, passthrough_env
+from streams.bench_baseline import output_for
+from streams.bench_report import (
     REPORT_KEYS,
     RESULT_KEYS,
     SCENARIOS,
@@ -25,15 +27,12 @@ from streams.bench import (
     build_report,
     empty_result,
     latency_summary,
-    parse_outcome,
     parse_scenarios,
-    passthrough_env,
     percentile,
     render_table,
     summarize,
     write_report,
 )
-from streams.bench_baseline import output_for
 
 # -- percentiles -------------------------------------------------------------------------------
 
@@ -141,7 +140,7 @@ def test_summarize_with_nothing_done() -> None:
 
 
 def _result(name: str, rate: float | None, error: str | None = None) -> dict[str, object]:
-    spec = bench.BY_NAME[name]
+    spec = bench_report.BY_NAME[name]
     r = empty_result(spec, jobs=100, warmup=10, partitions=8)
     r.update(jobs_per_s=rate, completed=100 if rate else 0, error=error)
     return r
@@ -166,9 +165,9 @@ def test_no_ratio_without_a_usable_baseline() -> None:
 
 
 def test_expected_rate_is_littles_law() -> None:
-    assert bench.BY_NAME["llm-25"].expected_jobs_s == 50.0
-    assert bench.BY_NAME["llm-500"].expected_jobs_s == 1000.0
-    assert bench.BY_NAME["echo-1"].expected_jobs_s is None
+    assert bench_report.BY_NAME["llm-25"].expected_jobs_s == 50.0
+    assert bench_report.BY_NAME["llm-500"].expected_jobs_s == 1000.0
+    assert bench_report.BY_NAME["echo-1"].expected_jobs_s is None
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -206,7 +205,7 @@ def test_table_shows_failures_and_incomplete_runs() -> None:
 
 
 def test_failed_scenario_result_still_has_every_key() -> None:
-    r = empty_result(bench.BY_NAME["llm-500"], jobs=1500, warmup=200, partitions=8)
+    r = empty_result(bench_report.BY_NAME["llm-500"], jobs=1500, warmup=200, partitions=8)
     assert tuple(r) == RESULT_KEYS
     assert r["concurrency"] == 500
     assert r["latency_ms"]["count"] == 0
@@ -228,7 +227,7 @@ def test_report_shape_and_round_trip(tmp_path: Path) -> None:
         results=results,
     )
     assert set(report) == REPORT_KEYS
-    assert report["schema"] == bench.SCHEMA_VERSION
+    assert report["schema"] == bench_report.SCHEMA_VERSION
     assert report["machine"]["cores"] >= 1
     assert "python" in report["machine"]
     assert all(tuple(s) == RESULT_KEYS for s in report["scenarios"])
@@ -367,7 +366,7 @@ def test_notes_say_what_limits_each_number() -> None:
     failed = _result("echo-1", None, error="TimeoutError: timed out\nmore")
     results = [base, llm, failed]
     add_ratios(results)
-    notes = bench.render_notes(results).splitlines()
+    notes = bench_report.render_notes(results).splitlines()
     assert notes[0] == "- baseline: kept up with the publisher (rate is the publisher's)"
     assert notes[1] == (
         "- llm-500: 1.73 CPU ms/job; machine 100% busy; 17% of the 1000/s ceiling;"
