@@ -195,9 +195,10 @@ class Pipeline:
         key = job_type.rate_limit_key
         ctx = JobContext(job=job, settings=self.settings, http=self.http)
         timeout = job_type.timeout_s or self.settings.default_timeout_s
+        if key is not None:
+            # an unreachable database is not the job's failure: wait for it like every step
+            await self.durably("rate-limit", lambda: self.limiter.acquire(key))
         try:
-            if key is not None:
-                await self.limiter.acquire(key)  # the limiter observes its own wait time
             try:
                 async with asyncio.timeout(timeout) as cm:
                     result = await job_type.handler(payload, ctx)
