@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -137,11 +138,11 @@ class Runtime:
         if self.draining.is_set():
             await asyncio.Future()  # cancelled when faust stops the agent
 
-    async def _tracked(self, work: asyncio.Future[str] | object) -> str:
+    async def _tracked(self, work: Awaitable[str]) -> str:
         self._in_flight += 1
         self._idle.clear()
         try:
-            return await work  # type: ignore[misc]
+            return await work
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
