@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from streams.api import add_api_parser
+from streams.api_server import add_api_parser
 from streams.dlq_cli import add_dlq_parser
 from streams.settings import Settings
 

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from streams.api import ApiServer
+from streams.api_server import ApiServer
 from streams.runtime import Runtime
 from streams.settings import Settings
 from tests.integration.harness import ROOT, free_port, topic_reader, wait_for

@@ -22,8 +22,9 @@ from pydantic import BaseModel, SecretStr, model_validator
 
 from agents.handlers.basic import echo, echo_type, sleep_type
 from agents.registry import JobType, Registry
-from streams import api
-from streams.api import MAX_BATCH, ApiServer, api_routes
+from streams import api, api_server
+from streams.api import MAX_BATCH, api_routes
+from streams.api_server import ApiServer
 from streams.cli import build_parser
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -625,7 +626,7 @@ async def test_the_standalone_server_serves_open_health_routes_and_guarded_jobs(
 
 def test_the_cli_has_an_api_command_with_host_and_port() -> None:
     args = build_parser().parse_args(["api", "--host", "0.0.0.0", "--port", "0"])
-    assert args.fn is api.cmd_api
+    assert args.fn is api_server.cmd_api
     assert (args.host, args.port) == ("0.0.0.0", 0)
     defaults = build_parser().parse_args(["api"])
     assert (defaults.host, defaults.port) == (None, None)  # then JOBSTREAM_WEB_HOST/PORT
