@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -168,3 +169,15 @@ async def wait_terminal(pool: asyncpg.Pool, job_ids: list[str], timeout: float =
         return int(await pool.fetchval(q, job_ids)) >= len(job_ids)
 
     await wait_for(done, timeout=timeout, interval=0.3, what=f"{len(job_ids)} terminal rows")
+
+
+async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    """``jobstream <args>`` as a process; returns its exit code and combined output."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streams.cli", *args,
+        cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()

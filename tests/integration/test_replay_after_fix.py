@@ -3,27 +3,14 @@ fixed; ``jobstream dlq replay`` turns the dead letters into successes, once."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 
 import asyncpg
 from aiohttp import web
 
 from streams.client import JobClient
-from tests.integration.harness import ROOT, WorkerFactory, free_port, wait_for, wait_terminal
-
-
-async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streams.cli", *args,
-        cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
+from tests.integration.harness import WorkerFactory, free_port, run_cli, wait_for, wait_terminal
 
 
 async def test_replay_after_fixing_the_cause(
