@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -94,6 +95,16 @@ class WorkerFactory:
     def close(self) -> None:
         for w in self.workers:
             w.kill()
+
+    async def cli(self, *args: str) -> tuple[int, str]:
+        """``jobstream <args>`` against this factory's Kafka, PostgreSQL and prefix."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSTREAM_")}
+        env |= {
+            "JOBSTREAM_KAFKA_BOOTSTRAP": self.bootstrap,
+            "JOBSTREAM_DATABASE_URL": self.dsn,
+            "JOBSTREAM_TOPIC_PREFIX": self.prefix,
+        }
+        return await run_cli(*args, env=env)
 
 
 class TopicReader:

@@ -4,13 +4,12 @@ fixed; ``jobstream dlq replay`` turns the dead letters into successes, once."""
 from __future__ import annotations
 
 import json
-import os
 
 import asyncpg
 from aiohttp import web
 
 from streams.client import JobClient
-from tests.integration.harness import WorkerFactory, free_port, run_cli, wait_for, wait_terminal
+from tests.integration.harness import WorkerFactory, free_port, wait_for, wait_terminal
 
 
 async def test_replay_after_fixing_the_cause(
@@ -47,13 +46,7 @@ async def test_replay_after_fixing_the_cause(
         assert len(received) == 5
 
         state["status"] = 200  # the receiver is fixed
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSTREAM_")}
-        env |= {
-            "JOBSTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "JOBSTREAM_DATABASE_URL": database_url,
-            "JOBSTREAM_TOPIC_PREFIX": prefix,
-        }
-        code, out = await run_cli("dlq", "replay", "--type", "http.webhook", "--rate", "0", env=env)
+        code, out = await workers.cli("dlq", "replay", "--type", "http.webhook", "--rate", "0")
         assert code == 0, out
 
         async def all_succeeded() -> bool:
@@ -68,7 +61,7 @@ async def test_replay_after_fixing_the_cause(
         assert {r["executions"] for r in rows} == {2}
 
         # replaying again republishes nothing: the audit says they were replayed already
-        code, out = await run_cli("dlq", "replay", "--type", "http.webhook", "--json", env=env)
+        code, out = await workers.cli("dlq", "replay", "--type", "http.webhook", "--json")
         assert code == 0, out
         print(out)
         assert len(received) == 10

@@ -40,12 +40,6 @@ async def fake() -> AsyncIterator[FakeOpenRouter]:
     await server.stop()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def post(
     http: aiohttp.ClientSession,
     fake: FakeOpenRouter,

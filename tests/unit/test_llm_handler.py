@@ -35,12 +35,6 @@ async def fake() -> AsyncIterator[FakeOpenRouter]:
     await server.stop()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def make_ctx(
     http: aiohttp.ClientSession, base_url: str | None, api_key: str | None = KEY
 ) -> JobContext:

@@ -105,12 +105,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def make_ctx(http: aiohttp.ClientSession, allow: tuple[str, ...] = ()) -> JobContext:
     settings = Settings(webhook_allow_hosts=allow)
     return JobContext(job=JobEvent(type="http.webhook"), settings=settings, http=http)
