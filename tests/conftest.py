@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +69,10 @@ async def pg_pool(database_url: str) -> AsyncIterator[object]:
         await migrate(conn)
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for tests that talk to a local server, closed afterwards."""
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -69,12 +69,6 @@ async def start_api(
         await server.stop()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def test_a_posted_job_is_on_the_main_topic_as_posted(
     start_api: StartApi,
     settings_for: Callable[..., Settings],
