@@ -62,6 +62,8 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()
+    timestamp_ms: int | None = None
+    """The record's Kafka timestamp (create or log-append time), for time lag."""
 
     @property
     def coordinates(self) -> str:

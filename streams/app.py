@@ -49,6 +49,7 @@ def to_record(message: Any) -> Record:
         key=message.key,
         value=message.value,
         headers=[(k, v) for k, v in headers],
+        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
     )
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -22,8 +23,16 @@ class Publisher:
     the producer fill batches.
     """
 
-    def __init__(self, bootstrap: str, *, linger_ms: int = 5, client_id: str = "jobstream") -> None:
-        self._config = {
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        linger_ms: int = 5,
+        client_id: str = "jobstream",
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``options`` are extra aiokafka client arguments (security: TLS, SASL)."""
+        self._config: dict[str, Any] = {
             "bootstrap_servers": bootstrap,
             "client_id": client_id,
             "enable_idempotence": True,
@@ -31,6 +40,7 @@ class Publisher:
             "linger_ms": linger_ms,
             "max_batch_size": 256 * 1024,
             "max_request_size": 4 * 1024 * 1024,
+            **(options or {}),
         }
         self._started: AIOKafkaProducer | None = None
 
