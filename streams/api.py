@@ -35,6 +35,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from models.job import JobEvent
+from streams.httpserver import CLIENT_CLOSED, RequestBodyTimeout, client_gone
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.topics import TopicNames
@@ -271,10 +272,29 @@ class _JobsApi:
         # read the stream ourselves, not request.read(): the limit is ours even when the host
         # app's client_max_size differs, and the 413 stays JSON instead of aiohttp's text
         buf = bytearray()
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            buf += chunk
-            if len(buf) > limit:
-                raise _too_large(None, limit)
+        try:
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                buf += chunk
+                if len(buf) > limit:
+                    raise _too_large(None, limit)
+        except RequestBodyTimeout:
+            raise ApiError(
+                408,
+                "body_timeout",
+                f"the body did not arrive within {self.rt.settings.http_body_timeout_s}s of the"
+                " headers (JOBSTREAM_HTTP_BODY_TIMEOUT_S)",
+            ) from None
+        except ConnectionResetError:
+            if not client_gone(request):
+                raise
+            # the client left: nobody reads the answer, and it is no fault of the server's
+            raise ApiError(
+                CLIENT_CLOSED, "client_closed", "the client closed the connection mid-body"
+            ) from None
+        except web.RequestPayloadError as exc:  # broken chunked framing or compression
+            raise _invalid(
+                [_error([], f"the body could not be read: {exc}", "body_invalid")]
+            ) from None
         return bytes(buf)
 
     @staticmethod

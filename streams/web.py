@@ -8,6 +8,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.api import api_routes
+from streams.httpserver import HttpLimits, start_http_server
 
 if TYPE_CHECKING:
     from streams.runtime import Runtime
@@ -31,12 +32,11 @@ def health_routes(runtime: Runtime) -> list[web.RouteDef]:
 
 
 async def start_web(runtime: Runtime) -> web.AppRunner:
-
-    app = web.Application(client_max_size=runtime.settings.api_max_body_bytes)
+    """Serves the health routes and the producer API under the configured HTTP limits."""
+    s = runtime.settings
+    app = web.Application(client_max_size=s.api_max_body_bytes)
     app.add_routes(health_routes(runtime))
     app.add_routes(api_routes(runtime))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, runtime.settings.web_host, runtime.settings.web_port)
-    await site.start()
-    return runner
+    return await start_http_server(
+        app, host=s.web_host, port=s.web_port, limits=HttpLimits.from_settings(s)
+    )
