@@ -193,13 +193,14 @@ class _GuardedRequestHandler(RequestHandler):
     them.
     """
 
-    __slots__ = ("_admitted", "_body", "_guard", "_phase", "_timer", "_watching")
+    __slots__ = ("_admitted", "_body", "_due", "_guard", "_phase", "_timer", "_watching")
 
     def __init__(self, manager: web.Server, *, guard: _Guard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._admitted = False
         self._timer: asyncio.TimerHandle | None = None
+        self._due: float | None = None  # when the armed phase expires; None: nothing armed
         self._phase: Literal["header", "body", "close"] = "header"
         self._body: StreamReader | None = None
         self._watching = True  # False once a connection asks to upgrade (WebSocket)
@@ -219,6 +220,9 @@ class _GuardedRequestHandler(RequestHandler):
             return
         self._admitted = False
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._body = None
         self._guard.release()
         super().connection_lost(exc)
@@ -226,7 +230,7 @@ class _GuardedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return
-        if data and self._watching and self._timer is None:
+        if data and self._watching and self._due is None:
             self._arm("header", self._guard.limits.header_timeout_s)  # a new request begins
         parsed = len(self._messages)
         super().data_received(data)
@@ -248,17 +252,29 @@ class _GuardedRequestHandler(RequestHandler):
         self._body = None
 
     def _arm(self, phase: Literal["header", "body", "close"], delay: float) -> None:
-        self._disarm()
+        # one lazy timer per connection: arming moves the due time, and a timer that fires
+        # early re-arms itself, so a busy keep-alive connection does not schedule and cancel
+        # a timer for every request (what aiohttp's keep-alive timer does too)
         self._phase = phase
-        self._timer = self._loop.call_later(delay, self._expired)
-
-    def _disarm(self) -> None:
+        due = self._loop.time() + delay
+        self._due = due
+        if self._timer is not None and self._timer.when() <= due:
+            return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+        self._timer = self._loop.call_at(due, self._expired)
+
+    def _disarm(self) -> None:
+        self._due = None
 
     def _expired(self) -> None:
         self._timer = None
+        if self._due is None:
+            return
+        if self._loop.time() < self._due:
+            self._timer = self._loop.call_at(self._due, self._expired)
+            return
+        self._due = None
         body = self._body
         if self._phase == "body" and body is not None and not body.is_eof():
             self._guard.note("body_timeout")
