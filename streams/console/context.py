@@ -1,0 +1,62 @@
+"""What the console's routes share: settings, the pool, Kafka views, templates."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import jinja2
+
+from streams.console.cluster import ClusterView
+from streams.console.deadletters import DeadLetterCache
+from streams.console.queries import JobsSchema, discover
+from streams.settings import Settings
+from streams.topics import TopicNames, topic_names
+
+
+def template_env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("streams.console", "templates"),
+        autoescape=jinja2.select_autoescape(("html",)),
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+@dataclass
+class Console:
+    settings: Settings
+    bootstrap: str
+    pool: asyncpg.Pool
+    topics: TopicNames
+    cluster: ClusterView
+    dead_letters: DeadLetterCache
+    schema: JobsSchema
+    kafka_options: dict[str, Any] = field(default_factory=dict)
+    """aiokafka arguments for TLS/SASL, as every other client of the project uses."""
+    templates: jinja2.Environment = field(default_factory=template_env)
+
+    @classmethod
+    async def open(cls, settings: Settings, *, bootstrap: str, pool: asyncpg.Pool) -> Console:
+        from streams.kafka_security import client_options
+
+        names = topic_names(settings.topic_prefix, settings.retry_tiers_s)
+        options = client_options(settings)
+        return cls(
+            settings=settings,
+            bootstrap=bootstrap,
+            pool=pool,
+            topics=names,
+            cluster=ClusterView(bootstrap, settings.group_id, names, options),
+            dead_letters=DeadLetterCache(bootstrap, names.dlq, options),
+            schema=await discover(pool),
+            kafka_options=options,
+        )
+
+    async def close(self) -> None:
+        await self.cluster.close()
+
+    def replayed_by(self, role: str, remote: str | None) -> str:
+        """Who replayed, for the audit: the console, the role, where from; never a token."""
+        return f"console:{role}@{socket.gethostname()} from {remote or 'unknown'}"

@@ -1,0 +1,198 @@
+"""Dead letters for the console: a briefly cached snapshot, what each role may see, replay.
+
+Listing reads the dead-letter topic with the DLQ tool's bounded snapshot (group-less, so it
+never touches the workers' group) and keeps it for :data:`CACHE_S`, because every filter
+change and every open page asks again. Replay does not use the cache: it goes through
+:func:`streams.dlq.replay_matching`, the same function ``jobstream dlq replay`` runs, with
+a fresh snapshot, the same audit and the same idempotence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from models.deadletter import DeadLetter, unb64
+from streams.dlq import (
+    Action,
+    DeadLetterFilter,
+    FilterError,
+    PlanItem,
+    Snapshot,
+    TopicMissingError,
+    decode_event,
+    decoded_key,
+    read_snapshot,
+)
+
+CACHE_S = 3.0
+FILTER_FIELDS = ("type", "reason", "error_class", "since", "until", "key")
+
+
+class DeadLetterCache:
+    def __init__(
+        self, bootstrap: str, topic: str, options: Mapping[str, Any] | None = None
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._options = dict(options or {})
+        self._topic = topic
+        self._lock = asyncio.Lock()
+        self._cached: tuple[float, Snapshot | None, str | None] | None = None
+
+    def invalidate(self) -> None:
+        self._cached = None
+
+    async def all(self) -> tuple[list[DeadLetter], str | None]:
+        """Every readable dead letter (oldest failure first) and a note when there are none
+        because the topic does not exist yet."""
+        async with self._lock:
+            if self._cached is None or time.monotonic() - self._cached[0] > CACHE_S:
+                try:
+                    snap: Snapshot | None = await read_snapshot(
+                        self._bootstrap, self._topic, lambda _dl: True, options=self._options
+                    )
+                    note = None
+                except TopicMissingError:
+                    snap, note = None, f"topic {self._topic} does not exist yet (no dead letters)"
+                self._cached = (time.monotonic(), snap, note)
+            _, snap, note = self._cached
+        return (list(snap.matched) if snap else []), note
+
+
+def parse_filter(query: Mapping[str, str]) -> DeadLetterFilter:
+    """The CLI's filters from query parameters (or a JSON body): same names, same syntax."""
+
+    def many(name: str) -> list[str] | None:
+        value = query.get(name)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise FilterError(f"{name} must be a string (a comma list for several values)")
+        return [value]
+
+    def one(name: str) -> str | None:
+        value = query.get(name)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise FilterError(f"{name} must be a string")
+        return value
+
+    return DeadLetterFilter.parse(
+        types=many("type"),
+        reasons=many("reason"),
+        error_classes=many("error_class"),
+        since=one("since"),
+        until=one("until"),
+        keys=many("key"),
+    )
+
+
+def stats(matched: Sequence[DeadLetter]) -> dict[str, Any]:
+    """The CLI's ``dlq stats`` groups, plus one count per criterion for the filter menus."""
+    groups = Counter((d.reason.value, d.job_type or "-", d.error_class) for d in matched)
+    ordered = sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {
+        "matched": len(matched),
+        "groups": [
+            {"reason": r, "type": t, "error_class": e, "count": n} for (r, t, e), n in ordered
+        ],
+        "by_reason": dict(Counter(d.reason.value for d in matched).most_common()),
+        "by_type": dict(Counter(d.job_type or "-" for d in matched).most_common()),
+        "by_error_class": dict(Counter(d.error_class for d in matched).most_common()),
+    }
+
+
+def summary(dl: DeadLetter, replays: int = 0) -> dict[str, Any]:
+    """A list row: no payload, no headers, for every role."""
+    return {
+        "id": dl.id,
+        "job_id": dl.job_id,
+        "type": dl.job_type,
+        "reason": dl.reason.value,
+        "error_class": dl.error_class,
+        "error_message": dl.error_message,
+        "attempt": dl.attempt,
+        "first_failure_at": dl.first_failure_at.isoformat(),
+        "last_failure_at": dl.last_failure_at.isoformat(),
+        "replays": replays,
+    }
+
+
+def detail(dl: DeadLetter, *, show_payload: bool) -> dict[str, Any]:
+    """Everything about one dead letter; the original payload and headers only if allowed.
+
+    Headers are treated like the payload: producers put credentials and user data in them.
+    """
+    doc = summary(dl)
+    doc.update(
+        traceback=dl.traceback,
+        history=[h.model_dump(mode="json") for h in dl.history],
+        source={
+            "topic": dl.source_topic,
+            "partition": dl.source_partition,
+            "offset": dl.source_offset,
+        },
+        original_key=decoded_key(dl),
+        payload_shown=show_payload,
+    )
+    raw = dl.original_bytes()
+    event = decode_event(dl)
+    size = len(raw) if raw is not None else 0
+    if event is not None:
+        ev = event.model_dump(mode="json")
+        if not show_payload:
+            body = json.dumps(ev["payload"]).encode()
+            ev["payload"] = f"(hidden: {len(body)} bytes; set JOBSTREAM_CONSOLE_SHOW_PAYLOADS)"
+            ev["metadata"] = "(hidden)" if ev.get("metadata") else {}
+        doc["original_event"] = ev
+        doc["original_value"] = None
+    else:
+        doc["original_event"] = None
+        if show_payload:
+            text = _text(raw)
+            doc["original_value"] = text
+        else:
+            doc["original_value"] = f"(hidden: {size} bytes, not a JobEvent)"
+    doc["original_size"] = size
+    if show_payload:
+        doc["original_headers"] = [[n, _text(unb64(v))] for n, v in dl.original_headers]
+    else:
+        doc["original_headers"] = [[n, "(hidden)"] for n, _ in dl.original_headers]
+    return doc
+
+
+def _text(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "(base64) " + base64.b64encode(raw).decode()
+
+
+def history_of(dl: DeadLetter) -> list[dict[str, Any]]:
+    return [h.model_dump(mode="json") for h in dl.history]
+
+
+def plan_json(items: Sequence[PlanItem]) -> dict[str, Any]:
+    tally = Counter(i.action for i in items)
+    return {
+        "would_replay": tally[Action.REPLAY],
+        "skipped_already_replayed": tally[Action.SKIP_REPLAYED],
+        "skipped_invalid": tally[Action.SKIP_INVALID],
+        "items": [
+            {
+                "action": i.action.value,
+                "id": i.dead_letter.id,
+                "job_id": i.dead_letter.job_id,
+                "type": i.dead_letter.job_type,
+            }
+            for i in items
+        ],
+    }

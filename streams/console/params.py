@@ -1,0 +1,124 @@
+"""Query parameters and request bodies into typed values; anything wrong is a 400 that says why."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from streams.console.queries import MAX_PAGE, WINDOWS, CursorError, JobFilter, decode_cursor
+from streams.dlq import FilterError, parse_time
+
+MAX_ID_LENGTH = 200  # JobEvent.id's own limit
+
+
+class BadInput(ValueError):
+    """Raised when a request's parameters or body are malformed; answered with 400."""
+
+
+def job_id(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise BadInput("job id is empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise BadInput(f"job id is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def limit(query: Mapping[str, str], *, default: int = 50, maximum: int = MAX_PAGE) -> int:
+    raw = query.get("limit", "")
+    if raw == "":
+        return default
+    try:
+        n = int(raw)
+    except ValueError:
+        raise BadInput(f"limit must be an integer from 1 to {maximum}, not {raw!r}") from None
+    if not 1 <= n <= maximum:
+        raise BadInput(f"limit must be from 1 to {maximum}, not {n}")
+    return n
+
+
+def window(query: Mapping[str, str]) -> str:
+    w = query.get("window", "1h") or "1h"
+    if w not in WINDOWS:
+        raise BadInput(f"window must be one of {', '.join(WINDOWS)}, not {w!r}")
+    return w
+
+
+def job_filter(query: Mapping[str, str], statuses: tuple[str, ...]) -> JobFilter:
+    status = query.get("status") or None
+    if status is not None and status not in statuses:
+        raise BadInput(f"status must be one of {', '.join(statuses)}, not {status!r}")
+    values: dict[str, str | None] = {}
+    for name in ("type", "worker"):
+        v = (query.get(name) or "").strip() or None
+        if v is not None and len(v) > MAX_ID_LENGTH:
+            raise BadInput(f"{name} is longer than {MAX_ID_LENGTH} characters")
+        values[name] = v
+    now = datetime.now(UTC)
+    try:
+        since = parse_time(query["since"], now=now) if query.get("since") else None
+        until = parse_time(query["until"], now=now) if query.get("until") else None
+    except FilterError as exc:
+        raise BadInput(f"since/until: {exc}") from None
+    if since is not None and until is not None and since >= until:
+        raise BadInput("since must be before until")
+    return JobFilter(
+        status=status, type=values["type"], worker=values["worker"], since=since, until=until
+    )
+
+
+def cursor(query: Mapping[str, str]) -> tuple[datetime, str] | None:
+    raw = query.get("after") or None
+    if raw is None:
+        return None
+    try:
+        return decode_cursor(raw)
+    except CursorError as exc:
+        raise BadInput(f"after: {exc}") from None
+
+
+class ReplayRequest(BaseModel):
+    """The body of ``POST /api/replay``: which dead letters, and how.
+
+    ``expect`` is the confirmation: the number of dead letters the operator saw in the
+    preview. A real replay whose fresh plan would republish a different number is refused,
+    so what is published is what was confirmed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] | None = Field(default=None, max_length=10_000)
+    type: str | None = None
+    reason: str | None = None
+    error_class: str | None = None
+    since: str | None = None
+    until: str | None = None
+    key: str | None = None
+    dry_run: bool = True
+    reset_attempts: bool = False
+    force: bool = False
+    limit: int | None = Field(default=None, ge=1)
+    rate: float | None = Field(default=None, gt=0)
+    expect: int | None = Field(default=None, ge=0)
+
+    def filters(self) -> dict[str, str]:
+        fields = ("type", "reason", "error_class", "since", "until", "key")
+        return {f: v for f in fields if (v := getattr(self, f))}
+
+
+def replay_request(body: object) -> ReplayRequest:
+    if not isinstance(body, dict):
+        raise BadInput("the body must be a JSON object")
+    try:
+        req = ReplayRequest.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "body"
+        raise BadInput(f"{where}: {err['msg']}") from None
+    if not req.dry_run and req.expect is None:
+        raise BadInput("expect is required for a replay: the would_replay count of its preview")
+    if req.ids is not None and not req.ids:
+        raise BadInput("ids is empty: leave it out to use the filters alone")
+    return req

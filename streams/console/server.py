@@ -1,0 +1,198 @@
+"""``jobstream console``: the console as its own server, or as a sub-app of ``jobstream api``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from streams.console import params
+from streams.console.access import (
+    BASE_KEY,
+    OFF_MESSAGE,
+    POLICY_KEY,
+    AccessPolicy,
+    Mode,
+    access_middleware,
+    json_error,
+    wants_json,
+)
+from streams.console.context import Console
+from streams.console.routes import CONSOLE_KEY, render, routes
+from streams.httpserver import HttpLimits, start_http_server
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3  # as in streams.cli
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    """No framing, no sniffing, no caching of pages that show job data."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        _secure(request, exc)
+        raise
+    _secure(request, response)
+    return response
+
+
+def _secure(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    if "/static/" not in request.path:
+        response.headers.setdefault("Cache-Control", "no-store")
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Bad input is a 400 that says why (JSON for the API, a page for pages); a database
+    outage is a 503 that names no address or credential."""
+    base = request.app[BASE_KEY]
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except params.BadInput as exc:
+        if wants_json(request, base):
+            raise json_error(400, str(exc)) from None
+        return render(request, "error.html", status=400, message=str(exc))
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.warning("console: database error on %s: %s", request.path, type(exc).__name__)
+        raise json_error(503, f"PostgreSQL is unavailable ({type(exc).__name__})") from None
+
+
+def console_app(
+    settings: Settings, *, bootstrap: str, pool: asyncpg.Pool, host: str | None, base: str = ""
+) -> web.Application:
+    """The console as an aiohttp application; ``base`` is its path when mounted as a sub-app.
+
+    ``host`` is the address it listens on, for the access rule; None (a mounted console,
+    whose host the parent owns) never counts as loopback, so tokens are required.
+    """
+    app = web.Application(middlewares=[_headers, _errors, access_middleware])
+    app[POLICY_KEY] = AccessPolicy(settings, host if host is not None else "0.0.0.0")
+    app[BASE_KEY] = base.rstrip("/")
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        app[CONSOLE_KEY] = await Console.open(settings, bootstrap=bootstrap, pool=pool)
+        yield
+        await app[CONSOLE_KEY].close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.add_routes(routes)
+    app.router.add_static("/static", STATIC, append_version=True)
+    return app
+
+
+async def listen(app: web.Application, settings: Settings, host: str, port: int) -> web.AppRunner:
+    """The one place the standalone console starts serving (with the shared HTTP limits)."""
+    return await start_http_server(
+        app,
+        host=host,
+        port=port,
+        limits=HttpLimits.from_settings(settings),
+        shutdown_timeout_s=settings.shutdown_grace_s,
+    )
+
+
+def url_of(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+async def start(
+    settings: Settings, *, bootstrap: str, dsn: str, host: str, port: int
+) -> tuple[web.AppRunner, asyncpg.Pool]:
+    """Pool, schema (the console's indexes are a migration), app, listening socket."""
+    from streams.db import create_pool, migrate
+
+    pool = await create_pool(dsn, min_size=1, max_size=max(2, settings.db_pool_max))
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        app = console_app(settings, bootstrap=bootstrap, pool=pool, host=host)
+        runner = await listen(app, settings, host, port)
+    except BaseException:
+        await pool.close()
+        raise
+    return runner, pool
+
+
+async def serve(settings: Settings, bootstrap: str, dsn: str, host: str, port: int) -> int:
+    mode = AccessPolicy(settings, host).mode
+    if mode is Mode.OFF:
+        print(OFF_MESSAGE, file=sys.stderr)
+        return EXIT_USAGE
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            runner, pool = await start(settings, bootstrap=bootstrap, dsn=dsn, host=host, port=port)
+        except OSError as exc:
+            print(f"cannot start the console on {host}:{port}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"jobstream console on {url_of(runner)} (access: {mode.value})", flush=True)
+        await stop.wait()
+        await runner.cleanup()
+        await pool.close()
+        return EXIT_OK
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.cli import _services
+    from streams.observability import configure_logging
+
+    configure_logging(settings.log_level)
+    host = args.host if args.host is not None else settings.console_host
+    port = args.port if args.port is not None else settings.console_port
+    if AccessPolicy(settings, host).mode is Mode.OFF:
+        print(OFF_MESSAGE, file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        bootstrap, dsn = _services(settings)
+    except Exception as exc:
+        print(f"cannot resolve Kafka/PostgreSQL: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(serve(settings, bootstrap, dsn, host, port))
+    return EXIT_OK
+
+
+def add_console_parser(subparsers: Any) -> None:
+    """Registers ``jobstream console`` on the ``jobstream`` subcommands."""
+    p = subparsers.add_parser(
+        "console",
+        help="run the operator console (jobs, dead letters, replay, throughput, lag)",
+        description="The operator web console. Access needs JOBSTREAM_CONSOLE_VIEWER_TOKEN"
+        " and/or JOBSTREAM_CONSOLE_OPERATOR_TOKEN, or JOBSTREAM_CONSOLE_DEV_OPEN=true on a"
+        " loopback address.",
+    )
+    p.add_argument("--host", default=None, help="bind address (default: JOBSTREAM_CONSOLE_HOST)")
+    p.add_argument(
+        "--port", type=int, default=None, help="port, 0 for any (default: JOBSTREAM_CONSOLE_PORT)"
+    )
+    p.set_defaults(fn=cmd_console)
