@@ -7,6 +7,7 @@ from typing import Any
 import faust
 
 from agents.pipeline import Record
+from streams.kafka_security import broker_credentials
 from streams.runtime import Runtime
 from streams.settings import Settings
 
@@ -18,6 +19,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         settings.group_id,
         # our transport: faust's aiokafka one with a commit guard that cannot skip offsets
         broker=f"jobstream://{bootstrap}",
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         datadir=str(datadir),
         autodiscover=False,

@@ -318,8 +318,15 @@ class OutputCollector:
     group being measured), and keeps the first record per job id: a later one is a duplicate
     delivery (counted), and the first is when the job's result became durable."""
 
-    def __init__(self, bootstrap: str, topic: str, parse: OutputParser) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        parse: OutputParser,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
+        self.options = dict(options or {})  # TLS/SASL (kafka_security.client_options)
         self.topic = topic
         self.parse = parse
         self.done: dict[str, Done] = {}
@@ -336,6 +343,7 @@ class OutputCollector:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **self.options,
         )
         await self._consumer.start()
 
@@ -448,6 +456,7 @@ class Bench:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     pool: Any = None
     admin: Any = None
+    kafka_options: dict[str, Any] = field(default_factory=dict)  # kafka_security.client_options
 
     # ---- shared setup
 
@@ -459,7 +468,7 @@ class Bench:
         self.pool = await create_pool(self.dsn, min_size=1, max_size=2)
         async with self.pool.acquire() as conn:
             await migrate(conn)  # the row checks run before the first worker would migrate
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka_options)
         await self.admin.start()
 
     async def close(self) -> None:
@@ -493,7 +502,9 @@ class Bench:
                 await self._ensure_topics([prefix, out_topic])
                 children = [self._start_baseline(prefix, out_topic)]
                 await self._wait_assigned(prefix, children, marker="assigned ", web_ports=[])
-                collector = await OutputCollector(self.bootstrap, out_topic, parse_baseline).start()
+                collector = await OutputCollector(
+                    self.bootstrap, out_topic, parse_baseline, self.kafka_options
+                ).start()
             else:
                 from streams.topics import topic_names
 
@@ -514,13 +525,15 @@ class Bench:
                 await self._wait_assigned(prefix, workers, marker="Worker ready", web_ports=ports)
                 # started once the group has settled: new partitions have leaders by then
                 collector = await OutputCollector(
-                    self.bootstrap, topics.outcomes, parse_outcome
+                    self.bootstrap, topics.outcomes, parse_outcome, self.kafka_options
                 ).start()
             result["logs"] = [str(c.log_path) for c in children]
 
             from streams.client import JobClient
 
-            async with JobClient(self.bootstrap, topic_prefix=prefix) as client:
+            async with JobClient(
+                self.bootstrap, topic_prefix=prefix, options=self.kafka_options
+            ) as client:
                 if warmup:
                     _say(f"{spec.name}: warm-up, {warmup} jobs")
                     warm_ids, _, _, _ = await self._publish(
@@ -826,7 +839,9 @@ class Bench:
     async def _ensure_topics(self, names: Sequence[str]) -> None:
         from streams.kafka import ensure_topics
 
-        await ensure_topics(self.bootstrap, names, partitions=self.partitions)
+        await ensure_topics(
+            self.bootstrap, names, partitions=self.partitions, options=self.kafka_options
+        )
 
     async def _cleanup(self, prefix: str, extra: Sequence[Callable[[], Awaitable[None]]]) -> None:
         """Delete this scenario's topics (faust's own included) and rows: a benchmark must not
@@ -955,6 +970,7 @@ def describe_scenarios(*, quick: bool) -> str:
 
 async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
     from streams.devstack import resolve_services
+    from streams.kafka_security import client_options
     from streams.settings import Settings
 
     loop = asyncio.get_running_loop()
@@ -1011,6 +1027,7 @@ async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
         lease=args.lease,
         log_dir=log_dir,
         state_dir=state_dir,
+        kafka_options=client_options(settings),
     )
     results: list[dict[str, Any]] = []
     complete = False

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from streams.kafka import Publisher
+from streams.kafka_security import client_options
+from streams.settings import Settings
 
 
 class _Announce(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -53,6 +55,7 @@ def output_for(value: bytes | None) -> bytes:
 async def run(bootstrap: str, in_topic: str, out_topic: str, group: str) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    options = client_options(Settings())  # TLS/SASL from the same JOBSTREAM_* as a worker
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     consumer = AIOKafkaConsumer(
@@ -61,9 +64,10 @@ async def run(bootstrap: str, in_topic: str, out_topic: str, group: str) -> int:
         client_id=f"{group}-baseline",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **options,
     )
     consumer.subscribe([in_topic], listener=_Announce())
-    publisher = Publisher(bootstrap, client_id=f"{group}-baseline")
+    publisher = Publisher(bootstrap, client_id=f"{group}-baseline", options=options)
     await consumer.start()
     await publisher.start()
     processed = 0

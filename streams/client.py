@@ -18,9 +18,20 @@ class JobClient:
     first and then waits for them together, so a batch costs about one round trip.
     """
 
-    def __init__(self, bootstrap: str, *, topic_prefix: str = "jobs", linger_ms: int = 5) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        topic_prefix: str = "jobs",
+        linger_ms: int = 5,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``options`` are aiokafka client arguments for TLS/SASL, e.g.
+        ``streams.kafka_security.client_options(Settings())``."""
         self.topic = topic_names(topic_prefix).main
-        self._publisher = Publisher(bootstrap, linger_ms=linger_ms, client_id="jobstream-client")
+        self._publisher = Publisher(
+            bootstrap, linger_ms=linger_ms, client_id="jobstream-client", options=options
+        )
 
     async def start(self) -> None:
         await self._publisher.start()

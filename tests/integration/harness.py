@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,15 +110,21 @@ class WorkerFactory:
 class TopicReader:
     """Reads a topic from the beginning without a group (so it never joins the workers')."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, options: Mapping[str, Any] | None = None
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.options = dict(options or {})  # TLS/SASL client arguments (kafka_security)
         self.records: list[Any] = []
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> TopicReader:
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            **self.options,
         )
         await self._consumer.start()
         parts = await wait_for(self._partitions, timeout=30, what=f"partitions of {self.topic}")
