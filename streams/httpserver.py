@@ -190,7 +190,9 @@ class _GuardedRequestHandler(RequestHandler):
     is not complete; disarmed by the body's EOF) and ``close`` (the grace after a body
     deadline). It reads aiohttp's queue of parsed requests (``_messages``) to see headers
     complete; the unit tests exercise every phase, so an aiohttp change that breaks this fails
-    them.
+    them. Not covered: partial headers that arrive in the same read as the end of the request
+    before them (pipelining) are not seen as a new request, so only aiohttp's keep-alive
+    timeout bounds them.
     """
 
     __slots__ = ("_admitted", "_body", "_due", "_guard", "_phase", "_timer", "_watching")

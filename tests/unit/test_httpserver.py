@@ -181,6 +181,17 @@ async def test_an_idle_keep_alive_connection_is_closed_by_the_keep_alive_timeout
     writer.close()
 
 
+async def test_pipelined_requests_in_one_write_are_all_answered(serve: Serve) -> None:
+    port = await serve(FAST)
+    reader, writer = await connect(port)
+    post = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi"
+    get = b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    writer.write(post + get)
+    data = await until_closed(reader, within=5)
+    assert data.count(b"HTTP/1.1 200 OK") == 2
+    writer.close()
+
+
 # -- body deadline ----------------------------------------------------------------------------
 
 
