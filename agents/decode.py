@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -12,8 +13,12 @@ from models.errors import InvalidJobError
 from models.job import SCHEMA_VERSION, JobEvent
 
 
-def decode_event(raw: bytes | None, *, max_bytes: int) -> JobEvent:
-    """Raises :class:`InvalidJobError` with a :class:`DeadLetterReason` value as its reason."""
+def decode_event(raw: bytes | None, *, max_bytes: int, default_id: str | None = None) -> JobEvent:
+    """Raises :class:`InvalidJobError` with a :class:`DeadLetterReason` value as its reason.
+
+    ``default_id`` is the id of an event published without one; the caller derives it from
+    the record's coordinates, so every delivery of that record gets the same id.
+    """
     if raw is None:
         raise InvalidJobError(DeadLetterReason.INVALID_BYTES, "record has no value (tombstone)")
     if len(raw) > max_bytes:
@@ -30,11 +35,11 @@ def decode_event(raw: bytes | None, *, max_bytes: int) -> JobEvent:
         raise InvalidJobError(DeadLetterReason.INVALID_JSON, f"not JSON: {exc}") from exc
     except ValueError as exc:  # NaN / Infinity: Python reads them, JSON and PostgreSQL do not
         raise InvalidJobError(DeadLetterReason.INVALID_JSON, str(exc)) from exc
-    if has_nul(data):
-        raise InvalidJobError(
-            DeadLetterReason.INVALID_JSON,
-            "contains the character U+0000, which PostgreSQL cannot store in text or jsonb",
-        )
+    # NUL and lone surrogates can only come from \u escapes: skip the walk when there are none
+    if "\\u" in text:
+        why = unstorable_char(data)
+        if why is not None:
+            raise InvalidJobError(DeadLetterReason.INVALID_JSON, why)
     if not isinstance(data, dict):
         raise InvalidJobError(
             DeadLetterReason.INVALID_SCHEMA, f"expected a JSON object, got {type(data).__name__}"
@@ -45,6 +50,8 @@ def decode_event(raw: bytes | None, *, max_bytes: int) -> JobEvent:
             DeadLetterReason.UNSUPPORTED_VERSION,
             f"schema version {version!r} is not supported (this worker reads v{SCHEMA_VERSION})",
         )
+    if default_id is not None and "id" not in data:
+        data["id"] = default_id
     try:
         return JobEvent.model_validate(data)
     except (ValidationError, RecursionError) as exc:
@@ -53,6 +60,32 @@ def decode_event(raw: bytes | None, *, max_bytes: int) -> JobEvent:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unstorable_char(data: Any) -> str | None:
+    """Why a string (key or value) in a JSON document cannot be stored or re-encoded, if so.
+
+    PostgreSQL's text and jsonb hold neither U+0000 nor a lone UTF-16 surrogate (``\\ud800``),
+    and UTF-8 cannot encode the latter: such an event could be neither stored nor retried.
+    No recursion: documents may nest deeply.
+    """
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "contains the character U+0000, which PostgreSQL cannot store"
+            if _SURROGATE.search(item):
+                return "contains a lone UTF-16 surrogate escape, which is not a Unicode character"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return None
 
 
 def has_nul(data: Any) -> bool:
@@ -69,6 +102,24 @@ def has_nul(data: Any) -> bool:
         elif isinstance(item, list | tuple):
             stack.extend(item)
     return False
+
+
+def readable_id(raw: bytes | None, *, max_bytes: int) -> str | None:
+    """The string ``id`` of an event that failed validation, when one can be read.
+
+    An invalid event keeps its id for its row, dead letter and outcome, so ``jobstream status``
+    and ``dlq show`` find it by the id its producer knows. Oversized input is not parsed.
+    """
+    if raw is None or len(raw) > max_bytes:
+        return None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    job_id = data.get("id") if isinstance(data, dict) else None
+    if isinstance(job_id, str) and 0 < len(job_id) <= 200 and unstorable_char(job_id) is None:
+        return job_id
+    return None
 
 
 def storable(result: Any) -> str | None:

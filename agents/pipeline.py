@@ -1,10 +1,17 @@
 """What happens to one record of the main topic, from raw bytes to durable results.
 
-``Pipeline.handle`` never raises for a bad record or a failing handler: every input ends as a
-succeeded row + outcome, a retry event, or a dead letter + dead_lettered row + outcome. It
-returns only once all of that is durable, because the caller acks (and so lets faust commit)
-the offset when it returns. Infrastructure failures (PostgreSQL or Kafka unreachable) are
-retried in place with backoff: the record is never acked before its routing is durable.
+``Pipeline.handle`` never raises for a bad record, a failing handler or a bug of its own: every
+input ends as a succeeded row + outcome, a retry event, or a dead letter + dead_lettered row +
+outcome. It returns only once all of that is durable, because the caller acks (and so lets faust
+commit) the offset when it returns.
+
+A job runs only while its execution holds the claim on its row (``ResultStore.claim``): a copy
+that finds the claim held by another live execution waits for that one's result and re-emits
+it, and a claim whose lease expired (its worker died) is taken over.
+
+Only infrastructure errors that may pass by themselves are retried in place (``DurableSteps``);
+a record Kafka refuses, a row PostgreSQL refuses or an error in the pipeline itself ends the
+record on the dead-letter route (``unpublishable``, ``unstorable``, ``internal_error``).
 """
 
 from __future__ import annotations
@@ -13,29 +20,35 @@ import asyncio
 import logging
 import time
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from pydantic import ValidationError
 
-from agents.decode import decode_event, payload_error, storable
-from agents.policy import RetryPolicy
+from agents.decode import decode_event, payload_error, readable_id, storable
+from agents.durable import DurableSteps
+from agents.fitting import fit_dead_letter, fit_event, fit_outcome, original_facts
+from agents.policy import RetryPolicy, compute_backoff
 from agents.registry import JobContext, JobType, Registry
 from models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
 from models.errors import (
     FatalError,
     InvalidJobError,
     JobError,
+    JobstreamError,
     JobTimeoutError,
     RateLimitedError,
 )
-from models.job import FailureRecord, JobEvent, JobOutcome, JobStatus
+from models.job import FailureRecord, JobEvent, JobOutcome, JobStatus, derived_job_id
+from streams import observability
+from streams.failures import RecordTooLargeError, describe, is_transient
 from streams.kafka import Publisher
 from streams.metrics import Metrics
-from streams.results import JobRow, ResultStore, StoredState
+from streams.results import ClaimRequest, ClaimResult, JobRow, ResultStore, StoredState
 from streams.settings import Settings
 from streams.topics import TopicNames
 
@@ -43,6 +56,9 @@ log = logging.getLogger(__name__)
 
 TIER_HEADER = "jobstream-retry-tier"
 TRACEBACK_LIMIT = 4000
+HEADERS_KEPT_BYTES = 64 * 1024
+"""Original headers larger than this are not copied onto the dead-letter record (the letter
+still lists them, base64, as long as it fits)."""
 T = TypeVar("T")
 
 
@@ -83,6 +99,26 @@ class _Failure:
     at: datetime
 
 
+class RowRefusedError(JobstreamError):
+    """Raised when PostgreSQL refuses a job's row for what it holds (not for an outage)."""
+
+
+@dataclass
+class _Attempt:
+    """What is known of the record being handled: enough to dead-letter it from anywhere."""
+
+    rec: Record
+    job_id: str
+    job_type: str | None = None
+    attempt: int = 1
+    created_at: datetime | None = None
+    replay_of: str | None = None
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    claimed: bool = False
+    takeovers: int = 0
+    history: list[FailureRecord] = field(default_factory=list)
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -113,6 +149,7 @@ class Pipeline:
         limiter: Limiter,
         metrics: Metrics,
         http: aiohttp.ClientSession,
+        steps: DurableSteps | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -122,74 +159,191 @@ class Pipeline:
         self.limiter = limiter
         self.metrics = metrics
         self.http = http
+        self.steps = steps or DurableSteps(
+            metrics=metrics,
+            attempt_timeout_s=settings.durable_step_timeout_s,
+            deadline_s=settings.durable_step_deadline_s,
+        )
+        # job id -> resolved when the execution in this process that claimed it is done, so a
+        # local copy waits on it instead of polling PostgreSQL
+        self._running: dict[str, asyncio.Future[None]] = {}
+
+    async def durably(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
+        """Retry ``step`` in place while its error may pass by itself (see DurableSteps)."""
+        return await self.steps.run(what, step)
 
     # -- entry point -------------------------------------------------------------------------
 
     async def handle(self, rec: Record) -> str:
         """Process one record; returns the outcome label (for metrics and tests)."""
         self.metrics.in_flight.inc()
+        att = _Attempt(rec=rec, job_id=f"invalid:{rec.coordinates}")
         try:
-            return await self._handle(rec)
+            return await self._handle(att)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug of the pipeline's own: the record still ends
+            return await self._internal_error(att, exc)
         finally:
             self.metrics.in_flight.dec()
+            self._release(att)
 
-    async def _handle(self, rec: Record) -> str:
+    async def dead_letter_input(self, rec: Record, exc: InvalidJobError) -> str:
+        """Undecodable input (also from a retry topic): a dead letter under its readable id."""
+        att = _Attempt(rec=rec, job_id=f"invalid:{rec.coordinates}")
         try:
-            job = decode_event(rec.value, max_bytes=self.settings.max_event_bytes)
-        except InvalidJobError as exc:
-            return await self.dead_letter_input(rec, exc)
+            return await self._invalid_input(att, exc)
+        finally:
+            self._release(att)
 
+    async def fail_record(
+        self, rec: Record, exc: BaseException, reason: DeadLetterReason, job: JobEvent | None
+    ) -> str:
+        """End a record another stage could not pass on (the retry forwarder's republish):
+        a dead letter, and the terminal row when the job's claim can be taken."""
+        att = _Attempt(rec=rec, job_id=job.id if job else f"invalid:{rec.coordinates}")
+        if job is not None:
+            att.job_type, att.attempt = job.type, job.attempt
+            att.created_at, att.history = job.created_at, list(job.history)
+        try:
+            await self._claim_once(att)
+            return await self._dead_letter(att, exc, reason, write_row=att.claimed)
+        finally:
+            self._release(att)
+
+    async def _handle(self, att: _Attempt) -> str:
+        rec = att.rec
+        att.replay_of = rec.header(REPLAY_HEADER)
+        try:
+            job = decode_event(
+                rec.value,
+                max_bytes=self.settings.max_event_bytes,
+                # a replayed copy of an id-less event gets the id of the one it replays
+                default_id=derived_job_id(att.replay_of or rec.coordinates),
+            )
+        except InvalidJobError as exc:
+            return await self._invalid_input(att, exc)
+        att.job_id, att.job_type, att.attempt = job.id, job.type, job.attempt
+        att.created_at, att.history = job.created_at, list(job.history)
         job_type = self.registry.get(job.type)
         type_label = job_type.name if job_type else "unknown"
         self.metrics.jobs_received.labels(type=type_label).inc()
-        replay_of = rec.header(REPLAY_HEADER)
+        with observability.job_scope(
+            job_id=job.id,
+            job_type=job.type,
+            attempt=job.attempt,
+            tier=rec.header(TIER_HEADER),
+            worker=self.settings.worker_name,
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            payload=job.payload,
+        ):
+            waited = await self._claim(att, type_label)
+            if waited is not None:
+                return waited
+            return await self._run(att, job, job_type)
 
-        existing = await self.durably("lookup", lambda: self.store.lookup(job.id))
-        if existing is not None:
-            replaying = replay_of is not None and existing.status is JobStatus.DEAD_LETTERED
-            if existing.status.terminal and not replaying:
-                await self.durably("re-emit", lambda: self._emit_outcome(job, existing, True))
-                self.metrics.jobs_completed.labels(type=type_label, outcome="reemitted").inc()
-                return "reemitted"
-            if existing.status is JobStatus.RETRYING and job.attempt <= existing.attempt:
-                # a redelivery of an attempt whose failure (and retry event) is already durable
-                self.metrics.jobs_completed.labels(type=type_label, outcome="duplicate").inc()
-                return "duplicate"
+    # -- claims ------------------------------------------------------------------------------
 
+    async def _claim(self, att: _Attempt, type_label: str) -> str | None:
+        """Hold the job's claim (None), or end this copy: its outcome label when the job is
+        already done or this attempt is a redelivery of one whose result is durable."""
+        request = ClaimRequest(
+            job_id=att.job_id,
+            type=att.job_type,
+            attempt=att.attempt,
+            token=att.token,
+            created_at=att.created_at,
+            replay=att.replay_of is not None,
+        )
+        waits = 0
+        while True:
+            claim = await self.durably("claim", lambda: self.store.claim(request))
+            if claim.won:
+                att.claimed = True
+                self._running[att.job_id] = asyncio.get_running_loop().create_future()
+                if claim.takeover:
+                    self.metrics.claim_takeovers.labels(type=type_label).inc()
+                    log.warning(
+                        "job %s: took over an expired claim (takeover %d)",
+                        att.job_id, claim.takeovers,
+                    )  # fmt: skip
+                att.takeovers = claim.takeovers
+                return None
+            ended = await self._not_claimed(att, claim, type_label)
+            if ended is not None:
+                return ended
+            if waits == 0:
+                self.metrics.claim_waits.labels(type=type_label).inc()
+            waits += 1
+            await self._wait_for_holder(att.job_id, waits)
+
+    async def _not_claimed(self, att: _Attempt, claim: ClaimResult, type_label: str) -> str | None:
+        existing = claim.existing
+        if existing is None:
+            return None  # inserted by someone after this statement's snapshot: look again
+        if existing.status.terminal:
+            await self.durably("re-emit", lambda: self._emit_outcome(att, existing, True))
+            self.metrics.jobs_completed.labels(type=type_label, outcome="reemitted").inc()
+            return "reemitted"
+        if existing.attempt > att.attempt or (
+            existing.status is JobStatus.RETRYING and existing.attempt == att.attempt
+        ):
+            # a redelivery of an attempt whose failure (and retry event) is already durable
+            self.metrics.jobs_completed.labels(type=type_label, outcome="duplicate").inc()
+            return "duplicate"
+        return None  # running under a live claim of another execution: wait for it
+
+    async def _wait_for_holder(self, job_id: str, waits: int) -> None:
+        local = self._running.get(job_id)
+        if local is not None:
+            await asyncio.wait([local])  # never cancels the holder's future
+            return
+        # another replica holds it: look again, backing off to a fraction of the lease
+        cap = max(0.2, min(2.0, self.settings.claim_lease_s / 4))
+        await asyncio.sleep(compute_backoff(waits, base_s=0.05, max_s=cap, jitter=0.2))
+
+    def _release(self, att: _Attempt) -> None:
+        if not att.claimed:
+            return
+        att.claimed = False
+        self.store.release(att.job_id, att.token)
+        done = self._running.pop(att.job_id, None)
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    # -- running the claimed job ---------------------------------------------------------------
+
+    async def _run(self, att: _Attempt, job: JobEvent, job_type: JobType | None) -> str:
         if job_type is None:
-            unknown = _Failure(
-                InvalidJobError(DeadLetterReason.UNKNOWN_TYPE, f"unknown job type {job.type!r}"),
-                retryable=False,
-                at=now(),
+            unknown = InvalidJobError(
+                DeadLetterReason.UNKNOWN_TYPE, f"unknown job type {job.type!r}"
             )
-            return await self._dead_letter_job(
-                rec, job, None, unknown, DeadLetterReason.UNKNOWN_TYPE, replay_of
+            return await self._dead_letter(att, unknown, DeadLetterReason.UNKNOWN_TYPE)
+        if att.takeovers >= job_type.policy.max_attempts:
+            stalled = JobTimeoutError(
+                f"its claim expired {att.takeovers} times (max_attempts"
+                f" {job_type.policy.max_attempts}): every execution died or stalled"
             )
+            return await self._dead_letter(att, stalled, DeadLetterReason.STALLED, retryable=True)
         try:
             payload = job_type.payload_model.model_validate(job.payload)
         except ValidationError as exc:
-            invalid = _Failure(
-                InvalidJobError(DeadLetterReason.INVALID_PAYLOAD, payload_error(exc)),
-                retryable=False,
-                at=now(),
-            )
-            return await self._dead_letter_job(
-                rec, job, job_type, invalid, DeadLetterReason.INVALID_PAYLOAD, replay_of
-            )
+            invalid = InvalidJobError(DeadLetterReason.INVALID_PAYLOAD, payload_error(exc))
+            return await self._dead_letter(att, invalid, DeadLetterReason.INVALID_PAYLOAD)
 
         started = time.perf_counter()
         result, failure = await self._execute(job, job_type, payload)
         elapsed = time.perf_counter() - started
-        self.metrics.handler_duration.labels(type=type_label).observe(elapsed)
+        self.metrics.handler_duration.labels(type=job_type.name).observe(elapsed)
 
         if failure is None:
-            return await self._succeed(job, job_type, result, elapsed, replay_of)
+            return await self._succeed(att, job, job_type, result, elapsed)
         if failure.retryable and job.attempt < job_type.policy.max_attempts:
-            return await self._retry(rec, job, job_type, failure)
+            return await self._retry(att, job, job_type, failure)
         reason = DeadLetterReason.EXHAUSTED if failure.retryable else DeadLetterReason.FATAL_ERROR
-        return await self._dead_letter_job(rec, job, job_type, failure, reason, replay_of)
-
-    # -- running the handler -----------------------------------------------------------------
+        return await self._dead_letter(att, failure.exc, reason, failure=failure)
 
     async def _execute(
         self, job: JobEvent, job_type: JobType, payload: Any
@@ -232,16 +386,19 @@ class Pipeline:
     # -- routing -----------------------------------------------------------------------------
 
     async def _succeed(
-        self, job: JobEvent, job_type: JobType, result: Any, elapsed: float, replay_of: str | None
+        self, att: _Attempt, job: JobEvent, job_type: JobType, result: Any, elapsed: float
     ) -> str:
-        row = self._row(
-            job, JobStatus.SUCCEEDED, result=result, replay_of=replay_of, finished_at=now()
-        )
-        stored = await self.durably("write", lambda: self.store.write(row))
+        row = self._row(att, JobStatus.SUCCEEDED, result=result, finished_at=now())
+        try:
+            stored = await self._write(row)
+        except RowRefusedError as exc:
+            return await self._dead_letter(att, exc, DeadLetterReason.UNSTORABLE)
+        if stored.status is JobStatus.RUNNING:
+            return self._claim_lost(att, job_type.name)
         reemitted = stored.finished_at != row.finished_at
         await self.durably(
             "outcome",
-            lambda: self._emit_outcome(job, stored, reemitted, duration_ms=elapsed * 1000),
+            lambda: self._emit_outcome(att, stored, reemitted, duration_ms=elapsed * 1000),
         )
         outcome = "reemitted" if reemitted else "succeeded"
         self.metrics.jobs_completed.labels(type=job_type.name, outcome=outcome).inc()
@@ -250,9 +407,9 @@ class Pipeline:
         )
         return outcome
 
-    async def _retry(self, rec: Record, job: JobEvent, job_type: JobType, failure: _Failure) -> str:
-        from agents.policy import compute_backoff
-
+    async def _retry(
+        self, att: _Attempt, job: JobEvent, job_type: JobType, failure: _Failure
+    ) -> str:
         tier = self.topics.tier_for_attempt(job.attempt)
         delay = compute_backoff(
             1, base_s=tier.delay_s, factor=1.0, max_s=tier.delay_s, jitter=job_type.policy.jitter
@@ -265,154 +422,227 @@ class Pipeline:
                 "history": [*job.history, record],
             }
         )
+        rec = att.rec
         headers = [(k, v) for k, v in rec.headers if k != TIER_HEADER]
         headers.append((TIER_HEADER, tier.topic.encode()))
-        row = self._row(
-            job, JobStatus.RETRYING, error=record.message, error_class=record.error_class
-        )
+        value = fit_event(retry_event, self._budget(tier.topic, rec.key, headers))
+        if value is None:
+            too_big = RecordTooLargeError(
+                f"the retry event would exceed {tier.topic}'s limit of"
+                f" {self.publisher.limit(tier.topic)} bytes"
+            )
+            return await self._dead_letter(att, too_big, DeadLetterReason.UNPUBLISHABLE)
         # Publish first: a "retrying" row at attempt k tells a redelivery of attempt k that its
         # retry is already durable, so it must never exist without that retry event.
-        await self.durably(
-            "retry-publish",
-            lambda: self.publisher.send_and_wait(
-                tier.topic, retry_event.to_bytes(), key=rec.key, headers=headers
-            ),
+        try:
+            await self.durably(
+                "retry-publish",
+                lambda: self.publisher.send_and_wait(
+                    tier.topic, value, key=rec.key, headers=headers
+                ),
+            )
+        except RecordTooLargeError as exc:
+            return await self._dead_letter(att, exc, DeadLetterReason.UNPUBLISHABLE)
+        row = self._row(
+            att, JobStatus.RETRYING, error=record.message, error_class=record.error_class
         )
-        await self.durably("write", lambda: self.store.write(row))
+        try:
+            stored = await self._write(row)
+        except RowRefusedError:
+            stored = await self._write(self._row(att, JobStatus.RETRYING, error="(refused)"))
+        if stored.status is JobStatus.RUNNING:
+            return self._claim_lost(att, job_type.name)
         self.metrics.retries.labels(tier=tier.topic.rsplit(".", 1)[-1]).inc()
         self.metrics.jobs_completed.labels(type=job_type.name, outcome="retried").inc()
         return "retried"
 
-    async def _dead_letter_job(
+    async def _invalid_input(self, att: _Attempt, exc: InvalidJobError) -> str:
+        """Undecodable input. It keeps the id it carries when one can be read; else its
+        source coordinates are its id, the same for every delivery of the record."""
+        rec = att.rec
+        reason = DeadLetterReason(exc.reason)
+        if reason is not DeadLetterReason.OVERSIZE:
+            att.job_id = readable_id(rec.value, max_bytes=self.settings.max_event_bytes) or (
+                att.job_id
+            )
+        att.replay_of = rec.header(REPLAY_HEADER)
+        with observability.job_scope(
+            job_id=att.job_id,
+            job_type=None,
+            attempt=1,
+            tier=rec.header(TIER_HEADER),
+            worker=self.settings.worker_name,
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+        ):
+            existing = await self._claim_once(att)
+            if existing is not None and existing.status.terminal:
+                await self.durably("re-emit", lambda: self._emit_outcome(att, existing, True))
+                return "reemitted"
+            # claimed, or the id is a live job's: the dead letter keeps this record either way
+            return await self._dead_letter(att, exc, reason, write_row=att.claimed)
+
+    async def _claim_once(self, att: _Attempt) -> StoredState | None:
+        """One claim try for a record that runs no handler; the row as it was when not won."""
+        request = ClaimRequest(
+            job_id=att.job_id,
+            type=att.job_type,
+            attempt=att.attempt,
+            token=att.token,
+            created_at=att.created_at,
+        )
+        claim = await self.durably("claim", lambda: self.store.claim(request))
+        att.claimed = claim.won
+        return None if claim.won else claim.existing
+
+    async def _internal_error(self, att: _Attempt, exc: Exception) -> str:
+        log.error(
+            "internal error on %s (job %s): %s", att.rec.coordinates, att.job_id, describe(exc)
+        )
+        try:
+            if not att.claimed:
+                await self._claim_once(att)
+            return await self._dead_letter(
+                att, exc, DeadLetterReason.INTERNAL_ERROR, write_row=att.claimed
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as again:  # even the dead-letter route failed: say so, then ack
+            self.metrics.unroutable.inc()
+            log.error(
+                "record %s could not be routed at all: %s", att.rec.coordinates, describe(again)
+            )
+            return "unroutable"
+
+    async def _dead_letter(
         self,
-        rec: Record,
-        job: JobEvent,
-        job_type: JobType | None,
-        failure: _Failure,
+        att: _Attempt,
+        exc: BaseException,
         reason: DeadLetterReason,
-        replay_of: str | None,
+        *,
+        failure: _Failure | None = None,
+        retryable: bool = False,
+        write_row: bool = True,
     ) -> str:
-        record = self._failure_record(job.attempt, failure)
-        history = [*job.history, record]
-        letter = self._letter(
-            rec,
-            job_id=job.id,
-            job_type=job.type,
-            reason=reason,
-            exc=failure.exc,
-            attempt=job.attempt,
-            history=history,
-            first_failure_at=history[0].at,
-        )
-        row = self._row(
-            job,
-            JobStatus.DEAD_LETTERED,
-            error=record.message,
-            error_class=record.error_class,
-            source=rec.coordinates,
-            replay_of=replay_of,
-            finished_at=failure.at,
-        )
+        failure = failure or _Failure(exc, retryable=retryable, at=now())
+        record = self._failure_record(att.attempt, failure)
+        history = [*att.history, record]
+        letter = self._letter(att, reason=reason, exc=failure.exc, history=history)
+        rec = att.rec
+        key = att.job_id.encode()
+        headers = rec.headers if _headers_size(rec.headers) <= HEADERS_KEPT_BYTES else ()
+        value = fit_dead_letter(letter, rec.value, self._budget(self.topics.dlq, key, headers))
         # The dead letter before the terminal row: a redelivery that finds the row terminal
         # only re-emits the outcome, so the row must never exist without its dead letter.
-        await self.durably(
-            "dlq-publish",
-            lambda: self.publisher.send_and_wait(
-                self.topics.dlq, letter.to_bytes(), key=job.id.encode(), headers=rec.headers
-            ),
-        )
-        stored = await self.durably("write", lambda: self.store.write(row))
-        reemitted = stored.finished_at != row.finished_at
-        await self.durably("outcome", lambda: self._emit_outcome(job, stored, reemitted))
-        label = job_type.name if job_type else "unknown"
+        try:
+            await self.durably(
+                "dlq-publish",
+                lambda: self.publisher.send_and_wait(
+                    self.topics.dlq, value, key=key, headers=headers
+                ),
+            )
+        except RecordTooLargeError:
+            self.metrics.unroutable.inc()
+            log.error("dead letter of %s refused by Kafka even when shrunk", rec.coordinates)
+        known = self.registry.get(att.job_type) if att.job_type else None
+        label = known.name if known else "unknown"
+        observability.report_dead_letter(failure.exc, reason=reason.value, job_type=label)
         self.metrics.dead_letters.labels(reason=reason.value).inc()
         self.metrics.jobs_completed.labels(type=label, outcome="dead_lettered").inc()
+        if not write_row:
+            return "dead_lettered"
+        row = self._row(
+            att,
+            JobStatus.DEAD_LETTERED,
+            error=f"{reason.value}: {record.message}" if reason.undecodable else record.message,
+            error_class=record.error_class,
+            source=rec.coordinates,
+            replay_of=att.replay_of,
+            finished_at=failure.at,
+        )
+        try:
+            stored = await self._write(row)
+        except RowRefusedError:
+            stored = await self._write(
+                self._row(
+                    att,
+                    JobStatus.DEAD_LETTERED,
+                    error=f"{reason.value}: the row's error text was refused by PostgreSQL",
+                    error_class=record.error_class,
+                    source=rec.coordinates,
+                    finished_at=failure.at,
+                )
+            )
+        if stored.status is JobStatus.RUNNING:
+            return self._claim_lost(att, label)
+        reemitted = stored.finished_at != row.finished_at
+        await self.durably("outcome", lambda: self._emit_outcome(att, stored, reemitted))
         return "dead_lettered"
 
-    async def dead_letter_input(self, rec: Record, exc: InvalidJobError) -> str:
-        """Undecodable input: no job id to key it by, so its source coordinates are the key."""
-        job_id = f"invalid:{rec.coordinates}"
-        existing = await self.durably("lookup", lambda: self.store.lookup(job_id))
-        if existing is not None and existing.status.terminal:
-            return "reemitted"  # an earlier delivery already dead-lettered this very record
-        at = now()
-        reason = DeadLetterReason(exc.reason)
-        letter = self._letter(
-            rec,
-            job_id=job_id,
-            job_type=None,
-            reason=reason,
-            exc=exc,
-            attempt=1,
-            history=[FailureRecord(attempt=1, error_class=type(exc).__name__,
-                                   message=str(exc), at=at, retryable=False)],
-            first_failure_at=at,
-        )  # fmt: skip
-        row = JobRow(
-            job_id=job_id,
-            type=None,
-            status=JobStatus.DEAD_LETTERED,
-            attempt=1,
-            error=f"{reason.value}: {exc}",
-            error_class=type(exc).__name__,
-            source=rec.coordinates,
-            worker=self.settings.worker_name,
-            finished_at=at,
-        )
-        await self.durably(
-            "dlq-publish",
-            lambda: self.publisher.send_and_wait(
-                self.topics.dlq, letter.to_bytes(), key=rec.key, headers=rec.headers
-            ),
-        )
-        await self.durably("write", lambda: self.store.write(row))
-        self.metrics.dead_letters.labels(reason=reason.value).inc()
-        self.metrics.jobs_completed.labels(type="unknown", outcome="dead_lettered").inc()
-        return "dead_lettered"
+    def _claim_lost(self, att: _Attempt, type_label: str) -> str:
+        """Our lease expired and another execution took the job over: its result counts."""
+        self.metrics.jobs_completed.labels(type=type_label, outcome="claim_lost").inc()
+        log.warning("job %s: claim lost to another execution; result discarded", att.job_id)
+        return "claim_lost"
 
     # -- helpers -----------------------------------------------------------------------------
 
+    async def _write(self, row: JobRow) -> StoredState:
+        """A durable row write; a row PostgreSQL refuses for its content raises RowRefusedError."""
+        try:
+            return await self.durably("write", lambda: self.store.write(row))
+        except RowRefusedError:
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            raise RowRefusedError(f"PostgreSQL refused the row: {describe(exc)}") from exc
+
+    def _budget(self, topic: str, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> int:
+        """Room for a record's value on ``topic`` once its key and headers are counted."""
+        return self.publisher.limit(topic) - self.publisher.record_size(b"", key, headers)
+
     def _letter(
         self,
-        rec: Record,
+        att: _Attempt,
         *,
-        job_id: str,
-        job_type: str | None,
         reason: DeadLetterReason,
         exc: BaseException,
-        attempt: int,
         history: list[FailureRecord],
-        first_failure_at: datetime,
     ) -> DeadLetter:
+        rec = att.rec
         return DeadLetter(
             id=rec.coordinates,
-            job_id=job_id,
-            job_type=job_type,
+            job_id=att.job_id,
+            job_type=att.job_type,
             reason=reason,
             error_class=type(exc).__name__,
             error_message=str(exc)[:2000],
             traceback=trimmed_traceback(exc),
-            attempt=attempt,
+            attempt=att.attempt,
             history=history,
             source_topic=rec.topic,
             source_partition=rec.partition,
             source_offset=rec.offset,
-            first_failure_at=first_failure_at,
+            first_failure_at=history[0].at,
             last_failure_at=history[-1].at,
             original_key=b64(rec.key),
             original_value=b64(rec.value),
             original_headers=[(k, b64(v)) for k, v in rec.headers],
+            **original_facts(rec.value),
         )
 
-    def _row(self, job: JobEvent, status: JobStatus, **fields: Any) -> JobRow:
+    def _row(self, att: _Attempt, status: JobStatus, **fields: Any) -> JobRow:
         fields.setdefault("source", "worker")
         return JobRow(
-            job_id=job.id,
-            type=job.type,
+            job_id=att.job_id,
+            type=att.job_type,
             status=status,
-            attempt=job.attempt,
+            attempt=att.attempt,
             worker=self.settings.worker_name,
-            created_at=job.created_at,
+            created_at=att.created_at,
+            claim_token=att.token,
             **fields,
         )
 
@@ -428,15 +658,15 @@ class Pipeline:
 
     async def _emit_outcome(
         self,
-        job: JobEvent,
+        att: _Attempt,
         stored: StoredState,
         reemitted: bool,
         *,
         duration_ms: float | None = None,
     ) -> None:
         outcome = JobOutcome(
-            job_id=job.id,
-            type=job.type,
+            job_id=att.job_id,
+            type=att.job_type,
             status=stored.status,
             attempt=stored.attempt,
             result=stored.result,
@@ -447,20 +677,15 @@ class Pipeline:
             worker=stored.worker,
             reemitted=reemitted,
         )
-        await self.publisher.send_and_wait(
-            self.topics.outcomes, outcome.to_bytes(), key=job.id.encode()
-        )
+        key = att.job_id.encode()
+        value = fit_outcome(outcome, self._budget(self.topics.outcomes, key, ()))
+        try:
+            await self.publisher.send_and_wait(self.topics.outcomes, value, key=key)
+        except RecordTooLargeError:
+            # even without its result: nothing more to drop; the row holds the whole state
+            self.metrics.unroutable.inc()
+            log.error("outcome of job %s refused by Kafka even without its result", att.job_id)
 
-    async def durably(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
-        """Retry an infrastructure step until it succeeds: the record stays unacked meanwhile."""
-        delay = 0.1
-        while True:
-            try:
-                return await step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # PostgreSQL or Kafka trouble; the record must not be acked
-                self.metrics.step_retries.labels(step=what).inc()
-                log.exception("%s step failed; retrying in %.1fs", what, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+
+def _headers_size(headers: Sequence[tuple[str, bytes]]) -> int:
+    return sum(len(k) + len(v or b"") for k, v in headers)

@@ -13,8 +13,11 @@ import asyncio
 from datetime import UTC, datetime
 
 from agents.decode import decode_event
+from agents.fitting import wire
 from agents.pipeline import Pipeline, Record
+from models.deadletter import DeadLetterReason
 from models.errors import InvalidJobError
+from streams.failures import RecordTooLargeError
 from streams.topics import RetryTier
 
 
@@ -33,11 +36,18 @@ class RetryForwarder:
             if wait > 0:
                 await asyncio.sleep(wait)
         due = job.model_copy(update={"not_before": None})
-        await p.durably(
-            "republish",
-            lambda: p.publisher.send_and_wait(
-                p.topics.main, due.to_bytes(), key=rec.key, headers=rec.headers
-            ),
-        )
+        try:
+            await p.durably(
+                "republish",
+                lambda: p.publisher.send_and_wait(
+                    p.topics.main, wire(due), key=rec.key, headers=rec.headers
+                ),
+            )
+        except asyncio.CancelledError:
+            raise
+        except RecordTooLargeError as exc:  # the main topic's limit is below the tier's
+            return await p.fail_record(rec, exc, DeadLetterReason.UNPUBLISHABLE, job)
+        except Exception as exc:  # not transient (DurableSteps retried those): never crash
+            return await p.fail_record(rec, exc, DeadLetterReason.INTERNAL_ERROR, job)
         p.metrics.retry_republished.labels(tier=tier.topic.rsplit(".", 1)[-1]).inc()
         return "republished"

@@ -24,6 +24,10 @@ class DeadLetterReason(StrEnum):
     OVERSIZE = "oversize"
     FATAL_ERROR = "fatal_error"
     EXHAUSTED = "exhausted"
+    STALLED = "stalled"  # its claim expired (worker died) more often than max_attempts
+    UNPUBLISHABLE = "unpublishable"  # Kafka refused a record the job produced (size, encoding)
+    UNSTORABLE = "unstorable"  # PostgreSQL refused the job's row (e.g. its result)
+    INTERNAL_ERROR = "internal_error"  # a bug in the pipeline itself, not in the handler
 
     @property
     def undecodable(self) -> bool:
@@ -73,12 +77,24 @@ class DeadLetter(BaseModel):
     """Base64 of the original record bytes, exactly as they arrived."""
     original_headers: list[tuple[str, str | None]] = Field(default_factory=list)
     """Original headers as (name, base64 value)."""
+    original_size: int | None = None
+    """Length in bytes of the original record value."""
+    original_sha256: str | None = None
+    """Hex sha256 of the original record value, so a truncated copy can still be matched."""
+    original_truncated: bool = False
+    """True when ``original_value`` holds only a prefix (the whole would exceed the limit of
+    the dead-letter topic); such a letter cannot be replayed from the topic alone."""
 
     @staticmethod
     def coordinates(topic: str, partition: int, offset: int) -> str:
         return f"{topic}:{partition}:{offset}"
 
     def original_bytes(self) -> bytes | None:
+        """The original record value; None when there was none or only a prefix was kept."""
+        return None if self.original_truncated else unb64(self.original_value)
+
+    def original_prefix(self) -> bytes | None:
+        """What the letter holds of the original value, whole or truncated."""
         return unb64(self.original_value)
 
     def to_bytes(self) -> bytes:

@@ -24,6 +24,14 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+_ID_NAMESPACE = uuid.UUID("5b0c1f8e-6a43-4d1c-9a57-3f1e2d7c9b10")
+
+
+def derived_job_id(coordinates: str) -> str:
+    """The id of an event published without one: the same for every delivery of that record."""
+    return uuid.uuid5(_ID_NAMESPACE, coordinates).hex
+
+
 class FailureRecord(BaseModel):
     """One failed attempt, carried along with the job through retries into the dead letter."""
 
@@ -60,13 +68,15 @@ class JobEvent(BaseModel):
 
 
 class JobStatus(StrEnum):
+    RUNNING = "running"
+    """Claimed: an execution holds a lease on the job (``claim_token``, ``lease_until``)."""
     RETRYING = "retrying"
     SUCCEEDED = "succeeded"
     DEAD_LETTERED = "dead_lettered"
 
     @property
     def terminal(self) -> bool:
-        return self is not JobStatus.RETRYING
+        return self in (JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED)
 
 
 TERMINAL_STATUSES = (JobStatus.SUCCEEDED.value, JobStatus.DEAD_LETTERED.value)
@@ -90,6 +100,9 @@ class JobOutcome(BaseModel):
     worker: str | None = None
     reemitted: bool = False
     """True when the job was already terminal and this outcome repeats the stored one."""
+    result_truncated: bool = False
+    """True when ``result`` was left out because the record would exceed the topic's limit;
+    the whole result is in the job's row."""
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()

@@ -121,3 +121,98 @@ class Metrics:
         self.worker_info = Gauge(
             "jobstream_worker_up", "1 while this replica runs", ["worker"], registry=r
         )
+        # execution claims and bounded durable steps
+        self.claim_takeovers = Counter(
+            "jobstream_claim_takeovers_total",
+            "Claims taken over after their lease expired (the execution stalled or died)",
+            ["type"],
+            registry=r,
+        )
+        self.claim_waits = Counter(
+            "jobstream_claim_waits_total",
+            "Copies of a job that found its claim held by another execution and did not run",
+            ["type"],
+            registry=r,
+        )
+        self.claims_lost = Counter(
+            "jobstream_claims_lost_total",
+            "Claims found taken over by another execution while this one still ran",
+            registry=r,
+        )
+        self.steps_stuck = Gauge(
+            "jobstream_durable_steps_stuck",
+            "Durable steps retrying in place past their deadline now (the replica is degraded)",
+            ["step"],
+            registry=r,
+        )
+        self.step_outages = Counter(
+            "jobstream_durable_step_outages_total",
+            "Times a durable step ran past its deadline (an outage began)",
+            ["step"],
+            registry=r,
+        )
+        self.unroutable = Counter(
+            "jobstream_unroutable_total",
+            "Records whose every route failed (logged and acknowledged; should stay 0)",
+            registry=r,
+        )
+        # lag, measured by each replica for the partitions it owns (streams/lag.py); the group
+        # label is the replica's JOBSTREAM_GROUP_ID, so no rule needs to know it
+        self.consumer_lag = Gauge(
+            "jobstream_consumer_lag_events",
+            "Log-end offset minus the group's committed offset, per owned partition",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
+        self.consumer_lag_seconds = Gauge(
+            "jobstream_consumer_lag_seconds",
+            "Age of the oldest unfinished event, per owned partition (0 when caught up)",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
+        self.retry_waiting = Gauge(
+            "jobstream_retry_waiting_events",
+            "Events in a retry tier not yet republished, per owned tier partition",
+            ["group", "tier", "partition"],
+            registry=r,
+        )
+        self.retry_oldest_seconds = Gauge(
+            "jobstream_retry_oldest_seconds",
+            "Age of the oldest event a retry tier holds, per owned tier partition",
+            ["group", "tier", "partition"],
+            registry=r,
+        )
+        self.retry_tier_delay = Gauge(
+            "jobstream_retry_tier_delay_seconds",
+            "The configured delay of each retry tier",
+            ["group", "tier"],
+            registry=r,
+        )
+        self.lag_sample_errors = Counter(
+            "jobstream_lag_sample_errors_total",
+            "Lag samples that failed (broker unreachable, rebalance in progress)",
+            registry=r,
+        )
+        # retention of finished rows (streams/retention.py)
+        self.retention_pruned = Counter(
+            "jobstream_retention_pruned_rows_total",
+            "Finished job rows deleted by retention, by status",
+            ["status"],
+            registry=r,
+        )
+        self.retention_sweeps = Counter(
+            "jobstream_retention_sweeps_total",
+            "Retention sweeps: done, skipped (another replica was sweeping), failed",
+            ["result"],
+            registry=r,
+        )
+        self.jobs_table_rows = Gauge(
+            "jobstream_jobs_table_rows",
+            "Rows in the jobs table (PostgreSQL's estimate)",
+            registry=r,
+        )
+        self.jobs_table_bytes = Gauge(
+            "jobstream_jobs_table_bytes",
+            "Size of the jobs table with its indexes and TOAST (pg_total_relation_size)",
+            registry=r,
+        )

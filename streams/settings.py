@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,16 +32,48 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     state_dir: Path = Path(".state")
 
+    # Kafka TLS and SASL, for managed clusters (Confluent Cloud, MSK, Aiven, Redpanda); every
+    # Kafka client the project builds takes them through streams/kafka_security.py
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(
+        default=None, description="PEM CA bundle; default: the system's trust store"
+    )
+    kafka_ssl_certfile: Path | None = Field(default=None, description="client cert (mutual TLS)")
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
+
     # topics and the consumer group
     topic_prefix: str = "jobs"
     group_id: str = "jobstream"
     partitions: int = Field(default=8, ge=1)
     replication_factor: int = Field(default=1, ge=1)
 
+    # topic configs: applied when jobstream creates a topic; `jobstream doctor` reports drift.
+    # -1 keeps records forever. max.message.bytes is derived from max_event_bytes (topics.py).
+    main_retention_ms: int = Field(default=7 * 86_400_000, ge=-1)
+    retry_retention_ms: int = Field(default=7 * 86_400_000, ge=-1)
+    outcome_retention_ms: int = Field(default=3 * 86_400_000, ge=-1)
+    dlq_retention_ms: int = Field(
+        default=30 * 86_400_000, ge=-1, description="dead letters outlive their rows' pruning"
+    )
+    lag_sample_interval_s: float = Field(
+        default=5.0, gt=0, description="how often a worker measures its own partitions' lag"
+    )
+
     # processing
     concurrency: int = Field(default=25, ge=1, le=5000)
     buffer_maxsize: int = Field(default=1000, ge=1, description="events prefetched per partition")
-    max_event_bytes: int = Field(default=1_048_576, ge=1024)
+    max_event_bytes: int = Field(
+        default=1_000_000,
+        ge=1024,
+        description="larger records are dead-lettered at decode as `oversize`, before any work",
+    )
     default_timeout_s: float = Field(default=60.0, gt=0)
     shutdown_grace_s: float = Field(default=25.0, ge=0)
     commit_interval_s: float = Field(default=1.0, gt=0)
@@ -48,11 +81,51 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(default=30.0, gt=0)
     worker_name: str = Field(default_factory=socket.gethostname)
 
+    # execution claims and bounded durable steps
+    claim_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a running job's claim lasts this long unless renewed (every third of it);"
+        " a claim whose lease expired (its worker died) is taken over",
+    )
+    durable_step_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="one try of a durable step (row write, publish) that has not finished by"
+        " then counts as failed and is retried (a publish Kafka cannot acknowledge never raises)",
+    )
+    durable_step_deadline_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a durable step retrying in place longer than this is an outage: reported"
+        " once (log, metric, Sentry) and /ready answers degraded until it passes",
+    )
+
     # results: group commit
     batch_max_size: int = Field(default=500, ge=1)
     batch_max_delay_ms: float = Field(default=5.0, ge=0)
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
+    db_pooler_mode: Literal["none", "transaction"] = Field(
+        default="none",
+        description="'transaction' behind PgBouncer/Supabase in transaction mode: no statement "
+        "cache, no LISTEN, transaction-level locks only",
+    )
+    pg_bin_dir: Path | None = Field(
+        default=None, description="where pg_dump/pg_restore live; default: newest found"
+    )
+
+    # retention of finished rows (streams/retention.py); a limit set to None is not applied
+    retention_enabled: bool = Field(default=True, description="sweep from the workers")
+    retention_interval_s: float = Field(default=60.0, gt=0)
+    retention_batch_size: int = Field(default=2000, ge=1, le=50_000)
+    retention_succeeded_age_s: float | None = Field(default=86_400.0, gt=0)
+    retention_succeeded_max_rows: int | None = Field(default=1_000_000, ge=1)
+    retention_dead_lettered_age_s: float | None = Field(default=7 * 86_400.0, gt=0)
+    retention_dead_lettered_max_rows: int | None = Field(default=100_000, ge=1)
+    retention_include_unexpired_dead_letters: bool = Field(
+        default=False, description="also prune dead-lettered rows whose letter is still kept"
+    )
 
     # failures
     retry_tiers_s: tuple[float, ...] = (10.0, 60.0, 600.0)
@@ -79,8 +152,55 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
+    # limits of every HTTP server jobstream runs (worker web port, `jobstream api`, console);
+    # enforced by streams/httpserver.py, as aiohttp has no read deadlines of its own
+    http_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="request line and headers must arrive within this of the connection's "
+        "opening (or the request's first byte); else the connection is closed",
+    )
+    http_body_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="the whole body must arrive within this of the headers; else 408 and "
+        "the connection closes (15 s for the 1 MiB body limit needs ~70 KB/s)",
+    )
+    http_keepalive_timeout_s: float = Field(
+        default=75.0,
+        gt=0,
+        description="idle keep-alive connections close after this; keep it above the load "
+        "balancer's idle timeout (60 s on AWS ALB) so the balancer closes first",
+    )
+    http_max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="open connections per server; more are answered 503 and closed at once",
+    )
+
+    # operator console (see streams/console): no access without a token, except on loopback
+    # with console_dev_open; operators may replay, viewers only look
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(default=6070, ge=0, le=65535)
+    console_viewer_token: SecretStr | None = None
+    console_operator_token: SecretStr | None = None
+    console_dev_open: bool = Field(
+        default=False, description="no login on 127.0.0.1/::1 when no token is set (dev only)"
+    )
+    console_secret_key: SecretStr | None = Field(
+        default=None, description="signs session cookies; default: random per process"
+    )
+    console_session_ttl_s: int = Field(default=8 * 3600, ge=60)
+    console_show_payloads: bool = False
+    console_replay_rate: float = Field(default=50.0, gt=0, description="events/s of a replay")
+    console_replay_max: int = Field(default=1000, ge=1, description="dead letters per replay")
+    console_enabled: bool = Field(default=False, description="mount /console in `jobstream api`")
+
     # observability
     sentry_dsn: SecretStr | None = None
+    sentry_environment: str | None = Field(
+        default=None, description="Sentry's environment of every event (e.g. production)"
+    )
     log_level: str = "INFO"
 
     @field_validator("retry_tiers_s")

@@ -19,10 +19,18 @@ def health_routes(runtime: Runtime) -> list[web.RouteDef]:
         return web.json_response({"status": "ok"})
 
     async def ready(_: web.Request) -> web.Response:
-        ok = runtime.ready.is_set() and runtime.joined.is_set() and not runtime.draining.is_set()
-        return web.json_response(
-            {"ready": ok, "in_flight": runtime.in_flight}, status=200 if ok else 503
+        stuck = runtime.degraded()
+        ok = (
+            runtime.ready.is_set()
+            and runtime.joined.is_set()
+            and not runtime.draining.is_set()
+            and not stuck
         )
+        body: dict[str, object] = {"ready": ok, "in_flight": runtime.in_flight}
+        if stuck:
+            # a durable step (row write, publish) keeps failing past its deadline
+            body["degraded"] = {step: round(s, 1) for step, s in stuck.items()}
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(runtime.metrics.registry)

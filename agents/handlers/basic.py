@@ -30,12 +30,21 @@ class SleepPayload(BaseModel):
     seconds: float = Field(default=0.1, ge=0, le=3600)
     fail_attempts: int = Field(default=0, ge=0, description="raise a retryable error until then")
     fatal: bool = Field(default=False, description="raise a fatal error instead of finishing")
+    bug: bool = Field(default=False, description="fail like a handler bug (a KeyError)")
+    unstorable_result: bool = Field(
+        default=False, description="return a result PostgreSQL refuses (a lone surrogate)"
+    )
 
 
 async def sleep(payload: SleepPayload, ctx: JobContext) -> dict[str, Any]:
     await asyncio.sleep(payload.seconds)
     if payload.fatal:
         raise FatalError("sleep job asked to fail fatally")
+    if payload.bug:
+        return {"value": {}["missing"]}  # the kind of mistake a handler makes
+    if payload.unstorable_result:
+        # JSON can carry the escape \ud800 but jsonb refuses it: exercises the unstorable route
+        return {"text": "\ud800"}
     if ctx.job.attempt <= payload.fail_attempts:
         raise RetryableError(
             f"sleep job asked to fail its first {payload.fail_attempts} attempt(s)"
