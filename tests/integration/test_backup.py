@@ -1,0 +1,141 @@
+"""``jobstream backup`` while a worker writes, ``jobstream restore`` into a fresh database."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.client import JobClient
+from streams.db import create_pool
+from tests.integration.harness import WorkerFactory, run_cli, wait_for
+from tests.integration.pgtools import fresh_database
+
+JOBS = 6000
+
+
+def cli_env(bootstrap: str, dsn: str, prefix: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSTREAM_")}
+    return env | {
+        "JOBSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+        "JOBSTREAM_DATABASE_URL": dsn,
+        "JOBSTREAM_TOPIC_PREFIX": prefix,
+        "JOBSTREAM_GROUP_ID": prefix,
+    }
+
+
+async def job_ids_below(bootstrap: str, topic: str, offsets: dict[str, int]) -> list[str]:
+    """The keys (job ids) of the records of ``topic`` below the given offsets."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        tps = {TopicPartition(topic, int(p)): o for p, o in offsets.items() if o > 0}
+        consumer.assign(list(tps))
+        for tp in tps:
+            consumer.seek(tp, 0)
+        ids: list[str] = []
+        done: set[TopicPartition] = set()
+        while len(done) < len(tps):
+            batch = await consumer.getmany(timeout_ms=1000)
+            for tp, records in batch.items():
+                for r in records:
+                    if r.offset < tps[tp]:
+                        ids.append(r.key.decode())
+                if records and records[-1].offset >= tps[tp] - 1:
+                    done.add(tp)
+                    consumer.pause(tp)
+        return ids
+    finally:
+        await consumer.stop()
+
+
+def rows_by_id(records: list[asyncpg.Record]) -> dict[str, dict[str, Any]]:
+    return {r["job_id"]: dict(r) for r in records}
+
+
+async def test_backup_under_load_then_restore_into_a_fresh_database(
+    kafka_bootstrap: str, database_url: str, prefix: str, tmp_path: Path
+) -> None:
+    async with (
+        fresh_database(database_url, "bk") as source,
+        fresh_database(database_url, "rs") as target,
+    ):
+        factory = WorkerFactory(bootstrap=kafka_bootstrap, dsn=source, prefix=prefix, tmp=tmp_path)
+        pool = await create_pool(source, min_size=1, max_size=2)
+        try:
+            worker = factory.start()
+            await worker.wait_assigned()
+            async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
+                await client.submit_many([client.build("echo", {"n": i}) for i in range(JOBS)])
+
+            async def finished() -> int:
+                return int(
+                    await pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+                )
+
+            await wait_for(lambda: _at_least(finished, 300), timeout=120, what="300 jobs done")
+            rows_before = int(await pool.fetchval("SELECT count(*) FROM jobs"))
+            code, out = await run_cli(
+                "backup",
+                f"{tmp_path}/backups/",
+                "--json",
+                env=cli_env(kafka_bootstrap, source, prefix),
+            )
+            assert code == 0, out
+            rows_after = int(await pool.fetchval("SELECT count(*) FROM jobs"))
+            manifest = json.loads(out)
+            dump = Path(manifest["path"])
+            assert manifest["dump"]["file"] == dump.name and manifest["dump"]["bytes"] > 0
+
+            # the worker kept writing while the dump was taken
+            in_dump = manifest["rows"]["public.jobs"]
+            assert rows_before < in_dump < rows_after, (rows_before, in_dump, rows_after)
+            assert "0005_execution_claims" in manifest["schema_migrations"]
+            assert manifest["jobstream_version"]
+            offsets = manifest["kafka"]["committed_offsets"]
+            assert offsets and offsets[prefix], manifest["kafka"]
+
+            # every job below the manifest's offsets has its finished row in the dump
+            code, out = await run_cli(
+                "restore", str(dump), env=cli_env(kafka_bootstrap, target, prefix)
+            )
+            assert code == 0, out
+            restored = await create_pool(target, min_size=1, max_size=1)
+            try:
+                copy = rows_by_id(await restored.fetch("SELECT * FROM jobs"))
+                migrations = await restored.fetch(
+                    "SELECT name FROM schema_migrations ORDER BY name"
+                )
+            finally:
+                await restored.close()
+            below = await job_ids_below(kafka_bootstrap, prefix, offsets[prefix])
+            assert below, "the group had committed nothing at backup time"
+            assert all(copy[j]["status"] == "succeeded" for j in below)
+
+            # the rows at backup time are all there, and as they were
+            await wait_for(lambda: _at_least(finished, JOBS), timeout=180, what="all jobs done")
+            now = rows_by_id(await pool.fetch("SELECT * FROM jobs"))
+            assert len(copy) == in_dump
+            for job_id, row in copy.items():
+                if row["status"] == "succeeded":
+                    assert now[job_id] == row, job_id
+                else:  # claimed at backup time; finished since
+                    assert row["status"] == "running" and now[job_id]["status"] == "succeeded"
+            assert [m["name"] for m in migrations] == manifest["schema_migrations"]
+        finally:
+            factory.close()
+            await pool.close()
+
+        env = cli_env(kafka_bootstrap, target, prefix)
+        code, out = await run_cli("restore", str(dump), env=env)
+        assert code == 1 and "not empty" in out, out
+        code, out = await run_cli("restore", str(dump), "--force", env=env)
+        assert code == 0, out
+
+
+async def _at_least(count: Any, n: int) -> bool:
+    return int(await count()) >= n
