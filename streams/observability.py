@@ -156,10 +156,21 @@ def scrub_text(s: str, secrets: Iterable[str] = (), payload: Iterable[str] = ())
 
 def payload_values(payload: Any) -> list[str]:
     """The strings by which a job payload could show up in a report: its string leaves
-    (at least ``MIN_SECRET_LENGTH`` long) and its JSON text in the usual spellings."""
+    (at least ``MIN_SECRET_LENGTH`` long) and its JSON text in the usual spellings.
+
+    ``payload`` may also be the raw bytes of a record that is not a readable job.
+    """
+    values: list[str] = []
+    if isinstance(payload, bytes | bytearray | memoryview):
+        # a record that could not be decoded as a job: its text, and its JSON leaves if any
+        text = bytes(payload).decode("utf-8", "replace")
+        values.append(text)
+        try:
+            payload = json.loads(text)
+        except (ValueError, RecursionError):
+            return values
     if isinstance(payload, BaseModel):
         payload = payload.model_dump(mode="json")
-    values: list[str] = []
     stack = [payload]
     while stack:
         item = stack.pop()

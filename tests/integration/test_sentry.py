@@ -4,6 +4,8 @@ for retried attempts, and no secret or payload in any byte (checked at a fake in
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -30,12 +32,75 @@ async def fake_sentry() -> AsyncIterator[FakeSentry]:
     await server.stop()
 
 
-def with_password(dsn: str, password: str) -> str:
+def with_password(dsn: str, password: str, port: int | None = None) -> str:
     """The local PostgreSQL trusts local connections: a password is accepted and ignored."""
     url = urlsplit(dsn)
     user = url.username or "postgres"
-    netloc = f"{user}:{password}@{url.hostname}" + (f":{url.port}" if url.port else "")
+    port = port or url.port
+    netloc = f"{user}:{password}@{url.hostname}" + (f":{port}" if port else "")
     return urlunsplit(url._replace(netloc=netloc))
+
+
+class Gate:
+    """A TCP forwarder to PostgreSQL that the test shuts (an outage) and opens again.
+
+    Shutting it stops listening (new connections are refused) and aborts every connection
+    through it, which is what a worker sees when its database goes away.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._transports: set[asyncio.BaseTransport] = set()
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def shut(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for transport in list(self._transports):
+            transport.abort()  # type: ignore[attr-defined]
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = {writer.transport, up_writer.transport}
+        self._transports |= pair
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        finally:
+            self._transports -= pair
+            for transport in pair:
+                transport.abort()  # type: ignore[attr-defined]
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        dst.transport.abort()
+
+
+async def flush_reports(client: JobClient, fake: FakeSentry) -> str:
+    """Submit a job that dead-letters and wait for its event: the worker's one transport thread
+    sends in order, so every event reported before it has arrived too."""
+    sentinel = await client.submit("sleep", {"seconds": 0, "fatal": True})
+
+    async def reported() -> bool:
+        return bool(fake.events_tagged("job.id", sentinel))
+
+    await wait_for(reported, timeout=60, what="the last dead letter's Sentry event")
+    return sentinel
 
 
 async def test_one_scrubbed_tagged_event_per_dead_letter_and_none_for_retries(
@@ -74,15 +139,7 @@ async def test_one_scrubbed_tagged_event_per_dead_letter_and_none_for_retries(
         ]
         fine = [await client.submit("echo", {"marker": MARKER}) for _ in range(3)]
         await wait_terminal(pg_pool, [*dead, *retried, *fine], timeout=90)
-        # One transport thread sends in order: once the event of a job submitted after
-        # everything else has arrived, every earlier event has too.
-        sentinel = await client.submit("sleep", {"seconds": 0, "fatal": True})
-        dead[sentinel] = "fatal_error"
-
-    async def sentinel_reported() -> bool:
-        return bool(fake_sentry.events_tagged("job.id", sentinel))
-
-    await wait_for(sentinel_reported, timeout=60, what="the last dead letter's Sentry event")
+        dead[await flush_reports(client, fake_sentry)] = "fatal_error"
     elapsed = time.monotonic() - started
 
     events = fake_sentry.events
@@ -116,3 +173,62 @@ async def test_one_scrubbed_tagged_event_per_dead_letter_and_none_for_retries(
     for secret in SECRETS:
         assert not fake_sentry.contains(secret), f"{secret} reached Sentry"
     assert fake_sentry.transactions == [] and fake_sentry.logs == []
+
+
+async def test_a_database_outage_is_reported_once_when_it_starts_and_once_when_it_ends(
+    workers: WorkerFactory,
+    kafka_bootstrap: str,
+    database_url: str,
+    pg_pool: asyncpg.Pool,
+    prefix: str,
+    fake_sentry: FakeSentry,
+) -> None:
+    url = urlsplit(database_url)
+    gate = Gate(url.hostname or "127.0.0.1", url.port or 5432)
+    await gate.open()
+    try:
+        worker = workers.start(
+            JOBSTREAM_SENTRY_DSN=fake_sentry.dsn(),
+            JOBSTREAM_DATABASE_URL=with_password(database_url, PASSWORD, gate.port),
+            JOBSTREAM_DURABLE_STEP_DEADLINE_S="2",
+            JOBSTREAM_DURABLE_STEP_TIMEOUT_S="1",
+        )
+        await worker.wait_assigned()
+        async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
+            await gate.shut()
+            started = time.monotonic()
+            ids = await client.submit_many(
+                JobClient.build("sleep", {"seconds": 0}) for _ in range(20)
+            )
+
+            async def outage_reported() -> bool:
+                return any(tags_of(e).get("outage.phase") == "started" for e in fake_sentry.events)
+
+            await wait_for(outage_reported, timeout=60, what="an outage-started event")
+            await gate.open()
+            outage_s = time.monotonic() - started
+            await wait_terminal(pg_pool, ids, timeout=120)
+            sentinel = await flush_reports(client, fake_sentry)
+    finally:
+        await gate.shut()
+
+    events = fake_sentry.events
+    phases = Counter(
+        (tags_of(e)["outage.step"], tags_of(e)["outage.phase"])
+        for e in events
+        if "outage.step" in tags_of(e)
+    )
+    print(
+        f"\nsentry outage: {outage_s:.1f}s without PostgreSQL, 20 jobs -> {len(events)} events"
+        f" ({dict(phases)} + 1 dead letter)"
+    )
+    steps = {step for step, _ in phases}
+    assert steps and phases == Counter({(s, p): 1 for s in steps for p in ("started", "ended")})
+    assert len(events) == sum(phases.values()) + 1  # + the sentinel; no log line became one
+    assert fake_sentry.events_tagged("job.id", sentinel)
+    for event in events:
+        tags = tags_of(event)
+        if "outage.step" in tags:
+            assert not {"job.id", "job.type"} & set(tags)
+            assert event["level"] == ("warning" if tags["outage.phase"] == "started" else "info")
+    assert not fake_sentry.contains(PASSWORD)

@@ -138,6 +138,13 @@ def test_payload_values_are_string_leaves_and_json() -> None:
     assert MARKER not in out and obs.PAYLOAD in out
 
 
+def test_payload_values_of_raw_record_bytes() -> None:
+    raw = b'{"id": 1, "type": ["bad"], "payload": {"k": "PayloadMarker54cc"}}'
+    values = obs.payload_values(raw)
+    assert raw.decode() in values and MARKER in values
+    assert obs.payload_values(b"\xffnot json " + MARKER.encode())[0].endswith(MARKER)
+
+
 # -- the reporting API without Sentry ----------------------------------------------------------
 
 
