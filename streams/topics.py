@@ -1,8 +1,16 @@
-"""Every topic name comes from here, derived from one prefix."""
+"""Every topic name comes from here, derived from one prefix, and so do the topics' configs."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
+
+# Room for a record's key, headers and batch framing on top of its value.
+RECORD_OVERHEAD_BYTES = 64 * 1024
 
 
 def tier_label(seconds: float) -> str:
@@ -50,3 +58,32 @@ def topic_names(prefix: str, tiers_s: tuple[float, ...] = (10.0, 60.0, 600.0)) -
             for i, d in enumerate(tiers_s)
         ),
     )
+
+
+def topic_configs(settings: Settings, names: TopicNames) -> dict[str, dict[str, str]]:
+    """The configs jobstream sets on each of its topics (as the broker spells them).
+
+    ``max.message.bytes`` follows ``max_event_bytes``: an event the worker accepts must also be
+    accepted as a retry or re-emitted event; a dead letter may carry the whole original
+    base64-encoded (4/3 of its size), so the DLQ gets room for that. Without explicit values the
+    broker's defaults apply (7 days, about 1 MB), and dead letters would vanish while their rows
+    still point at them.
+    """
+    event_limit = settings.max_event_bytes + RECORD_OVERHEAD_BYTES
+    letter_limit = math.ceil(settings.max_event_bytes * 4 / 3) + RECORD_OVERHEAD_BYTES
+
+    def config(retention_ms: int, max_bytes: int) -> dict[str, str]:
+        return {
+            "cleanup.policy": "delete",
+            "retention.ms": str(retention_ms),
+            "max.message.bytes": str(max_bytes),
+        }
+
+    configs = {
+        names.main: config(settings.main_retention_ms, event_limit),
+        names.outcomes: config(settings.outcome_retention_ms, event_limit),
+        names.dlq: config(settings.dlq_retention_ms, letter_limit),
+    }
+    for tier in names.tiers:
+        configs[tier.topic] = config(settings.retry_retention_ms, event_limit)
+    return configs
