@@ -153,6 +153,7 @@ class AccessPolicy:
 
 POLICY_KEY = web.AppKey("console_policy", AccessPolicy)
 BASE_KEY = web.AppKey("console_base", str)
+SESSION_KEY = web.RequestKey("console_session", Session)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -184,7 +185,7 @@ def _public(rel: str) -> bool:
 
 
 def session_of(request: web.Request) -> Session:
-    session: Session = request["console_session"]
+    session: Session = request[SESSION_KEY]
     return session
 
 
@@ -217,7 +218,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         session = policy.new_session(Role.OPERATOR if policy.mode is Mode.DEV_OPEN else None)
     elif session.role is None and policy.mode is Mode.DEV_OPEN:
         session = replace(policy.new_session(Role.OPERATOR), csrf=session.csrf)
-    request["console_session"] = session
+    request[SESSION_KEY] = session
     if request.method not in SAFE_METHODS and not await _csrf_ok(request, session):
         raise json_error(403, "CSRF token missing or wrong: reload the page and try again")
     if session.role is None and not _public(rel):
@@ -225,7 +226,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise json_error(401, "log in first: POST a token to the login page")
         raise web.HTTPSeeOther(f"{base}/login")
     response = await handler(request)
-    set_cookie_if_fresh(request, response, request["console_session"])
+    set_cookie_if_fresh(request, response, request[SESSION_KEY])
     return response
 
 

@@ -18,6 +18,7 @@ from streams.console import params, queries
 from streams.console.access import (
     BASE_KEY,
     POLICY_KEY,
+    SESSION_KEY,
     Mode,
     Role,
     clear_cookie,
@@ -97,7 +98,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     if role is None:
         return render(request, "login.html", status=401, error="That token is not valid.")
     session = policy.new_session(role)  # a new CSRF token too: nothing carries over from before
-    request["console_session"] = session
+    request[SESSION_KEY] = session
     response = web.Response(status=303, headers={"Location": f"{request.app[BASE_KEY]}/"})
     set_cookie_if_fresh(request, response, session)
     return response
@@ -107,7 +108,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     response = web.Response(status=303, headers={"Location": f"{request.app[BASE_KEY]}/login"})
     clear_cookie(request, response)
-    request["console_session"] = request.app[POLICY_KEY].new_session(None)
+    request[SESSION_KEY] = request.app[POLICY_KEY].new_session(None)
     return response
 
 
