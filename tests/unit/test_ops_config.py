@@ -589,3 +589,162 @@ def test_install_script_is_valid_bash() -> None:
     script = ROOT / "scripts" / "install-ops-tools.sh"
     assert os.access(script, os.X_OK)
     run("bash", "-n", str(script))
+
+
+# --- the Compose specification and the settings the deployment files set --------------------
+
+# schema/compose-spec.json of github.com/compose-spec/compose-spec at 170098ba07d9 (2026-06-23),
+# the schema `docker compose` (compose-go) validates a file against
+COMPOSE_SCHEMA = ROOT / "tests" / "schemas" / "compose-spec.json"
+_INTERPOLATION = re.compile(r"\$\$|\$\{(?P<name>\w+)(?::?[-?](?P<default>[^}]*))?\}")
+
+
+def compose_interpolated(text: str) -> Any:
+    """The file as Compose sees it with no .env: ``${VAR:-default}`` becomes the default and
+    ``$$`` a literal ``$`` (Compose interpolates before it validates)."""
+
+    def sub(m: re.Match[str]) -> str:
+        return "$" if m.group(0) == "$$" else (m.group("default") or "")
+
+    return yaml.safe_load(_INTERPOLATION.sub(sub, text))
+
+
+def compose_schema_errors(doc: Any) -> list[str]:
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(json.loads(COMPOSE_SCHEMA.read_text()))
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+        for e in validator.iter_errors(doc)
+    ]
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    assert compose_schema_errors(compose_interpolated(COMPOSE.read_text())) == []
+
+
+def test_compose_schema_check_catches_mistakes() -> None:
+    """The check itself works: typical slips in a compose file are reported."""
+    doc = compose_interpolated(COMPOSE.read_text())
+    doc["services"]["worker"]["enviroment"] = {"JOBSTREAM_CONCURRENCY": "25"}
+    doc["services"]["api"]["depends_on"]["kafka"]["condition"] = "service_ready"
+    doc["services"]["kafka"]["healthcheck"]["interval"] = 10  # a duration is a string
+    doc["services"]["kafka"]["ports"] = "127.0.0.1:29092:29092"
+    errors = compose_schema_errors(doc)
+    assert any("enviroment" in e for e in errors), errors
+    assert any(e.startswith("services/api/depends_on:") for e in errors), errors
+    assert any(e.startswith("services/kafka/healthcheck/interval:") for e in errors), errors
+    assert any(e.startswith("services/kafka/ports:") for e in errors), errors
+
+
+def setting_names() -> set[str]:
+    prefix = Settings.model_config.get("env_prefix", "")
+    return {f"{prefix}{name}".upper() for name in Settings.model_fields}
+
+
+def compose_jobstream_env() -> dict[str, dict[str, str]]:
+    """service -> the JOBSTREAM_* variables it sets (after interpolation)."""
+    doc = compose_interpolated(COMPOSE.read_text())
+    found: dict[str, dict[str, str]] = {}
+    for name, service in doc["services"].items():
+        env = service.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+        found[name] = {k: str(v) for k, v in env.items() if k.startswith("JOBSTREAM_")}
+    return found
+
+
+def chart_jobstream_names() -> set[str]:
+    """Every JOBSTREAM_* name the chart's templates and values mention, comments included: a
+    name that is no setting misleads there too."""
+    files = [*(CHART / "templates").iterdir(), CHART / "values.yaml"]
+    return {
+        m for f in files if f.is_file() for m in re.findall(r"JOBSTREAM_[A-Z0-9_]+", f.read_text())
+    }
+
+
+def settings_from_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name in os.environ:
+        if name.startswith("JOBSTREAM_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def test_every_jobstream_variable_in_compose_is_a_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Settings ignore unknown variables (extra="ignore"), so a misspelt one would be dropped
+    silently; and each value must parse as its setting."""
+    known = setting_names()
+    for service, env in compose_jobstream_env().items():
+        assert set(env) <= known, f"{service}: not settings: {sorted(set(env) - known)}"
+        with monkeypatch.context() as m:
+            settings_from_env(env, m)  # raises on a value of the wrong type
+
+
+def test_every_jobstream_variable_in_the_chart_is_a_setting() -> None:
+    unknown = chart_jobstream_names() - setting_names()
+    assert not unknown, f"the chart names variables that are not settings: {sorted(unknown)}"
+
+
+KAFKA_SECURED = [
+    "--set", "config.kafkaSecurity.protocol=SASL_SSL",
+    "--set", "config.kafkaSecurity.saslMechanism=SCRAM-SHA-512",
+    "--set", "config.kafkaSecurity.saslUsername=svc-jobstream",
+    "--set", "config.kafkaSecurity.tlsSecret=kafka-tls",
+    "--set", "config.kafkaSecurity.clientCertificate=true",
+]  # fmt: skip
+
+
+def test_every_jobstream_variable_the_chart_renders_is_a_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    known = setting_names()
+    for values in ([], ALL_ON, KAFKA_SECURED):
+        for doc in helm_template(*values):
+            spec = doc.get("spec", {})
+            pod = spec.get("template", spec.get("jobTemplate", {}).get("spec", {}).get("template"))
+            if not pod:
+                continue
+            for container in pod["spec"].get("containers", []):
+                env = {e["name"]: e for e in container.get("env", [])}
+                names = {n for n in env if n.startswith("JOBSTREAM_")}
+                where = f"{doc['kind']}/{doc['metadata']['name']}/{container['name']}"
+                assert names <= known, f"{where}: not settings: {sorted(names - known)}"
+                literal = {n: str(env[n]["value"]) for n in names if "value" in env[n]}
+                with monkeypatch.context() as m:
+                    settings_from_env(literal, m)
+
+
+def test_helm_kafka_security() -> None:
+    run(
+        tool("helm"), "lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), *KAFKA_SECURED
+    )
+    docs = helm_template(*KAFKA_SECURED)
+    for kind, name in [("Deployment", "rel-jobstream-worker"), ("Job", None)]:
+        pod = find(docs, kind, name)["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = env_of(container)
+        assert env["JOBSTREAM_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+        assert env["JOBSTREAM_KAFKA_SASL_MECHANISM"]["value"] == "SCRAM-SHA-512"
+        assert env["JOBSTREAM_KAFKA_SASL_USERNAME"]["value"] == "svc-jobstream"
+        ref = env["JOBSTREAM_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "rel-jobstream", "key": "KAFKA_SASL_PASSWORD", "optional": True}
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "kafka-tls")
+        assert mount["readOnly"] is True
+        for var, file in [("CAFILE", "ca.crt"), ("CERTFILE", "tls.crt"), ("KEYFILE", "tls.key")]:
+            assert env[f"JOBSTREAM_KAFKA_SSL_{var}"]["value"] == f"{mount['mountPath']}/{file}"
+        volume = next(v for v in pod["volumes"] if v["name"] == "kafka-tls")
+        assert volume["secret"]["secretName"] == "kafka-tls"
+
+    plain = find(helm_template(), "Deployment", "rel-jobstream-worker")
+    env = env_of(plain["spec"]["template"]["spec"]["containers"][0])
+    assert "JOBSTREAM_KAFKA_SECURITY_PROTOCOL" not in env, "PLAINTEXT renders as before"
+
+    proc = run(
+        tool("helm"), "template", "rel", str(CHART), "--kube-version", KUBE_VERSION,
+        "--set", "config.kafkaSecurity.protocol=SASL_SSL", ok=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "saslUsername is required" in proc.stderr

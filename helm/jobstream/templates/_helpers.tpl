@@ -52,6 +52,30 @@ local Kafka or PostgreSQL of its own.
 {{- $c := .Values.config -}}
 - name: JOBSTREAM_KAFKA_BOOTSTRAP
   value: {{ required "config.kafkaBootstrap is required" $c.kafkaBootstrap | quote }}
+{{- with $c.kafkaSecurity }}
+{{- if ne .protocol "PLAINTEXT" }}
+- name: JOBSTREAM_KAFKA_SECURITY_PROTOCOL
+  value: {{ .protocol | quote }}
+{{- if hasPrefix "SASL_" .protocol }}
+- name: JOBSTREAM_KAFKA_SASL_MECHANISM
+  value: {{ .saslMechanism | quote }}
+- name: JOBSTREAM_KAFKA_SASL_USERNAME
+  value: {{ required "config.kafkaSecurity.saslUsername is required with a SASL protocol" .saslUsername | quote }}
+{{- end }}
+{{- if .tlsSecret }}
+- name: JOBSTREAM_KAFKA_SSL_CAFILE
+  value: /etc/jobstream/kafka-tls/ca.crt
+{{- if .clientCertificate }}
+- name: JOBSTREAM_KAFKA_SSL_CERTFILE
+  value: /etc/jobstream/kafka-tls/tls.crt
+- name: JOBSTREAM_KAFKA_SSL_KEYFILE
+  value: /etc/jobstream/kafka-tls/tls.key
+{{- end }}
+{{- end }}
+- name: JOBSTREAM_KAFKA_SSL_CHECK_HOSTNAME
+  value: {{ .checkHostname | quote }}
+{{- end }}
+{{- end }}
 - name: JOBSTREAM_TOPIC_PREFIX
   value: {{ $c.topicPrefix | quote }}
 - name: JOBSTREAM_GROUP_ID
@@ -106,6 +130,11 @@ local Kafka or PostgreSQL of its own.
   mountPath: /var/lib/jobstream/state
 - name: tmp
   mountPath: /tmp
+{{- if .Values.config.kafkaSecurity.tlsSecret }}
+- name: kafka-tls
+  mountPath: /etc/jobstream/kafka-tls
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{- define "jobstream.volumes" -}}
@@ -113,6 +142,11 @@ local Kafka or PostgreSQL of its own.
   emptyDir: {}
 - name: tmp
   emptyDir: {}
+{{- if .Values.config.kafkaSecurity.tlsSecret }}
+- name: kafka-tls
+  secret:
+    secretName: {{ .Values.config.kafkaSecurity.tlsSecret | quote }}
+{{- end }}
 {{- end }}
 
 {{/* Fails the render on settings that cannot work together. */}}
