@@ -73,12 +73,14 @@ pkgs=()
 [ "$(java_major)" -ge "$MIN_JAVA" ] || pkgs+=(default-jre-headless)
 command -v mvn >/dev/null || pkgs+=(maven)
 have_pg || pkgs+=(postgresql)
+# the pooler tests run jobstream behind PgBouncer in transaction mode (Supabase-like)
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || pkgs+=(pgbouncer)
 
 if [ "${#pkgs[@]}" -gt 0 ]; then
     log "installing: ${pkgs[*]}"
     apt_install "${pkgs[@]}"
 else
-    log "java >= $MIN_JAVA, mvn and the PostgreSQL server are already installed"
+    log "java >= $MIN_JAVA, mvn, the PostgreSQL server and pgbouncer are already installed"
 fi
 
 # Older distributions (Ubuntu 22.04) default to Java 11; ask for a versioned runtime instead.
