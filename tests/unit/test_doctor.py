@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from streams.doctor import (
     Bucket,
@@ -48,7 +49,7 @@ def test_unset_services_name_their_variable() -> None:
         ("kafka", Status.FAIL, "JOBSTREAM_KAFKA_BOOTSTRAP is not set"),
         ("postgresql", Status.FAIL, "JOBSTREAM_DATABASE_URL is not set"),
     ]
-    assert check_configured(Settings(kafka_bootstrap="k:9092", database_url="postgresql://x")) == []
+    assert check_configured(Settings(kafka_bootstrap="k:9092", database_url=SecretStr("postgresql://x"))) == []
 
 
 def test_topic_present_as_set() -> None:
@@ -151,9 +152,9 @@ def test_retention_settings() -> None:
 
 def test_sentry_dsn() -> None:
     assert check_sentry(Settings(sentry_dsn=None)).status is Status.OK
-    good = check_sentry(Settings(sentry_dsn="https://abc@o1.ingest.example.com/42"))
+    good = check_sentry(Settings(sentry_dsn=SecretStr("https://abc@o1.ingest.example.com/42")))
     assert good.status is Status.OK and "project 42" in good.detail and "abc" not in good.detail
-    bad = check_sentry(Settings(sentry_dsn="not a dsn"))
+    bad = check_sentry(Settings(sentry_dsn=SecretStr("not a dsn")))
     assert bad.status is Status.FAIL
 
 
