@@ -49,7 +49,8 @@ def test_unset_services_name_their_variable() -> None:
         ("kafka", Status.FAIL, "JOBSTREAM_KAFKA_BOOTSTRAP is not set"),
         ("postgresql", Status.FAIL, "JOBSTREAM_DATABASE_URL is not set"),
     ]
-    assert check_configured(Settings(kafka_bootstrap="k:9092", database_url=SecretStr("postgresql://x"))) == []
+    configured = Settings(kafka_bootstrap="k:9092", database_url=SecretStr("postgresql://x"))
+    assert check_configured(configured) == []
 
 
 def test_topic_present_as_set() -> None:
