@@ -45,6 +45,8 @@ class Publisher:
     """
 
     DEFAULT_LIMIT = 1_048_576  # aiokafka's max_request_size default: below every broker default
+    DEFAULT_BATCH = 256 * 1024
+    BATCH_HEADROOM = 1024  # a batch's own framing on top of its records
 
     def __init__(
         self,
@@ -63,7 +65,7 @@ class Publisher:
             "enable_idempotence": True,
             "acks": "all",
             "linger_ms": linger_ms,
-            "max_batch_size": 256 * 1024,
+            "max_batch_size": self.DEFAULT_BATCH,
             # the client's own per-record cap stays above every topic limit: ours is per topic
             "max_request_size": 64 * 1024 * 1024,
             **self._options,
@@ -102,8 +104,18 @@ class Publisher:
     # -- size limits -------------------------------------------------------------------------
 
     async def load_limits(self, topics: Iterable[str]) -> dict[str, int]:
-        """Read ``max.message.bytes`` of each topic (the broker's value when not overridden)."""
+        """Read ``max.message.bytes`` of each topic (the broker's value when not overridden).
+
+        The broker applies that limit to a whole record batch, so the producer's batches are
+        kept below the smallest limit too (a producer is rebuilt when that changes).
+        """
         self._limits.update(await topic_limits(self._bootstrap, topics, options=self._options))
+        smallest = min(self._limits.values(), default=self.DEFAULT_BATCH + self.BATCH_HEADROOM)
+        batch = max(1024, min(self.DEFAULT_BATCH, smallest - self.BATCH_HEADROOM))
+        if batch != self._config["max_batch_size"]:
+            self._config["max_batch_size"] = batch
+            if self._started is not None:
+                await self._reset(self._generation, None)
         return dict(self._limits)
 
     def limit(self, topic: str) -> int:
@@ -170,7 +182,7 @@ class Publisher:
     async def flush(self) -> None:
         await self._producer.flush()
 
-    async def _reset(self, generation: int, cause: BaseException) -> None:
+    async def _reset(self, generation: int, cause: BaseException | None) -> None:
         """Replace the producer once per failed generation; later sends use the new one."""
         async with self._reset_lock:
             if generation != self._generation or self._started is None:
@@ -181,7 +193,8 @@ class Publisher:
             self._started = fresh
             self._generation += 1
             self.resets += 1
-            log.warning("producer replaced after %s", type(cause).__name__)
+            if cause is not None:
+                log.warning("producer replaced after %s", type(cause).__name__)
             # The old one may hold batches it retries forever; close it without waiting here.
             task = asyncio.create_task(_close_quietly(old))
             self._retired.add(task)
