@@ -193,6 +193,16 @@ async def test_wrong_password_fails_fast_with_one_line(
     print(f"jobstream submit with a wrong password ended in {elapsed:.1f}s")
     assert elapsed < 30, "it must not wait out the client's retries"
 
+    # the standalone API names it as well (its log lines may come first)
+    code, out = await run_cli("api", "--port", "0", env=cli_env(env, prefix, tmp_path))
+    assert code == 3, out
+    assert (
+        out.rstrip()
+        .splitlines()[-1]
+        .endswith("check JOBSTREAM_KAFKA_SASL_PASSWORD and JOBSTREAM_KAFKA_SASL_USERNAME")
+    ), out
+    assert WRONG_PASSWORD not in out and PASSWORD not in out
+
     # a worker stops at once too, instead of crash-looping inside faust
     factory = WorkerFactory(
         bootstrap=secured.kafka.bootstrap,
