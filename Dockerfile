@@ -36,6 +36,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     JOBSTREAM_WEB_PORT=6066 \
     JOBSTREAM_STATE_DIR=/var/lib/jobstream/state
 
+# pg_dump/pg_restore for `jobstream backup`/`restore` (the backup CronJob). Debian's client is
+# that of its PostgreSQL major; pg_dump must be at least the server's major (set
+# JOBSTREAM_PG_BIN_DIR to a newer client's bin directory for a newer server).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client \
+    && rm -rf /var/lib/apt/lists/*
+
 # Fixed numeric ids so Kubernetes runAsUser/fsGroup can match them.
 RUN groupadd --system --gid 10001 jobstream \
     && useradd --system --uid 10001 --gid jobstream \

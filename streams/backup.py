@@ -197,6 +197,18 @@ def dump_path(output: str, now: datetime) -> Path:
     return path
 
 
+def prune_dumps(directory: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` timestamped dumps (with their manifests) in
+    ``directory``; a scheduled backup would otherwise fill its volume."""
+    dumps = sorted(directory.glob("jobstream-*.dump"), reverse=True)  # names sort by time
+    removed: list[Path] = []
+    for dump in dumps[keep:]:
+        for path in (dump, manifest_path(dump), offsets_csv_path(dump)):
+            path.unlink(missing_ok=True)
+        removed.append(dump)
+    return removed
+
+
 @dataclass(frozen=True)
 class BackupResult:
     dump: Path
@@ -324,8 +336,9 @@ async def restore(
 
 async def _resolve(settings: Settings, url: str | None) -> tuple[str, str | None]:
     """(dsn, bootstrap): from the arguments and settings, else from the local stack."""
-    if url is None and settings.database_url is not None:
-        url = settings.database_url.get_secret_value()
+    for secret in (settings.backup_database_url, settings.database_url):
+        if url is None and secret is not None:
+            url = secret.get_secret_value()
     bootstrap = settings.kafka_bootstrap
     if url is not None and bootstrap is not None:
         return url, bootstrap
@@ -358,6 +371,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     except (BackupError, OSError, asyncpg.PostgresError) as exc:
         print(f"backup failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    removed = prune_dumps(result.dump.parent, args.keep) if args.keep else []
     m = result.manifest
     if args.json:
         print(json.dumps({"path": str(result.dump), **m}, indent=2))
@@ -366,6 +380,8 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
         print(f"backup: {result.dump} ({m['dump']['bytes']} bytes, {m['seconds']} s)")
         print(f"manifest: {manifest_path(result.dump)}")
         print(f"rows: {rows}")
+    for old in removed:
+        print(f"removed old backup {old}")
     if m["kafka"]["error"]:
         print(f"warning: no consumer-group offsets in the manifest: {m['kafka']['error']}")
     return EXIT_OK
@@ -448,9 +464,19 @@ def add_backup_parser(sub: Any) -> None:
         "backup", help="pg_dump the database, with a manifest (schema, rows, group offsets)"
     )
     p.add_argument("output", help="a file, or a directory (then jobstream-<time>.dump in it)")
-    p.add_argument("--database-url", help="dump this database (default JOBSTREAM_DATABASE_URL)")
+    p.add_argument(
+        "--database-url",
+        help="dump this database (default JOBSTREAM_BACKUP_DATABASE_URL, then _DATABASE_URL)",
+    )
     p.add_argument("--no-offsets", action="store_true", help="do not read the group's offsets")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then delete all but the newest N jobstream-*.dump in the directory (0: keep all)",
+    )
     p.set_defaults(fn=cmd_backup)
 
     p = sub.add_parser("restore", help="pg_restore a backup into an empty database")

@@ -33,3 +33,20 @@ def test_a_directory_gets_a_timestamped_dump(tmp_path: Path) -> None:
     assert dump_path(f"{tmp_path}/new/", at) == tmp_path / "new" / "jobstream-20260102T030405Z.dump"
     assert dump_path(str(tmp_path), at).parent == tmp_path
     assert dump_path(f"{tmp_path}/x.dump", at) == tmp_path / "x.dump"
+
+
+def test_keep_deletes_the_oldest_dumps_with_their_manifests(tmp_path: Path) -> None:
+    from streams.backup import prune_dumps
+
+    names = [f"jobstream-2026010{d}T000000Z.dump" for d in range(1, 6)]
+    for name in names:
+        for suffix in ("", ".manifest.json", ".offsets.csv"):
+            (tmp_path / f"{name}{suffix}").write_text("x")
+    (tmp_path / "other.dump").write_text("not ours")
+    removed = prune_dumps(tmp_path, 2)
+    assert sorted(p.name for p in removed) == names[:3]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(
+        ["other.dump"]
+        + [f"{n}{s}" for n in names[3:] for s in ("", ".manifest.json", ".offsets.csv")]
+    )

@@ -748,3 +748,53 @@ def test_helm_kafka_security() -> None:
         "--set", "config.kafkaSecurity.protocol=SASL_SSL", ok=False,
     )  # fmt: skip
     assert proc.returncode != 0 and "saslUsername is required" in proc.stderr
+
+
+# --- backups -------------------------------------------------------------------------------
+
+BACKUP_ON = ["--set", "backup.enabled=true"]
+
+
+def test_helm_backup_cronjob() -> None:
+    run(tool("helm"), "lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), *BACKUP_ON)
+    docs = helm_template(*BACKUP_ON)
+    cron = find(docs, "CronJob", "rel-jobstream-backup")
+    assert cron["spec"]["schedule"] == "17 3 * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["args"] == ["backup", "/var/lib/jobstream/backups/", "--keep", "7"]
+    env = env_of(container)
+    ref = env["JOBSTREAM_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "rel-jobstream", "key": "DATABASE_URL"}
+    assert env["JOBSTREAM_GROUP_ID"]["value"] == "jobstream"  # the group whose offsets it records
+    assert "JOBSTREAM_BACKUP_DATABASE_URL" not in env
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "backups")
+    assert container["args"][1].startswith(mount["mountPath"])
+    volume = next(v for v in pod["volumes"] if v["name"] == "backups")
+    pvc = find(docs, "PersistentVolumeClaim", "rel-jobstream-backups")
+    assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "20Gi"
+
+    docs = helm_template(
+        *BACKUP_ON,
+        "--set", "backup.persistence.existingClaim=pg-dumps",
+        "--set", "backup.databaseUrlKey=DIRECT_DATABASE_URL",
+    )  # fmt: skip
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    pod = find(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "backups")
+    assert volume["persistentVolumeClaim"]["claimName"] == "pg-dumps"
+    direct = env_of(pod["containers"][0])["JOBSTREAM_BACKUP_DATABASE_URL"]
+    assert direct["valueFrom"]["secretKeyRef"]["key"] == "DIRECT_DATABASE_URL"
+    assert Settings.model_fields.keys() >= {"backup_database_url", "group_id"}
+
+    assert not [d for d in helm_template() if d["kind"] in ("CronJob", "PersistentVolumeClaim")]
+    proc = run(
+        tool("helm"), "template", "rel", str(CHART), "--kube-version", KUBE_VERSION,
+        *BACKUP_ON, "--set", "backup.keep=-1", ok=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "keep" in proc.stderr
