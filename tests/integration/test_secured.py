@@ -155,6 +155,9 @@ async def test_jobs_end_to_end_over_sasl_ssl_and_tls_postgres(
 
         code, out = await run_cli("status", cli_ids[0], env=cli_env(env, prefix, tmp_path))
         assert code == 0 and '"succeeded"' in out, out
+        # the DLQ tool reads the dead-letter topic over SASL_SSL too
+        code, dlq_out = await run_cli("dlq", "list", env=cli_env(env, prefix, tmp_path))
+        assert code == 0 and invalid in dlq_out, dlq_out
         # the worker's own connections are TLS ones (pg_hba allows nothing else; checked anyway)
         plain = await pool.fetchval(
             "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)"
@@ -169,7 +172,7 @@ async def test_jobs_end_to_end_over_sasl_ssl_and_tls_postgres(
         assert "Worker ready" in log or "ready" in log.lower()
         for secret in (PASSWORD, secured.pg.password):
             assert secret not in log, "a secret reached the worker's log"
-            assert secret not in out
+            assert secret not in out and secret not in dlq_out
     finally:
         if reader is not None:
             await reader.stop()
