@@ -77,16 +77,19 @@ def _head(m: re.Match[str]) -> str:
     return m.group("head") + REDACTED
 
 
-_SHAPES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
-    (_INPUT_VALUE, _head),
-    (_INPUT_VALUE_TAIL, _head),
-    (_URL_PASSWORD, _head),
-    (_AUTHORIZATION, _authorization),
-    (_BEARER, _head),
-    (_BASIC, _head),
-    (_KEY_VALUE, _key_value),
-    (_API_KEY, lambda _: REDACTED),
+# each shape with the lower-case fragments one of which it needs: most strings skip most regexes
+_SHAPES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str], tuple[str, ...]], ...] = (
+    (_INPUT_VALUE, _head, ("input_value=",)),
+    (_INPUT_VALUE_TAIL, _head, ("input_value=",)),
+    (_URL_PASSWORD, _head, ("://",)),
+    (_AUTHORIZATION, _authorization, ("authorization",)),
+    (_BEARER, _head, ("bearer",)),
+    (_BASIC, _head, ("basic",)),
+    (_KEY_VALUE, _key_value, ("=", ":")),
+    (_API_KEY, lambda _: REDACTED, ("sk-", "sk_", "rk-", "rk_", "pk-", "pk_")),
 )
+# parts of an event that hold nothing but the SDK's own facts (installed packages, ids)
+_SAFE_EVENT_KEYS = frozenset({"modules", "event_id", "timestamp", "platform", "sdk"})
 
 
 def sensitive_key(key: str) -> bool:
@@ -124,8 +127,11 @@ class Scrubber:
             s = self._payload.sub(PAYLOAD, s)
         if self._secrets is not None:
             s = self._secrets.sub(REDACTED, s)
-        for pattern, repl in _SHAPES:
-            s = pattern.sub(repl, s)
+        lower = s.lower()
+        for pattern, repl, needs in _SHAPES:
+            if any(n in lower for n in needs):
+                s = pattern.sub(repl, s)
+                lower = s.lower()
         return s
 
     def data(self, value: Any, _depth: int = 0) -> Any:
@@ -281,7 +287,10 @@ def _drop_frame_locals(event: dict[str, Any]) -> None:
 def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
     """Scrubs the whole event. An error in here drops the event (Sentry's rule): fail closed."""
     _drop_frame_locals(event)
-    scrubbed: dict[str, Any] = _current_scrubber().data(event)
+    scrubber = _current_scrubber()
+    scrubbed: dict[str, Any] = {
+        k: v if k in _SAFE_EVENT_KEYS else scrubber.data(v) for k, v in event.items()
+    }
     if _worker_name is not None:
         tags = scrubbed.setdefault("tags", {})
         if isinstance(tags, dict):
