@@ -329,8 +329,10 @@ def init_sentry(settings: Settings, *, transport: Any = None) -> bool:
             send_default_pii=False,
             include_local_variables=False,
             max_request_body_size="never",
-            traces_sample_rate=None,  # no tracing: None (not 0.0) also stops trace propagation
+            traces_sample_rate=None,  # no tracing (0.0 would still create unsampled traces)
             profiles_sample_rate=None,
+            # no sentry-trace/baggage headers (baggage names the DSN key) on outgoing requests
+            trace_propagation_targets=[],
             auto_enabling_integrations=False,
             integrations=[LoggingIntegration(level=logging.INFO, event_level=None)],
             before_send=before_send,  # type: ignore[arg-type]

@@ -331,3 +331,31 @@ async def test_message_and_breadcrumb_data_are_scrubbed(sentry_on: FakeSentry) -
     [event] = sentry_on.events
     assert event["breadcrumbs"]["values"][-1]["data"]["api_key"] == obs.REDACTED
     assert_clean(sentry_on)
+
+
+async def test_outgoing_requests_carry_no_trace_headers(sentry_on: FakeSentry) -> None:
+    """Sentry's baggage header names the DSN key; a webhook target must never see it."""
+    import urllib.request
+
+    from aiohttp import web
+
+    seen: list[dict[str, str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", record)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        with scope_of("job-6", None):
+            await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{port}/", None, 5)
+    finally:
+        await runner.cleanup()
+    [headers] = seen
+    assert not {"sentry-trace", "baggage"} & {h.lower() for h in headers}
