@@ -133,11 +133,7 @@ def detail(dl: DeadLetter, *, show_payload: bool) -> dict[str, Any]:
     doc.update(
         traceback=dl.traceback,
         history=[h.model_dump(mode="json") for h in dl.history],
-        source={
-            "topic": dl.source_topic,
-            "partition": dl.source_partition,
-            "offset": dl.source_offset,
-        },
+        source=f"{dl.source_topic} partition {dl.source_partition} offset {dl.source_offset}",
         original_key=decoded_key(dl),
         payload_shown=show_payload,
     )

@@ -466,3 +466,32 @@ async def test_replay_preview_confirm_audit_and_idempotence(world: World) -> Non
         status, page = await _get(s, base + "dead-letters/" + quote(world.letters[0].id, safe=""))
         assert page.count("console:operator@") == 2
         assert re.search(r'id="replay-panel"', page)  # operators get the button
+
+
+async def test_mounted_in_the_api_server(
+    kafka_bootstrap: str, database_url: str, prefix: str
+) -> None:
+    from streams.api_server import ApiServer
+
+    async with private_database(database_url) as dsn:
+        for tokens, expect in [(True, 200), (False, 403)]:
+            extra: dict[str, Any] = {"console_enabled": True, "console_dev_open": True}
+            if not tokens:  # mounted, dev-open never applies: the parent owns the socket
+                extra |= {"console_viewer_token": None, "console_operator_token": None}
+            settings = console_settings(kafka_bootstrap, dsn, prefix, **extra)
+            server = ApiServer(settings, bootstrap=kafka_bootstrap, dsn=dsn)
+            await server.connect()
+            try:
+                (url,) = await server.listen("127.0.0.1", 0)
+                base = url + "/console/"
+                async with client() as s:
+                    if tokens:
+                        await login(s, base, VIEWER_TOKEN)
+                    status, body = await _get(s, base + "api/jobs")
+                    assert status == expect, body
+                    if not tokens:
+                        assert "console access is off" in body["error"]
+                    status, _ = await _get(s, url + "/health")  # the API's own routes stay
+                    assert status == 200
+            finally:
+                await server.stop()

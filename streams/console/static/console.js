@@ -127,8 +127,11 @@
         if (v === null) return;
         pts.push(`${(L + 2 + (i + 0.5) * bw).toFixed(1)},${(H - B - ((H - B - T) * v) / max).toFixed(1)}`);
       });
-      if (pts.length === 1) pts.push(pts[0].replace(/^([\d.]+)/, (x) => String(parseFloat(x) + 2)));
-      if (pts.length) chart.append(svg("polyline", { class: name, points: pts.join(" ") }));
+      if (pts.length > 1) chart.append(svg("polyline", { class: name, points: pts.join(" ") }));
+      for (const pt of pts) {  // a dot per bin, so a single busy minute still shows
+        const [x, y] = pt.split(",");
+        chart.append(svg("circle", { class: name, cx: x, cy: y, r: 3 }));
+      }
     }
   }
 
