@@ -798,3 +798,43 @@ def test_helm_backup_cronjob() -> None:
         *BACKUP_ON, "--set", "backup.keep=-1", ok=False,
     )  # fmt: skip
     assert proc.returncode != 0 and "keep" in proc.stderr
+
+
+# --- lag from the workers ------------------------------------------------------------------
+
+
+def test_lag_rules_use_the_workers_series_and_name_no_group_or_topic() -> None:
+    for rule in [*alert_rules(), *recording_rules()]:
+        where = rule.get("alert") or rule["record"]
+        assert "kafka_consumergroup_lag" not in rule["expr"], f"{where} needs the exporter"
+        assert not re.search(r'(consumergroup|group|topic)\s*=~?\s*"', rule["expr"]), where
+    recorded = {r["record"]: r["expr"] for r in recording_rules()}
+    assert promql_metric_names(recorded["jobstream:consumer_lag:sum"]) == {
+        "jobstream_consumer_lag_events"
+    }
+    assert promql_metric_names(recorded["jobstream:consumer_lag_seconds:max"]) == {
+        "jobstream_consumer_lag_seconds"
+    }
+    lag_alerts = {r["alert"] for r in alert_rules() if "lag" in r["expr"] or "retry_" in r["expr"]}
+    assert lag_alerts >= {
+        "JobstreamConsumerLagHigh", "JobstreamTimeLagHigh", "JobstreamStuck",
+        "JobstreamLagUnknown", "JobstreamRetryTierBehind",
+    }  # fmt: skip
+
+
+def test_dashboard_lag_comes_from_the_workers_with_the_exporter_optional() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [expr for _, expr in dashboard_exprs(dashboard)]
+    for name in (
+        "jobstream_consumer_lag_events",
+        "jobstream_consumer_lag_seconds",
+        "jobstream_retry_waiting_events",
+        "jobstream_retry_oldest_seconds",
+    ):
+        assert any(name in e for e in exprs), name
+    exporter = [t for t, e in dashboard_exprs(dashboard) if "kafka_consumergroup_lag" in e]
+    assert exporter and all("optional" in t for t in exporter)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name in ("group", "topic"):
+        expected = f"label_values(jobstream_consumer_lag_events, {name})"
+        assert variables[name]["definition"] == expected
