@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the local dev stack (streams/devstack.py) needs, and only what is missing:
 # a Java >= 17 runtime and Maven (to run Kafka from Maven Central jars) and the PostgreSQL
-# server binaries. Safe to re-run; never prompts.
+# server binaries; and Chromium for the console's browser tests. Safe to re-run; never prompts.
 #
 # Usage: scripts/install-prereqs.sh [PYTHON]
 #   PYTHON (or $JOBSTREAM_PYTHON), e.g. .venv/bin/python, also pre-fetches the Kafka jars into
@@ -73,6 +73,8 @@ pkgs=()
 [ "$(java_major)" -ge "$MIN_JAVA" ] || pkgs+=(default-jre-headless)
 command -v mvn >/dev/null || pkgs+=(maven)
 have_pg || pkgs+=(postgresql)
+# the console's browser tests drive Debian's Chromium through Playwright (no browser download)
+command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || pkgs+=(chromium)
 # the pooler tests run jobstream behind PgBouncer in transaction mode (Supabase-like)
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || pkgs+=(pgbouncer)
 
@@ -80,7 +82,7 @@ if [ "${#pkgs[@]}" -gt 0 ]; then
     log "installing: ${pkgs[*]}"
     apt_install "${pkgs[@]}"
 else
-    log "java >= $MIN_JAVA, mvn, the PostgreSQL server and pgbouncer are already installed"
+    log "java >= $MIN_JAVA, mvn, the PostgreSQL server, pgbouncer and chromium are already installed"
 fi
 
 # Older distributions (Ubuntu 22.04) default to Java 11; ask for a versioned runtime instead.
