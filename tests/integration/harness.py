@@ -76,6 +76,9 @@ class WorkerFactory:
             "JOBSTREAM_RETRY_TIERS_S": "[1, 2, 3]",
             "JOBSTREAM_COMMIT_INTERVAL_S": "0.5",
             "JOBSTREAM_SESSION_TIMEOUT_S": "10",
+            # tests share one database: a worker's retention sweep would prune other tests'
+            # deliberately old rows; the tests of retention switch it on
+            "JOBSTREAM_RETENTION_ENABLED": "false",
             **self.base_env,
             **extra,
         }

@@ -81,6 +81,7 @@ async def test_jobs_pauses_and_retention_through_pgbouncer(
 
         worker = factory.start(
             JOBSTREAM_DB_POOLER_MODE="transaction",
+            JOBSTREAM_RETENTION_ENABLED="true",
             JOBSTREAM_RETENTION_INTERVAL_S="1",
             JOBSTREAM_RETENTION_BATCH_SIZE="500",
         )
