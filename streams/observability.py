@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.metadata
 import json
 import logging
 import re
@@ -284,6 +285,16 @@ def _drop_frame_locals(event: dict[str, Any]) -> None:
                 frame.pop("vars", None)
 
 
+def _keep_sampling_key(original: dict[str, Any], scrubbed: dict[str, Any]) -> None:
+    """The SDK's own copy of the DSN key, which becomes the envelope's trace header: the
+    ingestion service reads it there, and it is the key the request authenticates with anyway."""
+    try:
+        key = original["contexts"]["trace"]["dynamic_sampling_context"]["public_key"]
+        scrubbed["contexts"]["trace"]["dynamic_sampling_context"]["public_key"] = key
+    except (KeyError, TypeError):
+        pass
+
+
 def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
     """Scrubs the whole event. An error in here drops the event (Sentry's rule): fail closed."""
     _drop_frame_locals(event)
@@ -291,6 +302,7 @@ def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] |
     scrubbed: dict[str, Any] = {
         k: v if k in _SAFE_EVENT_KEYS else scrubber.data(v) for k, v in event.items()
     }
+    _keep_sampling_key(event, scrubbed)
     if _worker_name is not None:
         tags = scrubbed.setdefault("tags", {})
         if isinstance(tags, dict):
@@ -324,6 +336,7 @@ def init_sentry(settings: Settings, *, transport: Any = None) -> bool:
         sentry_sdk.init(
             dsn=settings.sentry_dsn.get_secret_value(),
             environment=settings.sentry_environment,
+            release=_release(),
             server_name=settings.worker_name,
             transport=transport,
             send_default_pii=False,
@@ -343,6 +356,14 @@ def init_sentry(settings: Settings, *, transport: Any = None) -> bool:
     sentry_sdk.get_global_scope().set_tag("worker", settings.worker_name)
     _enabled = True
     return True
+
+
+def _release() -> str | None:
+    """The package version; without it sentry-sdk would run ``git`` in the working directory."""
+    try:
+        return f"jobstream@{importlib.metadata.version('jobstream')}"
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def shutdown_sentry(timeout: float = 2.0) -> None:

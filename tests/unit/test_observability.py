@@ -247,7 +247,7 @@ async def test_dead_letter_event_has_tags_and_no_secret(sentry_on: FakeSentry) -
     assert tags["worker"] == "w-unit" and tags["dead_letter.reason"] == "fatal_error"
     assert event["contexts"]["kafka"] == {"topic": "jobs", "partition": 2, "offset": 41}
     assert event["fingerprint"] == ["dead-letter", "sleep", "fatal_error", "ConnectionError"]
-    assert event["level"] == "error"
+    assert event["level"] == "error" and event["release"].startswith("jobstream@")
     frames = [f for v in event["exception"]["values"] for f in v["stacktrace"]["frames"]]
     assert frames and not any("vars" in f for f in frames)
     crumbs = [c["message"] for c in event["breadcrumbs"]["values"]]
@@ -256,6 +256,9 @@ async def test_dead_letter_event_has_tags_and_no_secret(sentry_on: FakeSentry) -
     assert "[redacted]" in event["exception"]["values"][0]["value"]
     assert_clean(sentry_on)
     assert sentry_on.logs == [] and sentry_on.transactions == []
+    # the envelope's trace header keeps the key the request authenticates with
+    [envelope] = sentry_on.envelopes
+    assert envelope.headers["trace"]["public_key"] == "fakepublickey"
 
 
 async def test_library_error_logs_are_breadcrumbs_never_events(sentry_on: FakeSentry) -> None:
@@ -327,10 +330,27 @@ async def test_message_and_breadcrumb_data_are_scrubbed(sentry_on: FakeSentry) -
         message=f"called with {TOKEN}", data={"url": DSN, "api_key": "abcd", "body": API_KEY}
     )
     sentry_sdk.capture_message(f"plain message {DSN} Bearer {TOKEN} {API_KEY}")
+    sentry_sdk.capture_event(
+        {
+            "logentry": {"message": "connect %s as %s", "params": [DSN, f"token={TOKEN}"]},
+            "request": {
+                "url": f"https://api.example/v1?api_key={API_KEY}",
+                "headers": {"Authorization": f"Bearer {TOKEN}", "Accept": "*/*"},
+                "data": {"password": PASSWORD, "note": MARKER},
+            },
+            "extra": {"settings": {"database_url": DSN}, "raw": f"dsn={DSN}"},
+        }
+    )
+    with scope_of("job-7", {"note": MARKER}):
+        sentry_sdk.capture_event({"request": {"data": {"note": MARKER}}})
     await flush()
-    [event] = sentry_on.events
-    assert event["breadcrumbs"]["values"][-1]["data"]["api_key"] == obs.REDACTED
-    assert_clean(sentry_on)
+    first, second, third = sentry_on.events
+    assert first["breadcrumbs"]["values"][-1]["data"]["api_key"] == obs.REDACTED
+    assert second["request"]["headers"] == {"Authorization": obs.REDACTED, "Accept": "*/*"}
+    assert second["request"]["data"]["note"] == MARKER  # outside its job scope: not a payload
+    assert third["request"]["data"]["note"] == obs.PAYLOAD
+    for needle in (PASSWORD, TOKEN, API_KEY, "KeyPlanted93"):
+        assert not sentry_on.contains(needle), needle
 
 
 async def test_outgoing_requests_carry_no_trace_headers(sentry_on: FakeSentry) -> None:
