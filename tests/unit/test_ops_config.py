@@ -838,3 +838,99 @@ def test_dashboard_lag_comes_from_the_workers_with_the_exporter_optional() -> No
     for name in ("group", "topic"):
         expected = f"label_values(jobstream_consumer_lag_events, {name})"
         assert variables[name]["definition"] == expected
+
+
+# --- autoscaling on lag (KEDA) and the doctor's probe ---------------------------------------
+
+KEDA = ["--set", "autoscaling.enabled=true", "--set", "autoscaling.mode=keda"]
+
+
+@pytest.mark.parametrize("mode", ["cpu", "keda"])
+def test_helm_lint_each_autoscaling_mode(mode: str) -> None:
+    run(
+        tool("helm"), "lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART),
+        "--set", "autoscaling.enabled=true", "--set", f"autoscaling.mode={mode}",
+    )  # fmt: skip
+
+
+def test_helm_keda_scales_on_the_groups_lag_instead_of_cpu() -> None:
+    docs = helm_template(
+        *KEDA,
+        "--set", "autoscaling.keda.lagThreshold=300",
+        "--set", "config.groupId=orders", "--set", "config.topicPrefix=orders.jobs",
+    )  # fmt: skip
+    assert not [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"], "never both"
+    worker = find(docs, "Deployment", "rel-jobstream-worker")
+    assert "replicas" not in worker["spec"], "KEDA owns the replica count"
+    scaled = find(docs, "ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"]["name"] == "rel-jobstream-worker"
+    assert spec["minReplicaCount"] == 2
+    assert spec["maxReplicaCount"] <= int(
+        env_of(worker_container(docs))["JOBSTREAM_PARTITIONS"]["value"]
+    )
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert meta["consumerGroup"] == "orders" and meta["topic"] == "orders.jobs"
+    assert meta["lagThreshold"] == "300"
+    assert meta["bootstrapServers"] == "kafka:9092"
+    assert meta["allowIdleConsumers"] == "false"
+    assert "authenticationRef" not in trigger  # PLAINTEXT
+    assert not [d for d in docs if d["kind"] == "TriggerAuthentication"]
+
+
+def worker_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    worker = find(docs, "Deployment", "rel-jobstream-worker")
+    return worker["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def test_helm_keda_caps_replicas_at_the_partition_count() -> None:
+    docs = helm_template(
+        *KEDA, "--set", "config.partitions=4", "--set", "autoscaling.maxReplicas=4"
+    )
+    assert find(docs, "ScaledObject")["spec"]["maxReplicaCount"] == 4
+    proc = run(
+        tool("helm"), "template", "rel", str(CHART), "--kube-version", KUBE_VERSION, *KEDA,
+        "--set", "config.partitions=4", "--set", "autoscaling.maxReplicas=6", ok=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "exceeds config.partitions" in proc.stderr
+    proc = run(
+        tool("helm"), "template", "rel", str(CHART), "--kube-version", KUBE_VERSION,
+        "--set", "autoscaling.mode=memory", ok=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "mode" in proc.stderr
+
+
+def test_helm_keda_authenticates_like_the_workers() -> None:
+    docs = helm_template(
+        *KEDA,
+        "--set", "config.kafkaSecurity.protocol=SASL_SSL",
+        "--set", "config.kafkaSecurity.saslMechanism=SCRAM-SHA-256",
+        "--set", "config.kafkaSecurity.saslUsername=jobs",
+        "--set", "config.kafkaSecurity.tlsSecret=kafka-ca",
+    )  # fmt: skip
+    (trigger,) = find(docs, "ScaledObject")["spec"]["triggers"]
+    assert trigger["metadata"]["sasl"] == "scram_sha256"
+    assert trigger["metadata"]["tls"] == "enable"
+    auth = find(docs, "TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+    assert refs["password"] == {"parameter": "password", "name": "rel-jobstream",
+                                "key": "KAFKA_SASL_PASSWORD"}  # fmt: skip
+    assert refs["ca"] == {"parameter": "ca", "name": "kafka-ca", "key": "ca.crt"}
+    (username,) = auth["spec"]["env"]
+    assert username["name"] == "JOBSTREAM_KAFKA_SASL_USERNAME"
+    assert username["name"] in env_of(worker_container(docs))
+
+
+def test_helm_test_runs_the_doctors_probe() -> None:
+    assert not [d for d in helm_template() if d["kind"] == "Pod"]
+    docs = helm_template("--set", "doctor.helmTest=true")
+    pod = find(docs, "Pod", "rel-jobstream-doctor")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["doctor", "--probe"]
+    env = env_of(container)
+    assert "valueFrom" in env["JOBSTREAM_DATABASE_URL"] and env["JOBSTREAM_KAFKA_BOOTSTRAP"]
