@@ -6,10 +6,11 @@ test fixtures). They are built from the same jars, binaries and command builders
 stack (:mod:`streams.devstack_kafka`, :mod:`streams.devstack_pg`); only the configuration
 differs:
 
-- Kafka: one KRaft node whose only client listener is ``SASL_SSL`` with ``SCRAM-SHA-512``. The
-  SCRAM users are written into the metadata log at format time (``StorageTool format
-  --add-scram``), so the broker accepts them from its first second; the broker itself talks to
-  its own listener as user ``admin``. Keystore and truststore are PEM files.
+- Kafka: one KRaft node with two client listeners, ``SASL_SSL`` with ``SCRAM-SHA-512`` and
+  ``SSL`` that requires a client certificate signed by the CA (mutual TLS). The SCRAM users are
+  written into the metadata log at format time (``StorageTool format --add-scram``), so the
+  broker accepts them from its first second; the broker itself talks to its own SASL_SSL
+  listener as user ``admin``. Keystore and truststore are PEM files.
 - PostgreSQL: ``ssl=on`` and a ``pg_hba.conf`` with ``hostssl`` lines only, so a client that
   does not use TLS is refused; the application role logs in with a SCRAM password.
 """
@@ -52,12 +53,14 @@ BROKER_USER = "admin"
 
 @dataclass
 class SecuredKafka:
-    bootstrap: str
+    bootstrap: str  # SASL_SSL
+    mtls_bootstrap: str  # SSL with a client certificate
     pid: int
     ca_file: Path
     users: dict[str, str]
     log_file: Path
     paths: StackPaths
+    client_cert: ServerCert  # for the mutual-TLS listener
     mechanism: str = SCRAM
 
     def client_env(self, user: str) -> dict[str, str]:
@@ -69,6 +72,16 @@ class SecuredKafka:
             "JOBSTREAM_KAFKA_SASL_USERNAME": user,
             "JOBSTREAM_KAFKA_SASL_PASSWORD": self.users[user],
             "JOBSTREAM_KAFKA_SSL_CAFILE": str(self.ca_file),
+        }
+
+    def mtls_env(self) -> dict[str, str]:
+        """The ``JOBSTREAM_*`` variables of a client of the mutual-TLS listener."""
+        return {
+            "JOBSTREAM_KAFKA_BOOTSTRAP": self.mtls_bootstrap,
+            "JOBSTREAM_KAFKA_SECURITY_PROTOCOL": "SSL",
+            "JOBSTREAM_KAFKA_SSL_CAFILE": str(self.ca_file),
+            "JOBSTREAM_KAFKA_SSL_CERTFILE": str(self.client_cert.cert_file),
+            "JOBSTREAM_KAFKA_SSL_KEYFILE": str(self.client_cert.key_file),
         }
 
 
@@ -107,15 +120,20 @@ def sasl_ssl_properties(
     server: ServerCert,
     ca_file: Path,
     broker_password: str,
+    mtls_port: int,
 ) -> str:
-    """The dev stack's broker configuration with SASL_SSL as its only client listener."""
+    """The dev stack's broker configuration with SASL_SSL and mutual-TLS client listeners and
+    no plaintext one."""
     props = _parse_properties(kafka.render_server_properties(port, controller_port, data_dir))
     mech = SCRAM.lower()
     props |= {
-        "listeners": f"SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"SASL_SSL://127.0.0.1:{port}",
+        "listeners": (
+            f"SASL_SSL://127.0.0.1:{port},SSL://127.0.0.1:{mtls_port},"
+            f"CONTROLLER://127.0.0.1:{controller_port}"
+        ),
+        "advertised.listeners": f"SASL_SSL://127.0.0.1:{port},SSL://127.0.0.1:{mtls_port}",
         "inter.broker.listener.name": "SASL_SSL",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
         "sasl.enabled.mechanisms": SCRAM,
         "sasl.mechanism.inter.broker.protocol": SCRAM,
         f"listener.name.sasl_ssl.{mech}.sasl.jaas.config": (
@@ -127,6 +145,7 @@ def sasl_ssl_properties(
         "ssl.truststore.type": "PEM",
         "ssl.truststore.location": str(ca_file),
         "ssl.client.auth": "none",
+        "listener.name.ssl.ssl.client.auth": "required",
         # the tests create topics with the partition count they want
         "auto.create.topics.enable": "false",
     }
@@ -168,14 +187,16 @@ async def start_kafka(
     jars = await kafka.fetch_jars()
     port = pick_port()
     cport = pick_port({port})
+    mport = pick_port({port, cport})
     data, logs = paths.kafka / "data", paths.kafka / "logs"
     for d in (data, logs):
         d.mkdir(parents=True, exist_ok=True)
     server = issue(ca, paths.kafka / "tls", "broker")
+    client = issue(ca, paths.kafka / "tls", "client", hosts=("jobstream-client",))
     all_users = {BROKER_USER: secrets.token_hex(16), **users}
     props, log4j = paths.kafka / "server.properties", paths.kafka / "log4j2.properties"
     props.write_text(
-        sasl_ssl_properties(port, cport, data, server, ca.cert_file, all_users[BROKER_USER])
+        sasl_ssl_properties(port, cport, data, server, ca.cert_file, all_users[BROKER_USER], mport)
     )
     props.chmod(0o600)  # it holds the broker's own password
     log4j.write_text(kafka.render_log4j2())
@@ -210,11 +231,13 @@ async def start_kafka(
         raise
     return SecuredKafka(
         bootstrap=bootstrap,
+        mtls_bootstrap=f"127.0.0.1:{mport}",
         pid=pid,
         ca_file=ca.cert_file,
         users=dict(users),
         log_file=server_log,
         paths=paths,
+        client_cert=client,
     )
 
 
@@ -285,6 +308,60 @@ async def stop_postgres(db: SecuredPostgres) -> None:
     await pg.stop(db.base, db.bin_dir, pg.system_user(), STOP_GRACE_S)
     if not db.base.is_relative_to(db.log_file.parents[1]):
         shutil.rmtree(db.base, ignore_errors=True)  # the /tmp fallback outlives the state dir
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+async def _serve(state_dir: Path) -> None:
+    import shlex
+    import signal
+
+    ca = make_ca(state_dir / "ca")
+    user, password = "jobstream", secrets.token_hex(12)
+    broker, db = await asyncio.gather(
+        start_kafka(state_dir, ca, {user: password}), start_postgres(state_dir, ca)
+    )
+    try:
+        env = broker.client_env(user) | {"JOBSTREAM_DATABASE_URL": db.dsn()}
+        print("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()), end="")
+        print(f"# mutual TLS instead: {broker.mtls_bootstrap} (see SecuredKafka.mtls_env)")
+        print("# running; Ctrl-C stops both", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await asyncio.gather(stop_kafka(broker), stop_postgres(db))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m streams.devstack_secured --state-dir D``: both services in the foreground,
+    with the ``JOBSTREAM_*`` exports of a client printed, until Ctrl-C."""
+    import argparse
+    import sys
+    import tempfile
+
+    parser = argparse.ArgumentParser(
+        prog="python -m streams.devstack_secured",
+        description="A SASL_SSL Kafka and a TLS-only PostgreSQL beside the dev stack.",
+    )
+    parser.add_argument("--state-dir", type=Path, help="default: a new temporary directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the broker is still booting
+    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="jobstream-secured-"))
+    try:
+        asyncio.run(_serve(state_dir))
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
 
 
 __all__ = [

@@ -196,9 +196,17 @@ def explain(exc: BaseException, settings: Settings, server: str) -> str | None:
             f"{ENV}KAFKA_SASL_MECHANISM"
         )
     if isinstance(exc, kafka_errors.IllegalSaslStateError | kafka_errors.KafkaConnectionError):
+        # a TLS 1.3 server that wants a client certificate says so only after the handshake,
+        # by closing the connection
+        cert = (
+            f", and set {ENV}KAFKA_SSL_CERTFILE / {ENV}KAFKA_SSL_KEYFILE if it requires a client "
+            "certificate"
+            if _uses_tls(s) and not s.kafka_ssl_certfile
+            else ""
+        )
         return (
             f"Kafka at {server} closed the connection during the handshake ({describe(s)}): "
-            f"check {ENV}KAFKA_SECURITY_PROTOCOL matches the broker's listener"
+            f"check {ENV}KAFKA_SECURITY_PROTOCOL matches the broker's listener{cert}"
         )
     if isinstance(exc, TimeoutError):
         return (

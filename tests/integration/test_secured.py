@@ -272,3 +272,36 @@ async def test_the_broker_refuses_plaintext(secured: Secured, prefix: str, tmp_p
     assert code == 3, out
     (line,) = error_lines(out)
     assert "check JOBSTREAM_KAFKA_SECURITY_PROTOCOL" in line, line
+
+
+async def test_mutual_tls(secured: Secured, prefix: str, tmp_path: Path) -> None:
+    """SSL with a client certificate: topic creation, a publisher and a reader; without the
+    certificate the broker refuses, and the line names the certificate settings."""
+    from streams.kafka import Publisher, ensure_topics
+
+    env = secured.kafka.mtls_env()
+    settings = Settings(
+        **{k.removeprefix("JOBSTREAM_").lower(): v for k, v in env.items()}  # type: ignore[arg-type]
+    )
+    options = client_options(settings)
+    bootstrap, topic = secured.kafka.mtls_bootstrap, f"{prefix}.mtls"
+    await ensure_topics(bootstrap, [topic], partitions=1, options=options)
+    publisher = Publisher(bootstrap, options=options)
+    await publisher.start()
+    try:
+        await publisher.send_and_wait(topic, b"over mutual TLS")
+    finally:
+        await publisher.stop()
+    reader = await TopicReader(bootstrap, topic, options).start()
+    try:
+        (record,) = await reader.wait_count(1, timeout=30)
+        assert record.value == b"over mutual TLS"
+    finally:
+        await reader.stop()
+
+    no_cert = {k: v for k, v in env.items() if not k.endswith(("_CERTFILE", "_KEYFILE"))}
+    no_cert["JOBSTREAM_DATABASE_URL"] = secured.pg.dsn()
+    code, out = await run_cli("submit", "echo", env=cli_env(no_cert, prefix, tmp_path))
+    assert code == 3, out
+    (line,) = error_lines(out)
+    assert "JOBSTREAM_KAFKA_SSL_CERTFILE" in line, line

@@ -13,14 +13,19 @@ from streams.devstack_secured import SCRAM, sasl_ssl_properties, scram_args
 from streams.devstack_tls import issue, make_ca
 
 
-def test_broker_listens_for_clients_on_sasl_ssl_only(tmp_path: Path) -> None:
+def test_broker_listens_for_clients_on_tls_only(tmp_path: Path) -> None:
     ca = make_ca(tmp_path)
     server = issue(ca, tmp_path, "broker")
-    text = sasl_ssl_properties(29001, 29002, tmp_path / "data", server, ca.cert_file, "pw")
+    text = sasl_ssl_properties(29001, 29002, tmp_path / "data", server, ca.cert_file, "pw", 29003)
     props = dict(line.split("=", 1) for line in text.splitlines())
-    assert props["listeners"] == "SASL_SSL://127.0.0.1:29001,CONTROLLER://127.0.0.1:29002"
-    assert props["advertised.listeners"] == "SASL_SSL://127.0.0.1:29001"
-    assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL"
+    assert props["listeners"] == (
+        "SASL_SSL://127.0.0.1:29001,SSL://127.0.0.1:29003,CONTROLLER://127.0.0.1:29002"
+    )
+    assert props["advertised.listeners"] == "SASL_SSL://127.0.0.1:29001,SSL://127.0.0.1:29003"
+    assert props["listener.security.protocol.map"] == (
+        "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL"
+    )
+    assert props["listener.name.ssl.ssl.client.auth"] == "required"
     assert props["sasl.enabled.mechanisms"] == SCRAM
     assert props["ssl.keystore.type"] == props["ssl.truststore.type"] == "PEM"
     assert props["ssl.keystore.location"] == str(server.keystore_file)
