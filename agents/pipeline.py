@@ -475,6 +475,7 @@ class Pipeline:
             topic=rec.topic,
             partition=rec.partition,
             offset=rec.offset,
+            payload=rec.value,  # whatever it holds, it never reaches an error report
         ):
             existing = await self._claim_once(att)
             if existing is not None and existing.status.terminal:

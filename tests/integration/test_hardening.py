@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -24,6 +25,7 @@ from models.job import JobEvent, JobOutcome, derived_job_id
 from streams.failures import RecordTooLargeError
 from streams.kafka import Publisher, topic_limits
 from streams.topics import topic_names
+from tests.integration.blackhole import broker_behind_blackhole
 from tests.integration.harness import WorkerFactory, topic_reader, wait_for, wait_terminal
 
 MB = 1_000_000
@@ -388,3 +390,67 @@ async def test_the_producer_recovers_after_the_broker_refuses_a_record(
     finally:
         await publisher.stop()
         await admin.close()
+
+
+async def ready_state(port: int) -> tuple[int, dict[str, Any]]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/ready") as r:
+        return r.status, await r.json()
+
+
+async def test_a_broker_that_cannot_acknowledge_is_reported_and_jobs_finish_after(
+    database_url: str, pg_pool: asyncpg.Pool, prefix: str, tmp_path: Path
+) -> None:
+    """Kafka accepts connections but acknowledges no write (aiokafka retries such a send
+    forever): the stuck step is reported within its deadline, /ready says degraded, and
+    every job finishes once writes are acknowledged again."""
+    names = topic_names(prefix)
+    async with broker_behind_blackhole(tmp_path / "kafka") as (bootstrap, proxy):
+        workers = WorkerFactory(bootstrap=bootstrap, dsn=database_url, prefix=prefix, tmp=tmp_path)
+        try:
+            worker = workers.start(
+                JOBSTREAM_DURABLE_STEP_TIMEOUT_S="2", JOBSTREAM_DURABLE_STEP_DEADLINE_S="4"
+            )
+            await worker.wait_assigned()
+            # fewer jobs than concurrency slots: all of them run before writes stop
+            ids = [uuid.uuid4().hex for _ in range(20)]
+            producer = await raw_producer(bootstrap)
+            try:
+                for job_id in ids:
+                    await producer.send(names.main, event("sleep", {"seconds": 1}, job_id))
+                await producer.flush()
+            finally:
+                await producer.stop()
+            proxy.block_writes()  # the jobs are running: their outcomes will find no ack
+
+            async def degraded() -> dict[str, Any] | None:
+                status, body = await ready_state(worker.web_port)
+                stuck = body.get("degraded", {})
+                return body if status == 503 and "outcome" in stuck else None
+
+            body = await wait_for(degraded, timeout=30, interval=0.5, what="/ready degraded")
+            assert body["ready"] is False and body["in_flight"] > 0
+            assert proxy.silenced > 0
+            metrics = await heir_metrics(worker.web_port)
+            assert metric_total(metrics, "jobstream_durable_steps_stuck") > 0
+            assert metric_total(metrics, "jobstream_durable_step_outages_total") >= 1
+            # reported once per outage, not once per try
+            assert worker.log_text().count("outcome step failing") == 1
+            await wait_terminal(pg_pool, ids, timeout=60)  # rows are durable meanwhile
+
+            proxy.unblock_writes()
+            async with topic_reader(bootstrap, names.outcomes) as outcomes:
+                await outcomes.wait_count(len(ids), timeout=90)
+                got = {JobOutcome.model_validate_json(r.value).job_id for r in outcomes.records}
+            assert got == set(ids)
+
+            async def ready_again() -> bool:
+                status, _ = await ready_state(worker.web_port)
+                return status == 200
+
+            await wait_for(ready_again, timeout=60, what="/ready 200 once writes are acknowledged")
+            await wait_no_lag(bootstrap, prefix, names.main, timeout=90)
+            assert "outcome step recovered" in worker.log_text()
+        finally:
+            workers.close()
