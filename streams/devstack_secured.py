@@ -6,11 +6,12 @@ test fixtures). They are built from the same jars, binaries and command builders
 stack (:mod:`streams.devstack_kafka`, :mod:`streams.devstack_pg`); only the configuration
 differs:
 
-- Kafka: one KRaft node with two client listeners, ``SASL_SSL`` with ``SCRAM-SHA-512`` and
-  ``SSL`` that requires a client certificate signed by the CA (mutual TLS). The SCRAM users are
-  written into the metadata log at format time (``StorageTool format --add-scram``), so the
-  broker accepts them from its first second; the broker itself talks to its own SASL_SSL
-  listener as user ``admin``. Keystore and truststore are PEM files.
+- Kafka: one KRaft node with two client listeners, ``SASL_SSL`` (``SCRAM-SHA-512`` and
+  ``PLAIN``) and ``SSL`` that requires a client certificate signed by the CA (mutual TLS). The
+  SCRAM users are written into the metadata log at format time (``StorageTool format
+  --add-scram``), so the broker accepts them from its first second; the same users and
+  passwords are PLAIN users in the listener's JAAS entry. The broker itself talks to its own
+  SASL_SSL listener as user ``admin``. Keystore and truststore are PEM files.
 - PostgreSQL: ``ssl=on`` and a ``pg_hba.conf`` with ``hostssl`` lines only, so a client that
   does not use TLS is refused; the application role logs in with a SCRAM password.
 """
@@ -25,6 +26,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import asyncpg
@@ -61,14 +63,13 @@ class SecuredKafka:
     log_file: Path
     paths: StackPaths
     client_cert: ServerCert  # for the mutual-TLS listener
-    mechanism: str = SCRAM
 
-    def client_env(self, user: str) -> dict[str, str]:
-        """The ``JOBSTREAM_*`` variables of a client that logs in as ``user``."""
+    def client_env(self, user: str, mechanism: str = SCRAM) -> dict[str, str]:
+        """The ``JOBSTREAM_*`` variables of a client that logs in as ``user`` (SCRAM or PLAIN)."""
         return {
             "JOBSTREAM_KAFKA_BOOTSTRAP": self.bootstrap,
             "JOBSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-            "JOBSTREAM_KAFKA_SASL_MECHANISM": self.mechanism,
+            "JOBSTREAM_KAFKA_SASL_MECHANISM": mechanism,
             "JOBSTREAM_KAFKA_SASL_USERNAME": user,
             "JOBSTREAM_KAFKA_SASL_PASSWORD": self.users[user],
             "JOBSTREAM_KAFKA_SSL_CAFILE": str(self.ca_file),
@@ -121,9 +122,11 @@ def sasl_ssl_properties(
     ca_file: Path,
     broker_password: str,
     mtls_port: int,
+    plain_users: Mapping[str, str] = MappingProxyType({}),
 ) -> str:
     """The dev stack's broker configuration with SASL_SSL and mutual-TLS client listeners and
-    no plaintext one."""
+    no plaintext one. SASL PLAIN is offered as well (Confluent Cloud's mechanism), for
+    ``plain_users``."""
     props = _parse_properties(kafka.render_server_properties(port, controller_port, data_dir))
     mech = SCRAM.lower()
     props |= {
@@ -134,12 +137,18 @@ def sasl_ssl_properties(
         "advertised.listeners": f"SASL_SSL://127.0.0.1:{port},SSL://127.0.0.1:{mtls_port}",
         "inter.broker.listener.name": "SASL_SSL",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
-        "sasl.enabled.mechanisms": SCRAM,
+        "sasl.enabled.mechanisms": f"{SCRAM},PLAIN",
         "sasl.mechanism.inter.broker.protocol": SCRAM,
         f"listener.name.sasl_ssl.{mech}.sasl.jaas.config": (
             "org.apache.kafka.common.security.scram.ScramLoginModule required "
             f'username="{BROKER_USER}" password="{broker_password}";'
         ),
+        "listener.name.sasl_ssl.plain.sasl.jaas.config": (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{BROKER_USER}" password="{broker_password}" '
+            + "".join(f'user_{n}="{pw}" ' for n, pw in plain_users.items())
+        ).rstrip()
+        + ";",
         "ssl.keystore.type": "PEM",
         "ssl.keystore.location": str(server.keystore_file),
         "ssl.truststore.type": "PEM",
@@ -196,7 +205,9 @@ async def start_kafka(
     all_users = {BROKER_USER: secrets.token_hex(16), **users}
     props, log4j = paths.kafka / "server.properties", paths.kafka / "log4j2.properties"
     props.write_text(
-        sasl_ssl_properties(port, cport, data, server, ca.cert_file, all_users[BROKER_USER], mport)
+        sasl_ssl_properties(
+            port, cport, data, server, ca.cert_file, all_users[BROKER_USER], mport, all_users
+        )
     )
     props.chmod(0o600)  # it holds the broker's own password
     log4j.write_text(kafka.render_log4j2())

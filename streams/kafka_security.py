@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,31 @@ ENV = "JOBSTREAM_"
 
 class KafkaAccessError(ConfigurationError):
     """Raised when the broker or the TLS layer refuses the client: a security setting is wrong."""
+
+
+class _RedactSaslBytes(logging.Filter):
+    """aiokafka logs every request it sends at DEBUG, and a SASL PLAIN authenticate request
+    carries the user name and password in clear: those records keep their line, not the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(map(_is_sasl_auth, record.args)):
+            record.args = tuple(
+                f"{type(a).__name__}(<redacted>)" if _is_sasl_auth(a) else a for a in record.args
+            )
+        return True
+
+
+def _is_sasl_auth(value: object) -> bool:
+    return type(value).__name__.startswith("SaslAuthenticate")
+
+
+_REDACT = _RedactSaslBytes()
+
+
+def _redact_sasl_in_logs() -> None:
+    """Installed by the functions every SASL client's settings pass through, so no process can
+    build one without it; adding the same filter twice is a no-op."""
+    logging.getLogger("aiokafka.conn").addFilter(_REDACT)
 
 
 def _uses_tls(settings: Settings) -> bool:
@@ -113,6 +139,7 @@ def client_options(settings: Settings) -> dict[str, Any]:
         options["ssl_context"] = context
     if _uses_sasl(s):
         assert s.kafka_sasl_password is not None  # validate() checked it
+        _redact_sasl_in_logs()
         options |= {
             "sasl_mechanism": s.kafka_sasl_mechanism,
             "sasl_plain_username": s.kafka_sasl_username,
@@ -136,6 +163,7 @@ def broker_credentials(settings: Settings) -> CredentialsT | None:
         assert context is not None
         return faust.SSLCredentials(context)
     assert s.kafka_sasl_password is not None
+    _redact_sasl_in_logs()
     # with an ssl_context faust selects SASL_SSL, without one SASL_PLAINTEXT
     return faust.SASLCredentials(
         username=s.kafka_sasl_username,

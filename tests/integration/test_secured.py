@@ -305,3 +305,35 @@ async def test_mutual_tls(secured: Secured, prefix: str, tmp_path: Path) -> None
     assert code == 3, out
     (line,) = error_lines(out)
     assert "JOBSTREAM_KAFKA_SSL_CERTFILE" in line, line
+
+
+async def test_debug_logs_of_a_plain_sasl_worker_hold_no_secret(
+    secured: Secured, prefix: str, tmp_path: Path
+) -> None:
+    """SASL PLAIN sends the password itself (SCRAM only a proof), and at DEBUG aiokafka logs
+    every request it sends: a worker logging everything still writes no secret."""
+    env = secured.env() | secured.kafka.client_env(USER, "PLAIN")
+    factory = WorkerFactory(
+        bootstrap=secured.kafka.bootstrap,
+        dsn=secured.pg.dsn(),
+        prefix=prefix,
+        tmp=tmp_path,
+        base_env={k: v for k, v in env.items() if k.startswith("JOBSTREAM_KAFKA_")}
+        | {"JOBSTREAM_LOG_LEVEL": "DEBUG"},
+    )
+    pool = await create_pool(secured.pg.dsn(), min_size=1, max_size=2)
+    try:
+        worker = factory.start()
+        await worker.wait_assigned()
+        code, out = await run_cli("submit", "echo", env=cli_env(env, prefix, tmp_path))
+        assert code == 0, out
+        await wait_terminal(pool, [out.split()[-1]], timeout=60)
+        worker.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(worker.wait, 60) == 0
+        log = worker.log_text()
+        assert "SaslAuthenticateRequest" in log, "the wire-level DEBUG lines were written"
+        for secret in (PASSWORD, secured.pg.password):
+            assert secret not in log
+    finally:
+        await pool.close()
+        factory.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,26 @@ def test_settings_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("JOBSTREAM_KAFKA_SASL_MECHANISM", "GSSAPI")
     with pytest.raises(ValueError, match="kafka_sasl_mechanism"):
         Settings()
+
+
+def test_aiokafka_debug_lines_never_carry_the_sasl_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiokafka logs each request at DEBUG; SASL PLAIN sends the password in clear."""
+    from aiokafka.protocol.admin import SaslAuthenticateRequest
+
+    client_options(
+        settings(
+            kafka_security_protocol="SASL_PLAINTEXT",
+            kafka_sasl_username="svc",
+            kafka_sasl_password=SECRET,
+        )
+    )
+    request = SaslAuthenticateRequest(f"\x00svc\x00{SECRET}".encode()).prepare({36: (0, 2)})
+    assert SECRET in str(request)  # what aiokafka would print
+    wire = logging.getLogger("aiokafka.conn")
+    with caplog.at_level(logging.DEBUG, logger="aiokafka.conn"):
+        wire.debug("Request to %s:%d %d: %s", "broker", 9092, 7, request)
+    (record,) = caplog.records
+    assert SECRET not in record.getMessage()
+    assert record.getMessage() == "Request to broker:9092 7: SaslAuthenticateRequest_v1(<redacted>)"
