@@ -454,3 +454,33 @@ async def test_a_broker_that_cannot_acknowledge_is_reported_and_jobs_finish_afte
             assert "outcome step recovered" in worker.log_text()
         finally:
             workers.close()
+
+
+async def test_a_job_whose_claim_keeps_expiring_is_dead_lettered_as_stalled(
+    workers: WorkerFactory, kafka_bootstrap: str, pg_pool: asyncpg.Pool, prefix: str
+) -> None:
+    """Its executions died four times already (a stale claim with takeovers = 4): the fifth
+    takeover reaches max_attempts (5) and ends it on the dead-letter route, unrun."""
+    names = topic_names(prefix)
+    job_id = uuid.uuid4().hex
+    await pg_pool.execute(
+        "INSERT INTO jobs (job_id, type, status, attempt, worker, claim_token, lease_until,"
+        " takeovers, executions) VALUES ($1, 'echo', 'running', 1, 'gone', 'dead-token',"
+        " now() - interval '1 minute', 4, 0)",
+        job_id,
+    )
+    worker = workers.start()
+    await worker.wait_assigned()
+    producer = await raw_producer(kafka_bootstrap)
+    try:
+        await (await producer.send(names.main, event("echo", {}, job_id)))
+    finally:
+        await producer.stop()
+    await wait_terminal(pg_pool, [job_id], timeout=60)
+    row = await pg_pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job_id)
+    assert (row["status"], row["takeovers"], row["result"]) == ("dead_lettered", 5, None)
+    async with topic_reader(kafka_bootstrap, names.dlq) as dlq:
+        await dlq.wait_count(1)
+        assert DeadLetter.model_validate_json(dlq.records[0].value).reason.value == "stalled"
+    metrics = await heir_metrics(worker.web_port)
+    assert metric_total(metrics, "jobstream_claim_takeovers_total") == 1
