@@ -720,8 +720,10 @@ async def _command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "fetch":
         from streams import devstack_kafka as kafka
+        from streams.devstack_kafka_tools import fetch_tool_jars
 
         print(await kafka.fetch_jars())
+        print(await fetch_tool_jars())  # kafka-topics, kafka-consumer-groups, kafka-configs
         return 0
     status = await stack_status(state_dir)
     if status is None:

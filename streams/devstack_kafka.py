@@ -64,14 +64,19 @@ def jars_ready(directory: Path) -> bool:
     return (directory / KAFKA_MAIN_JAR).is_file()
 
 
-def render_pom() -> str:
-    """A throw-away project whose runtime dependency closure is exactly a Kafka server."""
-    deps = [
-        ("org.apache.kafka", f"kafka_{SCALA_VERSION}", KAFKA_VERSION),
-        # Kafka 4 logs through slf4j 1.x; without a binding it would log nothing at all.
-        ("org.apache.logging.log4j", "log4j-slf4j-impl", LOG4J_VERSION),
-        ("org.apache.logging.log4j", "log4j-core", LOG4J_VERSION),
-    ]
+RUNTIME_DEPS: tuple[tuple[str, str, str], ...] = (
+    ("org.apache.kafka", f"kafka_{SCALA_VERSION}", KAFKA_VERSION),
+    # Kafka 4 logs through slf4j 1.x; without a binding it would log nothing at all.
+    ("org.apache.logging.log4j", "log4j-slf4j-impl", LOG4J_VERSION),
+    ("org.apache.logging.log4j", "log4j-core", LOG4J_VERSION),
+)
+
+
+def render_pom(
+    deps: tuple[tuple[str, str, str], ...] = RUNTIME_DEPS, artifact: str = "kafka-runtime"
+) -> str:
+    """A throw-away project whose runtime dependency closure is exactly what we run (by
+    default a Kafka server)."""
     body = "\n".join(
         f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
         f"<version>{v}</version></dependency>"
@@ -80,7 +85,7 @@ def render_pom() -> str:
     return (
         '<project xmlns="http://maven.apache.org/POM/4.0.0">\n'
         "  <modelVersion>4.0.0</modelVersion>\n"
-        "  <groupId>jobstream</groupId><artifactId>kafka-runtime</artifactId>"
+        f"  <groupId>jobstream</groupId><artifactId>{artifact}</artifactId>"
         "<version>1</version>\n"
         f"  <dependencies>\n{body}\n  </dependencies>\n"
         "</project>\n"
@@ -255,39 +260,56 @@ def _props(paths: StackPaths) -> Path:
 async def fetch_jars(directory: Path | None = None) -> Path:
     """Resolved by Maven rather than a tarball download, so it goes through whatever mirror or
     proxy ``~/.m2/settings.xml`` already sets up on this machine."""
-    target = directory or jars_dir()
-    if jars_ready(target):
+    return await fetch_artifacts(
+        directory or jars_dir(), RUNTIME_DEPS, marker=KAFKA_MAIN_JAR, what="Kafka server"
+    )
+
+
+async def fetch_artifacts(
+    target: Path, deps: tuple[tuple[str, str, str], ...], *, marker: str, what: str
+) -> Path:
+    """The runtime closure of ``deps`` into ``target``, once; ``marker`` is the jar whose
+    presence means the set is complete (all jars are renamed into place in one step)."""
+    if (target / marker).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     async with locked(target.parent / f".{target.name}.lock"):
-        if jars_ready(target):  # another process fetched them while we waited
+        if (target / marker).is_file():  # another process fetched them while we waited
             return target
-        if target.exists() and any(target.iterdir()):
-            raise StackError(
-                f"{target} is not empty but has no {KAFKA_MAIN_JAR}; remove it, or point "
-                "JOBSTREAM_KAFKA_JARS_DIR at an empty or complete directory"
-            )
+        _refuse_partial(target, marker)
         mvn = shutil.which("mvn")
         if mvn is None:
             raise StackError(prerequisite_message(["mvn (Apache Maven, fetches the Kafka jars)"]))
         staging = target.parent / f".{target.name}.partial-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         started = time.monotonic()
-        log.info("fetching Kafka %s jars from Maven Central into %s", KAFKA_VERSION, target)
+        log.info("fetching %s %s jars from Maven Central into %s", what, KAFKA_VERSION, target)
         try:
             with tempfile.TemporaryDirectory(prefix="jobstream-kafka-pom-") as tmp:
                 pom = Path(tmp) / "pom.xml"
-                pom.write_text(render_pom())
+                pom.write_text(render_pom(deps, artifact=target.name))
                 await run_tool(fetch_command(mvn, pom, staging), cwd=Path(tmp), limit_s=900)
-            if not jars_ready(staging):
-                raise StackError(f"mvn finished but {KAFKA_MAIN_JAR} is not in {staging}")
-            if target.exists():
-                target.rmdir()
-            os.replace(staging, target)  # all jars appear at once, or none do
+            _install(staging, target, marker)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        log.info("fetched Kafka jars in %.1fs", time.monotonic() - started)
+        log.info("fetched %s jars in %.1fs", what, time.monotonic() - started)
     return target
+
+
+def _refuse_partial(target: Path, marker: str) -> None:
+    if target.exists() and any(target.iterdir()):
+        raise StackError(
+            f"{target} is not empty but has no {marker}; remove it, or point "
+            "JOBSTREAM_KAFKA_JARS_DIR at an empty or complete directory"
+        )
+
+
+def _install(staging: Path, target: Path, marker: str) -> None:
+    if not (staging / marker).is_file():
+        raise StackError(f"mvn finished but {marker} is not in {staging}")
+    if target.exists():
+        target.rmdir()
+    os.replace(staging, target)  # all jars appear at once, or none do
 
 
 async def running(paths: StackPaths, prev: dict[str, Any], requested: int | None) -> int | None:
