@@ -256,6 +256,16 @@ async def test_untrusted_certificates_fail_fast_with_one_line(
     assert "no encryption" in line and "sslmode=" in line, line
     assert secured.pg.password not in out
 
+    # a wrong database password: named by its setting, never echoed
+    dsn = secured.pg.dsn().replace(secured.pg.password, WRONG_PASSWORD)
+    code, out = await run_cli(
+        "migrate", env=cli_env(secured.env(JOBSTREAM_DATABASE_URL=dsn), prefix, tmp_path)
+    )
+    assert code == 3, out
+    (line,) = error_lines(out)
+    assert line.startswith("PostgreSQL authentication failed"), line
+    assert line.endswith("check JOBSTREAM_DATABASE_URL") and WRONG_PASSWORD not in line, line
+
     # with the right CA, `migrate` applies the schema over verify-full
     code, out = await run_cli("migrate", env=cli_env(secured.env(), prefix, tmp_path))
     assert code == 0 and out.startswith("applied"), out
