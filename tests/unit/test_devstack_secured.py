@@ -16,7 +16,9 @@ from streams.devstack_tls import issue, make_ca
 def test_broker_listens_for_clients_on_tls_only(tmp_path: Path) -> None:
     ca = make_ca(tmp_path)
     server = issue(ca, tmp_path, "broker")
-    text = sasl_ssl_properties(29001, 29002, tmp_path / "data", server, ca.cert_file, "pw", 29003)
+    text = sasl_ssl_properties(
+        29001, 29002, tmp_path / "data", server, ca.cert_file, "pw", 29003, {"app": "apppw"}
+    )
     props = dict(line.split("=", 1) for line in text.splitlines())
     assert props["listeners"] == (
         "SASL_SSL://127.0.0.1:29001,SSL://127.0.0.1:29003,CONTROLLER://127.0.0.1:29002"
@@ -26,7 +28,10 @@ def test_broker_listens_for_clients_on_tls_only(tmp_path: Path) -> None:
         "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL"
     )
     assert props["listener.name.ssl.ssl.client.auth"] == "required"
-    assert props["sasl.enabled.mechanisms"] == SCRAM
+    assert props["sasl.enabled.mechanisms"] == f"{SCRAM},PLAIN"
+    assert props["listener.name.sasl_ssl.plain.sasl.jaas.config"].endswith(
+        'password="pw" user_app="apppw";'
+    )
     assert props["ssl.keystore.type"] == props["ssl.truststore.type"] == "PEM"
     assert props["ssl.keystore.location"] == str(server.keystore_file)
     assert (
