@@ -6,15 +6,17 @@ PostgreSQL; each test uses a database of its own through it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
+import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams.client import JobClient
-from streams.db import create_pool, migrate
+from streams.db import PoolerMode, create_pool, migrate
 from streams.ratelimit import PgRateLimiter
 from streams.settings import RateLimit
 from tests.integration.harness import WorkerFactory, wait_for, wait_terminal
@@ -47,19 +49,26 @@ def factory(
     f.close()
 
 
-async def test_asyncpg_defaults_fail_behind_a_transaction_pooler(
-    pooled: tuple[str, str],
+@pytest.mark.parametrize("mode", ["none", "transaction"])
+async def test_only_the_pooler_setting_survives_a_change_of_server_connection(
+    pooled: tuple[str, str], mode: PoolerMode
 ) -> None:
-    """Why the setting exists: named prepared statements do not survive the pooler."""
-    pool = await create_pool(pooled[1], min_size=2, max_size=4)
+    """Why the setting exists: a named prepared statement (asyncpg's default) stays on the
+    server connection that prepared it, and the pooler hands the next transaction another."""
+    pool = await create_pool(pooled[1], min_size=1, max_size=1, pooler_mode=mode)
+    other = await create_pool(pooled[1], min_size=1, max_size=1, pooler_mode="transaction")
     try:
-        results = await asyncio.gather(
-            *(pool.fetchval("SELECT $1::int + 1", i) for i in range(100)), return_exceptions=True
-        )
+        assert await pool.fetchval("SELECT $1::int + 1", 1) == 2
+        async with other.acquire() as conn, conn.transaction():
+            await conn.fetchval("SELECT 1")  # holds the server connection used so far
+            if mode == "none":
+                with pytest.raises(asyncpg.InvalidSQLStatementNameError):
+                    await pool.fetchval("SELECT $1::int + 1", 2)
+            else:
+                assert await pool.fetchval("SELECT $1::int + 1", 2) == 3
     finally:
         await pool.close()
-    errors = {type(r).__name__ for r in results if isinstance(r, BaseException)}
-    assert errors & {"InvalidSQLStatementNameError", "DuplicatePreparedStatementError"}, errors
+        await other.close()
 
 
 async def test_jobs_pauses_and_retention_through_pgbouncer(
@@ -103,6 +112,22 @@ async def test_jobs_pauses_and_retention_through_pgbouncer(
 
         await wait_for(swept, timeout=60, what="the old rows pruned by the worker")
         assert await pool.fetchval("SELECT count(*) FROM jobs") == len(ids)
+
+        async def exported() -> dict[str, float] | None:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{worker.web_port}/metrics") as resp,
+            ):
+                families = text_string_to_metric_families(await resp.text())
+                found = {s.name + str(s.labels): s.value for f in families for s in f.samples}
+            key = "jobstream_retention_pruned_rows_total{'status': 'succeeded'}"
+            return (
+                found
+                if found.get(key) == len(old) and found.get("jobstream_jobs_table_bytes{}")
+                else None
+            )
+
+        await wait_for(exported, timeout=30, what="the sweep's metrics")
 
         # a pause set by one replica holds back another that never heard of it (no LISTEN)
         limits = {"upstream": RateLimit(rate=100)}

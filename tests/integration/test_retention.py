@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from models.job import JobStatus
 from streams.db import create_pool, migrate
+from streams.metrics import Metrics
 from streams.results import ClaimRequest, JobRow, ResultStore
 from streams.retention import (
     SWEEP_LOCK,
@@ -196,10 +197,21 @@ async def test_count_limits_keep_the_newest_rows(db: tuple[str, asyncpg.Pool]) -
         batch_size=7,
         include_unexpired_dead_letters=True,
     )
-    report = await Sweeper(pool, policy).sweep()
+    metrics = Metrics()
+    sweeper = Sweeper(pool, policy, metrics=metrics)
+    report = await sweeper.sweep()
     assert report.total == 45 + 30
     left = await remaining(pool)
     assert set(left) == {f"s-{i:02}" for i in range(20)} | {f"d-{i:02}" for i in range(5)}
+
+    pruned = "jobstream_retention_pruned_rows_total"
+    sample = metrics.registry.get_sample_value
+    assert sample(pruned, {"status": "succeeded"}) == 30
+    assert sample(pruned, {"status": "dead_lettered"}) == 45
+    _, size = await sweeper.observe_table()
+    assert size == await pool.fetchval("SELECT pg_total_relation_size('jobs')") > 0
+    assert sample("jobstream_jobs_table_bytes") == size
+    assert sample("jobstream_jobs_table_rows") is not None
 
 
 async def test_without_the_dead_letter_topic_no_dead_lettered_row_goes(
