@@ -17,7 +17,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -38,7 +38,6 @@ LIST_COLUMNS = (
     "job_id, type, status, attempt, worker, error_class, executions, replay_of, "
     "created_at, finished_at, updated_at"
 )
-WINDOWS = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
 MAX_PAGE = 200
 
 
@@ -170,66 +169,6 @@ async def replay_counts(pool: asyncpg.Pool, dead_letter_ids: list[str]) -> dict[
 
 async def _exists(pool: asyncpg.Pool, table: str) -> bool:
     return bool(await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", table))
-
-
-# --- overview ------------------------------------------------------------------------------
-
-_SERIES = """
-SELECT date_trunc('minute', finished_at) AS minute,
-       count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
-       count(*) FILTER (WHERE status = 'dead_lettered') AS dead_lettered,
-       count(*) FILTER (WHERE status = 'retrying' OR attempt > 1) AS retried,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))
-           FILTER (WHERE status IN ('succeeded', 'dead_lettered')) AS p50,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))
-           FILTER (WHERE status IN ('succeeded', 'dead_lettered')) AS p95
-FROM jobs
-WHERE finished_at >= $1
-GROUP BY 1 ORDER BY 1
-"""
-
-_TOTALS = """
-SELECT count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
-       count(*) FILTER (WHERE status = 'dead_lettered') AS dead_lettered,
-       count(*) FILTER (WHERE status = 'retrying' OR attempt > 1) AS retried,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))
-           FILTER (WHERE status IN ('succeeded', 'dead_lettered')) AS p50,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))
-           FILTER (WHERE status IN ('succeeded', 'dead_lettered')) AS p95
-FROM jobs
-WHERE finished_at >= $1
-"""
-
-
-async def throughput(pool: asyncpg.Pool, window: str) -> dict[str, Any]:
-    """Per-minute counts and latency for the window, plus its totals.
-
-    ``retried`` counts jobs whose latest event in that minute came after at least one retry
-    (a finished job with attempt > 1, or one waiting in a retry tier). Latency is end to end:
-    ``finished_at - created_at`` of finished jobs.
-    """
-    async with pool.acquire() as conn:
-        now: datetime = await conn.fetchval("SELECT now()")
-        start = now - WINDOWS[window]
-        series = await conn.fetch(_SERIES, start)
-        totals = await conn.fetchrow(_TOTALS, start)
-    return {
-        "window": window,
-        "now": now.isoformat(),
-        "start": start.isoformat(),
-        "series": [
-            {
-                "minute": r["minute"].isoformat(),
-                "succeeded": r["succeeded"],
-                "dead_lettered": r["dead_lettered"],
-                "retried": r["retried"],
-                "p50_s": r["p50"],
-                "p95_s": r["p95"],
-            }
-            for r in series
-        ],
-        "totals": dict(totals) if totals is not None else {},
-    }
 
 
 # --- schema discovery and claims -----------------------------------------------------------

@@ -14,7 +14,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from models.deadletter import DeadLetter
-from streams.console import params, queries
+from streams.console import params, queries, rollup
 from streams.console.access import (
     BASE_KEY,
     POLICY_KEY,
@@ -123,14 +123,14 @@ async def health(_: web.Request) -> web.Response:
 @routes.get("/")
 async def overview_page(request: web.Request) -> web.Response:
     console = _console(request)
-    initial = await queries.throughput(console.pool, "1h")
+    initial = await rollup.window(console.pool, "1h")
     return render(request, "overview.html", initial=json.dumps(initial, default=_json_default))
 
 
 @routes.get("/api/overview")
 async def api_overview(request: web.Request) -> web.Response:
     window = params.window(request.query)
-    return as_json(await queries.throughput(_console(request).pool, window))
+    return as_json(await rollup.window(_console(request).pool, window))
 
 
 @routes.get("/api/cluster")

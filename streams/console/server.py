@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from streams.console import params
+from streams.console import params, rollup
 from streams.console.access import (
     BASE_KEY,
     OFF_MESSAGE,
@@ -80,6 +80,13 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         raise json_error(503, f"PostgreSQL is unavailable ({type(exc).__name__})") from None
 
 
+async def _warm_up(pool: asyncpg.Pool) -> None:
+    try:
+        await rollup.window(pool, "1d")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.warning("console: counting the last day failed (%s); done on request", exc)
+
+
 def console_app(
     settings: Settings, *, bootstrap: str, pool: asyncpg.Pool, host: str | None, base: str = ""
 ) -> web.Application:
@@ -94,7 +101,12 @@ def console_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[CONSOLE_KEY] = await Console.open(settings, bootstrap=bootstrap, pool=pool)
+        # count the day's finished minutes now, not on the first request for the day chart
+        warm = asyncio.create_task(_warm_up(pool))
         yield
+        warm.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await warm
         await app[CONSOLE_KEY].close()
 
     app.cleanup_ctx.append(lifecycle)

@@ -327,7 +327,7 @@ async def test_overview_cluster_and_rate_limits(world: World) -> None:
             j["status"] == "dead_lettered" for j in in_hour
         )
         assert sum(p["succeeded"] for p in hour["series"]) == hour["totals"]["succeeded"]
-        assert hour["totals"]["p50"] == pytest.approx(30 * 60, rel=0.01)  # created 30 min earlier
+        assert hour["totals"]["p50"] == pytest.approx(30 * 60, rel=0.1)  # created 30 min earlier
         status, day = await _get(s, base + "api/overview?window=1d")
         assert status == 200 and day["window"] == "1d"
         status, body = await _get(s, base + "api/overview?window=1w")
