@@ -347,3 +347,17 @@ async def test_debug_logs_of_a_plain_sasl_worker_hold_no_secret(
     finally:
         await pool.close()
         factory.close()
+
+
+async def test_settings_that_cannot_work_are_a_usage_error(tmp_path: Path) -> None:
+    env = {
+        "JOBSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:9",
+        "JOBSTREAM_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",
+        "JOBSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    }
+    code, out = await run_cli("submit", "echo", env=cli_env(env, "unused", tmp_path))
+    assert code == 2, out
+    assert error_lines(out) == [
+        "JOBSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs JOBSTREAM_KAFKA_SASL_USERNAME and "
+        "JOBSTREAM_KAFKA_SASL_PASSWORD"
+    ]
