@@ -214,12 +214,15 @@ class LagMonitor:
             self._peek.seek(tp, offset)
         found: dict[Partition, int | None] = {}
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while len(found) < len(tps) and asyncio.get_running_loop().time() < deadline:
-            pending = [tp for tp in tps if (tp.topic, tp.partition) not in found]
-            batch = await self._peek.getmany(*pending, timeout_ms=200, max_records=len(pending))
-            for tp, records in batch.items():
-                if records:
-                    found[(tp.topic, tp.partition)] = records[0].timestamp
+        try:
+            while len(found) < len(tps) and asyncio.get_running_loop().time() < deadline:
+                pending = [tp for tp in tps if (tp.topic, tp.partition) not in found]
+                batch = await self._peek.getmany(*pending, timeout_ms=200, max_records=len(pending))
+                for tp, records in batch.items():
+                    if records:
+                        found[(tp.topic, tp.partition)] = records[0].timestamp
+        finally:
+            self._peek.unsubscribe()  # no background prefetching between samples
         return found
 
     def _export(self, lags: list[PartitionLag]) -> None:
