@@ -242,8 +242,6 @@ async def _as_operator(browser: Any, base: str, prefix: str, hook_ids: list[str]
     await jobs.screenshot(path=str(ARTIFACTS / "09-job-replayed.png"), full_page=True)
 
     await page.goto(base)
-    await page.wait_for_function(
-        "() => document.getElementById('t-succeeded').textContent === '9'"
-    )
+    await page.wait_for_function("() => document.getElementById('t-succeeded').textContent === '9'")
     await page.screenshot(path=str(ARTIFACTS / "10-overview-operator.png"), full_page=True)
     await page.context.close()
