@@ -183,10 +183,13 @@ def describe(settings: Settings) -> str:
 
 
 def _servers(bootstrap: str) -> list[tuple[str, int]]:
+    """``host:port,[::1]:port,host`` -> (host, port) pairs; Kafka's default port when absent."""
     servers = []
-    for item in bootstrap.split(","):
-        host, _, port = item.strip().rpartition(":")
-        servers.append((host.strip("[]") or item.strip(), int(port or 9092)))
+    for item in filter(None, (part.strip() for part in bootstrap.split(","))):
+        host, sep, port = item.rpartition(":")
+        if not sep or (host.count(":") and not host.startswith("[")):  # no port / bare IPv6
+            host, port = item, "9092"
+        servers.append((host.strip("[]"), int(port)))
     return servers
 
 
@@ -267,7 +270,7 @@ async def check_access(bootstrap: str, settings: Settings, *, timeout_s: float =
                 timeout_s,
             )
             return
-        except (ConnectionRefusedError, OSError) as exc:
+        except OSError as exc:
             if isinstance(exc, ssl.SSLError):
                 refused = refused or explain(exc, settings, f"{host}:{port}")
             continue  # unreachable: not a security problem

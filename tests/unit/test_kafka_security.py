@@ -164,3 +164,11 @@ def test_aiokafka_debug_lines_never_carry_the_sasl_password(
     (record,) = caplog.records
     assert SECRET not in record.getMessage()
     assert record.getMessage() == "Request to broker:9092 7: SaslAuthenticateRequest_v1(<redacted>)"
+
+
+def test_bootstrap_lists_are_split_like_kafka_does() -> None:
+    from streams.kafka_security import _servers
+
+    assert _servers("a:1, b:2,") == [("a", 1), ("b", 2)]
+    assert _servers("broker") == [("broker", 9092)]
+    assert _servers("[::1]:9093") == [("::1", 9093)]
