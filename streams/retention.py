@@ -69,12 +69,14 @@ _COUNT = f"SELECT count(*) FROM jobs WHERE {_PREDICATE}"
 
 _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS got, clock_timestamp() AS at"
 
+# = ANY(ARRAY(...)): the chosen ids are looked up by primary key. With ``IN (subquery)`` the
+# planner may hash-join the subquery against a scan of the whole table, once per batch.
 _DELETE = f"""
 WITH gone AS (
     DELETE FROM jobs
-    WHERE job_id IN (
+    WHERE job_id = ANY(ARRAY(
         SELECT job_id FROM jobs WHERE {_PREDICATE} LIMIT $3 FOR UPDATE SKIP LOCKED
-    ) AND {_PREDICATE}
+    )) AND {_PREDICATE}
     RETURNING 1
 )
 SELECT count(*) AS n, clock_timestamp() AS at FROM gone
