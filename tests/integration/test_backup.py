@@ -10,8 +10,9 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.backup import find_tool
 from streams.client import JobClient
-from streams.db import create_pool
+from streams.db import create_pool, migrate
 from tests.integration.harness import WorkerFactory, run_cli, wait_for
 from tests.integration.pgtools import fresh_database
 
@@ -139,3 +140,44 @@ async def test_backup_under_load_then_restore_into_a_fresh_database(
 
 async def _at_least(count: Any, n: int) -> bool:
     return int(await count()) >= n
+
+
+async def test_the_password_reaches_pg_dump_only_through_its_environment(
+    kafka_bootstrap: str, database_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """pg_dump and pg_restore run through wrappers that record their argv and PGPASSWORD."""
+    real = find_tool("pg_dump", 15).parent
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("pg_dump", "pg_restore"):
+        wrapper = bin_dir / name
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f'echo "argv: $*" >> {tmp_path}/calls.log\n'
+            f'echo "password: $PGPASSWORD" >> {tmp_path}/calls.log\n'
+            f'exec {real}/{name} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+    secret = "s3cr3t-pw"  # the local server trusts 127.0.0.1, so any password is accepted
+    async with (
+        fresh_database(database_url, "pw") as source,
+        fresh_database(database_url, "pw") as target,
+    ):
+        pool = await create_pool(source, min_size=1, max_size=1)
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        await pool.close()
+        with_password = source.replace("postgres@", f"postgres:{secret}@")
+        env = cli_env(kafka_bootstrap, with_password, prefix) | {
+            "JOBSTREAM_PG_BIN_DIR": str(bin_dir)
+        }
+        code, out = await run_cli("backup", str(tmp_path / "x.dump"), env=env)
+        assert code == 0, out
+        env["JOBSTREAM_DATABASE_URL"] = target.replace("postgres@", f"postgres:{secret}@")
+        code, restored = await run_cli("restore", str(tmp_path / "x.dump"), env=env)
+        assert code == 0, restored
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    argv = [c for c in calls if c.startswith("argv:") and "--version" not in c]
+    assert len(argv) == 2 and all(secret not in c for c in argv), argv
+    assert f"password: {secret}" in calls
+    assert secret not in out + restored
