@@ -217,7 +217,8 @@ def check_group(group: str, main_topic: str, partitions: int, g: GroupState) -> 
     else:
         checks.append(ok(f"group {group}", detail))
     per_member = ", ".join(
-        f"{m.client_id}@{m.host}: {sum(1 for t, _ in m.partitions if t == main_topic)}"
+        f"{m.host.lstrip('/')} ({m.member_id[-8:]}): "
+        f"{sum(1 for t, _ in m.partitions if t == main_topic)}"
         for m in g.members
     )
     if len(g.members) > partitions:
@@ -576,8 +577,9 @@ async def postgres_checks(
             )
         ]
     try:
-        version = conn.get_server_version()
-        checks = [ok("postgresql", f"reachable (server {version.major}.{version.minor})")]
+        v = conn.get_server_version()
+        release = f"{v.major}.{v.micro if v.major >= 10 else v.minor}"  # 15.4 is (15, 0, 4)
+        checks = [ok("postgresql", f"reachable (PostgreSQL {release})")]
         known = [name for name, _ in _migrations()]
         has_table = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
         applied = (
