@@ -10,7 +10,7 @@ import asyncpg
 import jinja2
 
 from streams.console.cluster import ClusterView
-from streams.console.deadletters import DeadLetterCache
+from streams.console.dlq_tail import DeadLetterTail
 from streams.console.queries import JobsSchema, discover
 from streams.settings import Settings
 from streams.topics import TopicNames, topic_names
@@ -31,7 +31,7 @@ class Console:
     pool: asyncpg.Pool
     topics: TopicNames
     cluster: ClusterView
-    dead_letters: DeadLetterCache
+    dead_letters: DeadLetterTail
     schema: JobsSchema
     kafka_options: dict[str, Any] = field(default_factory=dict)
     """aiokafka arguments for TLS/SASL, as every other client of the project uses."""
@@ -49,13 +49,14 @@ class Console:
             pool=pool,
             topics=names,
             cluster=ClusterView(bootstrap, settings.group_id, names, options),
-            dead_letters=DeadLetterCache(bootstrap, names.dlq, options),
+            dead_letters=DeadLetterTail(bootstrap, names.dlq, options),
             schema=await discover(pool),
             kafka_options=options,
         )
 
     async def close(self) -> None:
         await self.cluster.close()
+        await self.dead_letters.close()
 
     def replayed_by(self, role: str, remote: str | None) -> str:
         """Who replayed, for the audit: the console, the role, where from; never a token."""

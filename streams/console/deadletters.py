@@ -1,18 +1,13 @@
-"""Dead letters for the console: a briefly cached snapshot, what each role may see, replay.
+"""Dead letters for the console: the CLI's filters and stats, and what each role may see.
 
-Listing reads the dead-letter topic with the DLQ tool's bounded snapshot (group-less, so it
-never touches the workers' group) and keeps it for :data:`CACHE_S`, because every filter
-change and every open page asks again. Replay does not use the cache: it goes through
-:func:`streams.dlq.replay_matching`, the same function ``jobstream dlq replay`` runs, with
-a fresh snapshot, the same audit and the same idempotence.
+The letters themselves come from :mod:`streams.console.dlq_tail`; replay goes through
+:func:`streams.dlq.replay_matching`, the function ``jobstream dlq replay`` runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,45 +18,11 @@ from streams.dlq import (
     DeadLetterFilter,
     FilterError,
     PlanItem,
-    Snapshot,
-    TopicMissingError,
     decode_event,
     decoded_key,
-    read_snapshot,
 )
 
-CACHE_S = 3.0
 FILTER_FIELDS = ("type", "reason", "error_class", "since", "until", "key")
-
-
-class DeadLetterCache:
-    def __init__(
-        self, bootstrap: str, topic: str, options: Mapping[str, Any] | None = None
-    ) -> None:
-        self._bootstrap = bootstrap
-        self._options = dict(options or {})
-        self._topic = topic
-        self._lock = asyncio.Lock()
-        self._cached: tuple[float, Snapshot | None, str | None] | None = None
-
-    def invalidate(self) -> None:
-        self._cached = None
-
-    async def all(self) -> tuple[list[DeadLetter], str | None]:
-        """Every readable dead letter (oldest failure first) and a note when there are none
-        because the topic does not exist yet."""
-        async with self._lock:
-            if self._cached is None or time.monotonic() - self._cached[0] > CACHE_S:
-                try:
-                    snap: Snapshot | None = await read_snapshot(
-                        self._bootstrap, self._topic, lambda _dl: True, options=self._options
-                    )
-                    note = None
-                except TopicMissingError:
-                    snap, note = None, f"topic {self._topic} does not exist yet (no dead letters)"
-                self._cached = (time.monotonic(), snap, note)
-            _, snap, note = self._cached
-        return (list(snap.matched) if snap else []), note
 
 
 def parse_filter(query: Mapping[str, str]) -> DeadLetterFilter:
