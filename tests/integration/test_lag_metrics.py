@@ -5,7 +5,8 @@ after it waits: nothing on the main topic is committed meanwhile and the backlog
 that fails once sits in the 1-minute retry tier. The worker's /metrics must then show, per
 partition, log-end minus committed exactly as the broker reports them (offsets read with an admin
 client and a group-less consumer), time lags that match the waiting records' own timestamps, and
-the held retry event.
+the held retry event. With two replicas each reports only its own partitions, the two together
+add up to the broker's answer, and a replica that leaves hands its series to the one that stays.
 """
 
 from __future__ import annotations
@@ -50,14 +51,16 @@ def by_partition(samples: Samples, name: str, **match: str) -> dict[int, float]:
     return found
 
 
-async def broker_lag(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+async def broker_lag(
+    bootstrap: str, group: str, topic: str, partitions: int = PARTITIONS
+) -> dict[int, int]:
     """The broker's answer: end offset minus the committed one (log start if none)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await admin.start()
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
         committed = await admin.list_consumer_group_offsets(group, partitions=tps)
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)
@@ -181,3 +184,55 @@ async def test_exported_lag_equals_the_brokers_answer(
     assert all(v == 0 for p, v in held.items() if p != held_partition)
     delay = samples["jobstream_retry_tier_delay_seconds"]
     assert delay == {(("group", prefix), ("tier", "1m")): 60.0}
+
+
+async def test_each_replica_reports_exactly_the_partitions_it_owns_until_it_leaves(
+    workers: WorkerFactory,
+    kafka_bootstrap: str,
+    prefix: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    settings = {
+        "JOBSTREAM_CONCURRENCY": "1",
+        "JOBSTREAM_PARTITIONS": str(PARTITIONS + 1),
+        "JOBSTREAM_LAG_SAMPLE_INTERVAL_S": str(SAMPLE_S),
+        "JOBSTREAM_SHUTDOWN_GRACE_S": "1",
+    }
+    replicas = [workers.start(**settings), workers.start(**settings)]
+    for r in replicas:
+        await r.wait_assigned()
+    names = topic_names(prefix)
+    async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
+        await client.submit_many(
+            client.build("sleep", {"seconds": 600}) for _ in range(3 * (PARTITIONS + 1))
+        )
+
+    async def split_and_equal() -> list[dict[int, float]] | None:
+        per_replica = [
+            by_partition(await scrape(http, r.web_port), "jobstream_consumer_lag_events",
+                         group=prefix, topic=names.main)
+            for r in replicas
+        ]  # fmt: skip
+        owned = [set(p) for p in per_replica]
+        if not all(owned) or owned[0] & owned[1]:
+            return None  # a rebalance is still settling
+        broker = await broker_lag(kafka_bootstrap, prefix, names.main, PARTITIONS + 1)
+        merged = per_replica[0] | per_replica[1]
+        return per_replica if merged == {p: float(n) for p, n in broker.items()} else None
+
+    per_replica = await wait_for(
+        split_and_equal, timeout=30, what="disjoint per-replica lag adding up to the broker's"
+    )
+    assert per_replica is not None
+    assert sum(sum(p.values()) for p in per_replica) == 3 * (PARTITIONS + 1)
+
+    # the second replica leaves: the first takes its partitions over, and reports them
+    replicas[1].stop(timeout_s=30)
+
+    async def all_on_the_first() -> bool:
+        samples = await scrape(http, replicas[0].web_port)
+        got = by_partition(samples, "jobstream_consumer_lag_events", group=prefix, topic=names.main)
+        broker = await broker_lag(kafka_bootstrap, prefix, names.main, PARTITIONS + 1)
+        return got == {p: float(n) for p, n in broker.items()}
+
+    await wait_for(all_on_the_first, timeout=60, what="the remaining replica reporting all")
