@@ -188,7 +188,7 @@ async def test_old_schema_fails(kafka_bootstrap: str, fresh_dsn: str, prefix: st
     assert code == 2 and "schema: behind" in out
 
 
-async def test_empty_group_warns_and_fails_once_events_wait(
+async def test_empty_group_warns_then_fails_once_events_wait_and_pauses_show(
     kafka_bootstrap: str, fresh_dsn: str, prefix: str
 ) -> None:
     await create_topics(kafka_bootstrap, prefix)
@@ -202,10 +202,22 @@ async def test_empty_group_warns_and_fails_once_events_wait(
 
     async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
         await client.submit("echo", {"waiting": True})
+    # and an upstream that asked every replica to back off (a 429's Retry-After)
+    conn = await asyncpg.connect(fresh_dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO rate_limit_buckets (key, tokens, capacity, refill_per_s, paused_until)"
+            " VALUES ('openrouter', 0, 50, 50, now() + interval '2 minutes')"
+        )
+    finally:
+        await conn.close()
     code, report = await doctor(env)
     assert code == 2
-    group = rows(report)[f"group {prefix}"]
+    checks = rows(report)
+    group = checks[f"group {prefix}"]
     assert group["status"] == "fail" and "lag 1" in group["detail"]
+    pause = checks["rate limit openrouter"]
+    assert pause["status"] == "warn" and "paused for 1" in pause["detail"]
 
 
 async def test_postgresql_down_fails_without_leaking_the_password(
