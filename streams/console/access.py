@@ -25,6 +25,7 @@ import hmac
 import ipaddress
 import json
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -72,6 +73,52 @@ OFF_MESSAGE = (
     "console access is off: set JOBSTREAM_CONSOLE_VIEWER_TOKEN and/or "
     "JOBSTREAM_CONSOLE_OPERATOR_TOKEN (or JOBSTREAM_CONSOLE_DEV_OPEN=true on 127.0.0.1)"
 )
+MIN_TOKEN_LENGTH = 16
+"""A token is the whole credential: short ones could be guessed, so the console refuses them."""
+MAX_FAILED_LOGINS = 10
+FAILED_LOGIN_WINDOW_S = 60.0
+
+
+def refusal(settings: Settings, host: str) -> str | None:
+    """Why the console must not serve at all with these settings, or None."""
+    if access_mode(settings, host) is Mode.OFF:
+        return OFF_MESSAGE
+    for name in ("console_viewer_token", "console_operator_token"):
+        token = getattr(settings, name)
+        if token is not None and len(token.get_secret_value().strip()) < MIN_TOKEN_LENGTH:
+            return (
+                f"JOBSTREAM_{name.upper()} is shorter than {MIN_TOKEN_LENGTH} characters;"
+                " use a random one, e.g. python -c 'import secrets; print(secrets.token_urlsafe())'"
+            )
+    return None
+
+
+class LoginThrottle:
+    """At most :data:`MAX_FAILED_LOGINS` wrong tokens per address per window, so tokens
+    cannot be guessed at network speed."""
+
+    def __init__(self) -> None:
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, who: str, now: float) -> list[float]:
+        kept = [t for t in self._failures.get(who, ()) if now - t < FAILED_LOGIN_WINDOW_S]
+        if kept:
+            self._failures[who] = kept
+        else:
+            self._failures.pop(who, None)
+        return kept
+
+    def wait_s(self, who: str) -> float:
+        """Seconds until ``who`` may try again; 0 when it may now."""
+        now = time.monotonic()
+        recent = self._recent(who, now)
+        if len(recent) < MAX_FAILED_LOGINS:
+            return 0.0
+        return FAILED_LOGIN_WINDOW_S - (now - recent[0])
+
+    def failed(self, who: str) -> None:
+        now = time.monotonic()
+        self._failures[who] = [*self._recent(who, now), now]
 
 
 @dataclass(frozen=True)
@@ -88,6 +135,8 @@ class AccessPolicy:
 
     def __init__(self, settings: Settings, host: str) -> None:
         self.mode = access_mode(settings, host)
+        self.refusal = refusal(settings, host)
+        self.throttle = LoginThrottle()
         self._tokens: dict[Role, bytes] = {}
         if settings.console_viewer_token:
             self._tokens[Role.VIEWER] = settings.console_viewer_token.get_secret_value().encode()
@@ -211,8 +260,8 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     policy = request.app[POLICY_KEY]
     base = request.app[BASE_KEY]
     rel = request.path[len(base) :] or "/"
-    if policy.mode is Mode.OFF and not rel.startswith("/static/"):
-        raise json_error(403, OFF_MESSAGE)
+    if policy.refusal is not None and not rel.startswith("/static/"):
+        raise json_error(403, policy.refusal)
     session = policy.decode(request.cookies.get(COOKIE))
     if session is None:
         session = policy.new_session(Role.OPERATOR if policy.mode is Mode.DEV_OPEN else None)

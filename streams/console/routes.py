@@ -92,10 +92,16 @@ async def login_page(request: web.Request) -> web.Response:
 @routes.post("/login")
 async def login(request: web.Request) -> web.StreamResponse:
     policy = request.app[POLICY_KEY]
+    who = request.remote or "unknown"
+    wait = policy.throttle.wait_s(who)
+    if wait > 0:
+        message = f"Too many wrong tokens from your address: try again in {wait:.0f} s."
+        return render(request, "login.html", status=429, error=message)
     form = await request.post()
     token = form.get("token")
     role = policy.role_for_token(token) if isinstance(token, str) else None
     if role is None:
+        policy.throttle.failed(who)
         return render(request, "login.html", status=401, error="That token is not valid.")
     session = policy.new_session(role)  # a new CSRF token too: nothing carries over from before
     request[SESSION_KEY] = session

@@ -18,10 +18,8 @@ from aiohttp import web
 from streams.console import params, rollup
 from streams.console.access import (
     BASE_KEY,
-    OFF_MESSAGE,
     POLICY_KEY,
     AccessPolicy,
-    Mode,
     access_middleware,
     json_error,
     wants_json,
@@ -150,10 +148,11 @@ async def start(
 
 
 async def serve(settings: Settings, bootstrap: str, dsn: str, host: str, port: int) -> int:
-    mode = AccessPolicy(settings, host).mode
-    if mode is Mode.OFF:
-        print(OFF_MESSAGE, file=sys.stderr)
+    policy = AccessPolicy(settings, host)
+    if policy.refusal is not None:
+        print(policy.refusal, file=sys.stderr)
         return EXIT_USAGE
+    mode = policy.mode
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -181,8 +180,9 @@ def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(settings.log_level)
     host = args.host if args.host is not None else settings.console_host
     port = args.port if args.port is not None else settings.console_port
-    if AccessPolicy(settings, host).mode is Mode.OFF:
-        print(OFF_MESSAGE, file=sys.stderr)
+    refused = AccessPolicy(settings, host).refusal
+    if refused is not None:
+        print(refused, file=sys.stderr)
         return EXIT_USAGE
     try:
         bootstrap, dsn = _services(settings)

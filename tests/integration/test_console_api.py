@@ -209,6 +209,16 @@ async def test_login_sessions_and_csrf(world: World) -> None:
         async with operator.get(base + "health") as r:
             assert r.status == 200
 
+    async with client() as guesser:
+        # guessing is throttled: after ten wrong tokens from one address (one was above),
+        # even the right one waits a minute
+        csrf = await csrf_of(guesser, base + "login")
+        for _ in range(9):
+            async with guesser.post(base + "login", data={"token": "guess", "csrf": csrf}) as r:
+                assert r.status == 401
+        async with guesser.post(base + "login", data={"token": VIEWER_TOKEN, "csrf": csrf}) as r:
+            assert r.status == 429 and "Too many wrong tokens" in await r.text()
+
 
 async def test_access_off_without_tokens_and_dev_open_on_loopback(
     kafka_bootstrap: str, database_url: str, prefix: str
@@ -221,6 +231,8 @@ async def test_access_off_without_tokens_and_dev_open_on_loopback(
         console_operator_token=None,
     )
     assert await serve(off, kafka_bootstrap, database_url, "127.0.0.1", 0) == 2
+    weak = console_settings(kafka_bootstrap, database_url, prefix, console_viewer_token="short")
+    assert await serve(weak, kafka_bootstrap, database_url, "127.0.0.1", 0) == 2
     dev = off.model_copy(update={"console_dev_open": True})
     # dev-open never applies off loopback
     assert await serve(dev, kafka_bootstrap, database_url, "0.0.0.0", 0) == 2
@@ -495,3 +507,50 @@ async def test_mounted_in_the_api_server(
                     assert status == 200
             finally:
                 await server.stop()
+
+
+async def test_jobstream_console_command(
+    kafka_bootstrap: str, database_url: str, prefix: str
+) -> None:
+    """``jobstream console`` as an operator starts it: prints its URL, serves, stops on SIGTERM."""
+    import asyncio
+    import os
+    import signal
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSTREAM_")}
+    env |= {
+        "JOBSTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "JOBSTREAM_DATABASE_URL": database_url,
+        "JOBSTREAM_TOPIC_PREFIX": prefix,
+    }
+
+    async def console(extra: dict[str, str]) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "streams.cli", "console", "--port", "0",
+            cwd=ROOT, env=env | extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+
+    refused = await console({})
+    _, err = await asyncio.wait_for(refused.communicate(), 60)
+    assert refused.returncode == 2 and b"console access is off" in err
+
+    proc = await console({"JOBSTREAM_CONSOLE_VIEWER_TOKEN": VIEWER_TOKEN})
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        found = re.search(r"jobstream console on (http://\S+) \(access: tokens\)", line)
+        assert found, line
+        async with client() as s:
+            await login(s, found.group(1), VIEWER_TOKEN)
+            status, body = await _get(s, found.group(1) + "api/jobs?limit=1")
+            assert status == 200, body
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -8,7 +8,18 @@ from datetime import UTC, datetime
 import pytest
 from itsdangerous import URLSafeTimedSerializer
 
-from streams.console.access import AccessPolicy, Mode, Role, access_mode, is_loopback
+from streams.console.access import (
+    FAILED_LOGIN_WINDOW_S,
+    MAX_FAILED_LOGINS,
+    OFF_MESSAGE,
+    AccessPolicy,
+    LoginThrottle,
+    Mode,
+    Role,
+    access_mode,
+    is_loopback,
+    refusal,
+)
 from streams.console.params import BadInput, ReplayRequest, job_filter, limit, replay_request
 from streams.console.queries import (
     CursorError,
@@ -139,3 +150,23 @@ def test_replay_requests_are_validated() -> None:
     ]:
         with pytest.raises(BadInput, match=says):
             replay_request(body)
+
+
+def test_short_tokens_are_refused() -> None:
+    assert refusal(settings(console_operator_token="x" * 16), "0.0.0.0") is None
+    why = refusal(settings(console_operator_token="x" * 15), "0.0.0.0")
+    assert why is not None and "JOBSTREAM_CONSOLE_OPERATOR_TOKEN is shorter than 16" in why
+    assert refusal(settings(), "127.0.0.1") == OFF_MESSAGE
+
+
+def test_failed_logins_are_throttled_per_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    throttle = LoginThrottle()
+    for _ in range(MAX_FAILED_LOGINS):
+        assert throttle.wait_s("10.0.0.1") == 0
+        throttle.failed("10.0.0.1")
+    assert throttle.wait_s("10.0.0.1") == pytest.approx(FAILED_LOGIN_WINDOW_S)
+    assert throttle.wait_s("10.0.0.2") == 0  # another address is not affected
+    clock[0] += FAILED_LOGIN_WINDOW_S
+    assert throttle.wait_s("10.0.0.1") == 0
