@@ -44,6 +44,7 @@ CREATE INDEX IF NOT EXISTS jobs_running_lease_idx ON jobs (lease_until) WHERE st
 def _migrations() -> Sequence[tuple[str, str]]:
     # imported here so that each module keeps its own schema next to the code that uses it
     from streams.console.queries import SCHEMA_SQL as CONSOLE_SCHEMA
+    from streams.console.rollup import SCHEMA_SQL as CONSOLE_MINUTES_SCHEMA
     from streams.dlq_audit import SCHEMA_SQL as DLQ_SCHEMA
     from streams.ratelimit import SCHEMA_SQL as RATELIMIT_SCHEMA
     from streams.retention import SCHEMA_SQL as RETENTION_SCHEMA
@@ -55,6 +56,7 @@ def _migrations() -> Sequence[tuple[str, str]]:
         ("0004_jobs_retention_index", RETENTION_SCHEMA),
         ("0005_execution_claims", CLAIMS_SCHEMA),
         ("0010_console_indexes", CONSOLE_SCHEMA),
+        ("0011_console_minutes", CONSOLE_MINUTES_SCHEMA),
     )
 
 
