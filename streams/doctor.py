@@ -411,7 +411,8 @@ async def kafka_checks(settings: Settings, names: TopicNames, *, probe: bool) ->
     from aiokafka.errors import KafkaError
     from aiokafka.protocol.admin import ApiVersionRequest
 
-    from streams.kafka_security import KafkaAccessError, check_access, client_options
+    from models.errors import ConfigurationError
+    from streams.kafka_security import check_access, client_options
 
     bootstrap = settings.kafka_bootstrap
     assert bootstrap
@@ -422,7 +423,7 @@ async def kafka_checks(settings: Settings, names: TopicNames, *, probe: bool) ->
             bootstrap_servers=bootstrap, request_timeout_ms=int(TIMEOUT_S * 1000), **options
         )
         await _bounded("bootstrap", client.bootstrap())
-    except KafkaAccessError as exc:
+    except ConfigurationError as exc:  # KafkaAccessError included: a refused handshake
         return [fail("kafka", str(exc), "fix the setting it names")]
     except (KafkaError, OSError, TimeoutError) as exc:
         return [
@@ -567,7 +568,11 @@ async def postgres_checks(
     dsn = settings.database_url.get_secret_value()
     secrets = [p for p in [urlsplit(dsn).password] if p]
     try:
-        conn = await _bounded("connect", asyncpg.connect(dsn, timeout=TIMEOUT_S))
+        # behind a transaction-mode pooler a named prepared statement may vanish between queries
+        cache = 0 if settings.db_pooler_mode == "transaction" else 100
+        conn = await _bounded(
+            "connect", asyncpg.connect(dsn, timeout=TIMEOUT_S, statement_cache_size=cache)
+        )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return [
             fail(

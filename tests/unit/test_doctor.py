@@ -194,3 +194,23 @@ def test_outputs() -> None:
     render(checks, file=out)
     text = out.getvalue()
     assert "jobstream doctor" in text and "behind" in text and "1 ok, 0 warn, 1 fail" in text
+
+
+async def test_kafka_settings_that_cannot_work_fail_before_connecting() -> None:
+    from streams.doctor import kafka_checks
+    from streams.topics import topic_names
+
+    s = Settings(kafka_bootstrap="127.0.0.1:1", kafka_security_protocol="SASL_SSL")
+    [c] = await kafka_checks(s, topic_names("jobs"), probe=False)
+    assert c.status is Status.FAIL and "JOBSTREAM_KAFKA_SASL_USERNAME" in c.detail
+
+
+async def test_an_unreachable_broker_fails_naming_the_setting() -> None:
+    from streams.doctor import kafka_checks
+    from streams.replicas import free_port
+    from streams.topics import topic_names
+
+    s = Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}")  # nothing listens there
+    [c] = await kafka_checks(s, topic_names("jobs"), probe=True)
+    assert c.status is Status.FAIL and c.detail.endswith(")") and "unreachable" in c.detail
+    assert "JOBSTREAM_KAFKA_BOOTSTRAP" in c.fix
