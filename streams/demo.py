@@ -15,8 +15,11 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+from aiohttp import web
 
 from streams.client import JobClient
+from streams.console.server import start as start_console
+from streams.console.server import url_of
 from streams.devstack import resolve_services
 from streams.fake_openrouter import FakeConfig, FakeOpenRouter
 from streams.replicas import Replica, free_port, replica_env
@@ -70,10 +73,13 @@ async def _demo(settings: Settings, jobs: int, job_type: str, replicas: int) -> 
             Replica(name=name, env=env, log_path=log_dir / f"{name}.log", web_port=port).start()
         )
     pool: asyncpg.Pool | None = None
+    console: tuple[web.AppRunner, asyncpg.Pool] | None = None
     try:
         for w in workers:
             await w.wait_ready()
         print(f"  {replicas} worker replica(s) ready, topic {prefix!r}; logs in {log_dir}")
+        console = await _start_console(settings, bootstrap, dsn, prefix)
+        print(f"  console    {url_of(console[0])}  (dev mode: no login, on 127.0.0.1 only)")
 
         def payload(i: int) -> dict[str, object]:
             if job_type == "llm.chat":
@@ -110,13 +116,39 @@ async def _demo(settings: Settings, jobs: int, job_type: str, replicas: int) -> 
             f" {jobs - sum(counts.values())} unfinished, in {elapsed:.2f}s"
             f" ({sum(counts.values()) / elapsed:.1f} jobs/s end to end)"
         )
+        if console is not None and sys.stdin.isatty():
+            print(f"  the console stays up at {url_of(console[0])}; press Enter to stop")
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         return 0 if succeeded == jobs else 1
     finally:
+        if console is not None:
+            await console[0].cleanup()
+            await console[1].close()
         if pool is not None:
             await pool.close()
         codes = [w.stop() for w in workers]
         await fake.stop()
         print(f"  workers stopped (exit codes {codes}); the stack keeps running: make stack-down")
+
+
+async def _start_console(
+    settings: Settings, bootstrap: str, dsn: str, prefix: str
+) -> tuple[web.AppRunner, asyncpg.Pool]:
+    """The console on the demo's topics, open without login because it listens on loopback."""
+    demo = settings.model_copy(
+        update={
+            "topic_prefix": prefix,
+            "group_id": prefix,
+            "console_host": "127.0.0.1",
+            "console_dev_open": True,
+        }
+    )
+    try:
+        return await start_console(
+            demo, bootstrap=bootstrap, dsn=dsn, host="127.0.0.1", port=settings.console_port
+        )
+    except OSError:  # the usual port is taken (another console): any free one
+        return await start_console(demo, bootstrap=bootstrap, dsn=dsn, host="127.0.0.1", port=0)
 
 
 def run_demo(settings: Settings, *, jobs: int, job_type: str, replicas: int) -> int:
