@@ -205,6 +205,7 @@ async def _as_operator(browser: Any, base: str, prefix: str, hook_ids: list[str]
     for job_id in hook_ids:
         assert await jobs.inner_text(f"#jobs tr[data-job='{job_id}'] .st") == "dead_lettered"
     marker = await jobs.evaluate("() => (window.__loaded = performance.timeOrigin)")
+    await jobs.screenshot(path=str(ARTIFACTS / "06-jobs-before-replay.png"), full_page=True)
 
     await page.goto(base + "dead-letters?type=http.webhook")
     await page.click("#replay-preview")
@@ -212,13 +213,13 @@ async def _as_operator(browser: Any, base: str, prefix: str, hook_ids: list[str]
     summary = await page.inner_text("#replay-summary")
     assert "would replay 3" in summary, summary
     assert await page.locator("#replay-items tr").count() == 3
-    await page.screenshot(path=str(ARTIFACTS / "06-replay-preview.png"), full_page=True)
+    await page.screenshot(path=str(ARTIFACTS / "07-replay-preview.png"), full_page=True)
     await page.click("#replay-confirm")
     await page.wait_for_function(
         "() => document.getElementById('replay-result').textContent.startsWith('Replayed')"
     )
     assert (await page.inner_text("#replay-result")).startswith("Replayed 3,")
-    await page.screenshot(path=str(ARTIFACTS / "07-replay-done.png"), full_page=True)
+    await page.screenshot(path=str(ARTIFACTS / "08-replay-done.png"), full_page=True)
 
     # the jobs view updates by itself: the three jobs turn succeeded without a reload
     await jobs.wait_for_function(
@@ -230,7 +231,7 @@ async def _as_operator(browser: Any, base: str, prefix: str, hook_ids: list[str]
         timeout=60_000,
     )
     assert await jobs.evaluate("() => window.__loaded") == marker  # the same document
-    await jobs.screenshot(path=str(ARTIFACTS / "08-jobs-succeeded.png"), full_page=True)
+    await jobs.screenshot(path=str(ARTIFACTS / "09-jobs-succeeded.png"), full_page=True)
 
     # the job's lineage names the dead letter it was replayed from, and the audit the operator
     await jobs.click(f"#jobs tr[data-job='{hook_ids[0]}'] a")
@@ -239,9 +240,9 @@ async def _as_operator(browser: Any, base: str, prefix: str, hook_ids: list[str]
     assert f"Dead letter {prefix}.dlq" not in lineage  # it names the source coordinates
     assert f"Dead letter {prefix}:" in lineage and "by console:operator@" in lineage, lineage
     assert "console:operator@" in await jobs.inner_text("table.audit")
-    await jobs.screenshot(path=str(ARTIFACTS / "09-job-replayed.png"), full_page=True)
+    await jobs.screenshot(path=str(ARTIFACTS / "10-job-replayed.png"), full_page=True)
 
     await page.goto(base)
     await page.wait_for_function("() => document.getElementById('t-succeeded').textContent === '9'")
-    await page.screenshot(path=str(ARTIFACTS / "10-overview-operator.png"), full_page=True)
+    await page.screenshot(path=str(ARTIFACTS / "11-overview-operator.png"), full_page=True)
     await page.context.close()
