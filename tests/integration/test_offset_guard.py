@@ -30,7 +30,12 @@ async def committed_offset(bootstrap: str, group: str, topic: str) -> int | None
 async def test_sigkill_with_slow_head_loses_nothing(
     workers: WorkerFactory, kafka_bootstrap: str, pg_pool: asyncpg.Pool, prefix: str
 ) -> None:
-    env = {"JOBSTREAM_PARTITIONS": "1", "JOBSTREAM_CONCURRENCY": "4"}
+    # a short lease: the restarted worker takes the dead one's claim on the slow job over soon
+    env = {
+        "JOBSTREAM_PARTITIONS": "1",
+        "JOBSTREAM_CONCURRENCY": "4",
+        "JOBSTREAM_CLAIM_LEASE_S": "3",
+    }
     worker = workers.start("first", **env)
     await worker.wait_assigned()
     async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
@@ -42,7 +47,8 @@ async def test_sigkill_with_slow_head_loses_nothing(
     # Give faust several commit intervals (0.5 s each) to commit whatever it would commit.
     await asyncio.sleep(2.0)
     before_kill = await committed_offset(kafka_bootstrap, prefix, prefix)
-    assert await pg_pool.fetchval("SELECT count(*) FROM jobs WHERE job_id = $1", slow) == 0
+    # the slow job is claimed (running), not finished
+    assert await pg_pool.fetchval("SELECT status FROM jobs WHERE job_id = $1", slow) == "running"
     assert before_kill in (None, 0), f"commit passed the running offset 0: {before_kill}"
 
     worker.kill()
@@ -53,12 +59,13 @@ async def test_sigkill_with_slow_head_loses_nothing(
     rows = {
         r["job_id"]: r
         for r in await pg_pool.fetch(
-            "SELECT job_id, status, executions, worker FROM jobs WHERE job_id = ANY($1)",
+            "SELECT job_id, status, executions, worker, takeovers FROM jobs WHERE job_id = ANY($1)",
             [slow, fast, fast2],
         )
     }
     assert rows[slow]["status"] == "succeeded"
     assert rows[slow]["worker"] == "second"
+    assert rows[slow]["takeovers"] == 1  # the dead worker's claim, taken over after its lease
     # the fast jobs were redelivered (the commit could not pass offset 0) but not re-run
     assert rows[fast]["executions"] == 1 and rows[fast2]["executions"] == 1
 
