@@ -73,6 +73,8 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         if wants_json(request, base):
             raise json_error(400, str(exc)) from None
         return render(request, "error.html", status=400, message=str(exc))
+    except ConnectionResetError:
+        raise  # the client left: streams.httpserver answers that
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         log.warning("console: database error on %s: %s", request.path, type(exc).__name__)
         raise json_error(503, f"PostgreSQL is unavailable ({type(exc).__name__})") from None
