@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.api import JobTypes, api_routes
+from streams.httpserver import HttpLimits, start_http_server
 from streams.metrics import Metrics
 from streams.results import fetch_job
 from streams.settings import Settings
@@ -58,6 +59,7 @@ class ApiServer:
     ) -> None:
         from agents.catalog import default_registry
         from streams.kafka import Publisher
+        from streams.kafka_security import client_options
 
         self.settings = settings
         self.bootstrap = bootstrap
@@ -65,7 +67,11 @@ class ApiServer:
         self.topics: TopicNames = topic_names(settings.topic_prefix, settings.retry_tiers_s)
         self.registry: JobTypes = registry or default_registry(settings)
         self.metrics = metrics or Metrics()
-        self.publisher = Publisher(bootstrap, client_id=f"jobstream-api-{settings.worker_name}")
+        self.publisher = Publisher(
+            bootstrap,
+            client_id=f"jobstream-api-{settings.worker_name}",
+            options=client_options(settings),
+        )
         self.pool: asyncpg.Pool | None = None
         self.store: PgJobLookup | None = None
         self.ready = asyncio.Event()
@@ -82,22 +88,34 @@ class ApiServer:
             self.store = PgJobLookup(self.pool)
             await self.publisher.start()
         except Exception as exc:
-            raise ServiceUnreachable(f"{type(exc).__name__}: {exc}") from exc
+            from streams.access import explain
+
+            line = await explain(exc, self.settings, self.bootstrap)  # names the setting
+            raise ServiceUnreachable(line or f"{type(exc).__name__}: {exc}") from exc
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.api_max_body_bytes)
         app.add_routes(self.health_routes())
         app.add_routes(api_routes(self))
+        if self.settings.console_enabled and self.pool is not None:
+            from streams.console.server import console_app  # tokens required when mounted
+
+            console = console_app(
+                self.settings, bootstrap=self.bootstrap, pool=self.pool, host=None, base="/console"
+            )
+            app.add_subapp("/console", console)
         return app
 
     async def listen(self, host: str, port: int) -> list[str]:
         """Starts serving; returns the URLs bound (port 0 picks a free one)."""
-        runner = web.AppRunner(
-            self.app(), access_log=None, shutdown_timeout=self.settings.shutdown_grace_s
+        runner = await start_http_server(
+            self.app(),
+            host=host,
+            port=port,
+            limits=HttpLimits.from_settings(self.settings),
+            shutdown_timeout_s=self.settings.shutdown_grace_s,
         )
-        await runner.setup()
         self.runner = runner
-        await web.TCPSite(runner, host, port).start()
         self.ready.set()
         return [_url(addr) for addr in runner.addresses]
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from streams.api_server import add_api_parser
+from streams.backup import add_backup_parser
+from streams.console.server import add_console_parser
 from streams.dlq_cli import add_dlq_parser
+from streams.doctor import add_doctor_parser
 from streams.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -22,12 +26,20 @@ def _services(settings: Settings) -> tuple[str, str]:
     return asyncio.run(resolve_services(settings))
 
 
+def _preflight(settings: Settings, bootstrap: str, dsn: str) -> None:
+    """A refused handshake ends the command with one line, before faust starts retrying it."""
+    from streams.access import preflight
+
+    asyncio.run(preflight(settings, bootstrap=bootstrap, dsn=dsn))
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.observability import configure_logging
     from streams.worker import run_worker
 
     configure_logging(settings.log_level)
     bootstrap, dsn = _services(settings)
+    _preflight(settings, bootstrap, dsn)
     run_worker(settings, bootstrap, dsn)
     return EXIT_OK
 
@@ -38,7 +50,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     _, dsn = _services(settings)
 
     async def run() -> list[str]:
-        pool = await create_pool(dsn, min_size=1, max_size=1)
+        pool = await create_pool(dsn, min_size=1, max_size=1, pooler_mode=settings.db_pooler_mode)
         try:
             async with pool.acquire() as conn:
                 return await migrate(conn)
@@ -52,6 +64,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from streams.client import JobClient
+    from streams.kafka_security import client_options
 
     try:
         payload = json.loads(args.payload)
@@ -64,7 +77,10 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     bootstrap, _ = _services(settings)
 
     async def run() -> list[str]:
-        async with JobClient(bootstrap, topic_prefix=settings.topic_prefix) as client:
+        options = client_options(settings)
+        async with JobClient(
+            bootstrap, topic_prefix=settings.topic_prefix, options=options
+        ) as client:
             events = [
                 client.build(args.type, payload, job_id=args.id if args.count == 1 else None)
                 for _ in range(args.count)
@@ -83,7 +99,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     _, dsn = _services(settings)
 
     async def run() -> dict[str, Any] | None:
-        pool = await create_pool(dsn, min_size=1, max_size=1)
+        pool = await create_pool(dsn, min_size=1, max_size=1, pooler_mode=settings.db_pooler_mode)
         try:
             return await fetch_job(pool, args.job_id)
         finally:
@@ -99,6 +115,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     from streams.devstack import main as devstack_main
+
+    if args.action == "kafka-tool":
+        from streams.devstack_kafka_tools import main as tool_main
+
+        return tool_main(args.rest, state_dir=settings.state_dir)
 
     return devstack_main([args.action, "--state-dir", str(settings.state_dir)])
 
@@ -139,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("dev", help="the local Kafka + PostgreSQL stack")
-    p.add_argument("action", choices=["up", "down", "status", "env", "fetch"])
+    p.add_argument("action", choices=["up", "down", "status", "env", "fetch", "kafka-tool"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="kafka-tool: NAME ARGS...")
     p.set_defaults(fn=cmd_dev)
 
     p = sub.add_parser("fake-openrouter", help="run the fake OpenRouter server", add_help=False)
@@ -154,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_api_parser(sub)
     add_dlq_parser(sub)
+    add_console_parser(sub)
+    add_doctor_parser(sub)
+    add_backup_parser(sub)
     return parser
 
 
@@ -165,7 +190,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"invalid JOBSTREAM_* settings: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    result: int = args.fn(args, settings)
+    # aiokafka logs each refused connection; with no handler set up (every command but the
+    # long-running ones) Python would print those to stderr next to our one line
+    logging.getLogger("aiokafka").addHandler(logging.NullHandler())
+    try:
+        result: int = args.fn(args, settings)
+    except Exception as exc:
+        from models.errors import ConfigurationError
+        from streams.access import explain
+
+        line = asyncio.run(explain(exc, settings, settings.kafka_bootstrap))
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        # settings that cannot work together are a usage error; a refusal by a server is not
+        return EXIT_USAGE if type(exc) is ConfigurationError else EXIT_UNREACHABLE
     return result
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -27,6 +28,7 @@ from models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, unb64
 from models.errors import JobstreamError, StackError
 from models.job import JobEvent
 from streams import dlq_audit
+from streams.db import migrate
 from streams.metrics import Metrics
 
 CONNECT_TIMEOUT_S = 15.0
@@ -201,14 +203,16 @@ async def _start(client: AIOKafkaConsumer | AIOKafkaProducer, bootstrap: str) ->
         raise UnreachableError(f"Kafka at {bootstrap} is unreachable ({first_line(exc)})") from exc
 
 
-async def _partitions(bootstrap: str, topic: str, also_require: Sequence[str]) -> list[int]:
+async def _partitions(
+    bootstrap: str, topic: str, also_require: Sequence[str], options: Mapping[str, Any]
+) -> list[int]:
     """The partitions of ``topic``, after checking that every needed topic exists.
 
     Existence comes from the all-topics listing first: asking a broker about one topic by
     name can auto-create it, and a typo in ``--prefix`` must not create topics.
     """
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(CONNECT_TIMEOUT_S * 1000)
+        bootstrap_servers=bootstrap, request_timeout_ms=int(CONNECT_TIMEOUT_S * 1000), **options
     )
     try:
         await asyncio.wait_for(admin.start(), timeout=CONNECT_TIMEOUT_S)
@@ -234,6 +238,7 @@ async def read_snapshot(
     *,
     also_require: Sequence[str] = (),
     on_bounds: Callable[[dict[int, int]], Awaitable[None]] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Snapshot:
     """Every dead letter in ``topic`` up to the end offsets seen at start that ``match`` accepts.
 
@@ -241,7 +246,9 @@ async def read_snapshot(
     ``on_bounds`` runs once the bounds are fixed (tests use it to prove later records are not
     read). Matches come back oldest failure first, which is also the replay order.
     """
-    tps = [TopicPartition(topic, p) for p in await _partitions(bootstrap, topic, also_require)]
+    options = options or {}  # aiokafka client arguments for TLS/SASL (kafka_security)
+    parts = await _partitions(bootstrap, topic, also_require, options)
+    tps = [TopicPartition(topic, p) for p in parts]
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -250,6 +257,7 @@ async def read_snapshot(
         isolation_level="read_committed",
         client_id="jobstream-dlq-tool",
         request_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
+        **options,
     )
     await _start(consumer, bootstrap)
     try:
@@ -470,15 +478,21 @@ async def replay(
     on_progress: Callable[[ReplayCounts], None] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
     metrics: Metrics | None = None,
+    by: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> ReplayCounts:
-    """Republish the planned dead letters, one audited transaction each (see dlq_audit)."""
+    """Republish the planned dead letters, one audited transaction each (see dlq_audit).
+
+    ``by`` names who asked in the audit (default ``user@host`` of this process).
+    """
     counts = ReplayCounts(total=sum(1 for i in items if i.action is Action.REPLAY))
     counts.skipped_replayed = sum(1 for i in items if i.action is Action.SKIP_REPLAYED)
     counts.skipped_invalid = sum(1 for i in items if i.action is Action.SKIP_INVALID)
     if not counts.total:
         return counts
-    producer = await _producer(bootstrap)
-    by = dlq_audit.replayed_by()
+    options = options or {}
+    producer = await _producer(bootstrap, options)
+    by = by or dlq_audit.replayed_by()
     pacer = _Pacer(opts.rate)
     consecutive = 0
     try:
@@ -501,7 +515,7 @@ async def replay(
                 if consecutive == MAX_CONSECUTIVE_FAILURES:
                     log(f"giving up after {consecutive} consecutive failures")
                 else:
-                    producer = await _restart(producer, bootstrap, log)
+                    producer = await _restart(producer, bootstrap, log, options)
             else:
                 consecutive = 0
             if on_progress is not None:
@@ -512,7 +526,69 @@ async def replay(
     return counts
 
 
-async def _producer(bootstrap: str) -> AIOKafkaProducer:
+@dataclass
+class ReplayRun:
+    """What one replay request saw and did; ``counts`` is None for a dry run."""
+
+    snapshot: Snapshot
+    items: list[PlanItem]
+    counts: ReplayCounts | None = None
+    refused: bool = False
+    """True when ``approve`` turned the plan down: nothing was published."""
+
+
+async def replay_matching(
+    match: Callable[[DeadLetter], bool],
+    opts: ReplayOptions,
+    *,
+    bootstrap: str,
+    dlq_topic: str,
+    conn: asyncpg.Connection,
+    on_snapshot: Callable[[Snapshot], None] | None = None,
+    on_progress: Callable[[ReplayCounts], None] | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+    metrics: Metrics | None = None,
+    by: str | None = None,
+    approve: Callable[[Sequence[PlanItem]], bool] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> ReplayRun:
+    """Snapshot, plan against the audit, and (unless a dry run) replay: the one code path of
+    ``jobstream dlq replay`` and the console, so both get the same audit and idempotence.
+
+    The schema is migrated before a real replay only: the tool may run before any worker
+    created it, and a dry run must not write. ``approve`` sees the plan of a real replay
+    before anything is published (the console checks it is the plan the operator confirmed).
+    """
+    snap = await read_snapshot(
+        bootstrap, dlq_topic, match, also_require=(opts.target_topic,), options=options
+    )
+    if on_snapshot is not None:
+        on_snapshot(snap)
+    if not snap.matched:
+        return ReplayRun(snap, [])
+    if not opts.dry_run:
+        await migrate(conn)
+    already = await dlq_audit.replayed_ids(conn, (d.id for d in snap.matched))
+    items = plan(snap.matched, already, opts)
+    if opts.dry_run:
+        return ReplayRun(snap, items)
+    if approve is not None and not approve(items):
+        return ReplayRun(snap, items, refused=True)
+    counts = await replay(
+        items,
+        opts,
+        bootstrap=bootstrap,
+        conn=conn,
+        on_progress=on_progress,
+        log=log,
+        metrics=metrics,
+        by=by,
+        options=options,
+    )
+    return ReplayRun(snap, items, counts)
+
+
+async def _producer(bootstrap: str, options: Mapping[str, Any]) -> AIOKafkaProducer:
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         client_id="jobstream-dlq-tool",
@@ -520,13 +596,17 @@ async def _producer(bootstrap: str) -> AIOKafkaProducer:
         acks="all",
         request_timeout_ms=int(PUBLISH_TIMEOUT_S * 1000),
         max_request_size=4 * 1024 * 1024,
+        **options,
     )
     await _start(producer, bootstrap)
     return producer
 
 
 async def _restart(
-    producer: AIOKafkaProducer, bootstrap: str, log: Callable[[str], None]
+    producer: AIOKafkaProducer,
+    bootstrap: str,
+    log: Callable[[str], None],
+    options: Mapping[str, Any],
 ) -> AIOKafkaProducer | None:
     """A fresh producer after a failed send.
 
@@ -536,7 +616,7 @@ async def _restart(
     """
     await producer.stop()
     try:
-        return await _producer(bootstrap)
+        return await _producer(bootstrap, options)
     except UnreachableError as exc:
         log(f"giving up: {exc}")
         return None

@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
@@ -24,8 +24,6 @@ from pydantic import ValidationError
 
 from models.deadletter import DeadLetter, DeadLetterReason, unb64
 from models.errors import StackError
-from streams import dlq_audit
-from streams.db import migrate
 from streams.dlq import (
     Action,
     DeadLetterFilter,
@@ -37,10 +35,10 @@ from streams.dlq import (
     UnreachableError,
     decoded_key,
     first_line,
-    plan,
     read_snapshot,
-    replay,
+    replay_matching,
 )
+from streams.kafka_security import client_options
 from streams.settings import Settings
 from streams.topics import topic_names
 
@@ -211,11 +209,12 @@ async def run_dlq_async(args: argparse.Namespace, settings: Settings) -> int:
     try:
         bootstrap, dsn = await _services(settings, need_db=cmd == "replay")
         if cmd == "replay":
-            return await _replay(args, flt, prefix, bootstrap, dsn)
+            return await _replay(args, flt, prefix, bootstrap, dsn, client_options(settings))
         snap = await read_snapshot(
             bootstrap,
             topic_names(prefix).dlq,
             _show_match(args.ident) if cmd == "show" else flt.matches,
+            options=client_options(settings),
         )
     except (UnreachableError, StackError) as exc:
         _err(f"error: {exc}")
@@ -282,7 +281,12 @@ async def _connect(dsn: str) -> asyncpg.Connection:
 
 
 async def _replay(
-    args: argparse.Namespace, flt: DeadLetterFilter, prefix: str, bootstrap: str, dsn: str | None
+    args: argparse.Namespace,
+    flt: DeadLetterFilter,
+    prefix: str,
+    bootstrap: str,
+    dsn: str | None,
+    options: Mapping[str, Any],
 ) -> int:
     assert dsn is not None
     names = topic_names(prefix)
@@ -296,27 +300,18 @@ async def _replay(
         include_invalid=args.include_invalid,
     )
     conn = await _connect(dsn)  # before the snapshot: fail fast, not after a long read
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() and not opts.dry_run else None
     try:
-        snap = await read_snapshot(bootstrap, names.dlq, flt.matches, also_require=(names.main,))
-        _report_unreadable(snap)
-        if not snap.matched:
-            _err(f"no dead letters match in {snap.topic} ({snap.scanned} scanned)")
-            return EXIT_NO_MATCH
-        if not opts.dry_run:
-            await migrate(conn)  # the tool may run before any worker has created the schema
-        already = await dlq_audit.replayed_ids(conn, (d.id for d in snap.matched))
-        items = plan(snap.matched, already, opts)
-        if opts.dry_run:
-            _print_dry_run(items, args.as_json)
-            return EXIT_OK
-        bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
-        counts = await replay(
-            items,
+        run = await replay_matching(
+            flt.matches,
             opts,
             bootstrap=bootstrap,
+            dlq_topic=names.dlq,
             conn=conn,
+            on_snapshot=_report_unreadable,
             on_progress=bar.update if bar else None,
             log=_err if bar is None else bar.log,
+            options=options,
         )
         if bar:
             bar.close()
@@ -324,8 +319,14 @@ async def _replay(
         raise UnreachableError(f"PostgreSQL at {_redact(dsn)} failed ({first_line(exc)})") from exc
     finally:
         await conn.close()
-    _print_summary(counts, args.as_json)
-    return EXIT_PARTIAL if counts.failed else EXIT_OK
+    if not run.snapshot.matched:
+        _err(f"no dead letters match in {run.snapshot.topic} ({run.snapshot.scanned} scanned)")
+        return EXIT_NO_MATCH
+    if run.counts is None:
+        _print_dry_run(run.items, args.as_json)
+        return EXIT_OK
+    _print_summary(run.counts, args.as_json)
+    return EXIT_PARTIAL if run.counts.failed else EXIT_OK
 
 
 # --- output ------------------------------------------------------------------------------

@@ -34,9 +34,7 @@ class Settings(BaseSettings):
 
     # Kafka TLS and SASL, for managed clusters (Confluent Cloud, MSK, Aiven, Redpanda); every
     # Kafka client the project builds takes them through streams/kafka_security.py
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
-        "PLAINTEXT"
-    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
@@ -113,6 +111,9 @@ class Settings(BaseSettings):
     )
     pg_bin_dir: Path | None = Field(
         default=None, description="where pg_dump/pg_restore live; default: newest found"
+    )
+    backup_database_url: SecretStr | None = Field(
+        default=None, description="direct URL for backups when database_url goes via a pooler"
     )
 
     # retention of finished rows (streams/retention.py); a limit set to None is not applied

@@ -8,8 +8,9 @@ import asyncpg
 
 from streams.db import create_pool, migrate
 from streams.kafka import ensure_topics
+from streams.kafka_security import client_options
 from streams.settings import Settings
-from streams.topics import TopicNames
+from streams.topics import TopicNames, topic_configs
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,15 @@ async def prepare(
         topics.all(),
         partitions=settings.partitions,
         replication_factor=settings.replication_factor,
+        configs=topic_configs(settings, topics),
+        options=client_options(settings),
     )
-    pool = await create_pool(dsn, min_size=pool_min, max_size=settings.db_pool_max)
+    pool = await create_pool(
+        dsn,
+        min_size=pool_min,
+        max_size=settings.db_pool_max,
+        pooler_mode=settings.db_pooler_mode,
+    )
     try:
         async with pool.acquire() as conn:
             applied = await migrate(conn)

@@ -17,6 +17,8 @@ import faust
 
 from streams.app import create_app, register_agents
 from streams.consumer import SafeOffsetConsumer
+from streams.kafka_security import client_options
+from streams.lag import LagMonitor
 from streams.observability import init_sentry
 from streams.runtime import Runtime
 from streams.settings import Settings
@@ -28,9 +30,22 @@ class JobstreamWorker(faust.Worker):
     def __init__(self, app: faust.App, runtime: Runtime, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.runtime = runtime
+        self.lag_monitor: LagMonitor | None = None
 
     async def on_first_start(self) -> None:
         await self.runtime.start()
+        rt = self.runtime
+        self.lag_monitor = LagMonitor(
+            bootstrap=rt.bootstrap,
+            group=rt.settings.group_id,
+            topics=rt.topics,
+            metrics=rt.metrics,
+            assignment=lambda: self.app.consumer.assignment(),
+            in_flight=rt.in_flight_records,
+            interval_s=rt.settings.lag_sample_interval_s,
+            options=client_options(rt.settings),
+        )
+        await self.lag_monitor.start()
         await super().on_first_start()
 
     async def _stop_on_signal(self, sig: signal.Signals) -> None:
@@ -58,6 +73,8 @@ class JobstreamWorker(faust.Worker):
     async def on_shutdown(self) -> None:
         # after faust's services (and so every agent) have stopped
         await super().on_shutdown()
+        if self.lag_monitor is not None:
+            await self.lag_monitor.stop()
         await self.runtime.stop()
 
 

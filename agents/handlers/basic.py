@@ -41,7 +41,8 @@ async def sleep(payload: SleepPayload, ctx: JobContext) -> dict[str, Any]:
     if payload.fatal:
         raise FatalError("sleep job asked to fail fatally")
     if payload.bug:
-        return {"value": {}["missing"]}  # the kind of mistake a handler makes
+        settings: dict[str, Any] = {}
+        return {"value": settings["missing"]}  # the kind of mistake a handler makes
     if payload.unstorable_result:
         # JSON can carry the escape \ud800 but jsonb refuses it: exercises the unstorable route
         return {"text": "\ud800"}
