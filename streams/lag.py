@@ -140,12 +140,18 @@ class LagMonitor:
             self._admin = None
 
     async def _run(self) -> None:
+        failing = False
         while True:
             try:
                 await self.sample()
+                if failing:
+                    log.info("lag samples work again")
+                failing = False
             except Exception as exc:  # a monitor must never take the worker down
                 self.metrics.lag_sample_errors.inc()
-                log.warning("lag sample failed: %s", type(exc).__name__)
+                if not failing:  # one line per outage, the counter counts the rest
+                    log.warning("lag sample failed: %s", type(exc).__name__)
+                failing = True
             await asyncio.sleep(self.interval_s)
 
     def _owned(self) -> list[TopicPartition]:
