@@ -559,7 +559,6 @@ class Pipeline:
             error=f"{reason.value}: {record.message}" if reason.undecodable else record.message,
             error_class=record.error_class,
             source=rec.coordinates,
-            replay_of=att.replay_of,
             finished_at=failure.at,
         )
         try:
@@ -636,6 +635,7 @@ class Pipeline:
 
     def _row(self, att: _Attempt, status: JobStatus, **fields: Any) -> JobRow:
         fields.setdefault("source", "worker")
+        fields.setdefault("replay_of", att.replay_of)
         return JobRow(
             job_id=att.job_id,
             type=att.job_type,

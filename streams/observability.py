@@ -383,10 +383,23 @@ def shutdown_sentry(timeout: float = 2.0) -> None:
         _outages.clear()
 
 
+PROTOCOL_LOGGERS = ("aiokafka", "kafka", "asyncpg")
+"""Client libraries whose DEBUG lines print raw protocol traffic: produced records (job
+payloads), SASL frames, query parameters. They never log below INFO, whatever the level."""
+
+
+def quiet_protocol_loggers() -> None:
+    for name in PROTOCOL_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.INFO or logger.level < logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_protocol_loggers()
 
 
 # -- what the pipeline reports ---------------------------------------------------------------------

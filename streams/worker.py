@@ -19,7 +19,7 @@ from streams.app import create_app, register_agents
 from streams.consumer import SafeOffsetConsumer
 from streams.kafka_security import client_options
 from streams.lag import LagMonitor
-from streams.observability import init_sentry
+from streams.observability import init_sentry, quiet_protocol_loggers
 from streams.runtime import Runtime
 from streams.settings import Settings
 
@@ -80,6 +80,7 @@ class JobstreamWorker(faust.Worker):
 
 def run_worker(settings: Settings, bootstrap: str, dsn: str) -> None:
     init_sentry(settings)
+    quiet_protocol_loggers()
     app = create_app(settings, bootstrap)
     runtime = Runtime(settings, bootstrap=bootstrap, dsn=dsn)
     register_agents(app, runtime)

@@ -484,3 +484,26 @@ async def test_a_job_whose_claim_keeps_expiring_is_dead_lettered_as_stalled(
         assert DeadLetter.model_validate_json(dlq.records[0].value).reason.value == "stalled"
     metrics = await heir_metrics(worker.web_port)
     assert metric_total(metrics, "jobstream_claim_takeovers_total") == 1
+
+
+async def test_no_payload_reaches_the_worker_log_even_at_debug(
+    workers: WorkerFactory, kafka_bootstrap: str, pg_pool: asyncpg.Pool, prefix: str
+) -> None:
+    names = topic_names(prefix)
+    marker = f"PAYLOAD-MARKER-{uuid.uuid4().hex}"
+    worker = workers.start(JOBSTREAM_LOG_LEVEL="DEBUG")
+    await worker.wait_assigned()
+    ids = [uuid.uuid4().hex for _ in range(3)]
+    producer = await raw_producer(kafka_bootstrap)
+    try:
+        await producer.send(names.main, event("echo", {"secret": marker}, ids[0]))
+        await producer.send(names.main, event("sleep", {"fatal": True, "note": marker}, ids[1]))
+        await producer.send(names.main, event("nope", {"x": marker}, ids[2]))
+        await producer.flush()
+    finally:
+        await producer.stop()
+    await wait_terminal(pg_pool, ids, timeout=60)
+    worker.stop()
+    text = worker.log_text()
+    assert "DEBUG" in text  # the level took effect
+    assert marker not in text
