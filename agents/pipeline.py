@@ -478,10 +478,11 @@ class Pipeline:
             payload=rec.value,  # whatever it holds, it never reaches an error report
         ):
             existing = await self._claim_once(att)
-            if existing is not None and existing.status.terminal:
+            redelivered = existing is not None and existing.source == rec.coordinates
+            if existing is not None and existing.status.terminal and redelivered:
                 await self.durably("re-emit", lambda: self._emit_outcome(att, existing, True))
                 return "reemitted"
-            # claimed, or the id is a live job's: the dead letter keeps this record either way
+            # else the id is free (claimed now), or another record's: this one gets its letter
             return await self._dead_letter(att, exc, reason, write_row=att.claimed)
 
     async def _claim_once(self, att: _Attempt) -> StoredState | None:

@@ -60,7 +60,7 @@ RETURNING {returned}
     # in ``executions``, so the duplicate run stays visible).
     writable="(j.status = 'running' AND j.claim_token = EXCLUDED.claim_token)",
     returned="job_id, status, attempt, result, error, error_class, worker, finished_at,"
-    " claim_token, lease_until",
+    " claim_token, lease_until, source",
 )
 
 _CLAIM = """
@@ -94,7 +94,7 @@ WITH input AS (
 )
 SELECT i.job_id, c.job_id IS NOT NULL AS won, c.takeovers,
        o.status, o.attempt, o.result, o.error, o.error_class, o.worker, o.finished_at,
-       o.claim_token, o.lease_until
+       o.claim_token, o.lease_until, o.source
 FROM input i
 LEFT JOIN claimed c ON c.job_id = i.job_id
 LEFT JOIN jobs o ON o.job_id = i.job_id
@@ -150,6 +150,8 @@ class StoredState:
     finished_at: datetime | None
     claim_token: str | None = None
     lease_until: datetime | None = None
+    source: str | None = None
+    """Where the row's state came from: ``worker``, or a dead letter's source coordinates."""
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> StoredState:
@@ -164,6 +166,7 @@ class StoredState:
             finished_at=r["finished_at"],
             claim_token=r["claim_token"],
             lease_until=r["lease_until"],
+            source=r["source"],
         )
 
 

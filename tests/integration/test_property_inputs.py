@@ -4,8 +4,9 @@ Hypothesis generates arbitrary bytes, arbitrary JSON values and JSON objects tha
 like a ``JobEvent``; all of them are thrown at ONE running worker (started once per test, not
 per example). Every published record must then end as either
 
-* an undecodable input: a ``jobs`` row ``invalid:<topic>:<p>:<o>`` (dead_lettered) and exactly
-  one dead letter whose ``id`` is ``<topic>:<p>:<o>``, or
+* an undecodable input: a dead_lettered ``jobs`` row under the ``id`` it carries when that can be
+  read, else ``invalid:<topic>:<p>:<o>``, exactly one dead letter whose ``id`` is
+  ``<topic>:<p>:<o>``, and one outcome, or
 * a decoded job: exactly one terminal row for its job id, exactly one outcome, and (when it was
   dead-lettered) exactly one dead letter,
 
@@ -33,7 +34,7 @@ from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from agents.decode import decode_event
+from agents.decode import decode_event, readable_id
 from models.deadletter import DeadLetter, DeadLetterReason
 from models.errors import InvalidJobError
 from models.job import JobOutcome
@@ -63,9 +64,11 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-# Arbitrary JSON never carries a "type": a by-chance valid job with a hypothesis-made id could
-# collide with another input's id (or another test's row) and would not be an input of its own.
-arbitrary_json = json_values.filter(lambda v: not (isinstance(v, dict) and "type" in v))
+# Arbitrary JSON never carries a "type" or an "id": a by-chance valid job, or an invalid one whose
+# hypothesis-made id can be read, could collide with another input's id (or another test's row).
+arbitrary_json = json_values.filter(
+    lambda v: not (isinstance(v, dict) and ("type" in v or "id" in v))
+)
 
 sleep_like_payloads = st.fixed_dictionaries(
     {},
@@ -187,6 +190,7 @@ class Published:
     offset: int
     topic: str
     reason: DeadLetterReason | None = None  # set when undecodable
+    invalid_id: str | None = None  # set when undecodable: the id its row and letter carry
     job_id: str | None = None  # set when it decodes with an explicit id
     anonymous: bool = False  # decodes, but the worker makes up its id
 
@@ -206,6 +210,10 @@ def classify(pub: Published) -> None:
     except InvalidJobError as exc:
         pub.reason = DeadLetterReason(exc.reason)
         assert pub.reason.undecodable, pub.describe()
+        readable = None
+        if pub.reason is not DeadLetterReason.OVERSIZE:
+            readable = readable_id(pub.input.value, max_bytes=MAX_EVENT_BYTES)
+        pub.invalid_id = readable or f"invalid:{pub.coordinates}"
         return
     data = json.loads(pub.input.value or b"")
     if "id" in data:
@@ -251,7 +259,8 @@ async def test_arbitrary_inputs_each_end_exactly_once_and_the_worker_stays_up(
     assert len(invalid) + len(named) + len(anonymous) == len(published)
     assert len({p.job_id for p in named}) == len(named), "generated job ids must be unique"
     named_ids = {p.job_id for p in named if p.job_id}
-    invalid_ids = [f"invalid:{p.coordinates}" for p in invalid]
+    invalid_ids = [p.invalid_id for p in invalid if p.invalid_id]
+    assert len(set(invalid_ids) | named_ids) == len(invalid_ids) + len(named_ids)
 
     async with (
         topic_reader(kafka_bootstrap, names.dlq) as dlq,
@@ -265,7 +274,7 @@ async def test_arbitrary_inputs_each_end_exactly_once_and_the_worker_stays_up(
             return [JobOutcome.model_validate_json(r.value) for r in outcomes.records]
 
         def anonymous_ids() -> set[str]:
-            return {o.job_id for o in outcome_list()} - named_ids
+            return {o.job_id for o in outcome_list()} - named_ids - set(invalid_ids)
 
         async def pending() -> list[str]:
             """What has not ended yet (empty when every input has)."""
@@ -281,8 +290,9 @@ async def test_arbitrary_inputs_each_end_exactly_once_and_the_worker_stays_up(
             terminal = {r["job_id"] for r in rows}
             lettered = {d.id for d in letters()}
             emitted = {o.job_id for o in outcome_list()}
-            left = [p.describe() for p in invalid if f"invalid:{p.coordinates}" not in terminal]
+            left = [p.describe() for p in invalid if p.invalid_id not in terminal]
             left += [p.describe() for p in invalid if p.coordinates not in lettered]
+            left += [p.describe() for p in invalid if p.invalid_id not in emitted]
             left += [p.describe() for p in named if p.job_id not in terminal]
             left += [p.describe() for p in named if p.job_id not in emitted]
             if len(anon) < len(anonymous) or not anon <= terminal:
@@ -313,7 +323,7 @@ async def test_arbitrary_inputs_each_end_exactly_once_and_the_worker_stays_up(
     by_coords = Counter(d.id for d in all_letters)
     letters_by_job = Counter(d.job_id for d in all_letters)
     outcomes_by_job = Counter(o.job_id for o in all_outcomes)
-    anon_ids = {o.job_id for o in all_outcomes} - named_ids
+    anon_ids = {o.job_id for o in all_outcomes} - named_ids - set(invalid_ids)
     assert len(anon_ids) == len(anonymous), (anon_ids, [p.describe() for p in anonymous])
     twice = {c: n for c, n in by_coords.items() if n > 1}
     assert not twice, f"inputs dead-lettered more than once: {twice}"
@@ -326,14 +336,16 @@ async def test_arbitrary_inputs_each_end_exactly_once_and_the_worker_stays_up(
         )
     }
 
-    # undecodable: one dead_lettered row keyed by its coordinates, one dead letter, no outcome
+    # undecodable: one dead_lettered row under its id, one dead letter, one outcome
     letter_at = {d.id: d for d in all_letters}
     for p in invalid:
-        row = rows[f"invalid:{p.coordinates}"]
+        assert p.invalid_id is not None
+        row = rows[p.invalid_id]
         assert row["status"] == "dead_lettered", p.describe()
         assert by_coords[p.coordinates] == 1, p.describe()
+        assert outcomes_by_job[p.invalid_id] == 1, p.describe()
         letter = letter_at[p.coordinates]
-        assert letter.job_id == f"invalid:{p.coordinates}", p.describe()
+        assert letter.job_id == p.invalid_id, p.describe()
         assert letter.reason is p.reason, (p.describe(), letter.reason, letter.error_message)
         assert letter.original_bytes() == p.input.value, p.describe()
 
@@ -354,7 +366,7 @@ async def test_arbitrary_inputs_each_end_exactly_once_and_the_worker_stays_up(
     # the counts add up: no input without an end, no dead letter without an input
     dead_jobs = sum(1 for j in [*named_ids, *anon_ids] if rows[j]["status"] == "dead_lettered")
     assert len(all_letters) == len(invalid) + dead_jobs
-    assert len(all_outcomes) == len(named_ids) + len(anon_ids)
+    assert len(all_outcomes) == len(invalid_ids) + len(named_ids) + len(anon_ids)
     print(
         f"inputs={len(published)} undecodable={len(invalid)} named={len(named)}"
         f" anonymous={len(anonymous)} dead_letters={len(all_letters)}"
