@@ -33,13 +33,13 @@ ops-tools:
 	scripts/install-ops-tools.sh
 
 stack-up: prereqs
-	$(PY) -m streams.devstack up
+	$(PY) -m streams.dev.stack up
 
 stack-down:
-	@if [ -x $(PY) ]; then $(PY) -m streams.devstack down; fi
+	@if [ -x $(PY) ]; then $(PY) -m streams.dev.stack down; fi
 
 stack-status: venv
-	$(PY) -m streams.devstack status
+	$(PY) -m streams.dev.stack status
 
 demo: stack-up
 	$(PY) -m streams.cli demo --jobs $${JOBS:-2000} --replicas $${REPLICAS:-1}
@@ -63,7 +63,7 @@ format: venv
 	$(PY) -m ruff format .
 
 bench: stack-up
-	$(PY) -m streams.bench $(BENCH_ARGS)
+	$(PY) -m streams.dev.bench $(BENCH_ARGS)
 
 clean: stack-down
 	rm -rf .state bench-results .pytest_cache .mypy_cache .ruff_cache

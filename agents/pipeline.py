@@ -44,11 +44,13 @@ from models.errors import (
     RateLimitedError,
 )
 from models.job import FailureRecord, JobEvent, JobOutcome, JobStatus, derived_job_id
+from models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
 from streams import observability
 from streams.failures import RecordTooLargeError, describe, is_transient
-from streams.kafka import Publisher
+from streams.kafka.publisher import Publisher
+from streams.kafka.record import Record
 from streams.metrics import Metrics
-from streams.results import ClaimRequest, ClaimResult, JobRow, ResultStore, StoredState
+from streams.pg.results import ResultStore
 from streams.settings import Settings
 from streams.topics import TopicNames
 
@@ -66,30 +68,6 @@ class Limiter(Protocol):
     async def acquire(self, key: str | None) -> None: ...
     async def pause(self, key: str, seconds: float) -> None: ...
     async def charge_tokens(self, key: str, tokens: float) -> None: ...
-
-
-@dataclass(frozen=True)
-class Record:
-    """A consumed Kafka record, independent of faust's types."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]] = ()
-    timestamp_ms: int | None = None
-    """The record's Kafka timestamp (create or log-append time), for time lag."""
-
-    @property
-    def coordinates(self) -> str:
-        return DeadLetter.coordinates(self.topic, self.partition, self.offset)
-
-    def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k == name and v is not None:
-                return v.decode("utf-8", "replace")
-        return None
 
 
 @dataclass

@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 
 from agents.decode import decode_event
 from agents.fitting import wire
-from agents.pipeline import Pipeline, Record
+from agents.pipeline import Pipeline
 from models.deadletter import DeadLetterReason
 from models.errors import InvalidJobError
 from streams.failures import RecordTooLargeError
+from streams.kafka.record import Record
 from streams.topics import RetryTier
 
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Installs what the local dev stack (streams/devstack.py) needs, and only what is missing:
+# Installs what the local dev stack (streams/dev/stack.py) needs, and only what is missing:
 # a Java >= 17 runtime and Maven (to run Kafka from Maven Central jars) and the PostgreSQL
 # server binaries; and Chromium for the console's browser tests. Safe to re-run; never prompts.
 #
 # Usage: scripts/install-prereqs.sh [PYTHON]
 #   PYTHON (or $JOBSTREAM_PYTHON), e.g. .venv/bin/python, also pre-fetches the Kafka jars into
-#   ~/.cache/jobstream so the first `python -m streams.devstack up` needs no network.
+#   ~/.cache/jobstream so the first `python -m streams.dev.stack up` needs no network.
 #   Without it the jars are fetched on first use.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -102,7 +102,7 @@ fi
 
 if [ -n "$PY" ]; then
     log "pre-fetching the Kafka jars with $PY"
-    (cd "$REPO_ROOT" && "$PY" -m streams.devstack fetch)
+    (cd "$REPO_ROOT" && "$PY" -m streams.dev.stack fetch)
 else
-    log "no PYTHON given: the Kafka jars will be fetched on the first 'python -m streams.devstack up'"
+    log "no PYTHON given: the Kafka jars will be fetched on the first 'python -m streams.dev.stack up'"
 fi

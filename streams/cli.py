@@ -10,32 +10,32 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from streams.api_server import add_api_parser
-from streams.backup import add_backup_parser
 from streams.console.server import add_console_parser
-from streams.dlq_cli import add_dlq_parser
-from streams.doctor import add_doctor_parser
+from streams.dlq.cli import add_dlq_parser
+from streams.ops.backup import add_backup_parser
+from streams.ops.doctor import add_doctor_parser
+from streams.producer.server import add_api_parser
 from streams.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 def _services(settings: Settings) -> tuple[str, str]:
-    from streams.devstack import resolve_services
+    from streams.dev.stack import resolve_services
 
     return asyncio.run(resolve_services(settings))
 
 
 def _preflight(settings: Settings, bootstrap: str, dsn: str) -> None:
     """A refused handshake ends the command with one line, before faust starts retrying it."""
-    from streams.access import preflight
+    from streams.services import preflight
 
     asyncio.run(preflight(settings, bootstrap=bootstrap, dsn=dsn))
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.observability import configure_logging
-    from streams.worker import run_worker
+    from streams.worker.service import run_worker
 
     configure_logging(settings.log_level)
     bootstrap, dsn = _services(settings)
@@ -45,7 +45,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.db import create_pool, migrate
+    from streams.pg.migrations import migrate
+    from streams.pg.pool import create_pool
 
     _, dsn = _services(settings)
 
@@ -63,8 +64,8 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.client import JobClient
-    from streams.kafka_security import client_options
+    from streams.kafka.security import client_options
+    from streams.producer.client import JobClient
 
     try:
         payload = json.loads(args.payload)
@@ -93,8 +94,8 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.db import create_pool
-    from streams.results import fetch_job
+    from streams.pg.pool import create_pool
+    from streams.pg.results import fetch_job
 
     _, dsn = _services(settings)
 
@@ -114,10 +115,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.devstack import main as devstack_main
+    from streams.dev.stack import main as devstack_main
 
     if args.action == "kafka-tool":
-        from streams.devstack_kafka_tools import main as tool_main
+        from streams.dev.kafka_tools import main as tool_main
 
         return tool_main(args.rest, state_dir=settings.state_dir)
 
@@ -125,13 +126,13 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_fake_openrouter(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.fake_openrouter import main as fake_main
+    from streams.dev.fake_openrouter import main as fake_main
 
     return fake_main(args.rest)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.demo import run_demo
+    from streams.dev.demo import run_demo
 
     return run_demo(settings, jobs=args.jobs, job_type=args.type, replicas=args.replicas)
 
@@ -197,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.fn(args, settings)
     except Exception as exc:
         from models.errors import ConfigurationError
-        from streams.access import explain
+        from streams.services import explain
 
         line = asyncio.run(explain(exc, settings, settings.kafka_bootstrap))
         if line is None:

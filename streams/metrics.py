@@ -156,7 +156,7 @@ class Metrics:
             "Records whose every route failed (logged and acknowledged; should stay 0)",
             registry=r,
         )
-        # lag, measured by each replica for the partitions it owns (streams/lag.py); the group
+        # lag, measured by each replica for the partitions it owns (streams/worker/lag.py); the group
         # label is the replica's JOBSTREAM_GROUP_ID, so no rule needs to know it
         self.consumer_lag = Gauge(
             "jobstream_consumer_lag_events",
@@ -193,7 +193,7 @@ class Metrics:
             "Lag samples that failed (broker unreachable, rebalance in progress)",
             registry=r,
         )
-        # retention of finished rows (streams/retention.py)
+        # retention of finished rows (streams/pg/retention.py)
         self.retention_pruned = Counter(
             "jobstream_retention_pruned_rows_total",
             "Finished job rows deleted by retention, by status",

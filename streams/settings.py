@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".state")
 
     # Kafka TLS and SASL, for managed clusters (Confluent Cloud, MSK, Aiven, Redpanda); every
-    # Kafka client the project builds takes them through streams/kafka_security.py
+    # Kafka client the project builds takes them through streams/kafka/security.py
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     kafka_sasl_username: str | None = None
@@ -116,7 +116,7 @@ class Settings(BaseSettings):
         default=None, description="direct URL for backups when database_url goes via a pooler"
     )
 
-    # retention of finished rows (streams/retention.py); a limit set to None is not applied
+    # retention of finished rows (streams/pg/retention.py); a limit set to None is not applied
     retention_enabled: bool = Field(default=True, description="sweep from the workers")
     retention_interval_s: float = Field(default=60.0, gt=0)
     retention_batch_size: int = Field(default=2000, ge=1, le=50_000)

@@ -6,9 +6,10 @@ import logging
 
 import asyncpg
 
-from streams.db import create_pool, migrate
-from streams.kafka import ensure_topics
-from streams.kafka_security import client_options
+from streams.kafka.admin import ensure_topics
+from streams.kafka.security import client_options
+from streams.pg.migrations import migrate
+from streams.pg.pool import create_pool
 from streams.settings import Settings
 from streams.topics import TopicNames, topic_configs
 

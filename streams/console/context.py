@@ -39,7 +39,7 @@ class Console:
 
     @classmethod
     async def open(cls, settings: Settings, *, bootstrap: str, pool: asyncpg.Pool) -> Console:
-        from streams.kafka_security import client_options
+        from streams.kafka.security import client_options
 
         names = topic_names(settings.topic_prefix, settings.retry_tiers_s)
         options = client_options(settings)

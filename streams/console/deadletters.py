@@ -1,7 +1,7 @@
 """Dead letters for the console: the CLI's filters and stats, and what each role may see.
 
 The letters themselves come from :mod:`streams.console.dlq_tail`; replay goes through
-:func:`streams.dlq.replay_matching`, the function ``jobstream dlq replay`` runs.
+:func:`streams.dlq.replay.replay_matching`, the function ``jobstream dlq replay`` runs.
 """
 
 from __future__ import annotations
@@ -13,14 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from models.deadletter import DeadLetter, unb64
-from streams.dlq import (
-    Action,
-    DeadLetterFilter,
-    FilterError,
-    PlanItem,
-    decode_event,
-    decoded_key,
-)
+from streams.dlq.filters import DeadLetterFilter, FilterError, decoded_key
+from streams.dlq.replay import Action, PlanItem, decode_event
 
 FILTER_FIELDS = ("type", "reason", "error_class", "since", "until", "key")
 

@@ -9,7 +9,7 @@ never show. Records the broker has deleted (retention) are dropped; past :data:`
 oldest are dropped too, and the console says so.
 
 Replay never uses this: it takes the DLQ tool's own fresh snapshot (see
-:func:`streams.dlq.replay_matching`).
+:func:`streams.dlq.replay.replay_matching`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from aiokafka.structs import TopicPartition
 from pydantic import ValidationError
 
 from models.deadletter import DeadLetter
-from streams.dlq import UnreachableError, first_line
+from streams.dlq.snapshot import UnreachableError, first_line
 
 FRESH_S = 1.0
 """Answers are at most this old; within it, a page load costs no broker round trip."""

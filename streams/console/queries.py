@@ -22,16 +22,6 @@ from typing import Any
 
 import asyncpg
 
-SCHEMA_SQL = """
-CREATE INDEX IF NOT EXISTS jobs_console_updated_idx ON jobs (updated_at DESC, job_id DESC);
-CREATE INDEX IF NOT EXISTS jobs_console_status_idx ON jobs (status, updated_at DESC, job_id DESC);
-CREATE INDEX IF NOT EXISTS jobs_console_type_idx ON jobs (type, updated_at DESC, job_id DESC);
-CREATE INDEX IF NOT EXISTS jobs_console_worker_idx ON jobs (worker, updated_at DESC, job_id DESC);
-CREATE INDEX IF NOT EXISTS jobs_console_finished_idx ON jobs (finished_at)
-    INCLUDE (status, attempt, created_at);
-CREATE INDEX IF NOT EXISTS jobs_console_replay_of_idx ON jobs (replay_of)
-    WHERE replay_of IS NOT NULL;
-"""
 """The console's migration: indexes only, so it can be applied on a live table."""
 
 LIST_COLUMNS = (
@@ -243,7 +233,7 @@ async def rate_limits(pool: asyncpg.Pool) -> list[dict[str, Any]]:
         paused_until = row.get("paused_until")
         active = paused_until is not None and paused_until > now
         if tokens is not None and updated is not None and row.get("refill_per_s"):
-            # as streams.ratelimit refills: never before the pause ends
+            # as streams.pg.ratelimit refills: never before the pause ends
             since = max(updated, paused_until) if paused_until is not None else updated
             elapsed = max((now - since).total_seconds(), 0.0)
             tokens = min(row["capacity"], tokens + elapsed * row["refill_per_s"])

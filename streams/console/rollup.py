@@ -23,18 +23,6 @@ from typing import Any
 
 import asyncpg
 
-SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS console_minutes (
-    minute         timestamptz PRIMARY KEY,
-    succeeded      integer NOT NULL,
-    dead_lettered  integer NOT NULL,
-    retried        integer NOT NULL,
-    latency_hist   integer[] NOT NULL
-);
-COMMENT ON TABLE console_minutes IS
-    'Per-minute job counts and latency histograms for the console (streams/console/rollup.py)';
-"""
-
 WINDOWS = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
 SETTLE = timedelta(minutes=2)
 FIRST_BOUND_S = 0.001

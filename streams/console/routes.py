@@ -29,14 +29,9 @@ from streams.console.access import (
 )
 from streams.console.context import Console
 from streams.console.deadletters import detail, parse_filter, plan_json, stats, summary
-from streams.dlq import (
-    DeadLetterFilter,
-    FilterError,
-    ReplayOptions,
-    TopicMissingError,
-    UnreachableError,
-    replay_matching,
-)
+from streams.dlq.filters import DeadLetterFilter, FilterError
+from streams.dlq.replay import ReplayOptions, replay_matching
+from streams.dlq.snapshot import TopicMissingError, UnreachableError
 
 CONSOLE_KEY = web.AppKey("console", Console)
 MAX_DEAD_LETTERS_SHOWN = 500

@@ -135,7 +135,8 @@ async def start(
     settings: Settings, *, bootstrap: str, dsn: str, host: str, port: int
 ) -> tuple[web.AppRunner, asyncpg.Pool]:
     """Pool, schema (the console's indexes are a migration), app, listening socket."""
-    from streams.db import create_pool, migrate
+    from streams.pg.migrations import migrate
+    from streams.pg.pool import create_pool
 
     pool = await create_pool(dsn, min_size=1, max_size=max(2, settings.db_pool_max))
     try:

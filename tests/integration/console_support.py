@@ -34,7 +34,7 @@ def _with_database(dsn: str, name: str) -> str:
 @contextlib.asynccontextmanager
 async def private_database(dsn: str) -> AsyncIterator[str]:
     """A new database on the server of ``dsn``, migrated; dropped afterwards."""
-    from streams.db import migrate
+    from streams.pg.migrations import migrate
 
     name = f"console_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(dsn)

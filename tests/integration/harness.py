@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.replicas import Replica, free_port, replica_env
+from streams.dev.replicas import Replica, free_port, replica_env
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from streams.replicas import free_port
+from streams.dev.replicas import free_port
 from tests.conftest import IN_CI
 
 

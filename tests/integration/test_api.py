@@ -18,9 +18,9 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from streams.api_server import ApiServer
-from streams.runtime import Runtime
+from streams.producer.server import ApiServer
 from streams.settings import Settings
+from streams.worker.runtime import Runtime
 from tests.integration.harness import ROOT, free_port, topic_reader, wait_for
 
 pytestmark = pytest.mark.integration

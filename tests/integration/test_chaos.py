@@ -30,7 +30,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.client import JobClient
+from streams.producer.client import JobClient
 from streams.topics import topic_names
 from tests.integration.harness import WorkerFactory, topic_reader, wait_for
 

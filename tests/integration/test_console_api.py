@@ -483,7 +483,7 @@ async def test_replay_preview_confirm_audit_and_idempotence(world: World) -> Non
 async def test_mounted_in_the_api_server(
     kafka_bootstrap: str, database_url: str, prefix: str
 ) -> None:
-    from streams.api_server import ApiServer
+    from streams.producer.server import ApiServer
 
     async with private_database(database_url) as dsn:
         for tokens, expect in [(True, 200), (False, 403)]:

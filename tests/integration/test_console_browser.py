@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from streams.client import JobClient
+from streams.producer.client import JobClient
 from tests.conftest import IN_CI, ROOT
 from tests.integration.console_support import (
     OPERATOR_TOKEN,

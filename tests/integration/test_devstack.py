@@ -21,8 +21,9 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams import devstack
-from streams import devstack_pg as pg
+from streams.dev import postgres as pg
+from streams.dev import process, state
+from streams.dev import stack as devstack
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +56,7 @@ def _listening(port: int) -> list[str]:
     return found
 
 
-async def _assert_answers(info: devstack.StackInfo) -> None:
+async def _assert_answers(info: state.StackInfo) -> None:
     """A message round trip and a query, not just open ports; on loopback only."""
     topic = f"devstack-{uuid.uuid4().hex[:8]}"
     producer = AIOKafkaProducer(bootstrap_servers=info.bootstrap)
@@ -87,7 +88,7 @@ async def _assert_answers(info: devstack.StackInfo) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streams.devstack", *args],
+        [sys.executable, "-m", "streams.dev.stack", *args],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -116,7 +117,7 @@ async def test_cli_started_stack_outlives_the_command_and_restarts_cleanly(
     down = _cli("down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stderr
     assert await devstack.stack_status(state_dir) is None
-    assert not devstack.pid_alive(info.kafka_pid) and not devstack.pid_alive(info.pg_pid)
+    assert not process.pid_alive(info.kafka_pid) and not process.pid_alive(info.pg_pid)
     assert _cli("status", "--state-dir", str(state_dir)).returncode == 1
 
     # a warm start keeps data and ports, so exported variables stay valid
@@ -132,7 +133,7 @@ async def test_crashed_services_are_detected_and_replaced(state_dir: Path) -> No
 
     # Kafka killed -9: the next `up` replaces it on the same port and leaves PostgreSQL alone
     os.kill(info.kafka_pid, signal.SIGKILL)
-    assert await devstack.wait_gone(info.kafka_pid, 10)
+    assert await process.wait_gone(info.kafka_pid, 10)
     assert await devstack.stack_status(state_dir) is None
     replaced = await devstack.stack_up(state_dir)
     assert not replaced.already_running
@@ -143,7 +144,7 @@ async def test_crashed_services_are_detected_and_replaced(state_dir: Path) -> No
 
     # the postmaster killed -9 leaves backends and a postmaster.pid behind
     os.kill(info.pg_pid, signal.SIGKILL)
-    assert await devstack.wait_gone(info.pg_pid, 10)
+    assert await process.wait_gone(info.pg_pid, 10)
     assert replaced.pg_data_dir and (replaced.pg_data_dir / "postmaster.pid").exists()
     again = await devstack.stack_up(state_dir)
     assert again.pg_pid != info.pg_pid
@@ -158,16 +159,16 @@ async def test_crashed_services_are_detected_and_replaced(state_dir: Path) -> No
         assert await devstack.stack_status(state_dir) is None
         revived = await devstack.stack_up(state_dir)
     finally:
-        if devstack.pid_alive(again.kafka_pid):
+        if process.pid_alive(again.kafka_pid):
             os.kill(again.kafka_pid, signal.SIGCONT)
     assert revived.kafka_pid != again.kafka_pid
-    assert not devstack.pid_alive(again.kafka_pid)
+    assert not process.pid_alive(again.kafka_pid)
     await _assert_answers(revived)
 
     await devstack.stack_down(state_dir)
-    assert not devstack.pid_alive(revived.kafka_pid)
-    assert not devstack.pid_alive(revived.pg_pid)
-    state = devstack.read_state(state_dir)
+    assert not process.pid_alive(revived.kafka_pid)
+    assert not process.pid_alive(revived.pg_pid)
+    state = state.read_state(state_dir)
     assert state["kafka"]["pid"] is None and state["postgres"]["pid"] is None
     assert state["kafka"]["port"] == info.kafka_port  # kept for the next `up`
 
@@ -184,9 +185,9 @@ async def test_stale_postmaster_pid_naming_a_foreign_process(state_dir: Path) ->
 
 
 async def test_explicit_ports_are_used(state_dir: Path) -> None:
-    kafka_port, pg_port = devstack.pick_port(), devstack.pick_port()
+    kafka_port, pg_port = state.pick_port(), state.pick_port()
     while pg_port == kafka_port:
-        pg_port = devstack.pick_port()
+        pg_port = state.pick_port()
     info = await devstack.stack_up(state_dir, kafka_port=kafka_port, pg_port=pg_port)
     assert (info.kafka_port, info.pg_port) == (kafka_port, pg_port)
     assert info.bootstrap == f"127.0.0.1:{kafka_port}"

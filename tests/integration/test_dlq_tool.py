@@ -26,8 +26,9 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from models.deadletter import DeadLetter, DeadLetterReason, b64
 from models.job import FailureRecord, JobEvent
-from streams.dlq import REPLAY_HEADER, read_snapshot
-from streams.dlq_cli import add_dlq_parser, run_dlq_async
+from streams.dlq.cli import add_dlq_parser, run_dlq_async
+from streams.dlq.replay import REPLAY_HEADER
+from streams.dlq.snapshot import read_snapshot
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -570,7 +571,7 @@ async def test_unreachable_database_exit_3(env: Env, capsys: pytest.CaptureFixtu
 
 async def test_main_as_a_process_exit_3_without_traceback(env: Env) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streams.dlq_cli", "stats",
+        sys.executable, "-m", "streams.dlq.cli", "stats",
         env={**os.environ, "JOBSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from models.job import JobOutcome
-from streams.client import JobClient
+from streams.producer.client import JobClient
 from streams.topics import topic_names
 from tests.integration.harness import WorkerFactory, topic_reader, wait_terminal
 

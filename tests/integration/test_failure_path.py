@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from models.deadletter import DeadLetter, DeadLetterReason
 from models.job import JobEvent
-from streams.client import JobClient
+from streams.producer.client import JobClient
 from streams.topics import topic_names
 from tests.integration.harness import WorkerFactory, topic_reader, wait_for, wait_terminal
 

@@ -23,7 +23,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from models.deadletter import DeadLetter
 from models.job import JobEvent, JobOutcome, derived_job_id
 from streams.failures import RecordTooLargeError
-from streams.kafka import Publisher, topic_limits
+from streams.kafka.publisher import Publisher, topic_limits
 from streams.topics import topic_names
 from tests.integration.blackhole import broker_behind_blackhole
 from tests.integration.harness import WorkerFactory, topic_reader, wait_for, wait_terminal

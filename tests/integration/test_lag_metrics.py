@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.client import JobClient
+from streams.producer.client import JobClient
 from streams.topics import topic_names
 from tests.integration.harness import WorkerFactory, wait_for
 

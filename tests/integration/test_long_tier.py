@@ -12,7 +12,7 @@ import asyncio
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.client import JobClient
+from streams.producer.client import JobClient
 from tests.integration.harness import WorkerFactory, wait_terminal
 
 HOLD_S = 15

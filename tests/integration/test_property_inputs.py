@@ -38,7 +38,7 @@ from agents.decode import decode_event, readable_id
 from models.deadletter import DeadLetter, DeadLetterReason
 from models.errors import InvalidJobError
 from models.job import JobOutcome
-from streams.client import JobClient
+from streams.producer.client import JobClient
 from streams.topics import topic_names
 from tests.integration.harness import WorkerFactory, topic_reader, wait_for, wait_terminal
 

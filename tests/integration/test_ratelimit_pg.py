@@ -23,9 +23,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from streams.db import create_pool
 from streams.metrics import Metrics
-from streams.ratelimit import PgRateLimiter, max_lease
+from streams.pg.pool import create_pool
+from streams.pg.ratelimit import PgRateLimiter, max_lease
 from streams.settings import RateLimit
 
 pytestmark = pytest.mark.integration
@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # children) for `duration` seconds, and print the wall-clock time of every token it got.
 REPLICA = """
 import asyncio, json, sys, time
-from streams.db import create_pool
-from streams.ratelimit import PgRateLimiter
+from streams.pg.pool import create_pool
+from streams.pg.ratelimit import PgRateLimiter
 from streams.settings import RateLimit
 
 async def main(dsn, key, rate, start, duration):

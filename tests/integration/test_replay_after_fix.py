@@ -8,7 +8,7 @@ import json
 import asyncpg
 from aiohttp import web
 
-from streams.client import JobClient
+from streams.producer.client import JobClient
 from tests.integration.harness import WorkerFactory, free_port, wait_for, wait_terminal
 
 

@@ -18,10 +18,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from models.job import JobStatus
-from streams.db import create_pool, migrate
+from models.rows import ClaimRequest, JobRow
 from streams.metrics import Metrics
-from streams.results import ClaimRequest, JobRow, ResultStore
-from streams.retention import (
+from streams.pg.migrations import migrate
+from streams.pg.pool import create_pool
+from streams.pg.results import ResultStore
+from streams.pg.retention import (
     SWEEP_LOCK,
     RetentionPolicy,
     StatusRule,

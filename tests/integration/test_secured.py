@@ -1,6 +1,6 @@
 """Jobs over a SASL_SSL Kafka and a TLS-only PostgreSQL, and what a wrong setting looks like.
 
-The module starts its own broker and database (streams.devstack_secured) on free ports with
+The module starts its own broker and database (streams.dev.secured) on free ports with
 their own state dir, and stops them at the end; the shared dev stack is never touched. The
 broker's only client listener is SASL_SSL (SCRAM-SHA-512) and PostgreSQL's pg_hba.conf has
 ``hostssl`` lines only, so anything that works here went through TLS, and through SASL for Kafka.
@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.db import create_pool
-from streams.devstack_secured import (
+from streams.dev.secured import (
     SecuredKafka,
     SecuredPostgres,
     start_kafka,
@@ -27,8 +26,9 @@ from streams.devstack_secured import (
     stop_kafka,
     stop_postgres,
 )
-from streams.devstack_tls import CertificateAuthority, make_ca
-from streams.kafka_security import client_options
+from streams.dev.tls import CertificateAuthority, make_ca
+from streams.kafka.security import client_options
+from streams.pg.pool import create_pool
 from streams.settings import Settings
 from streams.topics import topic_names
 from tests.integration.harness import (
@@ -127,7 +127,7 @@ async def test_jobs_end_to_end_over_sasl_ssl_and_tls_postgres(
         worker = factory.start()
         await worker.wait_assigned()
 
-        from streams.client import JobClient
+        from streams.producer.client import JobClient
 
         options = client_options(secured.settings())
         async with JobClient(secured.kafka.bootstrap, topic_prefix=prefix, options=options) as c:
@@ -287,7 +287,8 @@ async def test_the_broker_refuses_plaintext(secured: Secured, prefix: str, tmp_p
 async def test_mutual_tls(secured: Secured, prefix: str, tmp_path: Path) -> None:
     """SSL with a client certificate: topic creation, a publisher and a reader; without the
     certificate the broker refuses, and the line names the certificate settings."""
-    from streams.kafka import Publisher, ensure_topics
+    from streams.kafka.admin import ensure_topics
+    from streams.kafka.publisher import Publisher
 
     env = secured.kafka.mtls_env()
     settings = Settings(

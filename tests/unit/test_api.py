@@ -22,11 +22,12 @@ from pydantic import BaseModel, SecretStr, model_validator
 
 from agents.handlers.basic import echo, echo_type, sleep_type
 from agents.registry import JobType, Registry
-from streams import api, api_server
-from streams.api import MAX_BATCH, api_routes
-from streams.api_server import ApiServer
 from streams.cli import build_parser
 from streams.metrics import Metrics
+from streams.producer import api
+from streams.producer import server as api_server
+from streams.producer.api import MAX_BATCH, api_routes
+from streams.producer.server import ApiServer
 from streams.settings import Settings
 from streams.topics import TopicNames, topic_names
 

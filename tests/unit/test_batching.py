@@ -6,8 +6,9 @@ from collections.abc import Sequence
 import pytest
 
 from models.job import JobStatus
-from streams.batching import Batcher
-from streams.results import JobRow, _merge
+from models.rows import JobRow
+from streams.pg.batching import Batcher
+from streams.pg.results import _merge
 
 
 async def test_concurrent_submits_share_one_flush_and_get_their_own_result() -> None:

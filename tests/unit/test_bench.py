@@ -15,10 +15,10 @@ from types import SimpleNamespace
 import pytest
 
 from models.job import JobEvent, JobOutcome, JobStatus
-from streams import bench, bench_report
-from streams.bench import parse_outcome, passthrough_env
-from streams.bench_baseline import output_for
-from streams.bench_report import (
+from streams.dev.bench import report as bench_report
+from streams.dev.bench import run as bench
+from streams.dev.bench.baseline import output_for
+from streams.dev.bench.report import (
     REPORT_KEYS,
     RESULT_KEYS,
     SCENARIOS,
@@ -33,6 +33,7 @@ from streams.bench_report import (
     summarize,
     write_report,
 )
+from streams.dev.bench.run import parse_outcome, passthrough_env
 
 # -- percentiles -------------------------------------------------------------------------------
 

@@ -21,9 +21,9 @@ import pytest
 from pydantic import SecretStr
 
 from models.errors import StackError
-from streams import devstack
-from streams import devstack_kafka as kafka
-from streams import devstack_pg as pg
+from streams.dev import containers, kafka, process, state
+from streams.dev import postgres as pg
+from streams.dev import stack as devstack
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,35 +146,35 @@ def busy_port() -> Iterator[int]:
 
 
 def test_pick_port_skips_reserved_avoided_and_busy_ports(busy_port: int) -> None:
-    free = devstack.pick_port(avoid=[busy_port])
+    free = state.pick_port(avoid=[busy_port])
     rng = _Scripted([19092, 19093, 15432, 25001, busy_port, free])
-    assert devstack.pick_port(avoid=[25001], rng=rng) == free
+    assert state.pick_port(avoid=[25001], rng=rng) == free
 
 
 def test_choose_port_prefers_requested_then_previous(busy_port: int) -> None:
-    free = devstack.pick_port()
-    assert devstack.choose_port(free, None) == free
-    assert devstack.choose_port(None, free) == free
-    assert devstack.choose_port(None, busy_port) not in (busy_port, *devstack.RESERVED_PORTS)
-    assert devstack.choose_port(None, free, avoid=[free]) != free
-    assert devstack.choose_port(None, 19092) != 19092
+    free = state.pick_port()
+    assert state.choose_port(free, None) == free
+    assert state.choose_port(None, free) == free
+    assert state.choose_port(None, busy_port) not in (busy_port, *state.RESERVED_PORTS)
+    assert state.choose_port(None, free, avoid=[free]) != free
+    assert state.choose_port(None, 19092) != 19092
     with pytest.raises(StackError, match=f"port {busy_port}"):
-        devstack.choose_port(busy_port, None)
+        state.choose_port(busy_port, None)
 
 
 def test_port_is_free(busy_port: int) -> None:
-    assert not devstack.port_is_free(busy_port)
-    assert devstack.port_is_free(devstack.pick_port())
+    assert not state.port_is_free(busy_port)
+    assert state.port_is_free(state.pick_port())
 
 
 def test_env_port(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBSTREAM_KAFKA_PORT", "23456")
-    assert devstack._env_port("JOBSTREAM_KAFKA_PORT") == 23456
+    assert state._env_port("JOBSTREAM_KAFKA_PORT") == 23456
     monkeypatch.setenv("JOBSTREAM_KAFKA_PORT", "")
-    assert devstack._env_port("JOBSTREAM_KAFKA_PORT") is None
+    assert state._env_port("JOBSTREAM_KAFKA_PORT") is None
     monkeypatch.setenv("JOBSTREAM_KAFKA_PORT", "x")
     with pytest.raises(StackError, match="not a port"):
-        devstack._env_port("JOBSTREAM_KAFKA_PORT")
+        state._env_port("JOBSTREAM_KAFKA_PORT")
 
 
 # --- state file ---------------------------------------------------------------------------
@@ -191,23 +191,23 @@ def _state() -> dict[str, Any]:
 
 
 def test_state_round_trips_atomically(tmp_path: Path) -> None:
-    devstack.write_state(tmp_path, _state())
-    assert devstack.read_state(tmp_path) == _state()
+    state.write_state(tmp_path, _state())
+    assert state.read_state(tmp_path) == _state()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.json"]
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", ""])
 def test_damaged_state_reads_as_absent(tmp_path: Path, content: str) -> None:
     (tmp_path / "stack.json").write_text(content)
-    assert devstack.read_state(tmp_path) == {}
+    assert state.read_state(tmp_path) == {}
 
 
 def test_missing_state_reads_as_absent(tmp_path: Path) -> None:
-    assert devstack.read_state(tmp_path / "nowhere") == {}
+    assert state.read_state(tmp_path / "nowhere") == {}
 
 
 def test_stack_info_from_state_and_its_exports(tmp_path: Path) -> None:
-    info = devstack._info(tmp_path, _state())
+    info = state._info(tmp_path, _state())
     assert info.bootstrap == "127.0.0.1:21001"
     assert info.database_url == "postgresql://postgres@127.0.0.1:21003/jobstream"
     assert (info.kafka_port, info.pg_port, info.kafka_pid, info.pg_pid) == (21001, 21003, 11, 12)
@@ -246,11 +246,11 @@ async def test_down_without_state_dir_does_nothing(tmp_path: Path) -> None:
     ],
 )
 def test_parse_java_major(text: str, major: int | None) -> None:
-    assert devstack.parse_java_major(text) == major
+    assert state.parse_java_major(text) == major
 
 
 def test_prerequisite_message_names_the_install_command() -> None:
-    msg = devstack.prerequisite_message(["java >= 17", "mvn"])
+    msg = state.prerequisite_message(["java >= 17", "mvn"])
     assert "java >= 17; mvn" in msg
     assert "scripts/install-prereqs.sh" in msg
     assert "apt-get update && apt-get install -y default-jre-headless maven postgresql" in msg
@@ -287,7 +287,7 @@ async def test_old_java_is_reported_with_its_version(bare_machine: Path) -> None
 
 async def test_only_needed_prerequisites_are_checked(bare_machine: Path) -> None:
     tools = await devstack.check_prereqs(need_kafka=False, need_pg=False, pg_data=None)
-    assert tools == devstack.Tools()
+    assert tools == state.Tools()
 
 
 async def test_fetch_without_mvn_names_the_install_command(bare_machine: Path) -> None:
@@ -418,11 +418,11 @@ def _sleeper(tmp_path: Path, *, ignore_term: bool = False) -> int:
         code += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
     code += "print('ready', flush=True)\ntime.sleep(60)\n"
     log = tmp_path / "sleeper.log"
-    pid = devstack.spawn_detached(
+    pid = process.spawn_detached(
         [sys.executable, "-c", code, str(tmp_path / "marker")], log_path=log, cwd=tmp_path
     )
     while "ready" not in (log.read_text() if log.exists() else ""):
-        assert devstack.pid_alive(pid)
+        assert process.pid_alive(pid)
         time.sleep(0.01)
     return pid
 
@@ -431,45 +431,45 @@ async def test_spawned_process_is_detached_and_recognised(tmp_path: Path) -> Non
     pid = _sleeper(tmp_path)
     try:
         assert os.getsid(pid) == pid  # its own session: the launching shell cannot signal it
-        assert devstack.owns(pid, str(tmp_path / "marker"))
-        assert not devstack.owns(pid, str(tmp_path / "other"))
-        assert pid in devstack.pids_matching(str(tmp_path / "marker"))
+        assert process.owns(pid, str(tmp_path / "marker"))
+        assert not process.owns(pid, str(tmp_path / "other"))
+        assert pid in process.pids_matching(str(tmp_path / "marker"))
     finally:
-        await devstack.terminate(pid, 5)
-    assert not devstack.pid_alive(pid)  # reaped, not a zombie that still "exists"
-    assert not devstack.owns(pid, str(tmp_path / "marker"))
+        await process.terminate(pid, 5)
+    assert not process.pid_alive(pid)  # reaped, not a zombie that still "exists"
+    assert not process.owns(pid, str(tmp_path / "marker"))
 
 
 async def test_terminate_kills_what_ignores_sigterm(tmp_path: Path) -> None:
     pid = _sleeper(tmp_path, ignore_term=True)
-    await devstack.terminate(pid, 0.5)
-    assert not devstack.pid_alive(pid)
+    await process.terminate(pid, 0.5)
+    assert not process.pid_alive(pid)
 
 
 async def test_terminate_wakes_a_stopped_process(tmp_path: Path) -> None:
     pid = _sleeper(tmp_path)
     os.kill(pid, signal.SIGSTOP)
-    await devstack.terminate(pid, 5)
-    assert not devstack.pid_alive(pid)
+    await process.terminate(pid, 5)
+    assert not process.pid_alive(pid)
 
 
 def test_dead_and_bogus_pids_are_not_alive() -> None:
-    assert not devstack.pid_alive(None)
-    assert not devstack.pid_alive(0)
+    assert not process.pid_alive(None)
+    assert not process.pid_alive(0)
     proc = subprocess.Popen(["true"])
     proc.wait()
-    assert not devstack.pid_alive(proc.pid)
+    assert not process.pid_alive(proc.pid)
 
 
 async def test_run_tool_failure_carries_the_output() -> None:
     with pytest.raises(StackError, match=r"(?s)exit 3.*boom"):
-        await devstack.run_tool(["sh", "-c", "echo boom; exit 3"])
-    assert (await devstack.run_tool(["sh", "-c", "echo fine"])).strip() == "fine"
+        await process.run_tool(["sh", "-c", "echo boom; exit 3"])
+    assert (await process.run_tool(["sh", "-c", "echo fine"])).strip() == "fine"
 
 
 async def test_wait_ready_fails_fast_with_the_log_tail(tmp_path: Path) -> None:
     log = tmp_path / "dies.log"
-    pid = devstack.spawn_detached(
+    pid = process.spawn_detached(
         ["sh", "-c", "echo 'FATAL: no way'; exit 1"], log_path=log, cwd=tmp_path
     )
 
@@ -477,11 +477,11 @@ async def test_wait_ready_fails_fast_with_the_log_tail(tmp_path: Path) -> None:
         return False
 
     with pytest.raises(StackError, match=r"(?s)Thing exited during start-up.*FATAL: no way"):
-        await devstack.wait_ready("Thing", never, pid, 30, log)
+        await process.wait_ready("Thing", never, pid, 30, log)
 
 
 async def test_probes_say_no_when_nothing_listens() -> None:
-    port = devstack.pick_port()
+    port = state.pick_port()
     assert not await kafka.kafka_answers(f"127.0.0.1:{port}", within_s=1)
     assert not await pg.pg_answers(pg.dsn(port), within_s=1)
 
@@ -493,8 +493,8 @@ def _settings(tmp_path: Path, **kw: Any) -> Settings:
     return Settings(state_dir=tmp_path / "state", **kw)
 
 
-def _fake_info(tmp_path: Path) -> devstack.StackInfo:
-    return devstack.StackInfo(
+def _fake_info(tmp_path: Path) -> state.StackInfo:
+    return state.StackInfo(
         bootstrap="127.0.0.1:21001",
         database_url="postgresql://postgres@127.0.0.1:21003/jobstream",
         kafka_version="4.1.1",
@@ -511,7 +511,7 @@ def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         seen["docker_asked"] = True
         return bool(seen["docker"])
 
-    async def stack_up(state_dir: Path, **kw: Any) -> devstack.StackInfo:
+    async def stack_up(state_dir: Path, **kw: Any) -> state.StackInfo:
         seen["stack_up"] = state_dir
         return _fake_info(tmp_path)
 
@@ -566,17 +566,17 @@ async def test_docker_answers_only_when_the_daemon_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert not await devstack.docker_answers()
+    assert not await containers.docker_answers()
     docker = tmp_path / "docker"
     for script, expected in (("exit 1", False), ("exit 0", True), ("exec sleep 30", False)):
         docker.write_text(f"#!/bin/sh\n{script}\n")
         docker.chmod(0o755)
-        assert await devstack.docker_answers(within_s=1) is expected, script
+        assert await containers.docker_answers(within_s=1) is expected, script
 
 
 def test_testcontainers_are_imported_lazily() -> None:
     code = (
-        "import sys, streams.devstack, streams.devstack_kafka, streams.devstack_pg\n"
+        "import sys, streams.dev.stack, streams.dev.kafka, streams.dev.postgres\n"
         "print(any(m.startswith('testcontainers') for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -640,7 +640,7 @@ def test_cli_status_and_env_when_not_running(
 def test_cli_env_prints_only_exports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def status(state_dir: Path) -> devstack.StackInfo:
+    async def status(state_dir: Path) -> state.StackInfo:
         return _fake_info(state_dir)
 
     monkeypatch.setattr(devstack, "stack_status", status)
@@ -683,7 +683,7 @@ def test_cli_default_state_dir_comes_from_settings(
 
 def test_module_runs_as_a_script() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "streams.devstack", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "streams.dev.stack", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0
     assert "up,down,status,env,fetch" in out.stdout

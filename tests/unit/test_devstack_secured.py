@@ -9,8 +9,8 @@ import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from streams.devstack_secured import SCRAM, sasl_ssl_properties, scram_args
-from streams.devstack_tls import issue, make_ca
+from streams.dev.secured import SCRAM, sasl_ssl_properties, scram_args
+from streams.dev.tls import issue, make_ca
 
 
 def test_broker_listens_for_clients_on_tls_only(tmp_path: Path) -> None:

@@ -12,18 +12,16 @@ from pydantic import SecretStr
 
 from models.deadletter import DeadLetter, DeadLetterReason, b64
 from models.job import FailureRecord, JobEvent
-from streams.dlq import (
+from streams.dlq.cli import ProgressBar, add_dlq_parser, main, run_dlq_async
+from streams.dlq.filters import DeadLetterFilter, FilterError, parse_time
+from streams.dlq.replay import (
     REPLAY_HEADER,
     Action,
-    DeadLetterFilter,
-    FilterError,
     ReplayCounts,
     ReplayOptions,
     build_record,
-    parse_time,
     plan,
 )
-from streams.dlq_cli import ProgressBar, add_dlq_parser, main, run_dlq_async
 from streams.settings import Settings
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from streams.doctor import (
+from streams.ops.doctor import (
     Bucket,
     Check,
     GroupState,
@@ -197,7 +197,7 @@ def test_outputs() -> None:
 
 
 async def test_kafka_settings_that_cannot_work_fail_before_connecting() -> None:
-    from streams.doctor import kafka_checks
+    from streams.ops.doctor import kafka_checks
     from streams.topics import topic_names
 
     s = Settings(kafka_bootstrap="127.0.0.1:1", kafka_security_protocol="SASL_SSL")
@@ -206,8 +206,8 @@ async def test_kafka_settings_that_cannot_work_fail_before_connecting() -> None:
 
 
 async def test_an_unreachable_broker_fails_naming_the_setting() -> None:
-    from streams.doctor import kafka_checks
-    from streams.replicas import free_port
+    from streams.dev.replicas import free_port
+    from streams.ops.doctor import kafka_checks
     from streams.topics import topic_names
 
     s = Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}")  # nothing listens there

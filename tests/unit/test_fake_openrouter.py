@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
-from streams.fake_openrouter import (
+from streams.dev.fake_openrouter import (
     FakeConfig,
     FakeOpenRouter,
     TokenBucket,
@@ -335,7 +335,7 @@ async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "streams.fake_openrouter",
+        "streams.dev.fake_openrouter",
         "--port",
         "0",
         "--rate-limit",

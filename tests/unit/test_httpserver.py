@@ -23,10 +23,10 @@ from aiohttp import web
 
 from agents.handlers.basic import echo_type
 from agents.registry import Registry
-from streams.api import api_routes
-from streams.api_server import ApiServer
 from streams.httpserver import HttpLimits, start_http_server
 from streams.metrics import Metrics
+from streams.producer.api import api_routes
+from streams.producer.server import ApiServer
 from streams.settings import Settings
 from streams.topics import TopicNames, topic_names
 

@@ -12,8 +12,8 @@ import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from models.errors import ConfigurationError
-from streams.devstack_tls import issue, make_ca
-from streams.kafka_security import broker_credentials, client_options, describe
+from streams.dev.tls import issue, make_ca
+from streams.kafka.security import broker_credentials, client_options, describe
 from streams.settings import Settings
 
 SECRET = "s3cret-value-for-tests"
@@ -167,7 +167,7 @@ def test_aiokafka_debug_lines_never_carry_the_sasl_password(
 
 
 def test_bootstrap_lists_are_split_like_kafka_does() -> None:
-    from streams.kafka_security import _servers
+    from streams.kafka.security import _servers
 
     assert _servers("a:1, b:2,") == [("a", 1), ("b", 2)]
     assert _servers("broker") == [("broker", 9092)]

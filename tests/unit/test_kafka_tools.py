@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from models.errors import StackError
-from streams.devstack_kafka import KAFKA_VERSION, render_pom
-from streams.devstack_kafka_tools import TOOLS, TOOLS_DEPS, tool_command, tools_dir
+from streams.dev.kafka import KAFKA_VERSION, render_pom
+from streams.dev.kafka_tools import TOOLS, TOOLS_DEPS, tool_command, tools_dir
 
 JARS, LOG4J = Path("/cache/tools"), Path("/cache/tools-log4j2.properties")
 

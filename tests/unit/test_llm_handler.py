@@ -20,7 +20,7 @@ from agents.handlers.llm import ChatPayload, OpenRouterClient, handle_chat, pars
 from agents.registry import JobContext
 from models.errors import FatalError, RateLimitedError, RetryableError
 from models.job import JobEvent
-from streams.fake_openrouter import FakeConfig, FakeOpenRouter
+from streams.dev.fake_openrouter import FakeConfig, FakeOpenRouter
 from streams.settings import Settings
 
 KEY = "sk-or-v1-secret-test-key"

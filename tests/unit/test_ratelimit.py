@@ -17,10 +17,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-import streams.ratelimit as rl
+import streams.pg.ratelimit as rl
 from models.errors import ConfigurationError, RetryableError
 from streams.metrics import Metrics
-from streams.ratelimit import (
+from streams.pg.ratelimit import (
     NOTIFY_CHANNEL,
     POLL_CAP_S,
     BucketConfig,

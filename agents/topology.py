@@ -1,0 +1,64 @@
+"""The faust agents: one for the main topic, one per retry tier, each handing records to the
+runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from streams.kafka.record import Record
+from streams.worker.runtime import Runtime
+
+
+def to_record(message: Any) -> Record:
+    headers = message.headers or ()
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    return Record(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=[(k, v) for k, v in headers],
+        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+    )
+
+
+def register_agents(app: faust.App, runtime: Runtime) -> None:
+    settings = runtime.settings
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+    async def _joined(sender: Any, **kwargs: Any) -> None:
+        # readiness: the replica is in the group and has its (possibly empty) assignment
+        runtime.joined.set()
+
+    main_topic = app.topic(runtime.topics.main, key_serializer="raw", value_serializer="raw")
+
+    async def process(stream: faust.StreamT[Any]) -> None:
+        async for event in stream.events():
+            await runtime.gate()
+            await runtime.process(to_record(event.message))
+            event.ack()
+
+    app.agent(main_topic, name="jobstream.process", concurrency=settings.concurrency)(process)
+
+    for tier in runtime.topics.tiers:
+        tier_topic = app.topic(tier.topic, key_serializer="raw", value_serializer="raw")
+
+        def make_forward(t: Any = tier) -> Any:
+            async def forward(stream: faust.StreamT[Any]) -> None:
+                async for event in stream.events():
+                    await runtime.gate()
+                    await runtime.forward(to_record(event.message), t)
+                    event.ack()
+
+            return forward
+
+        app.agent(
+            tier_topic,
+            name=f"jobstream.retry.{tier.topic.rsplit('.', 1)[-1]}",
+            concurrency=settings.concurrency,
+        )(make_forward())

@@ -1,0 +1,88 @@
+"""The job row's shapes: what a write stores, what a lookup finds, and the execution claim."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from models.job import JobStatus
+
+
+@dataclass(frozen=True)
+class JobRow:
+    job_id: str
+    type: str | None
+    status: JobStatus
+    attempt: int
+    result: Any = None
+    error: str | None = None
+    error_class: str | None = None
+    source: str | None = None
+    replay_of: str | None = None
+    worker: str | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    claim_token: str | None = None
+    """The execution writing the row: the write changes the row only while it holds the claim."""
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """The row as stored after a write or found by a lookup."""
+
+    job_id: str
+    status: JobStatus
+    attempt: int
+    result: Any
+    error: str | None
+    error_class: str | None
+    worker: str | None
+    finished_at: datetime | None
+    claim_token: str | None = None
+    lease_until: datetime | None = None
+    source: str | None = None
+    """Where the row's state came from: ``worker``, or a dead letter's source coordinates."""
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> StoredState:
+        return cls(
+            job_id=r["job_id"],
+            status=JobStatus(r["status"]),
+            attempt=r["attempt"],
+            result=r["result"],
+            error=r["error"],
+            error_class=r["error_class"],
+            worker=r["worker"],
+            finished_at=r["finished_at"],
+            claim_token=r["claim_token"],
+            lease_until=r["lease_until"],
+            source=r["source"],
+        )
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    job_id: str
+    type: str | None
+    attempt: int
+    token: str
+    """A fresh id of this execution; the row carries it while the claim is held."""
+    created_at: datetime | None = None
+    replay: bool = False
+    """A replay of a dead letter may take a ``dead_lettered`` row."""
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    won: bool
+    takeovers: int = 0
+    """With ``won``: how many times the job's claim was taken over from an expired lease."""
+    existing: StoredState | None = None
+    """The row before the claim (None for a new job); what to act on when not won."""
+
+    @property
+    def takeover(self) -> bool:
+        return self.won and self.existing is not None and self.existing.status is JobStatus.RUNNING

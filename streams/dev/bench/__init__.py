@@ -1,0 +1,1 @@
+"""The end-to-end benchmark: ``python -m streams.dev.bench``."""

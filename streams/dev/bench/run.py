@@ -1,0 +1,1094 @@
+"""``make bench``: end-to-end throughput and latency of jobstream, next to a bare Kafka loop.
+
+Why end to end: what a user of jobstream waits for is a durable result, so every number here
+runs from the first publish to the last job whose row is committed and whose outcome record was
+handed to Kafka. Workers are real ``python -m streams.cli worker`` processes, exactly as
+deployed, and each scenario gets its own topic prefix and consumer group (a fresh uuid), so runs
+and scenarios never read each other's events.
+
+How a scenario runs: topics are created with the configured partition count; the replicas are
+started and waited for until they answer ``GET /ready``, have logged faust's "Worker ready" and
+the consumer group is ``Stable`` with one member per replica; a warm-up batch is published and
+waited for (it opens the database and HTTP connections, starts the fetchers and proves the
+assignment works) and then excluded from every number; the timed batch of N jobs is published with
+``JobClient.submit_many`` in chunks while a group-less consumer reads the outcome topic.
+
+What the numbers are:
+
+* ``jobs/s`` = N / (time the last outcome record was created - time the first publish began).
+* latency per job = outcome record timestamp (the worker stamps it after the row is committed)
+  minus the job's ``created_at`` (stamped by the producer just before its chunk is published).
+  All N jobs are published as fast as possible, so with a slow handler most of the latency is
+  time spent queued: it is latency under full load, not the latency of an idle system.
+  ``finished_latency_ms`` (the row's ``finished_at`` minus ``created_at``, taken before the
+  row write) and ``handler_ms`` (the handler alone) are in the JSON too.
+* the baseline is :mod:`streams.dev.bench.baseline`, one process of bare aiokafka
+  consume-produce-commit over the same kind of echo events; each jobstream scenario's
+  ``vs baseline`` is its jobs/s divided by the baseline's, measured in the same run.
+
+The machine is usually shared and small, so the JSON also records the load average and the CPU
+used by each process (workers, fake upstream, this process) and by the whole machine during the
+timed window: a low ratio with the machine at 100 % says "CPU-bound", not "slow design".
+
+Usage: ``python -m streams.dev.bench [--quick] [--scenarios echo-1,llm] [--jobs N] [--out PATH]``;
+``--list`` shows the scenarios, ``--help`` the rest. Other ``JOBSTREAM_*`` variables in the
+environment reach the workers, so ``JOBSTREAM_BATCH_MAX_DELAY_MS=2 make bench`` is an experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from streams.dev.bench.report import (
+    FAKE_LATENCY_MS,
+    SCENARIOS,
+    Done,
+    Scenario,
+    add_ratios,
+    build_report,
+    empty_result,
+    parse_scenarios,
+    render_notes,
+    render_table,
+    summarize,
+    write_report,
+)
+from streams.dev.replicas import free_port
+
+DEFAULT_OUT_DIR = Path("bench-results")
+PUBLISH_CHUNK = 1000
+UNLIMITED = {"rate": 100_000, "per": 1}
+"""The rate limit given to the benchmark's own limiter key: far above anything measured, so the
+limiter is exercised (every llm.chat job still takes a token) but never makes a job wait."""
+
+T = TypeVar("T")
+
+
+def _is_secret(name: str) -> bool:
+    return any(word in name for word in ("KEY", "TOKEN", "PASSWORD", "SECRET", "URL", "DSN"))
+
+
+def passthrough_env(environ: Mapping[str, str], owned: Iterable[str]) -> dict[str, str]:
+    """``JOBSTREAM_*`` variables of the caller that reach the workers (for experiments such as
+    ``JOBSTREAM_BATCH_MAX_DELAY_MS=2 make bench``), with secrets masked for the report."""
+    owned = set(owned)
+    return {
+        k: ("***" if _is_secret(k) else v)
+        for k, v in sorted(environ.items())
+        if k.startswith("JOBSTREAM_") and k not in owned
+    }
+
+
+_PER_PROCESS = frozenset(
+    {"JOBSTREAM_KAFKA_BOOTSTRAP", "JOBSTREAM_DATABASE_URL", "JOBSTREAM_TOPIC_PREFIX",
+     "JOBSTREAM_GROUP_ID", "JOBSTREAM_WORKER_NAME", "JOBSTREAM_WEB_HOST", "JOBSTREAM_WEB_PORT",
+     "JOBSTREAM_STATE_DIR", "JOBSTREAM_POLICY_FILE"}
+)  # fmt: skip
+
+
+def worker_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """The knobs a scenario ran with (secrets masked, per-process plumbing left out), so two
+    result files can be compared setting by setting."""
+    return {
+        k.removeprefix("JOBSTREAM_").lower(): ("***" if _is_secret(k) else v)
+        for k, v in sorted(env.items())
+        if k.startswith("JOBSTREAM_") and k not in _PER_PROCESS
+    }
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def _clock_ticks() -> int:
+    try:
+        return int(os.sysconf("SC_CLK_TCK"))
+    except (ValueError, OSError, AttributeError):
+        return 100
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a live process, from /proc (None where there is none)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _clock_ticks()
+
+
+def machine_cpu() -> tuple[float, float] | None:
+    """(busy, total) jiffies over all cores since boot: two readings give the busy fraction."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    values = [float(v) for v in first[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
+class Child:
+    """A subprocess the benchmark owns. Every live one is tracked so that Ctrl-C, an error or
+    a crashed benchmark loop still stops it (see :meth:`reap_all`)."""
+
+    live: ClassVar[set[Child]] = set()
+
+    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], log_path: Path):
+        self.name = name
+        self.argv = argv
+        self.env = dict(env)
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port: int | None = None
+        """The port it serves HTTP on, if any."""
+
+    def start(self) -> Child:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            # its own session: a Ctrl-C in the terminal reaches only the benchmark, which then
+            # stops the children in order instead of racing them
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        Child.live.add(self)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def cpu_s(self) -> float | None:
+        return process_cpu_s(self.pid) if self.alive() else None
+
+    async def stop(self, within_s: float) -> int | None:
+        """SIGTERM and wait; SIGKILL past ``within_s``. The exit code, or None if killed."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self.proc.wait, within_s)
+        if self.proc.poll() is None:
+            self.kill()
+            Child.live.discard(self)
+            return None
+        Child.live.discard(self)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+
+    @classmethod
+    def reap_all(cls, grace_s: float = 10.0) -> None:
+        """Synchronous last resort: works after the event loop is gone."""
+        children = [c for c in cls.live if c.alive()]
+        for c in children:
+            with contextlib.suppress(ProcessLookupError):
+                assert c.proc is not None
+                c.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for c in children:
+            assert c.proc is not None
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            c.kill()
+        cls.live.clear()
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[T]], *, within_s: float, what: str, interval: float = 0.2
+) -> T:
+    deadline = time.monotonic() + within_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {within_s:g}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def http_status(url: str) -> int | None:
+    import aiohttp
+
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s,
+            s.get(url) as r,
+        ):
+            await r.read()
+            return r.status
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+async def http_json(url: str) -> Any:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s,
+        s.get(url) as r,
+    ):
+        r.raise_for_status()
+        return await r.json()
+
+
+# -- Kafka helpers ---------------------------------------------------------------------------
+
+
+async def group_state(admin: Any, group: str) -> tuple[str, int]:
+    """(state, member count) of a consumer group, e.g. ("Stable", 2)."""
+    responses = await admin.describe_consumer_groups([group])
+    for response in responses:
+        for g in response.groups:
+            if g[1] == group:
+                return str(g[2]), len(g[5])
+    return "Dead", 0
+
+
+OutputParser = Callable[[Any], tuple[str, Done] | None]
+
+
+def parse_outcome(record: Any) -> tuple[str, Done] | None:
+    """A :class:`JobOutcome` record; plain ``json`` because pydantic would cost the benchmark
+    process more CPU than the workers it measures, on a 2-core machine."""
+    doc = json.loads(record.value)
+    finished = doc.get("finished_at")
+    return doc["job_id"], Done(
+        at=record.timestamp / 1000,
+        status=str(doc.get("status")),
+        finished_at=datetime.fromisoformat(finished).timestamp() if finished else None,
+        handler_ms=doc.get("duration_ms"),
+        reemitted=bool(doc.get("reemitted")),
+    )
+
+
+def parse_baseline(record: Any) -> tuple[str, Done] | None:
+    doc = json.loads(record.value)
+    return doc["job_id"], Done(
+        at=record.timestamp / 1000, status=doc["status"], finished_at=doc.get("finished_at")
+    )
+
+
+class OutputCollector:
+    """Reads an output topic from the beginning, outside any group (so it never joins the
+    group being measured), and keeps the first record per job id: a later one is a duplicate
+    delivery (counted), and the first is when the job's result became durable."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        parse: OutputParser,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.options = dict(options or {})  # TLS/SASL (kafka_security.client_options)
+        self.topic = topic
+        self.parse = parse
+        self.done: dict[str, Done] = {}
+        self.duplicates = 0
+        self.unparsable = 0
+        self._consumer: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> OutputCollector:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **self.options,
+        )
+        await self._consumer.start()
+
+        async def partitions() -> set[int] | None:
+            # the topic is brand new: wait until every partition has a leader, or the first
+            # offset lookups fail and aiokafka logs errors for what is only a slow start
+            client = self._consumer._client
+            await client.force_metadata_update()
+            parts: set[int] | None = self._consumer.partitions_for_topic(self.topic)
+            if not parts:
+                return None
+            leaders = [
+                client.cluster.leader_for_partition(TopicPartition(self.topic, p)) for p in parts
+            ]
+            return parts if all(x is not None and x >= 0 for x in leaders) else None
+
+        parts = await wait_until(partitions, within_s=30, what=f"partitions of {self.topic}")
+        assert parts is not None
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        self._task = asyncio.create_task(self._run(), name=f"collect-{self.topic}")
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200, max_records=20_000)
+            for records in batch.values():
+                for rec in records:
+                    try:
+                        parsed = self.parse(rec)
+                    except (ValueError, KeyError, TypeError):
+                        self.unparsable += 1
+                        continue
+                    if parsed is None:
+                        continue
+                    job_id, done = parsed
+                    if job_id in self.done:
+                        self.duplicates += 1
+                    else:
+                        self.done[job_id] = done
+
+    async def wait_all(
+        self,
+        ids: Sequence[str],
+        *,
+        within_s: float,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        deadline = time.monotonic() + within_s
+        wanted = set(ids)
+        last_report = time.monotonic()
+        while True:
+            if self._task is not None and self._task.done():
+                self._task.result()  # the reader died: say why
+            wanted = {i for i in wanted if i not in self.done}
+            if not wanted:
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                raise TimeoutError(
+                    f"timed out after {within_s:g}s: {len(ids) - len(wanted)}/{len(ids)} outputs"
+                )
+            if progress is not None and now - last_report >= 5:
+                progress(len(ids) - len(wanted))
+                last_report = now
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def _say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def payload_for(job_type: str, i: int) -> dict[str, Any]:
+    if job_type == "llm.chat":
+        return {
+            "messages": [{"role": "user", "content": f"benchmark job {i}: say hello back"}],
+            "max_tokens": 16,
+        }
+    return {"n": i, "text": "benchmark"}
+
+
+@dataclass
+class Bench:
+    """What every scenario of one run shares."""
+
+    bootstrap: str
+    dsn: str
+    partitions: int
+    timeout_s: float
+    quick: bool
+    jobs_override: int | None
+    warmup_override: int | None
+    chunk: int
+    keep: bool
+    lease: int | None
+    log_dir: Path
+    state_dir: Path
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    pool: Any = None
+    admin: Any = None
+    kafka_options: dict[str, Any] = field(default_factory=dict)  # kafka_security.client_options
+
+    # ---- shared setup
+
+    async def start(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        from streams.pg.migrations import migrate
+        from streams.pg.pool import create_pool
+
+        self.pool = await create_pool(self.dsn, min_size=1, max_size=2)
+        async with self.pool.acquire() as conn:
+            await migrate(conn)  # the row checks run before the first worker would migrate
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka_options)
+        await self.admin.start()
+
+    async def close(self) -> None:
+        if self.admin is not None:
+            await self.admin.close()
+        if self.pool is not None:
+            await self.pool.close()
+
+    # ---- one scenario
+
+    async def run(self, spec: Scenario, results: list[dict[str, Any]]) -> dict[str, Any]:
+        """Run one scenario; its result is appended to ``results`` at once and filled in as it
+        goes, so an interrupted run still reports how far the scenario got."""
+        jobs = spec.job_count(quick=self.quick, override=self.jobs_override)
+        warmup = (
+            self.warmup_override
+            if self.warmup_override is not None
+            else spec.warmup_count(quick=self.quick)
+        )
+        result = empty_result(spec, jobs=jobs, warmup=warmup, partitions=self.partitions)
+        results.append(result)
+        prefix = f"bench-{spec.name.replace('.', '')}-{self.run_id}"
+        result["topic_prefix"] = prefix
+        result["started_at"] = datetime.now(UTC).isoformat()
+        children: list[Child] = []
+        collector: OutputCollector | None = None
+        extra_cleanup: list[Callable[[], Awaitable[None]]] = []
+        try:
+            if spec.kind == "baseline":
+                out_topic = f"{prefix}.out"
+                await self._ensure_topics([prefix, out_topic])
+                children = [self._start_baseline(prefix, out_topic)]
+                await self._wait_assigned(prefix, children, marker="assigned ", web_ports=[])
+                collector = await OutputCollector(
+                    self.bootstrap, out_topic, parse_baseline, self.kafka_options
+                ).start()
+            else:
+                from streams.topics import topic_names
+
+                topics = topic_names(prefix)
+                await self._ensure_topics(topics.all())
+                env_extra: dict[str, str] = {}
+                if spec.job_type == "llm.chat":
+                    fake, env_extra = await self._start_fake(spec, prefix)
+                    children.append(fake)
+                    extra_cleanup.append(lambda: self._drop_bucket(prefix))
+                ports = [free_port() for _ in range(spec.replicas)]
+                workers = [
+                    self._start_worker(spec, prefix, i, port, env_extra)
+                    for i, port in enumerate(ports)
+                ]
+                children.extend(workers)
+                result["worker_settings"] = worker_settings(workers[0].env)
+                await self._wait_assigned(prefix, workers, marker="Worker ready", web_ports=ports)
+                # started once the group has settled: new partitions have leaders by then
+                collector = await OutputCollector(
+                    self.bootstrap, topics.outcomes, parse_outcome, self.kafka_options
+                ).start()
+            result["logs"] = [str(c.log_path) for c in children]
+
+            from streams.producer.client import JobClient
+
+            async with JobClient(
+                self.bootstrap, topic_prefix=prefix, options=self.kafka_options
+            ) as client:
+                if warmup:
+                    _say(f"{spec.name}: warm-up, {warmup} jobs")
+                    warm_ids, _, _, _ = await self._publish(
+                        client, spec.job_type, f"{prefix}-warm", warmup
+                    )
+                    await collector.wait_all(warm_ids, within_s=min(self.timeout_s, 180))
+                _say(f"{spec.name}: timed part, {jobs} jobs")
+                cpu_before = self._cpu_snapshot(children)
+                timed_ids, created, started, published = await self._publish(
+                    client, spec.job_type, prefix, jobs
+                )
+                result["publish_s"] = round(published - started, 3)
+
+                def progress(k: int) -> None:
+                    rate = k / max(time.time() - started, 1e-6)
+                    _say(f"{spec.name}: {k}/{jobs} done ({rate:,.0f}/s so far)")
+
+                try:
+                    await collector.wait_all(timed_ids, within_s=self.timeout_s, progress=progress)
+                finally:
+                    result["cpu"] = self._cpu_usage(
+                        cpu_before, self._cpu_snapshot(children), children, time.time() - started
+                    )
+                    result.update(
+                        summarize(created, collector.done, started=started, published=published)
+                    )
+                    spent = result["cpu"].get("consumer_cpu_s")
+                    if spent is not None and result["completed"]:
+                        result["cpu"]["consumer_cpu_ms_per_job"] = round(
+                            spent * 1000 / result["completed"], 3
+                        )
+                    result["outputs"] = {
+                        "duplicates": collector.duplicates,
+                        "reemitted": sum(1 for d in collector.done.values() if d.reemitted),
+                        "unparsable": collector.unparsable,
+                    }
+
+            if spec.kind == "jobstream":
+                result["rows"] = await self._row_statuses(timed_ids)
+                succeeded = result["rows"].get("succeeded", 0)
+                if succeeded != jobs:
+                    raise RuntimeError(f"{succeeded}/{jobs} rows succeeded: {result['rows']}")
+                for child in children:
+                    if child.name.startswith("fake"):
+                        result["upstream"] = await self._fake_stats(child)
+                result["worker_metrics"] = await self._worker_metrics(
+                    [c for c in children if not c.name.startswith("fake")]
+                )
+        except asyncio.CancelledError:
+            result["error"] = "interrupted"
+            raise
+        except Exception as exc:
+            result["error"] = f"{type(exc).__name__}: {exc}"
+            _say(f"{spec.name}: FAILED: {result['error']}")
+            for c in children:
+                if not c.alive() and c.proc is not None:
+                    _say(f"{c.name} exited with {c.proc.returncode}; log tail:\n{c.tail()}")
+        finally:
+            # workers first (they drain into Kafka and PostgreSQL), then their upstream
+            order = [c for c in children if not c.name.startswith("fake")]
+            order += [c for c in children if c.name.startswith("fake")]
+            codes = []
+            for child in order:
+                code = await child.stop(within_s=60)
+                codes.append({"process": child.name, "exit_code": code})
+                if code != 0 and not result["error"]:
+                    result["error"] = f"{child.name} exited with {code} after SIGTERM"
+            result["exit_codes"] = codes
+            if collector is not None:
+                await collector.stop()
+            if not self.keep:
+                await self._cleanup(prefix, extra_cleanup)
+        return result
+
+    # ---- processes
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _start_baseline(self, prefix: str, out_topic: str) -> Child:
+        argv = [sys.executable, "-m", "streams.dev.bench.baseline", "--bootstrap", self.bootstrap,
+                "--in-topic", prefix, "--out-topic", out_topic, "--group", prefix]  # fmt: skip
+        return Child("baseline", argv, self._base_env(), self.log_dir / f"{prefix}.log").start()
+
+    def worker_env(
+        self, spec: Scenario, prefix: str, index: int, port: int, extra: Mapping[str, str]
+    ) -> dict[str, str]:
+        env = self._base_env()
+        env.update(
+            {
+                "JOBSTREAM_KAFKA_BOOTSTRAP": self.bootstrap,
+                "JOBSTREAM_DATABASE_URL": self.dsn,
+                "JOBSTREAM_TOPIC_PREFIX": prefix,
+                "JOBSTREAM_GROUP_ID": prefix,
+                "JOBSTREAM_WORKER_NAME": f"{prefix}-w{index + 1}",
+                "JOBSTREAM_WEB_HOST": "127.0.0.1",
+                "JOBSTREAM_WEB_PORT": str(port),
+                "JOBSTREAM_STATE_DIR": str(self.state_dir),
+                "JOBSTREAM_PARTITIONS": str(self.partitions),
+                "JOBSTREAM_CONCURRENCY": str(spec.concurrency),
+                "JOBSTREAM_LOG_LEVEL": "INFO",
+            }
+        )
+        env.update(extra)
+        return env
+
+    def _start_worker(
+        self, spec: Scenario, prefix: str, index: int, port: int, extra: Mapping[str, str]
+    ) -> Child:
+        argv = [sys.executable, "-m", "streams.cli", "worker"]
+        env = self.worker_env(spec, prefix, index, port, extra)
+        log = self.log_dir / f"{prefix}-w{index + 1}.log"
+        worker = Child(f"worker-{index + 1}", argv, env, log)
+        worker.port = port
+        return worker.start()
+
+    async def _start_fake(self, spec: Scenario, prefix: str) -> tuple[Child, dict[str, str]]:
+        """The fake upstream with no limit of its own; the env that points the workers at it.
+
+        The limiter key is per run: the rate-limit row is shared by every process using the
+        database, and the last process to start rewrites its configuration, so using the
+        ``openrouter`` key would change the limit under anyone else's tests.
+        """
+        port = free_port()
+        argv = [sys.executable, "-m", "streams.dev.fake_openrouter", "--port", str(port),
+                "--latency-ms", f"{spec.upstream_latency_ms:g}"]  # fmt: skip
+        fake = Child("fake-openrouter", argv, self._base_env(), self.log_dir / f"{prefix}-fake.log")
+        fake.port = port
+        fake.start()
+
+        async def healthy() -> bool:
+            if not fake.alive():
+                raise RuntimeError(f"fake OpenRouter exited early:\n{fake.tail()}")
+            return await http_status(f"http://127.0.0.1:{port}/health") == 200
+
+        try:
+            await wait_until(healthy, within_s=30, what="the fake OpenRouter")
+        except BaseException:
+            await fake.stop(within_s=10)
+            raise
+        key = prefix
+        policy = self.state_dir / f"{prefix}-policy.json"
+        policy.write_text(json.dumps({"llm.chat": {"rate_limit_key": key}}))
+        env = {
+            "JOBSTREAM_OPENROUTER_BASE_URL": f"http://127.0.0.1:{port}/api/v1",
+            "JOBSTREAM_OPENROUTER_API_KEY": "sk-bench",
+            "JOBSTREAM_RATE_LIMITS": json.dumps({key: UNLIMITED}),
+            "JOBSTREAM_POLICY_FILE": str(policy),
+        }
+        if self.lease is not None:
+            env["JOBSTREAM_RATE_LIMIT_LEASE"] = str(self.lease)
+        return fake, env
+
+    async def _wait_assigned(
+        self, group: str, children: Sequence[Child], *, marker: str, web_ports: Sequence[int]
+    ) -> None:
+        """Ready, holding partitions, and the group settled with every replica in it: a job
+        published before that would wait for a rebalance and be timed as slow processing."""
+
+        seen: dict[str, Any] = {}
+
+        async def ready() -> bool:
+            for c in children:
+                if not c.alive():
+                    raise RuntimeError(f"{c.name} exited early:\n{c.tail()}")
+            seen["/ready"] = [
+                await http_status(f"http://127.0.0.1:{port}/ready") for port in web_ports
+            ]
+            seen["logged " + repr(marker)] = [marker in c.log_text() for c in children]
+            seen["group"] = await group_state(self.admin, group)
+            return (
+                all(status == 200 for status in seen["/ready"])
+                and all(seen["logged " + repr(marker)])
+                and seen["group"] == ("Stable", len(children))
+            )
+
+        started = time.monotonic()
+        try:
+            await wait_until(ready, within_s=120, what=f"{len(children)} member(s) of {group}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; last seen: {seen}") from None
+        _say(f"{group}: {len(children)} replica(s) assigned in {time.monotonic() - started:.1f}s")
+
+    # ---- publishing
+
+    async def _publish(
+        self, client: Any, job_type: str, id_prefix: str, n: int
+    ) -> tuple[list[str], dict[str, float], float, float]:
+        """Publish ``n`` jobs in chunks; each chunk is built just before it is sent, so a job's
+        ``created_at`` is its publish time and not the time the whole batch was prepared."""
+        ids: list[str] = []
+        created: dict[str, float] = {}
+        started = time.time()
+        for first in range(0, n, self.chunk):
+            events = [
+                client.build(job_type, payload_for(job_type, i), job_id=f"{id_prefix}-{i:07d}")
+                for i in range(first, min(n, first + self.chunk))
+            ]
+            for e in events:
+                created[e.id] = e.created_at.timestamp()
+            ids.extend(await client.submit_many(events))
+        return ids, created, started, time.time()
+
+    # ---- measurements around the run
+
+    def _cpu_snapshot(self, children: Sequence[Child]) -> dict[str, Any]:
+        return {
+            "children": {c.name: c.cpu_s() for c in children},
+            "self": time.process_time(),
+            "machine": machine_cpu(),
+        }
+
+    @staticmethod
+    def _cpu_usage(
+        before: Mapping[str, Any], after: Mapping[str, Any], children: Sequence[Child], wall: float
+    ) -> dict[str, Any]:
+        """Cores used by each process over the timed window (1.0 = one core fully busy), and
+        the CPU seconds of the consuming processes (workers or the baseline): on a shared
+        machine CPU per job is steadier than jobs/s, since it does not depend on how much CPU
+        the other tenants left over."""
+        usage: dict[str, Any] = {"window_s": round(wall, 3)}
+        for c in children:
+            a, b = before["children"].get(c.name), after["children"].get(c.name)
+            usage[c.name] = round((b - a) / wall, 2) if a is not None and b is not None else None
+        usage["bench"] = round((after["self"] - before["self"]) / wall, 2)
+        spent = [
+            after["children"][c.name] - before["children"][c.name]
+            for c in children
+            if not c.name.startswith("fake")
+            and before["children"].get(c.name) is not None
+            and after["children"].get(c.name) is not None
+        ]
+        usage["consumer_cpu_s"] = round(sum(spent), 3) if spent else None
+        m0, m1 = before["machine"], after["machine"]
+        if m0 and m1 and m1[1] > m0[1]:
+            usage["machine_busy"] = round((m1[0] - m0[0]) / (m1[1] - m0[1]), 3)
+        usage["load_avg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        return usage
+
+    async def _row_statuses(self, ids: Sequence[str]) -> dict[str, int]:
+        rows = await self.pool.fetch(
+            "SELECT status, count(*) AS n FROM jobs WHERE job_id = ANY($1::text[]) GROUP BY 1",
+            list(ids),
+        )
+        return {r["status"]: int(r["n"]) for r in rows}
+
+    async def _fake_stats(self, fake: Child) -> dict[str, Any]:
+        try:
+            stats = await http_json(f"http://127.0.0.1:{fake.port}/stats")
+        except Exception as exc:  # diagnostics only; never fail a finished measurement on it
+            return {"error": repr(exc)}
+        return {k: stats.get(k) for k in ("total", "max_in_flight", "by_status", "rate_limited")}
+
+    async def _worker_metrics(self, workers: Sequence[Child]) -> dict[str, Any]:
+        """Means of a few histograms per worker: a first hint of where a job's time goes."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        wanted = {
+            "jobstream_handler_duration_seconds": "handler_s",
+            "jobstream_rate_limit_wait_seconds": "rate_limit_wait_s",
+            "jobstream_result_batch_size": "result_batch_size",
+            "jobstream_result_flush_seconds": "result_flush_s",
+        }
+        out: dict[str, Any] = {}
+        import aiohttp
+
+        for w in workers:
+            port = w.port
+            means: dict[str, Any] = {}
+            try:
+                async with (
+                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s,
+                    s.get(f"http://127.0.0.1:{port}/metrics") as r,
+                ):
+                    text = await r.text()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                out[w.name] = {"error": repr(exc)}
+                continue
+            sums: dict[str, float] = defaultdict(float)
+            counts: dict[str, float] = defaultdict(float)
+            for family in text_string_to_metric_families(text):
+                label = wanted.get(family.name) or wanted.get(family.name + "_seconds")
+                if label is None:
+                    continue
+                for sample in family.samples:
+                    if sample.name.endswith("_sum"):
+                        sums[label] += sample.value
+                    elif sample.name.endswith("_count"):
+                        counts[label] += sample.value
+            for label in wanted.values():
+                if counts.get(label):
+                    means[label] = {
+                        "count": int(counts[label]),
+                        "mean": round(sums[label] / counts[label], 6),
+                    }
+            out[w.name] = means
+        return out
+
+    # ---- topics and cleanup
+
+    async def _ensure_topics(self, names: Sequence[str]) -> None:
+        from streams.kafka.admin import ensure_topics
+
+        await ensure_topics(
+            self.bootstrap, names, partitions=self.partitions, options=self.kafka_options
+        )
+
+    async def _cleanup(self, prefix: str, extra: Sequence[Callable[[], Awaitable[None]]]) -> None:
+        """Delete this scenario's topics (faust's own included) and rows: a benchmark must not
+        leave tens of thousands of rows and dozens of partitions in a shared dev stack."""
+        try:
+            names = [t for t in await self.admin.list_topics() if t.startswith(prefix)]
+            if names:
+                await self.admin.delete_topics(names)
+        except Exception as exc:  # cleanup is best effort; the measurement is already taken
+            _say(f"could not delete topics of {prefix}: {exc!r}")
+        try:
+            # by prefix rather than by the ids collected: a publish that failed half-way still
+            # left rows of jobs whose ids this process never got back
+            await self.pool.execute("DELETE FROM jobs WHERE job_id LIKE $1", f"{prefix}-%")
+            for step in extra:
+                await step()
+        except Exception as exc:
+            _say(f"could not delete rows of {prefix}: {exc!r}")
+
+    async def _drop_bucket(self, key: str) -> None:
+        await self.pool.execute("DELETE FROM rate_limit_buckets WHERE key = $1", key)
+
+
+# -- machine description ---------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for dist in ("faust-streaming", "aiokafka", "asyncpg", "aiohttp", "pydantic"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "packages": versions,
+    }
+
+
+async def service_info(bootstrap: str, dsn: str, state_dir: Path) -> dict[str, Any]:
+    """Versions of the services, where they can be known: Kafka does not report its version
+    over the wire (and aiokafka >= 0.13 no longer guesses it), so it comes from the local
+    devstack's record when that is the broker used."""
+    info: dict[str, Any] = {"kafka_bootstrap": bootstrap}
+    try:
+        stack = json.loads((state_dir / "stack.json").read_text())
+    except (OSError, ValueError):
+        stack = {}
+    kafka = stack.get("kafka") or {}
+    if kafka.get("bootstrap") == bootstrap and kafka.get("version"):
+        info["kafka_version"] = kafka["version"]
+        info["kafka_version_source"] = "devstack stack.json"
+    else:
+        info["kafka_version"] = None
+        info["kafka_version_source"] = "unknown: not the devstack broker"
+    try:
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            info["postgres_version"] = await conn.fetchval("SHOW server_version")
+        finally:
+            await conn.close()
+    except Exception as exc:
+        info["postgres_version"] = f"unknown ({type(exc).__name__})"
+    return info
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m streams.dev.bench",
+        description="End-to-end throughput and latency of jobstream, with a bare-Kafka baseline.",
+    )
+    p.add_argument("--quick", action="store_true", help="small N: the whole run in < 3 min")
+    p.add_argument(
+        "--scenarios",
+        default="all",
+        help="comma-separated: baseline, echo-1, echo-2, llm-25, llm-500, or echo, llm, all, 1-5"
+        " (default all; the baseline is added for the ratios unless --no-baseline)",
+    )
+    p.add_argument("--no-baseline", action="store_true", help="do not add the baseline")
+    p.add_argument("--jobs", type=int, help="timed jobs per scenario (default: per scenario)")
+    p.add_argument("--warmup", type=int, help="warm-up jobs per scenario (default: per scenario)")
+    p.add_argument("--out", type=Path, help="result JSON (default bench-results/bench-<ts>.json)")
+    p.add_argument("--partitions", type=int, help="default: JOBSTREAM_PARTITIONS or 8")
+    p.add_argument("--chunk", type=int, default=PUBLISH_CHUNK, help="jobs per submit_many call")
+    p.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds to wait for one scenario's jobs"
+    )
+    p.add_argument(
+        "--lease",
+        type=int,
+        help="JOBSTREAM_RATE_LIMIT_LEASE for llm.chat (default: the production default)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep topics and rows afterwards")
+    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    return p
+
+
+def _check_at_least(
+    parser: argparse.ArgumentParser, name: str, value: int | None, least: int = 1
+) -> None:
+    if value is not None and value < least:
+        parser.error(f"--{name} must be at least {least}")
+
+
+def describe_scenarios(*, quick: bool) -> str:
+    lines = []
+    for s in SCENARIOS:
+        n = s.job_count(quick=quick, override=None)
+        conc = "-" if s.concurrency is None else s.concurrency
+        lines.append(
+            f"{s.name:9} replicas={s.replicas} concurrency={conc} jobs={n} "
+            f"warmup={s.warmup_count(quick=quick)}  {s.summary}"
+        )
+    return "\n".join(lines)
+
+
+async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
+    from streams.dev.stack import resolve_services
+    from streams.kafka.security import client_options
+    from streams.settings import Settings
+
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    # Both signals cancel the run so the same clean-up happens. asyncio's own SIGINT handling
+    # is not relied on: a process started in the background inherits SIGINT ignored, and then
+    # asyncio installs nothing and a Ctrl-C (or kill -INT) would leave the workers running.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main_task.cancel)
+
+    try:
+        settings = Settings()
+    except ValueError as exc:  # pydantic's ValidationError: a JOBSTREAM_* value is wrong
+        print(f"invalid JOBSTREAM_* settings: {exc}", file=sys.stderr)
+        return 2
+    try:
+        bootstrap, dsn = await resolve_services(settings)
+    except Exception as exc:  # the stack could not be found or started: nothing to measure
+        print(f"Kafka/PostgreSQL unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+    partitions = args.partitions or settings.partitions
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out: Path = args.out or DEFAULT_OUT_DIR / f"bench-{stamp}.json"
+    log_dir = out.parent / "logs" / stamp
+    state_dir = Path(tempfile.mkdtemp(prefix="jobstream-bench-"))
+    started_at = datetime.now(UTC).isoformat()
+    machine = machine_info()
+    services = await service_info(bootstrap, dsn, settings.state_dir.resolve())
+    owned = _PER_PROCESS | {"JOBSTREAM_PARTITIONS", "JOBSTREAM_CONCURRENCY", "JOBSTREAM_LOG_LEVEL"}
+    options = {
+        "quick": args.quick,
+        "scenarios": [s.name for s in scenarios],
+        "jobs_override": args.jobs,
+        "warmup_override": args.warmup,
+        "partitions": partitions,
+        "publish_chunk": args.chunk,
+        "timeout_s": args.timeout,
+        "fake_latency_ms": FAKE_LATENCY_MS,
+        "rate_limit_lease": args.lease or "default",
+        "worker_env_passthrough": passthrough_env(os.environ, owned),
+        "logs": str(log_dir),
+    }
+    bench = Bench(
+        bootstrap=bootstrap,
+        dsn=dsn,
+        partitions=partitions,
+        timeout_s=args.timeout,
+        quick=args.quick,
+        jobs_override=args.jobs,
+        warmup_override=args.warmup,
+        chunk=args.chunk,
+        keep=args.keep,
+        lease=args.lease,
+        log_dir=log_dir,
+        state_dir=state_dir,
+        kafka_options=client_options(settings),
+    )
+    results: list[dict[str, Any]] = []
+    complete = False
+    _say(f"Kafka {bootstrap}, {partitions} partitions; scenarios: {options['scenarios']}")
+    try:
+        await bench.start()
+        for spec in scenarios:
+            _say(f"--- {spec.name}: {spec.summary}")
+            r = await bench.run(spec, results)
+            if not r["error"]:
+                _say(f"{spec.name}: {r['jobs_per_s']} jobs/s, p50 {r['latency_ms']['p50']} ms")
+        complete = True
+    finally:
+        await bench.close()
+        shutil.rmtree(state_dir, ignore_errors=True)
+        if results:
+            add_ratios(results)
+            report = build_report(
+                started_at=started_at,
+                finished_at=datetime.now(UTC).isoformat(),
+                complete=complete,
+                machine=machine,
+                services=services,
+                options=options,
+                results=results,
+            )
+            written = write_report(report, out, latest=args.out is None)
+            print()
+            print(render_table(results))
+            print()
+            notes = render_notes(results)
+            if notes:
+                print(notes)
+                print()
+            note = "" if complete else " (interrupted: partial results)"
+            print(f"results: {', '.join(str(p) for p in written)}{note}")
+    return 0 if all(not r["error"] for r in results) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        print(describe_scenarios(quick=args.quick))
+        return 0
+    for name in ("jobs", "partitions", "chunk", "lease"):
+        _check_at_least(parser, name, getattr(args, name))
+    _check_at_least(parser, "warmup", args.warmup, least=0)
+    try:
+        scenarios = parse_scenarios(args.scenarios, with_baseline=not args.no_baseline)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        return asyncio.run(_run(args, scenarios))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; worker processes stopped", file=sys.stderr)
+        return 130
+    finally:
+        Child.reap_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,569 @@
+"""``jobstream dlq``: inspect and replay the dead-letter topic from a terminal.
+
+The exit codes are part of the interface (scripts and runbooks branch on them), so they are
+spelled out in ``--help`` and mapped in one place, :func:`run_dlq_async`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from pydantic import ValidationError
+
+from models.deadletter import DeadLetter, DeadLetterReason, unb64
+from models.errors import StackError
+from streams.dlq.filters import DeadLetterFilter, FilterError, decoded_key
+from streams.dlq.replay import Action, ReplayCounts, ReplayOptions, replay_matching
+from streams.dlq.snapshot import (
+    Snapshot,
+    TopicMissingError,
+    UnreachableError,
+    first_line,
+    read_snapshot,
+)
+from streams.kafka.security import client_options
+from streams.settings import Settings
+from streams.topics import topic_names
+
+EXIT_OK, EXIT_NO_MATCH, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_PARTIAL = 0, 1, 2, 3, 4
+
+EPILOG = """\
+exit codes:
+  0  success (replay: every selected dead letter republished or skipped by rule)
+  1  no dead letter matches the filters
+  2  bad filters or usage, or a topic missing (wrong --prefix?)
+  3  Kafka or PostgreSQL unreachable
+  4  replay partially failed (see the summary line and the messages above it)
+
+filters combine with AND; a repeated flag or a comma list is an OR:
+  --type a,b --reason exhausted   type a or b, and reason exhausted
+times (--since inclusive, --until exclusive) compare with the dead letter's last failure;
+they take ISO-8601 (2024-05-01T12:00Z; naive means UTC) or an age: 45s, 30m, 2h, 7d, 1w.
+"""
+
+REPLAY_EPILOG = (
+    EPILOG
+    + """
+replay republishes each dead letter's ORIGINAL event to the main topic with the header
+jobstream-replayed-from: <dead letter id>, keeping the original key and headers and
+clearing not_before. --reset-attempts sets attempt back to 1 and keeps the history (the
+evidence of earlier failures). Records that are not a valid JobEvent are skipped unless
+--include-invalid, which republishes their bytes unchanged. Each replay is recorded in the
+PostgreSQL table dlq_replays after the broker acknowledged it: a dead letter is republished
+once unless --force, and a crash between the two republishes it at most once more.
+--limit counts republished dead letters, oldest failure first.
+"""
+)
+
+
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("filters")
+    g.add_argument("--type", dest="types", action="append", metavar="TYPE", help="job type")
+    g.add_argument(
+        "--reason",
+        dest="reasons",
+        action="append",
+        metavar="REASON",
+        help=", ".join(r.value for r in DeadLetterReason),
+    )
+    g.add_argument(
+        "--error-class",
+        dest="error_classes",
+        action="append",
+        metavar="CLASS",
+        help="full or bare class name",
+    )
+    g.add_argument("--since", metavar="TIME", help="ISO-8601 or age (2h, 30m, 7d)")
+    g.add_argument("--until", metavar="TIME", help="ISO-8601 or age (2h, 30m, 7d)")
+    g.add_argument(
+        "--key", dest="keys", action="append", metavar="KEY",
+        help="job id, original record key or dead-letter id",
+    )  # fmt: skip
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    # dests carry a prefix so they cannot clash with options of the CLI that mounts this one
+    p.add_argument(
+        "--prefix", dest="dlq_prefix", metavar="PREFIX", help="topic prefix (default: settings)"
+    )
+    p.add_argument("--json", dest="as_json", action="store_true", help="JSON on stdout")
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    sub = parser.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
+    p = sub.add_parser("list", help="list dead letters", epilog=EPILOG, formatter_class=fmt)
+    _add_common(p)
+    _add_filters(p)
+    p.add_argument("--limit", type=int, metavar="N", help="show at most N")
+    p = sub.add_parser(
+        "stats", help="counts by reason, type, error class", epilog=EPILOG, formatter_class=fmt
+    )
+    _add_common(p)
+    _add_filters(p)
+    p = sub.add_parser("show", help="one dead letter in full", epilog=EPILOG, formatter_class=fmt)
+    _add_common(p)
+    p.add_argument("ident", metavar="ID", help="dead-letter id (topic:partition:offset) or job id")
+    p = sub.add_parser(
+        "replay", help="republish to the main topic", epilog=REPLAY_EPILOG, formatter_class=fmt
+    )
+    _add_common(p)
+    _add_filters(p)
+    p.add_argument("--dry-run", action="store_true", help="show what would happen, publish nothing")
+    p.add_argument("--limit", type=int, metavar="N", help="republish at most N")
+    p.add_argument(
+        "--rate", type=float, default=100.0, metavar="R", help="events/s (default 100, 0: unpaced)"
+    )
+    p.add_argument("--reset-attempts", action="store_true", help="attempt back to 1")
+    p.add_argument("--force", action="store_true", help="replay again if already replayed")
+    p.add_argument(
+        "--include-invalid", action="store_true", help="republish non-JobEvent bytes unchanged"
+    )
+
+
+def add_dlq_parser(subparsers: Any) -> None:
+    """Mount ``dlq`` on the project CLI's subparsers."""
+    p = subparsers.add_parser(
+        "dlq",
+        help="inspect and replay dead letters",
+        description="Inspect and replay the dead-letter topic <prefix>.dlq.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _configure(p)
+    p.set_defaults(fn=run_dlq)  # the project CLI dispatches on ``args.fn(args, settings)``
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m streams.dlq.cli",
+        description="Inspect and replay the dead-letter topic <prefix>.dlq.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _configure(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        _err(f"error: invalid JOBSTREAM_* settings: {exc}")
+        return EXIT_USAGE
+    return run_dlq(args, settings)
+
+
+def run_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    """The process entry point (``jobstream dlq``); tests call :func:`run_dlq_async`."""
+    aiokafka_log = logging.getLogger("aiokafka")
+    if aiokafka_log.level == logging.NOTSET:
+        # the tool prints its own one-line diagnosis; aiokafka's connection chatter adds nothing
+        aiokafka_log.setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(run_dlq_async(args, settings))
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+async def run_dlq_async(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one ``dlq`` subcommand; every expected failure becomes an exit code and one line."""
+    cmd = args.dlq_command
+    try:
+        flt = DeadLetterFilter()
+        if cmd != "show":
+            flt = DeadLetterFilter.parse(
+                types=args.types,
+                reasons=args.reasons,
+                error_classes=args.error_classes,
+                since=args.since,
+                until=args.until,
+                keys=args.keys,
+            )
+        if getattr(args, "limit", None) is not None and args.limit < 1:
+            raise FilterError("--limit must be at least 1")
+        if cmd == "replay" and args.rate < 0:
+            raise FilterError("--rate must be >= 0")
+    except FilterError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    prefix = args.dlq_prefix or settings.topic_prefix
+    try:
+        bootstrap, dsn = await _services(settings, need_db=cmd == "replay")
+        if cmd == "replay":
+            return await _replay(args, flt, prefix, bootstrap, dsn, client_options(settings))
+        snap = await read_snapshot(
+            bootstrap,
+            topic_names(prefix).dlq,
+            _show_match(args.ident) if cmd == "show" else flt.matches,
+            options=client_options(settings),
+        )
+    except (UnreachableError, StackError) as exc:
+        _err(f"error: {exc}")
+        return EXIT_UNREACHABLE
+    except TopicMissingError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    _report_unreadable(snap)
+    if not snap.matched:
+        _err(f"no dead letters match in {snap.topic} ({snap.scanned} scanned)")
+        return EXIT_NO_MATCH
+    if cmd == "list":
+        _print_list(snap, args.limit, args.as_json)
+    elif cmd == "stats":
+        _print_stats(snap, args.as_json)
+    else:
+        _print_show(snap.matched, args.as_json)
+    return EXIT_OK
+
+
+def _show_match(ident: str) -> Any:
+    return lambda dl: ident in (dl.id, dl.job_id)
+
+
+async def _services(settings: Settings, *, need_db: bool) -> tuple[str, str | None]:
+    bootstrap = settings.kafka_bootstrap
+    dsn = settings.database_url.get_secret_value() if settings.database_url else None
+    if bootstrap and (dsn or not need_db):
+        return bootstrap, dsn
+    try:
+        from streams.dev.stack import resolve_services
+    except ImportError:
+        raise StackError(
+            "JOBSTREAM_KAFKA_BOOTSTRAP / JOBSTREAM_DATABASE_URL are not set "
+            "and the local stack (streams.dev.stack) is not available"
+        ) from None
+    try:
+        found_bootstrap, found_dsn = await resolve_services(settings)
+    except Exception as exc:  # any failure to find the stack has the same verdict: exit 3
+        raise StackError(f"could not find or start the local stack: {exc}") from exc
+    return bootstrap or found_bootstrap, dsn or found_dsn
+
+
+def _redact(dsn: str) -> str:
+    """The DSN for messages, without its password."""
+    try:
+        parts = urlsplit(dsn)
+        if parts.password:
+            host = parts.hostname or ""
+            netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+            return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<unparseable dsn>"
+    return dsn
+
+
+async def _connect(dsn: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(dsn, timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise UnreachableError(
+            f"PostgreSQL at {_redact(dsn)} is unreachable ({first_line(exc)})"
+        ) from exc
+
+
+async def _replay(
+    args: argparse.Namespace,
+    flt: DeadLetterFilter,
+    prefix: str,
+    bootstrap: str,
+    dsn: str | None,
+    options: Mapping[str, Any],
+) -> int:
+    assert dsn is not None
+    names = topic_names(prefix)
+    opts = ReplayOptions(
+        target_topic=names.main,
+        dry_run=args.dry_run,
+        limit=args.limit,
+        rate=args.rate,
+        reset_attempts=args.reset_attempts,
+        force=args.force,
+        include_invalid=args.include_invalid,
+    )
+    conn = await _connect(dsn)  # before the snapshot: fail fast, not after a long read
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() and not opts.dry_run else None
+    try:
+        run = await replay_matching(
+            flt.matches,
+            opts,
+            bootstrap=bootstrap,
+            dlq_topic=names.dlq,
+            conn=conn,
+            on_snapshot=_report_unreadable,
+            on_progress=bar.update if bar else None,
+            log=_err if bar is None else bar.log,
+            options=options,
+        )
+        if bar:
+            bar.close()
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise UnreachableError(f"PostgreSQL at {_redact(dsn)} failed ({first_line(exc)})") from exc
+    finally:
+        await conn.close()
+    if not run.snapshot.matched:
+        _err(f"no dead letters match in {run.snapshot.topic} ({run.snapshot.scanned} scanned)")
+        return EXIT_NO_MATCH
+    if run.counts is None:
+        _print_dry_run(run.items, args.as_json)
+        return EXIT_OK
+    _print_summary(run.counts, args.as_json)
+    return EXIT_PARTIAL if run.counts.failed else EXIT_OK
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _report_unreadable(snap: Snapshot, shown: int = 20) -> None:
+    for u in snap.unreadable[:shown]:
+        _err(f"warning: skipped {snap.topic} partition {u.partition} offset {u.offset}: {u.error}")
+    if len(snap.unreadable) > shown:
+        _err(f"warning: ... and {len(snap.unreadable) - shown} more unreadable records")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _short(text: str, n: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _ts(dt: datetime) -> str:
+    return dt.isoformat(timespec="seconds")
+
+
+def _print_list(snap: Snapshot, limit: int | None, as_json: bool) -> None:
+    shown = snap.matched[:limit] if limit else snap.matched
+    if as_json:
+        print(json.dumps([d.model_dump(mode="json") for d in shown], indent=2))
+        return
+    rows = [
+        [
+            d.id,
+            d.job_id,
+            d.job_type or "-",
+            d.reason.value,
+            d.error_class,
+            str(d.attempt),
+            _ts(d.last_failure_at),
+            _short(d.error_message),
+        ]
+        for d in shown
+    ]
+    headers = ["ID", "JOB ID", "TYPE", "REASON", "ERROR CLASS", "ATT", "LAST FAILURE", "MESSAGE"]
+    print(_table(headers, rows))
+    print(f"{len(shown)} of {len(snap.matched)} matching ({snap.scanned} scanned in {snap.topic})")
+
+
+def _print_stats(snap: Snapshot, as_json: bool) -> None:
+    groups = Counter((d.reason.value, d.job_type or "-", d.error_class) for d in snap.matched)
+    ordered = sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))
+    if as_json:
+        out = {
+            "topic": snap.topic,
+            "scanned": snap.scanned,
+            "matched": len(snap.matched),
+            "unreadable": len(snap.unreadable),
+            "groups": [
+                {"reason": r, "type": t, "error_class": e, "count": n} for (r, t, e), n in ordered
+            ],
+        }
+        print(json.dumps(out, indent=2))
+        return
+    rows = [[r, t, e, str(n)] for (r, t, e), n in ordered]
+    rows.append(["total", "", "", str(len(snap.matched))])
+    print(_table(["REASON", "TYPE", "ERROR CLASS", "COUNT"], rows))
+
+
+def _decoded_value(dl: DeadLetter) -> Any:
+    """The original value as JSON when it is UTF-8 JSON; None otherwise (shown as base64)."""
+    raw = dl.original_bytes()
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        return None
+
+
+def _header_text(value: str | None) -> str:
+    raw = unb64(value)
+    if raw is None:
+        return "(null)"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"(base64) {base64.b64encode(raw).decode()}"
+    return text if text.isprintable() else f"(base64) {base64.b64encode(raw).decode()}"
+
+
+def _print_show(matched: Sequence[DeadLetter], as_json: bool) -> None:
+    if as_json:
+        docs = []
+        for d in matched:
+            doc = d.model_dump(mode="json")
+            doc["original_value_decoded"] = _decoded_value(d)
+            docs.append(doc)
+        print(json.dumps(docs, indent=2))
+        return
+    if len(matched) > 1:
+        print(f"{len(matched)} dead letters match\n")
+    for i, d in enumerate(matched):
+        if i:
+            print("\n" + "-" * 72 + "\n")
+        _print_one(d)
+
+
+def _print_one(d: DeadLetter) -> None:
+    fields = [
+        ("id", d.id),
+        ("job id", d.job_id),
+        ("type", d.job_type or "-"),
+        ("reason", d.reason.value),
+        ("error", f"{d.error_class}: {d.error_message}"),
+        ("attempt", str(d.attempt)),
+        ("source", f"{d.source_topic} partition {d.source_partition} offset {d.source_offset}"),
+        ("first failure", _ts(d.first_failure_at)),
+        ("last failure", _ts(d.last_failure_at)),
+        ("original key", decoded_key(d) or "(none)"),
+    ]
+    for name, value in fields:
+        print(f"{name + ':':<15}{value}")
+    print("headers:" + ("" if d.original_headers else " (none)"))
+    for hname, hvalue in d.original_headers:
+        print(f"  {hname}: {_header_text(hvalue)}")
+    decoded = _decoded_value(d)
+    if decoded is not None:
+        print("original value (JSON):")
+        print("\n".join("  " + ln for ln in json.dumps(decoded, indent=2).splitlines()))
+    else:
+        print(f"original value (base64): {d.original_value or '(none)'}")
+    print("history:" + ("" if d.history else " (none)"))
+    for h in d.history:
+        kind = "retryable" if h.retryable else "fatal"
+        print(f"  #{h.attempt} {_ts(h.at)} {h.error_class} ({kind}): {h.message}")
+    print("traceback:" + ("" if d.traceback else " (none)"))
+    if d.traceback:
+        print("\n".join("  " + ln for ln in d.traceback.rstrip().splitlines()))
+
+
+def _print_dry_run(items: Sequence[Any], as_json: bool) -> None:
+    tally = Counter(i.action for i in items)
+    summary: dict[str, Any] = {
+        "dry_run": True,
+        "would_replay": tally[Action.REPLAY],
+        "skipped_already_replayed": tally[Action.SKIP_REPLAYED],
+        "skipped_invalid": tally[Action.SKIP_INVALID],
+    }
+    if as_json:
+        summary["items"] = [
+            {"action": i.action.value, "id": i.dead_letter.id, "job_id": i.dead_letter.job_id}
+            for i in items
+        ]
+        print(json.dumps(summary, indent=2))
+        return
+    # already-replayed ones are only counted: after a big replay they would drown the rest
+    rows = [
+        [i.action.value, i.dead_letter.id, i.dead_letter.job_id, i.dead_letter.job_type or "-"]
+        for i in items
+        if i.action is not Action.SKIP_REPLAYED
+    ]
+    if rows:
+        print(_table(["ACTION", "ID", "JOB ID", "TYPE"], rows))
+    print(
+        f"dry run: would replay {summary['would_replay']}, "
+        f"skipped-already-replayed {summary['skipped_already_replayed']}, "
+        f"skipped-invalid {summary['skipped_invalid']}"
+    )
+
+
+def _print_summary(c: ReplayCounts, as_json: bool) -> None:
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "replayed": c.replayed,
+                    "skipped_already_replayed": c.skipped_replayed,
+                    "skipped_invalid": c.skipped_invalid,
+                    "failed": c.failed,
+                }
+            )
+        )
+        return
+    print(
+        f"replayed {c.replayed}, skipped-already-replayed {c.skipped_replayed}, "
+        f"skipped-invalid {c.skipped_invalid}, failed {c.failed}"
+    )
+
+
+class ProgressBar:
+    """``[####----] 12/50 24.0/s ETA 0:00:02`` redrawn in place on a terminal's stderr."""
+
+    def __init__(self, stream: TextIO, width: int = 30, min_interval_s: float = 0.1) -> None:
+        self._stream = stream
+        self._width = width
+        self._min_interval = min_interval_s
+        self._start = time.monotonic()
+        self._last_draw: float | None = None
+        self._drawn = False
+
+    def update(self, counts: ReplayCounts) -> None:
+        now = time.monotonic()
+        finished = counts.done >= counts.total
+        throttled = self._last_draw is not None and now - self._last_draw < self._min_interval
+        if throttled and not finished:
+            return
+        self._last_draw = now
+        self._stream.write("\r" + self.render(counts.done, counts.total, now - self._start))
+        self._stream.flush()
+        self._drawn = True
+
+    def render(self, done: int, total: int, elapsed: float) -> str:
+        frac = done / total if total else 1.0
+        filled = int(frac * self._width)
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else 0.0
+        m, s = divmod(int(eta), 60)
+        h, m = divmod(m, 60)
+        bar = "#" * filled + "-" * (self._width - filled)
+        return f"[{bar}] {done}/{total} {rate:.1f}/s ETA {h}:{m:02d}:{s:02d}\x1b[K"
+
+    def log(self, msg: str) -> None:
+        """A message between redraws, on its own line, so the bar does not overwrite it."""
+        if self._drawn:
+            self._stream.write("\r\x1b[K")
+        self._stream.write(msg + "\n")
+        self._stream.flush()
+        self._last_draw = None
+
+    def close(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Kafka plumbing: the publisher, the consumed record, topic administration, client security."""

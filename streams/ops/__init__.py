@@ -1,0 +1,1 @@
+"""Operator tools: the production-readiness check (doctor) and backup, restore and prune."""

@@ -1,0 +1,328 @@
+"""Job rows in PostgreSQL: batched execution claims, lease renewal and fenced upserts.
+
+Exactly one terminal row per job id, and no job run by two executions at once: a job runs only
+after its execution claimed the row (``running``, its ``claim_token``, a ``lease_until`` renewed
+while it runs), and only the claim's holder may then write the row. A terminal row (succeeded,
+dead_lettered) is never claimed again, except a dead-lettered one by a replay. Every write still
+counts in ``executions``, so duplicate handler executions stay visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from models.job import JobStatus
+from models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
+from streams.failures import describe
+from streams.metrics import Metrics
+from streams.pg.batching import Batcher
+
+log = logging.getLogger(__name__)
+
+_UPSERT = """
+WITH input AS (
+    SELECT * FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::text[], $7::text[],
+        $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::int[],
+        $14::text[]
+    ) AS t(job_id, type, status, attempt, result, error, error_class, source, replay_of,
+           worker, created_at, finished_at, executions, claim_token)
+)
+INSERT INTO jobs AS j (job_id, type, status, attempt, result, error, error_class, source,
+                       replay_of, worker, created_at, finished_at, executions, claim_token)
+SELECT * FROM input
+ON CONFLICT (job_id) DO UPDATE SET
+    status      = CASE WHEN {writable} THEN EXCLUDED.status      ELSE j.status      END,
+    attempt     = CASE WHEN {writable} THEN EXCLUDED.attempt     ELSE j.attempt     END,
+    result      = CASE WHEN {writable} THEN EXCLUDED.result      ELSE j.result      END,
+    error       = CASE WHEN {writable} THEN EXCLUDED.error       ELSE j.error       END,
+    error_class = CASE WHEN {writable} THEN EXCLUDED.error_class ELSE j.error_class END,
+    source      = CASE WHEN {writable} THEN EXCLUDED.source      ELSE j.source      END,
+    replay_of   = CASE WHEN {writable} THEN EXCLUDED.replay_of   ELSE j.replay_of   END,
+    worker      = CASE WHEN {writable} THEN EXCLUDED.worker      ELSE j.worker      END,
+    finished_at = CASE WHEN {writable} THEN EXCLUDED.finished_at ELSE j.finished_at END,
+    lease_until = CASE WHEN {writable} THEN NULL                 ELSE j.lease_until END,
+    type        = coalesce(j.type, EXCLUDED.type),
+    created_at  = coalesce(j.created_at, EXCLUDED.created_at),
+    executions  = j.executions + EXCLUDED.executions,
+    updated_at  = now()
+RETURNING {returned}
+""".format(
+    # Fencing: only the execution that holds the claim writes the job's state. A late write
+    # of an execution whose lease expired and was taken over changes nothing (but still counts
+    # in ``executions``, so the duplicate run stays visible).
+    writable="(j.status = 'running' AND j.claim_token = EXCLUDED.claim_token)",
+    returned="job_id, status, attempt, result, error, error_class, worker, finished_at,"
+    " claim_token, lease_until, source",
+)
+
+_CLAIM = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[],
+                         $6::bool[])
+        AS t(job_id, type, attempt, token, created_at, replay)
+), claimed AS (
+    INSERT INTO jobs AS j (job_id, type, status, attempt, worker, claim_token, lease_until,
+                           created_at, executions, takeovers)
+    SELECT job_id, type, 'running', attempt, $7, token, now() + make_interval(secs => $8),
+           created_at, 0, 0
+    FROM input
+    ON CONFLICT (job_id) DO UPDATE SET
+        status      = 'running',
+        attempt     = EXCLUDED.attempt,
+        worker      = EXCLUDED.worker,
+        claim_token = EXCLUDED.claim_token,
+        lease_until = EXCLUDED.lease_until,
+        takeovers   = CASE WHEN j.status = 'running' THEN j.takeovers + 1
+                           WHEN j.status = 'dead_lettered' THEN 0
+                           ELSE j.takeovers END,
+        type        = coalesce(j.type, EXCLUDED.type),
+        created_at  = coalesce(j.created_at, EXCLUDED.created_at),
+        updated_at  = now()
+    WHERE (j.status = 'retrying' AND EXCLUDED.attempt > j.attempt)
+       OR (j.status = 'running' AND j.lease_until < now() AND EXCLUDED.attempt >= j.attempt)
+       OR (j.status = 'dead_lettered'
+           AND EXISTS (SELECT 1 FROM input i WHERE i.job_id = j.job_id AND i.replay))
+    RETURNING j.job_id, j.takeovers
+)
+SELECT i.job_id, c.job_id IS NOT NULL AS won, c.takeovers,
+       o.status, o.attempt, o.result, o.error, o.error_class, o.worker, o.finished_at,
+       o.claim_token, o.lease_until, o.source
+FROM input i
+LEFT JOIN claimed c ON c.job_id = i.job_id
+LEFT JOIN jobs o ON o.job_id = i.job_id
+"""
+"""One round trip claims a batch: a new job gets a ``running`` row; an existing one is taken
+when its next attempt arrives (``retrying``), when its lease expired (the worker died: a
+takeover), or when a replay of a dead letter arrives. The outer select reads the statement's
+snapshot, i.e. the row as it was before: for a claim not won, that is the state to act on."""
+
+_RENEW = """
+UPDATE jobs AS j SET lease_until = now() + make_interval(secs => $3), updated_at = now()
+FROM unnest($1::text[], $2::text[]) AS t(job_id, token)
+WHERE j.job_id = t.job_id AND j.claim_token = t.token AND j.status = 'running'
+RETURNING j.job_id
+"""
+
+
+async def fetch_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:
+    """One job's whole row, for status queries (the API, ``jobstream status``)."""
+    row = await pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job_id)
+    return dict(row) if row is not None else None
+
+
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold U+0000; an error message quoting one must still be stored."""
+    return value.replace("\x00", "\ufffd") if value else value
+
+
+def _merge(rows: Sequence[JobRow]) -> tuple[list[JobRow], list[int], dict[str, int]]:
+    """One row per job id per statement (Postgres refuses to update a row twice in one).
+
+    Returns the rows to write, executions per row, and the index of each input's winner.
+    A terminal row beats a retrying one; among equals the first wins.
+    """
+    chosen: dict[str, int] = {}
+    out: list[JobRow] = []
+    counts: list[int] = []
+    for row in rows:
+        at = chosen.get(row.job_id)
+        if at is None:
+            chosen[row.job_id] = len(out)
+            out.append(row)
+            counts.append(1)
+            continue
+        counts[at] += 1
+        if not out[at].status.terminal and row.status.terminal:
+            out[at] = row
+    return out, counts, chosen
+
+
+class ResultStore:
+    """Batched claims and writes, and the lease renewal of the claims this process holds."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_size: int = 500,
+        max_delay_s: float = 0.005,
+        metrics: Metrics | None = None,
+        worker: str = "",
+        lease_s: float = 30.0,
+    ) -> None:
+        self._pool = pool
+        self._metrics = metrics
+        self.worker = worker
+        self.lease_s = lease_s
+        self._writes: Batcher[JobRow, StoredState | Exception] = Batcher(
+            self._write_batch,
+            max_size=max_size,
+            max_delay_s=max_delay_s,
+            on_flush=self._observe,
+            name="result-writes",
+        )
+        self._claims: Batcher[ClaimRequest, ClaimResult] = Batcher(
+            self._claim_batch, max_size=max_size, max_delay_s=max_delay_s, name="claims"
+        )
+        self.held: dict[str, str] = {}
+        """job id -> claim token of every claim this process holds now (renewed together)."""
+        self.lost: set[str] = set()
+        """Claims found taken over at renewal: another execution owns those jobs now."""
+        self._renewer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._writes.start()
+        self._claims.start()
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew_loop(), name="claim-renewer")
+
+    async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+        await asyncio.gather(self._writes.close(), self._claims.close())
+
+    async def write(self, row: JobRow) -> StoredState:
+        """Returns once the row is committed; the state returned is what the table now holds."""
+        stored = await self._writes.submit(row)
+        if isinstance(stored, Exception):
+            raise stored
+        return stored
+
+    async def claim(self, request: ClaimRequest) -> ClaimResult:
+        """Take the job for this execution, or learn who has it (see ``_CLAIM``)."""
+        result = await self._claims.submit(request)
+        if result.won:
+            self.held[request.job_id] = request.token
+        return result
+
+    def release(self, job_id: str, token: str) -> None:
+        """Stop renewing: the claim's job has its state written (or was abandoned)."""
+        if self.held.get(job_id) == token:
+            del self.held[job_id]
+        self.lost.discard(job_id)
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        return await fetch_job(self._pool, job_id)
+
+    def _observe(self, size: int, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.batch_size.observe(size)
+            self._metrics.batch_flush.observe(seconds)
+
+    async def _write_batch(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:
+        merged, counts, winner = _merge(rows)
+        try:
+            by_id = await self._upsert(merged, counts)
+        except asyncpg.DataError:
+            # One row PostgreSQL refuses must not fail the others sharing its batch: write
+            # them one by one, so only the bad row's caller gets the error.
+            by_id = {}
+            for row, n in zip(merged, counts, strict=True):
+                try:
+                    by_id.update(await self._upsert([row], [n]))
+                except asyncpg.DataError as exc:
+                    by_id[row.job_id] = exc
+        return [by_id[merged[winner[row.job_id]].job_id] for row in rows]
+
+    async def _upsert(
+        self, rows: Sequence[JobRow], counts: Sequence[int]
+    ) -> dict[str, StoredState | Exception]:
+        cols: list[list[Any]] = [[] for _ in range(14)]
+        for row, n in zip(rows, counts, strict=True):
+            values = (
+                row.job_id, _text(row.type), row.status.value, row.attempt, row.result,
+                _text(row.error), _text(row.error_class), _text(row.source),
+                _text(row.replay_of), _text(row.worker), row.created_at, row.finished_at, n,
+                row.claim_token,
+            )  # fmt: skip
+            for col, value in zip(cols, values, strict=True):
+                col.append(value)
+        try:
+            records = await self._pool.fetch(_UPSERT, *cols)
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.db_errors.labels(op="write").inc()
+            raise
+        return {r["job_id"]: StoredState.from_record(r) for r in records}
+
+    async def _claim_batch(self, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
+        # A job id twice in one batch (copies of one event in flight at once): PostgreSQL
+        # refuses to update a row twice in one statement, and only one copy may run anyway.
+        first: dict[str, ClaimRequest] = {}
+        for req in requests:
+            first.setdefault(req.job_id, req)
+        unique = list(first.values())
+        try:
+            records = await self._pool.fetch(
+                _CLAIM,
+                [r.job_id for r in unique],
+                [_text(r.type) for r in unique],
+                [r.attempt for r in unique],
+                [r.token for r in unique],
+                [r.created_at for r in unique],
+                [r.replay for r in unique],
+                self.worker,
+                self.lease_s,
+            )
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.db_errors.labels(op="claim").inc()
+            raise
+        by_id: dict[str, ClaimResult] = {}
+        for r in records:
+            existing = StoredState.from_record(r) if r["status"] is not None else None
+            by_id[r["job_id"]] = ClaimResult(
+                won=r["won"], takeovers=r["takeovers"] or 0, existing=existing
+            )
+        out: list[ClaimResult] = []
+        for req in requests:
+            winner = first[req.job_id]
+            result = by_id[req.job_id]
+            if winner is req:
+                out.append(result)
+            else:
+                # the copy in the same batch sees the first one's claim as held by another
+                held = StoredState(
+                    job_id=req.job_id, status=JobStatus.RUNNING, attempt=winner.attempt,
+                    result=None, error=None, error_class=None, worker=self.worker,
+                    finished_at=None, claim_token=winner.token if result.won else None,
+                )  # fmt: skip
+                out.append(ClaimResult(won=False, existing=held))
+        return out
+
+    async def _renew_loop(self) -> None:
+        """Renew every held claim in one statement, three times per lease."""
+        interval = max(self.lease_s / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            await self.renew()
+
+    async def renew(self) -> None:
+        held = dict(self.held)
+        if not held:
+            return
+        try:
+            records = await self._pool.fetch(
+                _RENEW, list(held.keys()), list(held.values()), self.lease_s
+            )
+        except Exception as exc:  # the next tick retries; meanwhile the lease may lapse
+            if self._metrics is not None:
+                self._metrics.db_errors.labels(op="renew").inc()
+            log.warning("claim renewal failed: %s", describe(exc))
+            return
+        renewed = {r["job_id"] for r in records}
+        for job_id, token in held.items():
+            if job_id not in renewed and self.held.get(job_id) == token:
+                self.lost.add(job_id)
+                if self._metrics is not None:
+                    self._metrics.claims_lost.inc()

@@ -1,0 +1,1 @@
+"""The producing side: the JobClient library, the HTTP API and its standalone server."""

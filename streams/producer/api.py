@@ -1,0 +1,519 @@
+"""The producer HTTP API: ``POST /jobs`` publishes job events, ``GET /jobs/{id}`` reads results.
+
+It exists for producers that cannot (or should not) speak Kafka: they get the same wire event
+as :class:`streams.producer.client.JobClient` would publish, validated *before* it reaches the
+topic, so a typo in a job type or payload is a 400 now instead of a dead letter later.
+
+The routes are mounted twice over: in every worker replica's web server (next to /health,
+/ready, /metrics) and in ``jobstream api``, a standalone server with its own producer and pool
+for deployments that scale the API apart from the workers. Both hand :func:`api_routes` an
+object satisfying :class:`ApiRuntime`, so the routes never depend on the worker's internals.
+
+Decisions a caller may want to know:
+
+* ``202 Accepted`` means "durable in Kafka" (acks=all), not "done": a worker will run it.
+* A batch (a JSON array) is all or nothing at validation time: one bad item rejects the whole
+  request and nothing is published. Ids come back in the order the items were sent.
+* On a Kafka failure (503) some events of a batch may still have been published. Retry with
+  the same ids: a job id that already finished is not run again, its outcome is re-emitted.
+* ``GET`` answers 404 ``{"status": "unknown"}`` until a worker writes the job's first row;
+  a queued or running job has no row yet, so 404 right after 202 is normal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import date
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from models.job import JobEvent
+from streams.httpserver import CLIENT_CLOSED, RequestBodyTimeout, client_gone
+from streams.metrics import Metrics
+from streams.settings import Settings
+from streams.topics import TopicNames
+
+if TYPE_CHECKING:
+    from agents.registry import JobType
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000
+"""Jobs per request: large enough to amortise the Kafka round trip, small enough that one
+request cannot hold the producer's buffer for long."""
+PUBLISH_TIMEOUT_S = 15.0
+"""How long a request waits for Kafka before answering 503; well below common proxy timeouts."""
+LOOKUP_TIMEOUT_S = 10.0
+RETRY_AFTER_S = 5
+MAX_ID_LENGTH = 200  # JobEvent.id's own limit: a longer id can never have a row
+SUBMIT_FIELDS = frozenset({"type", "payload", "id", "metadata", "partition_key"})
+"""What a producer may set; ``attempt``, ``history``, ``not_before``, ``v`` and ``created_at``
+belong to the workers and the server."""
+ROW_FIELDS = (
+    "type", "status", "attempt", "result", "error", "error_class", "executions", "worker",
+    "source", "replay_of", "created_at", "finished_at", "updated_at",
+)  # fmt: skip
+
+
+# --- what the routes need from their host ----------------------------------------------------
+
+
+class EventSender(Protocol):
+    """The slice of :class:`streams.kafka.publisher.Publisher` the API uses: queue now, await
+    durability."""
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[Any]: ...
+
+
+class JobLookup(Protocol):
+    async def get(self, job_id: str) -> dict[str, Any] | None: ...
+
+
+class JobTypes(Protocol):
+    def get(self, name: str) -> JobType | None: ...
+
+    def names(self) -> list[str]: ...
+
+
+class ApiRuntime(Protocol):
+    """Satisfied by :class:`streams.worker.runtime.Runtime` and by :class:`ApiServer`.
+
+    Read-only properties, so a host whose attributes are narrower (``ResultStore | None``)
+    still matches; ``store`` is read per request because a host may set it after mounting.
+    """
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def publisher(self) -> EventSender: ...
+    @property
+    def store(self) -> JobLookup | None: ...
+    @property
+    def topics(self) -> TopicNames: ...
+    @property
+    def registry(self) -> JobTypes: ...
+    @property
+    def metrics(self) -> Metrics: ...
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An answer other than success; handlers raise it and one place turns it into JSON."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.body: dict[str, Any] = {"error": error, "detail": detail, **extra}
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body, status=self.status, headers=self.headers)
+
+
+def _invalid(errors: list[dict[str, Any]], **extra: Any) -> ApiError:
+    count = len(errors)
+    return ApiError(
+        400,
+        "invalid_request",
+        f"{count} validation error{'s' if count != 1 else ''}",
+        errors=errors,
+        **extra,
+    )
+
+
+def _error(loc: Sequence[str | int], msg: str, kind: str) -> dict[str, Any]:
+    return {"loc": list(loc), "msg": msg, "type": kind}
+
+
+def _pydantic_errors(
+    exc: ValidationError, prefix: Sequence[str | int] = ()
+) -> list[dict[str, Any]]:
+    # "input" is left out on purpose: it can be large, and it can hold a caller's secrets
+    return [_error([*prefix, *e["loc"]], e["msg"], e["type"]) for e in exc.errors()]
+
+
+# --- the routes ------------------------------------------------------------------------------
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def api_routes(runtime: ApiRuntime) -> list[web.RouteDef]:
+    """``POST /jobs`` and ``GET /jobs/{job_id}``, behind the bearer token when one is set."""
+    api = _JobsApi(runtime)
+    return [
+        web.post("/jobs", api.guarded("submit", api.submit)),
+        web.get("/jobs/{job_id}", api.guarded("status", api.status)),
+    ]
+
+
+class _JobsApi:
+    def __init__(self, runtime: ApiRuntime) -> None:
+        self.rt = runtime
+        self.metrics = runtime.metrics
+
+    def guarded(self, route: str, handler: Handler) -> Handler:
+        """Auth first, then the handler; every failure leaves as JSON, never as a traceback."""
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            try:
+                self.authorize(request)
+                response = await handler(request)
+            except ApiError as exc:
+                response = exc.response()
+            except Exception:
+                log.exception("%s %s failed", request.method, request.path)
+                response = ApiError(500, "internal_error", "unexpected server error").response()
+            self.metrics.api_requests.labels(route=route, status=str(response.status)).inc()
+            return response
+
+        return wrapped
+
+    def authorize(self, request: web.Request) -> None:
+        token = self.rt.settings.api_token
+        if token is None:
+            return
+        expected = token.get_secret_value().encode()
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        # compare_digest on bytes: a str argument with non-ASCII text would raise, not fail
+        if (
+            scheme.lower() != "bearer"
+            or not expected
+            or not hmac.compare_digest(presented.strip().encode(), expected)
+        ):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "send the API token as 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": 'Bearer realm="jobstream"'},
+            )
+
+    # -- POST /jobs ----------------------------------------------------------------------------
+
+    async def submit(self, request: web.Request) -> web.Response:
+        self.require_json(request)
+        body = await self.read_body(request)
+        data = self.parse_json(body)
+        if isinstance(data, dict):
+            events = [self.validate(data, ())]
+            batch = False
+        elif isinstance(data, list):
+            events = self.validate_batch(data)
+            batch = True
+        else:
+            raise _invalid(
+                [
+                    _error(
+                        [],
+                        f"expected a job object or an array of them, got {_json_type(data)}",
+                        "body_type",
+                    )
+                ]
+            )
+        await self.publish(events)
+        for event in events:
+            self.metrics.api_jobs_submitted.labels(type=event.type).inc()
+        if batch:
+            return web.json_response(
+                {"ids": [e.id for e in events], "status": "queued"}, status=202
+            )
+        event = events[0]
+        return web.json_response(
+            {"id": event.id, "status": "queued"},
+            status=202,
+            headers={"Location": f"/jobs/{quote(event.id, safe='')}"},
+        )
+
+    @staticmethod
+    def require_json(request: web.Request) -> None:
+        mime = request.content_type  # aiohttp's default for a missing header is octet-stream
+        charset = request.charset
+        if (mime == "application/json" or mime.endswith("+json")) and (
+            charset is None or charset.lower().replace("-", "") == "utf8"
+        ):
+            return
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send the jobs as 'Content-Type: application/json' (UTF-8), not {mime!r}"
+            + (f" with charset {charset!r}" if charset else ""),
+        )
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """Reads at most ``api_max_body_bytes``; the limit applies after Content-Encoding is
+        undone, so a small compressed body cannot expand into a large one."""
+        limit = self.rt.settings.api_max_body_bytes
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise _too_large(declared, limit)
+        # read the stream ourselves, not request.read(): the limit is ours even when the host
+        # app's client_max_size differs, and the 413 stays JSON instead of aiohttp's text
+        buf = bytearray()
+        try:
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                buf += chunk
+                if len(buf) > limit:
+                    raise _too_large(None, limit)
+        except RequestBodyTimeout:
+            raise ApiError(
+                408,
+                "body_timeout",
+                f"the body did not arrive within {self.rt.settings.http_body_timeout_s}s of the"
+                " headers (JOBSTREAM_HTTP_BODY_TIMEOUT_S)",
+            ) from None
+        except ConnectionResetError:
+            if not client_gone(request):
+                raise
+            # the client left: nobody reads the answer, and it is no fault of the server's
+            raise ApiError(
+                CLIENT_CLOSED, "client_closed", "the client closed the connection mid-body"
+            ) from None
+        except web.RequestPayloadError as exc:  # broken chunked framing or compression
+            raise _invalid(
+                [_error([], f"the body could not be read: {exc}", "body_invalid")]
+            ) from None
+        return bytes(buf)
+
+    @staticmethod
+    def parse_json(body: bytes) -> Any:
+        def refuse_constant(name: str) -> Any:
+            # NaN/Infinity are not JSON; they would reach the topic as null
+            raise ValueError(f"{name} is not valid JSON")
+
+        try:
+            return json.loads(body.decode("utf-8"), parse_constant=refuse_constant)
+        except UnicodeDecodeError as exc:
+            msg = f"body is not UTF-8: {exc.reason} at byte {exc.start}"
+        except (ValueError, RecursionError) as exc:
+            msg = f"body is not valid JSON: {exc}"
+        raise _invalid([_error([], msg, "json_invalid")])
+
+    def validate_batch(self, items: list[Any]) -> list[JobEvent]:
+        if not items:
+            raise _invalid([_error([], "the batch is empty", "batch_empty")])
+        if len(items) > MAX_BATCH:
+            raise _invalid(
+                [
+                    _error(
+                        [],
+                        f"the batch has {len(items)} jobs; at most {MAX_BATCH} per request",
+                        "batch_too_long",
+                    )
+                ],
+                max_batch=MAX_BATCH,
+            )
+        events: list[JobEvent] = []
+        errors: list[dict[str, Any]] = []
+        first_index: dict[str, int] = {}
+        for i, item in enumerate(items):
+            try:
+                event = self.validate(item, (i,))
+            except ApiError as exc:
+                errors.extend(exc.body["errors"])
+                continue
+            if event.id in first_index:
+                errors.append(
+                    _error(
+                        [i, "id"],
+                        f"id {event.id!r} is also used by item {first_index[event.id]}",
+                        "id_duplicate",
+                    )
+                )
+                continue
+            first_index[event.id] = i
+            events.append(event)
+        if errors:
+            raise _invalid(errors, **self.known_types_if_needed(errors))
+        return events
+
+    def validate(self, item: Any, at: tuple[int, ...]) -> JobEvent:
+        """The item against JobEvent, then its payload against the job type's model."""
+        if not isinstance(item, dict):
+            raise _invalid(
+                [_error(at, f"expected a job object, got {_json_type(item)}", "dict_type")]
+            )
+        accepted = ", ".join(sorted(SUBMIT_FIELDS))
+        errors = [
+            _error([*at, key], f"unknown field; a job may set {accepted}", "extra_forbidden")
+            for key in item
+            if key not in SUBMIT_FIELDS
+        ]
+        fields = {k: v for k, v in item.items() if k in SUBMIT_FIELDS}
+        if fields.get("id") is None:
+            fields.pop("id", None)  # null id: the server picks one, like a missing id
+        try:
+            event = JobEvent.model_validate(fields)
+        except ValidationError as exc:
+            errors.extend(_pydantic_errors(exc, at))
+            raise _invalid(errors) from None
+        job_type = self.rt.registry.get(event.type)
+        if job_type is None:
+            known = ", ".join(self.rt.registry.names())
+            errors.append(
+                _error(
+                    [*at, "type"],
+                    f"unknown job type {event.type!r}; known types: {known}",
+                    "job_type_unknown",
+                )
+            )
+        else:
+            try:
+                job_type.payload_model.model_validate(event.payload)
+            except ValidationError as exc:
+                errors.extend(_pydantic_errors(exc, [*at, "payload"]))
+        if not errors:
+            size = len(event.to_bytes())
+            limit = self.rt.settings.max_event_bytes
+            if size > limit:
+                errors.append(
+                    _error(
+                        at,
+                        f"the event is {size} bytes as published; workers refuse more than {limit}",
+                        "event_too_large",
+                    )
+                )
+        if errors:
+            raise _invalid(errors, **self.known_types_if_needed(errors))
+        return event
+
+    def known_types_if_needed(self, errors: list[dict[str, Any]]) -> dict[str, Any]:
+        if any(e["type"] == "job_type_unknown" for e in errors):
+            return {"known_types": self.rt.registry.names()}
+        return {}
+
+    async def publish(self, events: list[JobEvent]) -> None:
+        """Queue every event before awaiting any, so a batch costs about one round trip and
+        events sharing a partition key keep the order they were sent in."""
+        topic = self.rt.topics.main
+        pending: list[Awaitable[Any]] = []
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                for event in events:
+                    pending.append(
+                        await self.rt.publisher.send(topic, event.to_bytes(), key=event.key())
+                    )
+                await asyncio.gather(*pending)
+        except Exception as exc:
+            for fut in pending:
+                _discard_outcome(fut)
+            log.warning(
+                "publishing %d job(s) to %s failed: %s: %s",
+                len(events),
+                topic,
+                type(exc).__name__,
+                exc,
+            )
+            raise ApiError(
+                503,
+                "kafka_unavailable",
+                "the jobs could not be made durable in Kafka; some may have been published."
+                f" Retry in {RETRY_AFTER_S}s with the same ids (a finished job id is not run"
+                " again).",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+                retry_after_s=RETRY_AFTER_S,
+                ids=[e.id for e in events],
+            ) from None
+
+    # -- GET /jobs/{job_id} ----------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        if len(job_id) > MAX_ID_LENGTH:
+            raise _invalid(
+                [_error(["id"], f"job ids have at most {MAX_ID_LENGTH} characters", "id_length")]
+            )
+        store = self.rt.store
+        if store is None:
+            raise _db_unavailable("the result store is not started yet")
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+                row = await store.get(job_id)
+        except Exception as exc:
+            log.warning("looking up job %r failed: %s: %s", job_id, type(exc).__name__, exc)
+            raise _db_unavailable("the result store did not answer") from None
+        if row is None:
+            return web.json_response(
+                {
+                    "id": job_id,
+                    "status": "unknown",
+                    "detail": "no result yet: the job may be queued or running,"
+                    " or the id was never submitted",
+                },
+                status=404,
+            )
+        return web.json_response(job_view(job_id, row))
+
+
+def job_view(job_id: str, row: dict[str, Any]) -> dict[str, Any]:
+    """A ``jobs`` row as the API shows it: fixed keys, timestamps as ISO-8601."""
+    view: dict[str, Any] = {"id": row.get("job_id", job_id)}
+    for name in ROW_FIELDS:
+        value = row.get(name)
+        view[name] = value.isoformat() if isinstance(value, date) else value
+    return view
+
+
+def _too_large(declared: int | None, limit: int) -> ApiError:
+    size = f"{declared} bytes" if declared is not None else "more than that"
+    return ApiError(
+        413,
+        "body_too_large",
+        f"the body may have at most {limit} bytes (JOBSTREAM_API_MAX_BODY_BYTES), got {size};"
+        " split the batch or shrink the payload",
+        max_body_bytes=limit,
+    )
+
+
+def _db_unavailable(why: str) -> ApiError:
+    return ApiError(
+        503,
+        "database_unavailable",
+        f"{why}; retry in {RETRY_AFTER_S}s",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+        retry_after_s=RETRY_AFTER_S,
+    )
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _discard_outcome(fut: Awaitable[Any]) -> None:
+    """After a failed batch, retrieve each late exception, so asyncio does not log 'exception
+    was never retrieved' for futures nobody awaits any more (the records may still land)."""
+    if isinstance(fut, asyncio.Future):
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -1,0 +1,100 @@
+"""Why Kafka or PostgreSQL refused us, in one line that names the setting to fix.
+
+A wrong password or an untrusted certificate otherwise surfaces as a traceback several frames
+deep in aiokafka or asyncpg, or (for Kafka) as a bare "Unable to bootstrap", and a worker would
+keep retrying what can never work. The commands call :func:`explain` on the way out and
+:func:`preflight` before a long-running process starts; the lines never contain a secret (the
+DSN is named, never printed).
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import asyncpg
+from aiokafka import errors as kafka_errors
+
+from models.errors import ConfigurationError
+from streams.kafka.security import KafkaAccessError, check_access
+from streams.settings import Settings
+
+DSN_SETTING = "JOBSTREAM_DATABASE_URL"
+
+
+class DatabaseAccessError(ConfigurationError):
+    """Raised when PostgreSQL refuses the client's TLS or login: the DSN needs fixing."""
+
+
+def postgres_line(exc: BaseException) -> str | None:
+    """One line for a refused PostgreSQL connection; None when ``exc`` is something else."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = str(exc.verify_message or exc.reason or "not trusted")
+        if "mismatch" in reason.lower() or "hostname" in reason.lower():
+            return (
+                f"PostgreSQL TLS: the server certificate does not name the host ({reason}): "
+                f"check the host in {DSN_SETTING}, or use sslmode=verify-ca"
+            )
+        return (
+            f"PostgreSQL TLS: the server certificate is not trusted ({reason}): check "
+            f"sslrootcert= in {DSN_SETTING}"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return (
+            f"PostgreSQL TLS handshake failed ({exc.reason or exc}): check sslmode=, "
+            f"sslcert= and sslkey= in {DSN_SETTING}"
+        )
+    if isinstance(exc, asyncpg.InvalidPasswordError):
+        return f"PostgreSQL authentication failed ({first_line(exc)}): check {DSN_SETTING}"
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+        # pg_hba.conf: e.g. "no pg_hba.conf entry for host ..., no encryption"
+        return (
+            f"PostgreSQL refused the connection ({first_line(exc)}): check the user and "
+            f"sslmode= in {DSN_SETTING}"
+        )
+    if isinstance(exc, ConnectionError) and "ssl" in str(exc).lower():
+        return f"PostgreSQL: {first_line(exc)}: check sslmode= in {DSN_SETTING}"
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"PostgreSQL TLS: cannot read {exc.filename}: check {DSN_SETTING}"
+    return None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def is_kafka_failure(exc: BaseException) -> bool:
+    return isinstance(exc, kafka_errors.KafkaError)
+
+
+async def explain(exc: BaseException, settings: Settings, bootstrap: str | None) -> str | None:
+    """The one line for ``exc`` if it is a refused connection, else None (a real bug: let the
+    traceback through). For Kafka the cause is asked of the broker again, because aiokafka only
+    logs it."""
+    if isinstance(exc, ConfigurationError):
+        return str(exc)
+    line = postgres_line(exc)
+    if line is not None:
+        return line
+    if bootstrap and is_kafka_failure(exc):
+        try:
+            await check_access(bootstrap, settings)
+        except KafkaAccessError as refused:
+            return str(refused)
+    return None
+
+
+async def preflight(settings: Settings, *, bootstrap: str | None, dsn: str | None) -> None:
+    """One handshake with each service before a worker starts: a refusal raises a
+    :class:`ConfigurationError` at once instead of a crash loop inside faust."""
+    if bootstrap:
+        await check_access(bootstrap, settings)
+    if dsn:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=15)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            line = postgres_line(exc)
+            if line is not None:
+                raise DatabaseAccessError(line) from None
+            return  # unreachable for now: the worker's own waits and retries handle that
+        await conn.close(timeout=5)

@@ -1,0 +1,50 @@
+"""The replica's HTTP server: liveness, readiness, Prometheus metrics and the producer API."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams.httpserver import HttpLimits, start_http_server
+from streams.producer.api import api_routes
+
+if TYPE_CHECKING:
+    from streams.worker.runtime import Runtime
+
+
+def health_routes(runtime: Runtime) -> list[web.RouteDef]:
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(_: web.Request) -> web.Response:
+        stuck = runtime.degraded()
+        ok = (
+            runtime.ready.is_set()
+            and runtime.joined.is_set()
+            and not runtime.draining.is_set()
+            and not stuck
+        )
+        body: dict[str, object] = {"ready": ok, "in_flight": runtime.in_flight}
+        if stuck:
+            # a durable step (row write, publish) keeps failing past its deadline
+            body["degraded"] = {step: round(s, 1) for step, s in stuck.items()}
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(runtime.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return [web.get("/health", health), web.get("/ready", ready), web.get("/metrics", metrics)]
+
+
+async def start_web(runtime: Runtime) -> web.AppRunner:
+    """Serves the health routes and the producer API under the configured HTTP limits."""
+    s = runtime.settings
+    app = web.Application(client_max_size=s.api_max_body_bytes)
+    app.add_routes(health_routes(runtime))
+    app.add_routes(api_routes(runtime))
+    return await start_http_server(
+        app, host=s.web_host, port=s.web_port, limits=HttpLimits.from_settings(s)
+    )

@@ -1,0 +1,206 @@
+"""Everything a worker replica holds besides faust: pool, result store, publisher, limiter,
+HTTP session, the pipeline, and the drain logic that SIGTERM runs before faust stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+import aiohttp
+import asyncpg
+
+from agents.catalog import default_registry
+from agents.pipeline import Pipeline
+from agents.registry import Registry
+from agents.retry import RetryForwarder
+from streams.kafka.publisher import Publisher
+from streams.kafka.record import Record
+from streams.kafka.security import client_options
+from streams.metrics import Metrics
+from streams.pg.results import ResultStore
+from streams.pg.retention import Sweeper, worker_sweeper
+from streams.settings import Settings
+from streams.setup import prepare
+from streams.topics import RetryTier, TopicNames, topic_names
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from streams.pg.ratelimit import PgRateLimiter
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bootstrap: str,
+        dsn: str,
+        registry: Registry | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.dsn = dsn
+        self.topics: TopicNames = topic_names(settings.topic_prefix, settings.retry_tiers_s)
+        self.registry = registry or default_registry(settings)
+        self.metrics = metrics or Metrics()
+        self.publisher = Publisher(
+            bootstrap,
+            client_id=f"jobstream-{settings.worker_name}",
+            options=client_options(settings),
+        )
+        self.pool: asyncpg.Pool | None = None
+        self.store: ResultStore | None = None
+        self.limiter: PgRateLimiter | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.pipeline: Pipeline | None = None
+        self.forwarder: RetryForwarder | None = None
+        self.sweeper: Sweeper | None = None
+        self.web_runner: web.AppRunner | None = None
+        self.ready = asyncio.Event()
+        self.joined = asyncio.Event()
+        self.draining = asyncio.Event()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # (topic, partition) -> {offset: Kafka timestamp in ms} of the records being worked on;
+        # the lag monitor reads it for the age of the oldest unfinished event
+        self.in_flight_records: dict[tuple[str, int], dict[int, int | None]] = {}
+
+    async def start(self) -> None:
+        from streams.pg.ratelimit import PgRateLimiter
+        from streams.worker.health import start_web
+
+        s = self.settings
+        self.pool = await prepare(
+            s, bootstrap=self.bootstrap, dsn=self.dsn, topics=self.topics, pool_min=s.db_pool_min
+        )
+        self.store = ResultStore(
+            self.pool,
+            max_size=s.batch_max_size,
+            max_delay_s=s.batch_max_delay_ms / 1000,
+            metrics=self.metrics,
+            worker=s.worker_name,
+            lease_s=s.claim_lease_s,
+        )
+        self.store.start()
+        await self.publisher.start()
+        # every record is checked against its topic's limit before Kafka sees it
+        await self.publisher.load_limits(self.topics.all())
+        self.limiter = PgRateLimiter(
+            self.pool,
+            s.rate_limits,
+            lease=s.rate_limit_lease,
+            metrics=self.metrics,
+            listen=s.db_pooler_mode == "none",  # a pooler does not keep LISTEN between queries
+        )
+        # Webhooks share this session: never carry cookies from one receiver to another.
+        # aiohttp's default pool of 100 connections would cap concurrency below the setting.
+        self.http = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(),
+            connector=aiohttp.TCPConnector(limit=s.concurrency, limit_per_host=s.concurrency),
+        )
+        self.pipeline = Pipeline(
+            settings=s,
+            topics=self.topics,
+            registry=self.registry,
+            store=self.store,
+            publisher=self.publisher,
+            limiter=self.limiter,
+            metrics=self.metrics,
+            http=self.http,
+        )
+        self.forwarder = RetryForwarder(self.pipeline)
+        self.sweeper = worker_sweeper(
+            s,
+            self.pool,
+            bootstrap=self.bootstrap,
+            dlq_topic=self.topics.dlq,
+            kafka_options=client_options(s),
+            metrics=self.metrics,
+        )
+        if s.web_port:
+            self.web_runner = await start_web(self)
+        self.metrics.worker_info.labels(worker=s.worker_name).set(1)
+        self.ready.set()
+
+    async def stop(self) -> None:
+        self.ready.clear()
+        if self.sweeper is not None:
+            await self.sweeper.stop()
+        if self.web_runner is not None:
+            await self.web_runner.cleanup()
+        if self.store is not None:
+            await self.store.close()
+        if self.limiter is not None:
+            await self.limiter.close()
+        await self.publisher.stop()
+        if self.http is not None:
+            await self.http.close()
+        if self.pool is not None:
+            await self.pool.close()
+
+    # -- called by the agents ----------------------------------------------------------------
+
+    async def process(self, rec: Record) -> str:
+        assert self.pipeline is not None
+        return await self._tracked(rec, self.pipeline.handle(rec))
+
+    async def forward(self, rec: Record, tier: RetryTier) -> str:
+        assert self.forwarder is not None
+        return await self._tracked(rec, self.forwarder.handle(rec, tier))
+
+    async def gate(self) -> None:
+        """Before taking an event: wait until ready; while draining, never return.
+
+        An agent that returns from its body acks the event, so a draining replica must hold
+        the event unacked until faust cancels the agent; the next owner then processes it.
+        """
+        if not self.ready.is_set():
+            await self.ready.wait()
+        if self.draining.is_set():
+            await asyncio.Future()  # cancelled when faust stops the agent
+
+    async def _tracked(self, rec: Record, work: Awaitable[str]) -> str:
+        self._in_flight += 1
+        self._idle.clear()
+        records = self.in_flight_records.setdefault((rec.topic, rec.partition), {})
+        records[rec.offset] = rec.timestamp_ms
+        try:
+            return await work
+        finally:
+            records.pop(rec.offset, None)
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def degraded(self) -> dict[str, float]:
+        """Durable steps stuck past their deadline, with how long they have been failing."""
+        return self.pipeline.steps.stuck() if self.pipeline is not None else {}
+
+    async def drain(self, grace_s: float) -> bool:
+        """Stop taking work and wait for in-flight jobs; True when all finished in time."""
+        self.draining.set()
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+            finished = True
+        except TimeoutError:
+            finished = False
+        log.info(
+            "drain: %s after %.1fs (%d still running)",
+            "all jobs finished" if finished else "grace period over",
+            time.monotonic() - started,
+            self._in_flight,
+        )
+        return finished
