@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo        stack + fake OpenRouter + a worker + a batch of echo jobs, with progress"
 	@echo "make test        unit + integration tests against real Kafka and PostgreSQL"
-	@echo "make lint        ruff + mypy"
+	@echo "make lint        ruff + mypy + import contracts"
 	@echo "make bench       end-to-end throughput/latency benchmark (JSON + table)"
 	@echo "make stack-up    start the local Kafka 4 + PostgreSQL (make stack-down to stop)"
 
@@ -57,6 +57,7 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 format: venv
 	$(PY) -m ruff check --fix .

@@ -4,12 +4,29 @@ runtime.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, Protocol
 
 import faust
 
 from streams.kafka.record import Record
-from streams.worker.runtime import Runtime
+from streams.settings import Settings
+from streams.topics import RetryTier, TopicNames
+
+
+class AgentHost(Protocol):
+    """What the agents hand their records to: the replica's runtime
+    (:class:`streams.worker.runtime.Runtime`), which sits above this package."""
+
+    settings: Settings
+    topics: TopicNames
+    joined: asyncio.Event
+
+    async def gate(self) -> None: ...
+
+    async def process(self, rec: Record) -> str: ...
+
+    async def forward(self, rec: Record, tier: RetryTier) -> str: ...
 
 
 def to_record(message: Any) -> Record:
@@ -27,7 +44,7 @@ def to_record(message: Any) -> Record:
     )
 
 
-def register_agents(app: faust.App, runtime: Runtime) -> None:
+def register_agents(app: faust.App, runtime: AgentHost) -> None:
     settings = runtime.settings
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]

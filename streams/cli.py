@@ -12,18 +12,12 @@ from typing import Any
 
 from streams.console.server import add_console_parser
 from streams.dlq.cli import add_dlq_parser
+from streams.exits import Exit
 from streams.ops.backup import add_backup_parser
 from streams.ops.doctor import add_doctor_parser
 from streams.producer.server import add_api_parser
+from streams.services import database_url, kafka_bootstrap, resolve
 from streams.settings import Settings
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
-
-def _services(settings: Settings) -> tuple[str, str]:
-    from streams.dev.stack import resolve_services
-
-    return asyncio.run(resolve_services(settings))
 
 
 def _preflight(settings: Settings, bootstrap: str, dsn: str) -> None:
@@ -38,17 +32,17 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.worker.service import run_worker
 
     configure_logging(settings.log_level)
-    bootstrap, dsn = _services(settings)
+    bootstrap, dsn = resolve(settings)
     _preflight(settings, bootstrap, dsn)
     run_worker(settings, bootstrap, dsn)
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from streams.pg.migrations import migrate
     from streams.pg.pool import create_pool
 
-    _, dsn = _services(settings)
+    dsn = database_url(settings)
 
     async def run() -> list[str]:
         pool = await create_pool(dsn, min_size=1, max_size=1, pooler_mode=settings.db_pooler_mode)
@@ -60,7 +54,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
     applied = asyncio.run(run())
     print("applied: " + (", ".join(applied) if applied else "nothing (schema up to date)"))
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
@@ -71,11 +65,11 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         payload = json.loads(args.payload)
     except json.JSONDecodeError as exc:
         print(f"--payload is not JSON: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     if not isinstance(payload, dict):
         print("--payload must be a JSON object", file=sys.stderr)
-        return EXIT_USAGE
-    bootstrap, _ = _services(settings)
+        return Exit.USAGE
+    bootstrap = kafka_bootstrap(settings)
 
     async def run() -> list[str]:
         options = client_options(settings)
@@ -90,14 +84,14 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
     for job_id in asyncio.run(run()):
         print(job_id)
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from streams.pg.pool import create_pool
     from streams.pg.results import fetch_job
 
-    _, dsn = _services(settings)
+    dsn = database_url(settings)
 
     async def run() -> dict[str, Any] | None:
         pool = await create_pool(dsn, min_size=1, max_size=1, pooler_mode=settings.db_pooler_mode)
@@ -109,32 +103,27 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     row = asyncio.run(run())
     if row is None:
         print(f"job {args.job_id} has no row yet (queued, running, or unknown)", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.FAILED
     print(json.dumps(row, default=str, indent=2))
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.dev.stack import main as devstack_main
+    from streams.dev.cli import cmd_dev as run  # development only, never loaded by the others
 
-    if args.action == "kafka-tool":
-        from streams.dev.kafka_tools import main as tool_main
-
-        return tool_main(args.rest, state_dir=settings.state_dir)
-
-    return devstack_main([args.action, "--state-dir", str(settings.state_dir)])
+    return run(args, settings)
 
 
 def cmd_fake_openrouter(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.dev.fake_openrouter import main as fake_main
+    from streams.dev.cli import cmd_fake_openrouter as run
 
-    return fake_main(args.rest)
+    return run(args, settings)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.dev.demo import run_demo
+    from streams.dev.cli import cmd_demo as run
 
-    return run_demo(settings, jobs=args.jobs, job_type=args.type, replicas=args.replicas)
+    return run(args, settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings()
     except ValueError as exc:
         print(f"invalid JOBSTREAM_* settings: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     # aiokafka logs each refused connection; with no handler set up (every command but the
     # long-running ones) Python would print those to stderr next to our one line
     logging.getLogger("aiokafka").addHandler(logging.NullHandler())
@@ -205,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(line, file=sys.stderr)
         # settings that cannot work together are a usage error; a refusal by a server is not
-        return EXIT_USAGE if type(exc) is ConfigurationError else EXIT_UNREACHABLE
+        return Exit.USAGE if type(exc) is ConfigurationError else Exit.UNREACHABLE
     return result
 
 

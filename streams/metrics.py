@@ -156,8 +156,8 @@ class Metrics:
             "Records whose every route failed (logged and acknowledged; should stay 0)",
             registry=r,
         )
-        # lag, measured by each replica for the partitions it owns (streams/worker/lag.py); the group
-        # label is the replica's JOBSTREAM_GROUP_ID, so no rule needs to know it
+        # lag, measured by each replica for the partitions it owns (streams/worker/lag.py); the
+        # group label is the replica's JOBSTREAM_GROUP_ID, so no rule needs to know it
         self.consumer_lag = Gauge(
             "jobstream_consumer_lag_events",
             "Log-end offset minus the group's committed offset, per owned partition",

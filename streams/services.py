@@ -1,4 +1,10 @@
-"""Why Kafka or PostgreSQL refused us, in one line that names the setting to fix.
+"""Where Kafka and PostgreSQL are, from explicit settings only, and why they refused us, in one
+line that names the service, the address tried and the variable to set.
+
+Production commands never look for or start a local stack: a missing
+``JOBSTREAM_KAFKA_BOOTSTRAP`` or ``JOBSTREAM_DATABASE_URL`` is one line and an exit code (see
+:mod:`streams.exits`). Only ``jobstream dev``, the demo, the tests and the benchmark start local
+services (:func:`streams.dev.stack.resolve_services`).
 
 A wrong password or an untrusted certificate otherwise surfaces as a traceback several frames
 deep in aiokafka or asyncpg, or (for Kafka) as a bare "Unable to bootstrap", and a worker would
@@ -9,16 +15,60 @@ DSN is named, never printed).
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
+from urllib.parse import urlsplit
 
 import asyncpg
 from aiokafka import errors as kafka_errors
 
-from models.errors import ConfigurationError
-from streams.kafka.security import KafkaAccessError, check_access
+from models.errors import ConfigurationError, JobstreamError
+from streams.kafka.security import KafkaAccessError, bootstrap_servers, check_access
 from streams.settings import Settings
 
 DSN_SETTING = "JOBSTREAM_DATABASE_URL"
+BOOTSTRAP_SETTING = "JOBSTREAM_KAFKA_BOOTSTRAP"
+
+
+class ServiceUnavailable(JobstreamError):
+    """Raised when Kafka or PostgreSQL is not configured or cannot be reached; its text is the
+    one line to print."""
+
+
+def kafka_bootstrap(settings: Settings) -> str:
+    """The bootstrap servers from the settings, or :class:`ServiceUnavailable`."""
+    if not settings.kafka_bootstrap:
+        raise ServiceUnavailable(
+            f"Kafka: no address is set: set {BOOTSTRAP_SETTING} to the bootstrap servers "
+            "(host:port[,host:port])"
+        )
+    return settings.kafka_bootstrap
+
+
+def database_url(settings: Settings) -> str:
+    """The PostgreSQL DSN from the settings, or :class:`ServiceUnavailable`."""
+    if settings.database_url is None or not settings.database_url.get_secret_value():
+        raise ServiceUnavailable(
+            f"PostgreSQL: no address is set: set {DSN_SETTING} to a postgresql:// DSN"
+        )
+    return settings.database_url.get_secret_value()
+
+
+def resolve(settings: Settings) -> tuple[str, str]:
+    """(bootstrap, dsn) for a command that needs both services."""
+    return kafka_bootstrap(settings), database_url(settings)
+
+
+def dsn_address(dsn: str) -> str:
+    """host:port/database of a DSN, never its password."""
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname or "localhost"
+        port = parts.port or 5432
+    except ValueError:
+        return "<unparseable DSN>"
+    return f"{host}:{port}{parts.path}"
 
 
 class DatabaseAccessError(ConfigurationError):
@@ -71,7 +121,7 @@ async def explain(exc: BaseException, settings: Settings, bootstrap: str | None)
     """The one line for ``exc`` if it is a refused connection, else None (a real bug: let the
     traceback through). For Kafka the cause is asked of the broker again, because aiokafka only
     logs it."""
-    if isinstance(exc, ConfigurationError):
+    if isinstance(exc, ConfigurationError | ServiceUnavailable):
         return str(exc)
     line = postgres_line(exc)
     if line is not None:
@@ -81,7 +131,32 @@ async def explain(exc: BaseException, settings: Settings, bootstrap: str | None)
             await check_access(bootstrap, settings)
         except KafkaAccessError as refused:
             return str(refused)
+        if not await kafka_answers(bootstrap):
+            return (
+                f"Kafka at {bootstrap} is unreachable ({first_line(exc)}): check "
+                f"{BOOTSTRAP_SETTING}"
+            )
+        return None
+    unreachable = (ConnectionError, socket.gaierror, TimeoutError, asyncpg.CannotConnectNowError)
+    if isinstance(exc, unreachable) and settings.database_url:
+        dsn = settings.database_url.get_secret_value()
+        return (
+            f"PostgreSQL at {dsn_address(dsn)} is unreachable ({first_line(exc)}): check "
+            f"{DSN_SETTING}"
+        )
     return None
+
+
+async def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
+    """Whether any bootstrap server accepts a TCP connection."""
+    for host, port in bootstrap_servers(bootstrap):
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        except (OSError, TimeoutError):
+            continue
+        writer.close()
+        return True
+    return False
 
 
 async def preflight(settings: Settings, *, bootstrap: str | None, dsn: str | None) -> None:

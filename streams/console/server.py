@@ -26,13 +26,14 @@ from streams.console.access import (
 )
 from streams.console.context import Console
 from streams.console.routes import CONSOLE_KEY, render, routes
+from streams.exits import Exit
 from streams.httpserver import HttpLimits, start_http_server
+from streams.services import ServiceUnavailable, resolve
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3  # as in streams.cli
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -154,7 +155,7 @@ async def serve(settings: Settings, bootstrap: str, dsn: str, host: str, port: i
     policy = AccessPolicy(settings, host)
     if policy.refusal is not None:
         print(policy.refusal, file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     mode = policy.mode
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -165,19 +166,18 @@ async def serve(settings: Settings, bootstrap: str, dsn: str, host: str, port: i
             runner, pool = await start(settings, bootstrap=bootstrap, dsn=dsn, host=host, port=port)
         except OSError as exc:
             print(f"cannot start the console on {host}:{port}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+            return Exit.FAILED
         print(f"jobstream console on {url_of(runner)} (access: {mode.value})", flush=True)
         await stop.wait()
         await runner.cleanup()
         await pool.close()
-        return EXIT_OK
+        return Exit.OK
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
 
 def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.cli import _services
     from streams.observability import configure_logging
 
     configure_logging(settings.log_level)
@@ -186,15 +186,15 @@ def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
     refused = AccessPolicy(settings, host).refusal
     if refused is not None:
         print(refused, file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     try:
-        bootstrap, dsn = _services(settings)
-    except Exception as exc:
-        print(f"cannot resolve Kafka/PostgreSQL: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        bootstrap, dsn = resolve(settings)
+    except ServiceUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return Exit.UNREACHABLE
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(settings, bootstrap, dsn, host, port))
-    return EXIT_OK
+    return Exit.OK
 
 
 def add_console_parser(subparsers: Any) -> None:

@@ -12,10 +12,9 @@ to the broker's, so fetching them never touches a running broker's classpath.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from models.errors import StackError
@@ -90,17 +89,11 @@ def tool_command(
     ]
 
 
-async def _local_bootstrap(state_dir: Path) -> str | None:
-    from_env = os.environ.get("JOBSTREAM_KAFKA_BOOTSTRAP")
-    if from_env:
-        return from_env
-    from streams.dev.stack import stack_status
-
-    status = await stack_status(state_dir)
-    return status.bootstrap if status is not None else None
-
-
-async def prepare(name: str, args: Sequence[str], state_dir: Path) -> list[str]:
+async def prepare(
+    name: str, args: Sequence[str], find_bootstrap: Callable[[], Awaitable[str | None]]
+) -> list[str]:
+    """The tool's command line; ``find_bootstrap`` is asked for the broker only when the
+    arguments name none."""
     from streams.dev.state import _find_java
 
     java = _find_java()
@@ -110,16 +103,16 @@ async def prepare(name: str, args: Sequence[str], state_dir: Path) -> list[str]:
     log4j = jars.parent / "tools-log4j2.properties"
     if not log4j.is_file():
         log4j.write_text(render_log4j2())
-    return tool_command(java, jars, log4j, name, args, await _local_bootstrap(state_dir))
+    return tool_command(java, jars, log4j, name, args, await find_bootstrap())
 
 
-def main(argv: Sequence[str], *, state_dir: Path) -> int:
+def main(argv: Sequence[str], *, find_bootstrap: Callable[[], Awaitable[str | None]]) -> int:
     """``NAME ARGS...``; returns the tool's exit code."""
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: jobstream dev kafka-tool {{{','.join(sorted(TOOLS))}}} ARGS...")
         return 0 if argv else 2
     try:
-        cmd = asyncio.run(prepare(argv[0], argv[1:], state_dir))
+        cmd = asyncio.run(prepare(argv[0], argv[1:], find_bootstrap))
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -6,8 +6,9 @@ machine class (CI runners, sandboxes) often has no Docker. So the default is a r
 127.0.0.1, started detached so they outlive the command that started them, and described in
 ``<state>/stack.json`` so the next command finds them again instead of starting a second copy.
 
-This module holds the process and state plumbing, the public API and the CLI;
-:mod:`streams.dev.kafka` and :mod:`streams.dev.postgres` know their service.
+This module holds the public API (up, down, status, the dev resolver) and the CLI;
+:mod:`streams.dev.process` and :mod:`streams.dev.state` the plumbing, :mod:`streams.dev.kafka`
+and :mod:`streams.dev.postgres` know their service, :mod:`streams.dev.containers` the Docker path.
 
 Usage: ``python -m streams.dev.stack up|down|status|env|fetch [--state-dir D]
 [--kafka-port N] [--pg-port N]``.
@@ -50,15 +51,6 @@ if TYPE_CHECKING:
     from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-# --- state file ---------------------------------------------------------------------------
-
-
-# --- ports --------------------------------------------------------------------------------
-
-
-# --- processes ----------------------------------------------------------------------------
 
 
 # --- prerequisites ------------------------------------------------------------------------
@@ -210,6 +202,15 @@ async def stack_status(state_dir: Path) -> StackInfo | None:
     return _info(paths.state, state, already_running=True) if kpid and ppid else None
 
 
+async def local_bootstrap(state_dir: Path) -> str | None:
+    """The broker a Kafka tool talks to: JOBSTREAM_KAFKA_BOOTSTRAP, else the running local stack."""
+    from_env = os.environ.get("JOBSTREAM_KAFKA_BOOTSTRAP")
+    if from_env:
+        return from_env
+    status = await stack_status(state_dir)
+    return status.bootstrap if status is not None else None
+
+
 # --- choosing services --------------------------------------------------------------------
 
 
@@ -290,8 +291,6 @@ async def _command(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    # Run the canonical module rather than this __main__ copy, so the helpers the service
-    # modules import share one registry of started processes.
-    from streams.dev.stack import main as _main
-
-    raise SystemExit(_main())
+    # the registry of started processes lives in streams.dev.process, so this __main__ copy
+    # shares it with the service modules
+    raise SystemExit(main())

@@ -23,7 +23,6 @@ import asyncpg
 from pydantic import ValidationError
 
 from models.deadletter import DeadLetter, DeadLetterReason, unb64
-from models.errors import StackError
 from streams.dlq.filters import DeadLetterFilter, FilterError, decoded_key
 from streams.dlq.replay import Action, ReplayCounts, ReplayOptions, replay_matching
 from streams.dlq.snapshot import (
@@ -33,11 +32,11 @@ from streams.dlq.snapshot import (
     first_line,
     read_snapshot,
 )
+from streams.exits import Exit
 from streams.kafka.security import client_options
+from streams.services import ServiceUnavailable, database_url, kafka_bootstrap
 from streams.settings import Settings
 from streams.topics import topic_names
-
-EXIT_OK, EXIT_NO_MATCH, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_PARTIAL = 0, 1, 2, 3, 4
 
 EPILOG = """\
 exit codes:
@@ -157,12 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        return exc.code if isinstance(exc.code, int) else Exit.USAGE
     try:
         settings = Settings()
     except ValidationError as exc:
         _err(f"error: invalid JOBSTREAM_* settings: {exc}")
-        return EXIT_USAGE
+        return Exit.USAGE
     return run_dlq(args, settings)
 
 
@@ -199,7 +198,7 @@ async def run_dlq_async(args: argparse.Namespace, settings: Settings) -> int:
             raise FilterError("--rate must be >= 0")
     except FilterError as exc:
         _err(f"error: {exc}")
-        return EXIT_USAGE
+        return Exit.USAGE
     prefix = args.dlq_prefix or settings.topic_prefix
     try:
         bootstrap, dsn = await _services(settings, need_db=cmd == "replay")
@@ -211,23 +210,23 @@ async def run_dlq_async(args: argparse.Namespace, settings: Settings) -> int:
             _show_match(args.ident) if cmd == "show" else flt.matches,
             options=client_options(settings),
         )
-    except (UnreachableError, StackError) as exc:
+    except (UnreachableError, ServiceUnavailable) as exc:
         _err(f"error: {exc}")
-        return EXIT_UNREACHABLE
+        return Exit.UNREACHABLE
     except TopicMissingError as exc:
         _err(f"error: {exc}")
-        return EXIT_USAGE
+        return Exit.USAGE
     _report_unreadable(snap)
     if not snap.matched:
         _err(f"no dead letters match in {snap.topic} ({snap.scanned} scanned)")
-        return EXIT_NO_MATCH
+        return Exit.FAILED
     if cmd == "list":
         _print_list(snap, args.limit, args.as_json)
     elif cmd == "stats":
         _print_stats(snap, args.as_json)
     else:
         _print_show(snap.matched, args.as_json)
-    return EXIT_OK
+    return Exit.OK
 
 
 def _show_match(ident: str) -> Any:
@@ -235,22 +234,7 @@ def _show_match(ident: str) -> Any:
 
 
 async def _services(settings: Settings, *, need_db: bool) -> tuple[str, str | None]:
-    bootstrap = settings.kafka_bootstrap
-    dsn = settings.database_url.get_secret_value() if settings.database_url else None
-    if bootstrap and (dsn or not need_db):
-        return bootstrap, dsn
-    try:
-        from streams.dev.stack import resolve_services
-    except ImportError:
-        raise StackError(
-            "JOBSTREAM_KAFKA_BOOTSTRAP / JOBSTREAM_DATABASE_URL are not set "
-            "and the local stack (streams.dev.stack) is not available"
-        ) from None
-    try:
-        found_bootstrap, found_dsn = await resolve_services(settings)
-    except Exception as exc:  # any failure to find the stack has the same verdict: exit 3
-        raise StackError(f"could not find or start the local stack: {exc}") from exc
-    return bootstrap or found_bootstrap, dsn or found_dsn
+    return kafka_bootstrap(settings), database_url(settings) if need_db else None
 
 
 def _redact(dsn: str) -> str:
@@ -316,12 +300,12 @@ async def _replay(
         await conn.close()
     if not run.snapshot.matched:
         _err(f"no dead letters match in {run.snapshot.topic} ({run.snapshot.scanned} scanned)")
-        return EXIT_NO_MATCH
+        return Exit.FAILED
     if run.counts is None:
         _print_dry_run(run.items, args.as_json)
-        return EXIT_OK
+        return Exit.OK
     _print_summary(run.counts, args.as_json)
-    return EXIT_PARTIAL if run.counts.failed else EXIT_OK
+    return Exit.PARTIAL if run.counts.failed else Exit.OK
 
 
 # --- output ------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ def describe(settings: Settings) -> str:
     return f"{s.kafka_security_protocol}, {sasl}"
 
 
-def _servers(bootstrap: str) -> list[tuple[str, int]]:
+def bootstrap_servers(bootstrap: str) -> list[tuple[str, int]]:
     """``host:port,[::1]:port,host`` -> (host, port) pairs; Kafka's default port when absent."""
     servers = []
     for item in filter(None, (part.strip() for part in bootstrap.split(","))):
@@ -256,7 +256,7 @@ async def check_access(bootstrap: str, settings: Settings, *, timeout_s: float =
     """
     options = client_options(settings)
     refused: str | None = None
-    for host, port in _servers(bootstrap):
+    for host, port in bootstrap_servers(bootstrap):
         conn = None
         try:
             conn = await asyncio.wait_for(

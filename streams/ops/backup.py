@@ -35,11 +35,12 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import asyncpg
 
 from models.errors import JobstreamError
+from streams.exits import Exit
+from streams.services import database_url, kafka_bootstrap
 from streams.settings import Settings
 
 MANIFEST_FORMAT = 1
 DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3  # as in streams.cli
 
 _USER_TABLES = """
 SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) AS name
@@ -335,17 +336,15 @@ async def restore(
 
 
 async def _resolve(settings: Settings, url: str | None) -> tuple[str, str | None]:
-    """(dsn, bootstrap): from the arguments and settings, else from the local stack."""
+    """(dsn, bootstrap): the DSN from the argument, else the backup DSN, else the database URL;
+    the bootstrap servers when they are set."""
     for secret in (settings.backup_database_url, settings.database_url):
         if url is None and secret is not None:
             url = secret.get_secret_value()
-    bootstrap = settings.kafka_bootstrap
-    if url is not None and bootstrap is not None:
-        return url, bootstrap
-    from streams.dev.stack import resolve_services
-
-    found_bootstrap, found_dsn = await resolve_services(settings)
-    return url or found_dsn, bootstrap or found_bootstrap
+    if url is None:
+        database_url(settings)  # raises: names the variable to set
+    assert url is not None
+    return url, settings.kafka_bootstrap or None
 
 
 def _kafka_options(settings: Settings) -> dict[str, Any]:
@@ -370,7 +369,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
         result = asyncio.run(run())
     except (BackupError, OSError, asyncpg.PostgresError) as exc:
         print(f"backup failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.FAILED
     removed = prune_dumps(result.dump.parent, args.keep) if args.keep else []
     m = result.manifest
     if args.json:
@@ -384,7 +383,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
         print(f"removed old backup {old}")
     if m["kafka"]["error"]:
         print(f"warning: no consumer-group offsets in the manifest: {m['kafka']['error']}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
@@ -396,7 +395,7 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
         result = asyncio.run(run())
     except (BackupError, OSError, asyncpg.PostgresError) as exc:
         print(f"restore failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.FAILED
     rows = ", ".join(f"{t} {n}" for t, n in result["rows"].items())
     print(f"restored in {result['seconds']} s: {rows}")
     csv = offsets_csv_path(Path(args.dump))
@@ -407,7 +406,7 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
             f"  kafka-consumer-groups --bootstrap-server <broker> --group {group} "
             f"--reset-offsets --from-file {csv} --execute"
         )
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
@@ -418,8 +417,8 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     from streams.topics import topic_names
 
     async def run() -> Any:
-        dsn, bootstrap = await _resolve(settings, None)
-        assert bootstrap is not None
+        dsn, _ = await _resolve(settings, None)
+        bootstrap = kafka_bootstrap(settings)
         policy = RetentionPolicy.from_settings(
             settings,
             include_unexpired_dead_letters=args.include_unexpired_dead_letters or None,
@@ -442,7 +441,7 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
         report = asyncio.run(run())
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"prune failed: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return Exit.UNREACHABLE
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -454,8 +453,8 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
         print(f"total {verb} {report.total} in {report.seconds:.2f} s")
     if not report.ran:
         print("another replica is sweeping now; run again later", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        return Exit.FAILED
+    return Exit.OK
 
 
 def add_backup_parser(sub: Any) -> None:

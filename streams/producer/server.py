@@ -19,10 +19,12 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streams.exits import Exit
 from streams.httpserver import HttpLimits, start_http_server
 from streams.metrics import Metrics
 from streams.pg.results import fetch_job
 from streams.producer.api import JobTypes, api_routes
+from streams.services import ServiceUnavailable, resolve
 from streams.settings import Settings
 from streams.topics import TopicNames, topic_names
 
@@ -152,9 +154,6 @@ def _url(addr: Any) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3  # as in streams.cli
-
-
 async def serve(settings: Settings, bootstrap: str, dsn: str, host: str, port: int) -> int:
     """Runs until SIGTERM or SIGINT, then shuts down cleanly and returns the exit code."""
     from models.errors import ConfigurationError
@@ -169,22 +168,22 @@ async def serve(settings: Settings, bootstrap: str, dsn: str, host: str, port: i
             server = ApiServer(settings, bootstrap=bootstrap, dsn=dsn)
         except ConfigurationError as exc:
             print(f"invalid configuration: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return Exit.USAGE
         try:
             if not await _unless_stopped(server.connect(), stop):
-                return EXIT_OK  # a signal while still connecting: nothing to drain
+                return Exit.OK  # a signal while still connecting: nothing to drain
         except ServiceUnreachable as exc:
             print(f"cannot reach Kafka/PostgreSQL: {exc}", file=sys.stderr)
-            return EXIT_UNREACHABLE
+            return Exit.UNREACHABLE
         try:
             urls = await server.listen(host, port)
         except OSError as exc:
             print(f"cannot listen on {host}:{port}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+            return Exit.FAILED
         print(f"jobstream api listening on {', '.join(urls)}", flush=True)
         await stop.wait()
         log.info("signal received: shutting down the API server")
-        return EXIT_OK
+        return Exit.OK
     finally:
         if server is not None:
             await server.stop()
@@ -214,21 +213,20 @@ async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.cli import _services
     from streams.observability import configure_logging, init_sentry
 
     configure_logging(settings.log_level)
     init_sentry(settings)
     try:
-        bootstrap, dsn = _services(settings)
-    except Exception as exc:
-        print(f"cannot resolve Kafka/PostgreSQL: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        bootstrap, dsn = resolve(settings)
+    except ServiceUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return Exit.UNREACHABLE
     host = args.host if args.host is not None else settings.web_host
     port = args.port if args.port is not None else settings.web_port
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(settings, bootstrap, dsn, host, port))
-    return EXIT_OK
+    return Exit.OK
 
 
 def add_api_parser(subparsers: Any) -> None:

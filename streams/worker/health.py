@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.httpserver import HttpLimits, start_http_server
-from streams.producer.api import api_routes
-
-if TYPE_CHECKING:
-    from streams.worker.runtime import Runtime
+from streams.producer.api import ApiRuntime, api_routes
 
 
-def health_routes(runtime: Runtime) -> list[web.RouteDef]:
+class Replica(ApiRuntime, Protocol):
+    """What the health routes read of a replica: satisfied by
+    :class:`streams.worker.runtime.Runtime`, which starts this server."""
+
+    @property
+    def ready(self) -> asyncio.Event: ...
+    @property
+    def joined(self) -> asyncio.Event: ...
+    @property
+    def draining(self) -> asyncio.Event: ...
+    @property
+    def in_flight(self) -> int: ...
+    def degraded(self) -> dict[str, float]: ...
+
+
+def health_routes(runtime: Replica) -> list[web.RouteDef]:
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -39,7 +52,7 @@ def health_routes(runtime: Runtime) -> list[web.RouteDef]:
     return [web.get("/health", health), web.get("/ready", ready), web.get("/metrics", metrics)]
 
 
-async def start_web(runtime: Runtime) -> web.AppRunner:
+async def start_web(runtime: Replica) -> web.AppRunner:
     """Serves the health routes and the producer API under the configured HTTP limits."""
     s = runtime.settings
     app = web.Application(client_max_size=s.api_max_body_bytes)

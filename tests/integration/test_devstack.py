@@ -22,8 +22,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.dev import postgres as pg
-from streams.dev import process, state
+from streams.dev import process
 from streams.dev import stack as devstack
+from streams.dev import state as stack_state
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,7 @@ def _listening(port: int) -> list[str]:
     return found
 
 
-async def _assert_answers(info: state.StackInfo) -> None:
+async def _assert_answers(info: stack_state.StackInfo) -> None:
     """A message round trip and a query, not just open ports; on loopback only."""
     topic = f"devstack-{uuid.uuid4().hex[:8]}"
     producer = AIOKafkaProducer(bootstrap_servers=info.bootstrap)
@@ -168,7 +169,7 @@ async def test_crashed_services_are_detected_and_replaced(state_dir: Path) -> No
     await devstack.stack_down(state_dir)
     assert not process.pid_alive(revived.kafka_pid)
     assert not process.pid_alive(revived.pg_pid)
-    state = state.read_state(state_dir)
+    state = stack_state.read_state(state_dir)
     assert state["kafka"]["pid"] is None and state["postgres"]["pid"] is None
     assert state["kafka"]["port"] == info.kafka_port  # kept for the next `up`
 
@@ -185,9 +186,9 @@ async def test_stale_postmaster_pid_naming_a_foreign_process(state_dir: Path) ->
 
 
 async def test_explicit_ports_are_used(state_dir: Path) -> None:
-    kafka_port, pg_port = state.pick_port(), state.pick_port()
+    kafka_port, pg_port = stack_state.pick_port(), stack_state.pick_port()
     while pg_port == kafka_port:
-        pg_port = state.pick_port()
+        pg_port = stack_state.pick_port()
     info = await devstack.stack_up(state_dir, kafka_port=kafka_port, pg_port=pg_port)
     assert (info.kafka_port, info.pg_port) == (kafka_port, pg_port)
     assert info.bootstrap == f"127.0.0.1:{kafka_port}"

@@ -167,8 +167,8 @@ def test_aiokafka_debug_lines_never_carry_the_sasl_password(
 
 
 def test_bootstrap_lists_are_split_like_kafka_does() -> None:
-    from streams.kafka.security import _servers
+    from streams.kafka.security import bootstrap_servers
 
-    assert _servers("a:1, b:2,") == [("a", 1), ("b", 2)]
-    assert _servers("broker") == [("broker", 9092)]
-    assert _servers("[::1]:9093") == [("::1", 9093)]
+    assert bootstrap_servers("a:1, b:2,") == [("a", 1), ("b", 2)]
+    assert bootstrap_servers("broker") == [("broker", 9092)]
+    assert bootstrap_servers("[::1]:9093") == [("::1", 9093)]
