@@ -26,7 +26,7 @@ from streams.dev import postgres as pg
 from streams.dev import stack as devstack
 from streams.settings import Settings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def _props(text: str) -> dict[str, str]:

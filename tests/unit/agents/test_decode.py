@@ -1,28 +1,22 @@
+"""Decoding input bytes into a job event: what is refused, why, and which id it keeps."""
+
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
 
-from agents.decode import decode_event
+from agents.decode import decode_event, readable_id
 from models.deadletter import DeadLetterReason
 from models.errors import InvalidJobError
-from models.job import JobEvent
-from streams.topics import tier_label, topic_names
+from models.job import derived_job_id
 
 
 def reason_of(raw: bytes | None, max_bytes: int = 10_000) -> str:
     with pytest.raises(InvalidJobError) as info:
         decode_event(raw, max_bytes=max_bytes)
     return info.value.reason
-
-
-def test_a_job_event_round_trips_through_bytes() -> None:
-    event = JobEvent(type="echo", payload={"a": [1, 2]}, metadata={"tenant": "t1"})
-    decoded = decode_event(event.to_bytes(), max_bytes=10_000)
-    assert decoded == event
-    assert decoded.key() == event.id.encode()
-    assert JobEvent(type="echo", partition_key="user-7").key() == b"user-7"
 
 
 @pytest.mark.parametrize(
@@ -57,33 +51,6 @@ def test_schema_errors_name_the_field() -> None:
     assert "attempt" in str(info.value)
 
 
-def test_topic_names_come_from_one_prefix() -> None:
-    names = topic_names("acme.jobs", (10, 60, 600))
-    assert names.all() == [
-        "acme.jobs",
-        "acme.jobs.outcomes",
-        "acme.jobs.dlq",
-        "acme.jobs.retry.10s",
-        "acme.jobs.retry.1m",
-        "acme.jobs.retry.10m",
-    ]
-    # attempts past the last tier reuse it
-    assert [names.tier_for_attempt(a).topic.rsplit(".", 1)[1] for a in (1, 2, 3, 4, 9)] == [
-        "10s",
-        "1m",
-        "10m",
-        "10m",
-        "10m",
-    ]
-
-
-@pytest.mark.parametrize(
-    ("seconds", "label"), [(0.25, "250ms"), (1, "1s"), (90, "90s"), (120, "2m"), (7200, "2h")]
-)
-def test_tier_labels(seconds: float, label: str) -> None:
-    assert tier_label(seconds) == label
-
-
 @pytest.mark.parametrize(
     "raw",
     [
@@ -110,3 +77,24 @@ def test_storable_names_what_jsonb_would_refuse() -> None:
     assert storable({"x": float("nan")}) is not None
     assert storable({"x": ["a\x00"]}) is not None
     assert storable({"x": object()}) is not None
+
+
+def test_decode_refuses_lone_surrogates_and_fills_a_missing_id() -> None:
+    with pytest.raises(InvalidJobError) as err:
+        decode_event(b'{"type": "echo", "payload": {"s": "\\ud800"}}', max_bytes=1000)
+    assert err.value.reason == DeadLetterReason.INVALID_JSON
+    coords = "jobs:3:17"
+    job = decode_event(b'{"type": "echo"}', max_bytes=1000, default_id=derived_job_id(coords))
+    again = decode_event(b'{"type": "echo"}', max_bytes=1000, default_id=derived_job_id(coords))
+    assert job.id == again.id == derived_job_id(coords) != derived_job_id("jobs:3:18")
+    given = decode_event(b'{"type": "echo", "id": "mine"}', max_bytes=1000, default_id="x")
+    assert given.id == "mine"
+
+
+def test_the_id_of_an_invalid_event_is_read_when_it_can_be() -> None:
+    assert readable_id(b'{"id": "abc", "type": 5}', max_bytes=100) == "abc"
+    assert readable_id(b'{"id": 5}', max_bytes=100) is None
+    assert readable_id(b'{"id": ""}', max_bytes=100) is None
+    assert readable_id(b"\xff\xfe", max_bytes=100) is None
+    assert readable_id(b'{"id": "abc"}', max_bytes=5) is None  # oversize input is not parsed
+    assert readable_id(base64.b64encode(b"x"), max_bytes=100) is None

@@ -1,9 +1,11 @@
-"""The configs jobstream gives its topics follow the settings."""
+"""Topic names and tier labels come from one prefix; the topic configs follow the settings."""
 
 from __future__ import annotations
 
+import pytest
+
 from streams.settings import Settings
-from streams.topics import RECORD_OVERHEAD_BYTES, topic_configs, topic_names
+from streams.topics import RECORD_OVERHEAD_BYTES, tier_label, topic_configs, topic_names
 
 
 def test_every_topic_gets_retention_and_a_size_limit_from_the_settings() -> None:
@@ -37,3 +39,30 @@ def test_size_limits_admit_what_the_worker_accepts() -> None:
 def test_default_dlq_retention_outlasts_the_main_topic() -> None:
     s = Settings()
     assert s.dlq_retention_ms >= 30 * 86_400_000 > s.main_retention_ms
+
+
+def test_topic_names_come_from_one_prefix() -> None:
+    names = topic_names("acme.jobs", (10, 60, 600))
+    assert names.all() == [
+        "acme.jobs",
+        "acme.jobs.outcomes",
+        "acme.jobs.dlq",
+        "acme.jobs.retry.10s",
+        "acme.jobs.retry.1m",
+        "acme.jobs.retry.10m",
+    ]
+    # attempts past the last tier reuse it
+    assert [names.tier_for_attempt(a).topic.rsplit(".", 1)[1] for a in (1, 2, 3, 4, 9)] == [
+        "10s",
+        "1m",
+        "10m",
+        "10m",
+        "10m",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "label"), [(0.25, "250ms"), (1, "1s"), (90, "90s"), (120, "2m"), (7200, "2h")]
+)
+def test_tier_labels(seconds: float, label: str) -> None:
+    assert tier_label(seconds) == label

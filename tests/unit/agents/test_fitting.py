@@ -1,0 +1,93 @@
+"""Fitting records into the broker's limits: dead letters, outcomes, retry events, wire bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from agents.fitting import fit_dead_letter, fit_event, fit_outcome, original_facts, wire
+from models.deadletter import DeadLetter, DeadLetterReason, b64
+from models.job import FailureRecord, JobEvent, JobOutcome, JobStatus
+
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def letter(value: bytes, **extra: object) -> DeadLetter:
+    return DeadLetter(
+        id="jobs:0:1",
+        job_id="j",
+        reason=DeadLetterReason.INVALID_BYTES,
+        error_class="InvalidJobError",
+        error_message="not UTF-8",
+        source_topic="jobs",
+        source_partition=0,
+        source_offset=1,
+        original_value=b64(value),
+        original_headers=[("h", b64(b"v" * 10_000))],
+        **original_facts(value),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def test_a_letter_that_fits_keeps_the_whole_original() -> None:
+    value = b"x" * 1000
+    data = fit_dead_letter(letter(value), value, budget=100_000)
+    dl = DeadLetter.model_validate_json(data)
+    assert not dl.original_truncated and dl.original_bytes() == value
+
+
+def test_a_letter_too_large_keeps_a_prefix_with_size_and_digest() -> None:
+    value = bytes(range(256)) * 4000  # 1,024,000 bytes, 1.37 MB in base64
+    budget = 1_000_000
+    data = fit_dead_letter(letter(value), value, budget=budget)
+    assert len(data) <= budget
+    dl = DeadLetter.model_validate_json(data)
+    assert dl.original_truncated and dl.original_bytes() is None
+    prefix = dl.original_prefix() or b""
+    assert len(prefix) > 700_000 and value.startswith(prefix)
+    assert dl.original_size == len(value)
+    assert dl.original_sha256 == hashlib.sha256(value).hexdigest()
+
+
+def test_a_tiny_budget_drops_headers_history_and_the_original() -> None:
+    value = b"y" * 50_000
+    history = [
+        FailureRecord(attempt=i, error_class="E", message="m" * 2000, at=AT) for i in range(9)
+    ]
+    big = letter(value, history=history, traceback="t" * 4000)
+    data = fit_dead_letter(big, value, budget=3_000)
+    assert len(data) <= 3_000
+    dl = DeadLetter.model_validate_json(data)
+    assert dl.original_truncated and dl.original_headers == []
+    assert [h.attempt for h in dl.history] == [0, 7, 8]
+    assert dl.original_sha256 == hashlib.sha256(value).hexdigest()
+
+
+def test_an_outcome_too_large_leaves_out_its_result() -> None:
+    outcome = JobOutcome(job_id="j", type="echo", status=JobStatus.SUCCEEDED, attempt=1,
+                         result={"blob": "z" * 5000})  # fmt: skip
+    assert json.loads(fit_outcome(outcome, 100_000))["result"] == {"blob": "z" * 5000}
+    small = JobOutcome.model_validate_json(fit_outcome(outcome, 1000))
+    assert small.result is None and small.result_truncated
+
+
+def test_a_retry_event_sheds_history_or_cannot_be_retried() -> None:
+    history = [FailureRecord(attempt=i, error_class="E", message="m" * 1500, at=AT)
+               for i in range(1, 6)]  # fmt: skip
+    event = JobEvent(type="echo", payload={"p": "q" * 100}, attempt=6, history=history)
+    whole = len(wire(event))
+    trimmed = fit_event(event, whole - 1)
+    assert trimmed is not None
+    assert [h.attempt for h in JobEvent.model_validate_json(trimmed).history] == [1, 4, 5]
+    assert fit_event(event, 200) is None
+
+
+def test_wire_survives_a_lone_surrogate() -> None:
+    outcome = JobOutcome(job_id="j", type="t", status=JobStatus.SUCCEEDED, attempt=1,
+                         result={"s": "\ud800"})  # fmt: skip
+    with pytest.raises(ValueError):
+        outcome.model_dump_json()
+    assert json.loads(wire(outcome))["result"] == {"s": "\ud800"}
