@@ -32,17 +32,17 @@ async def docker_answers(within_s: float = 5.0) -> bool:
         return False
 
 
-def _stop_containers() -> None:
+def stop_containers() -> None:
     while _containers:
         with contextlib.suppress(Exception):
             _containers.pop().stop()
 
 
-def _start_containers(need_kafka: bool, need_pg: bool) -> tuple[str | None, str | None]:
+def start_containers(need_kafka: bool, need_pg: bool) -> tuple[str | None, str | None]:
     from streams.dev import kafka
     from streams.dev import postgres as pg
 
-    atexit.register(_stop_containers)  # registering twice is harmless: the list is emptied
+    atexit.register(stop_containers)  # registering twice is harmless: the list is emptied
     bootstrap = dsn = None
     if need_kafka:
         k = kafka.container()

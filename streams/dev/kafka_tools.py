@@ -94,9 +94,9 @@ async def prepare(
 ) -> list[str]:
     """The tool's command line; ``find_bootstrap`` is asked for the broker only when the
     arguments name none."""
-    from streams.dev.state import _find_java
+    from streams.dev.state import find_java
 
-    java = _find_java()
+    java = find_java()
     if java is None:
         raise StackError("java not found: Kafka's tools need Java 17 or newer")
     jars = await fetch_tool_jars()

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.errors import StackError
-from streams.dev.containers import _start_containers, docker_answers
+from streams.dev.containers import docker_answers, start_containers
 from streams.dev.process import REPLACE_GRACE_S, STOP_GRACE_S, locked, run_tool
 from streams.dev.state import (
     MIN_JAVA,
@@ -37,13 +37,13 @@ from streams.dev.state import (
     StackInfo,
     StackPaths,
     Tools,
-    _env_port,
-    _find_java,
-    _info,
     choose_port,
+    env_port,
+    find_java,
     parse_java_major,
     prerequisite_message,
     read_state,
+    stack_info,
     write_state,
 )
 
@@ -63,7 +63,7 @@ async def check_prereqs(*, need_kafka: bool, need_pg: bool, pg_data: Path | None
     tools = Tools()
     missing: list[str] = []
     if need_kafka:
-        java = _find_java()
+        java = find_java()
         major = None
         if java:
             with contextlib.suppress(StackError, OSError):
@@ -108,9 +108,9 @@ async def stack_up(
     paths = StackPaths.of(state_dir)
     paths.state.mkdir(parents=True, exist_ok=True)
     if kafka_port is None:
-        kafka_port = _env_port("JOBSTREAM_KAFKA_PORT")
+        kafka_port = env_port("JOBSTREAM_KAFKA_PORT")
     if pg_port is None:
-        pg_port = _env_port("JOBSTREAM_PG_PORT")
+        pg_port = env_port("JOBSTREAM_PG_PORT")
     async with locked(paths.lock):
         state = read_state(paths.state)
         kprev, pprev = state.get("kafka") or {}, state.get("postgres") or {}
@@ -121,7 +121,7 @@ async def stack_up(
         )
         if kpid and ppid:
             log.info("stack already running (state in %s)", paths.state / STATE_FILE)
-            return _info(paths.state, state, already_running=True)
+            return stack_info(paths.state, state, already_running=True)
 
         tools = await check_prereqs(
             need_kafka=kpid is None, need_pg=ppid is None, pg_data=base / "data"
@@ -157,7 +157,7 @@ async def stack_up(
         write_state(paths.state, state)
         if errors:
             raise errors[0]
-        return _info(paths.state, state)
+        return stack_info(paths.state, state)
 
 
 async def stack_down(state_dir: Path) -> None:
@@ -199,7 +199,7 @@ async def stack_status(state_dir: Path) -> StackInfo | None:
     kpid, ppid = await asyncio.gather(
         kafka.running(paths, kprev, None), pg.running(pg.base_dir(paths, pprev), pprev, None)
     )
-    return _info(paths.state, state, already_running=True) if kpid and ppid else None
+    return stack_info(paths.state, state, already_running=True) if kpid and ppid else None
 
 
 async def local_bootstrap(state_dir: Path) -> str | None:
@@ -222,9 +222,7 @@ async def resolve_services(settings: Settings) -> tuple[str, str]:
     if bootstrap and dsn:
         return bootstrap, dsn
     if await docker_answers():
-        found_b, found_d = await asyncio.to_thread(
-            _start_containers, bootstrap is None, dsn is None
-        )
+        found_b, found_d = await asyncio.to_thread(start_containers, bootstrap is None, dsn is None)
     else:
         info = await stack_up(settings.state_dir)
         found_b, found_d = info.bootstrap, info.database_url

@@ -122,7 +122,9 @@ def write_state(state_dir: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _info(state_dir: Path, state: dict[str, Any], *, already_running: bool = False) -> StackInfo:
+def stack_info(
+    state_dir: Path, state: dict[str, Any], *, already_running: bool = False
+) -> StackInfo:
     k, p = state["kafka"], state["postgres"]
     return StackInfo(
         bootstrap=k["bootstrap"],
@@ -175,7 +177,7 @@ def choose_port(requested: int | None, previous: int | None, avoid: Iterable[int
     return pick_port(avoid)
 
 
-def _env_port(name: str) -> int | None:
+def env_port(name: str) -> int | None:
     value = os.environ.get(name, "").strip()
     if not value:
         return None
@@ -199,7 +201,7 @@ def prerequisite_message(missing: list[str]) -> str:
     return f"the local dev stack is missing: {'; '.join(missing)}. Install with: {INSTALL_HINT}"
 
 
-def _find_java() -> str | None:
+def find_java() -> str | None:
     home = os.environ.get("JAVA_HOME")
     if home and os.access(Path(home) / "bin" / "java", os.X_OK):
         return str(Path(home) / "bin" / "java")

@@ -55,7 +55,7 @@ def _split(values: Iterable[str] | None, flag: str) -> frozenset[str]:
     return frozenset(out)
 
 
-def _aware(dt: datetime) -> datetime:
+def as_aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
@@ -125,7 +125,7 @@ class DeadLetterFilter:
             or dl.error_class.rsplit(".", 1)[-1] in self.error_classes
         ):
             return False
-        at = _aware(dl.last_failure_at)
+        at = as_aware(dl.last_failure_at)
         if self.since is not None and at < self.since:
             return False
         if self.until is not None and at >= self.until:

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from models.deadletter import REPLAY_HEADER, DeadLetter, unb64
 from models.job import JobEvent
 from streams.dlq import audit as dlq_audit
-from streams.dlq.snapshot import Snapshot, UnreachableError, _start, first_line, read_snapshot
+from streams.dlq.snapshot import Snapshot, UnreachableError, first_line, read_snapshot, start_client
 from streams.metrics import Metrics
 from streams.pg.migrations import migrate
 
@@ -291,7 +291,7 @@ async def _producer(bootstrap: str, options: Mapping[str, Any]) -> AIOKafkaProdu
         max_request_size=4 * 1024 * 1024,
         **options,
     )
-    await _start(producer, bootstrap)
+    await start_client(producer, bootstrap)
     return producer
 
 

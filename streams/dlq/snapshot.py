@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from models.deadletter import DeadLetter
 from models.errors import StackError
-from streams.dlq.filters import DlqError, _aware
+from streams.dlq.filters import DlqError, as_aware
 
 CONNECT_TIMEOUT_S = 15.0
 
@@ -59,7 +59,7 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text[0].startswith(name) else f"{name}: {text[0]}"
 
 
-async def _start(client: AIOKafkaConsumer | AIOKafkaProducer, bootstrap: str) -> None:
+async def start_client(client: AIOKafkaConsumer | AIOKafkaProducer, bootstrap: str) -> None:
     try:
         await asyncio.wait_for(client.start(), timeout=CONNECT_TIMEOUT_S)
     except (KafkaError, OSError, TimeoutError) as exc:
@@ -123,7 +123,7 @@ async def read_snapshot(
         request_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
         **options,
     )
-    await _start(consumer, bootstrap)
+    await start_client(consumer, bootstrap)
     try:
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
@@ -143,7 +143,7 @@ async def read_snapshot(
         await consumer.stop()
     snap.matched.sort(
         key=lambda d: (
-            _aware(d.last_failure_at),
+            as_aware(d.last_failure_at),
             d.source_topic,
             d.source_partition,
             d.source_offset,

@@ -169,12 +169,12 @@ def test_port_is_free(busy_port: int) -> None:
 
 def test_env_port(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBSTREAM_KAFKA_PORT", "23456")
-    assert state._env_port("JOBSTREAM_KAFKA_PORT") == 23456
+    assert state.env_port("JOBSTREAM_KAFKA_PORT") == 23456
     monkeypatch.setenv("JOBSTREAM_KAFKA_PORT", "")
-    assert state._env_port("JOBSTREAM_KAFKA_PORT") is None
+    assert state.env_port("JOBSTREAM_KAFKA_PORT") is None
     monkeypatch.setenv("JOBSTREAM_KAFKA_PORT", "x")
     with pytest.raises(StackError, match="not a port"):
-        state._env_port("JOBSTREAM_KAFKA_PORT")
+        state.env_port("JOBSTREAM_KAFKA_PORT")
 
 
 # --- state file ---------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def test_missing_state_reads_as_absent(tmp_path: Path) -> None:
 
 
 def test_stack_info_from_state_and_its_exports(tmp_path: Path) -> None:
-    info = state._info(tmp_path, _state())
+    info = state.stack_info(tmp_path, _state())
     assert info.bootstrap == "127.0.0.1:21001"
     assert info.database_url == "postgresql://postgres@127.0.0.1:21003/jobstream"
     assert (info.kafka_port, info.pg_port, info.kafka_pid, info.pg_pid) == (21001, 21003, 11, 12)
@@ -522,7 +522,7 @@ def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     monkeypatch.setattr(devstack, "docker_answers", docker_answers)
     monkeypatch.setattr(devstack, "stack_up", stack_up)
-    monkeypatch.setattr(devstack, "_start_containers", start_containers)
+    monkeypatch.setattr(devstack, "start_containers", start_containers)
     return seen
 
 
