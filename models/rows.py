@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-import asyncpg
 
 from models.job import JobStatus
 
@@ -47,7 +46,8 @@ class StoredState:
     """Where the row's state came from: ``worker``, or a dead letter's source coordinates."""
 
     @classmethod
-    def from_record(cls, r: asyncpg.Record) -> StoredState:
+    def from_record(cls, r: Mapping[str, Any]) -> StoredState:
+        """From a database row (an ``asyncpg.Record`` or any mapping of the columns)."""
         return cls(
             job_id=r["job_id"],
             status=JobStatus(r["status"]),
