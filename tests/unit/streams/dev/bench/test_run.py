@@ -1,0 +1,74 @@
+"""The benchmark's runner: what it passes to workers, what it reads back, its command line."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from models.job import JobOutcome, JobStatus
+from streams.dev.bench import run as bench
+from streams.dev.bench.run import parse_outcome, passthrough_env
+
+
+def test_passthrough_env_masks_secrets_and_skips_what_the_bench_sets() -> None:
+    env = {
+        "JOBSTREAM_BATCH_MAX_DELAY_MS": "2",
+        "JOBSTREAM_DATABASE_URL": "postgresql://u:pw@h/db",
+        "JOBSTREAM_OPENROUTER_API_KEY": "sk-live",
+        "JOBSTREAM_CONCURRENCY": "7",
+        "HOME": "/root",
+    }
+    assert passthrough_env(env, ["JOBSTREAM_CONCURRENCY"]) == {
+        "JOBSTREAM_BATCH_MAX_DELAY_MS": "2",
+        "JOBSTREAM_DATABASE_URL": "***",
+        "JOBSTREAM_OPENROUTER_API_KEY": "***",
+    }
+
+
+def test_parse_outcome_reads_the_wire_model() -> None:
+    outcome = JobOutcome(
+        job_id="j1", type="echo", status=JobStatus.SUCCEEDED, attempt=1, duration_ms=0.25
+    )
+    record = SimpleNamespace(value=outcome.to_bytes(), timestamp=1_700_000_000_123)
+    parsed = parse_outcome(record)
+    assert parsed is not None
+    job_id, done = parsed
+    assert job_id == "j1"
+    assert done.at == pytest.approx(1_700_000_000.123)
+    assert done.status == "succeeded"
+    assert done.finished_at == pytest.approx(outcome.finished_at.timestamp())
+    assert done.handler_ms == 0.25
+    assert done.reemitted is False
+
+
+def test_cli_refuses_bad_options_before_touching_any_service(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for argv in (["--scenarios", "nope"], ["--jobs", "0"], ["--warmup", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(argv)
+        assert exc.value.code == 2
+    assert "unknown scenario" in capsys.readouterr().err
+
+
+def test_cli_lists_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--list", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "llm-500" in out and "concurrency=500" in out and "jobs=1500" in out
+
+
+def test_worker_settings_keep_the_knobs_and_drop_plumbing_and_secrets() -> None:
+    env = {
+        "JOBSTREAM_CONCURRENCY": "25",
+        "JOBSTREAM_RATE_LIMIT_LEASE": "500",
+        "JOBSTREAM_WEB_PORT": "40001",
+        "JOBSTREAM_DATABASE_URL": "postgresql://u:pw@h/db",
+        "JOBSTREAM_OPENROUTER_API_KEY": "sk-bench",
+        "PATH": "/usr/bin",
+    }
+    assert bench.worker_settings(env) == {
+        "concurrency": "25",
+        "openrouter_api_key": "***",
+        "rate_limit_lease": "500",
+    }
