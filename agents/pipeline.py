@@ -5,7 +5,7 @@ input ends as a succeeded row + outcome, a retry event, or a dead letter + dead_
 outcome. It returns only once all of that is durable, because the caller acks (and so lets faust
 commit) the offset when it returns.
 
-A job runs only while its execution holds the claim on its row (``ResultStore.claim``): a copy
+A job runs only while its execution holds the claim on its row (``JobStore.claim``): a copy
 that finds the claim held by another live execution waits for that one's result and re-emits
 it, and a claim whose lease expired (its worker died) is taken over.
 
@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from pydantic import ValidationError
@@ -33,6 +33,7 @@ from agents.decode import decode_event, payload_error, readable_id, storable
 from agents.durable import DurableSteps
 from agents.fitting import fit_dead_letter, fit_event, fit_outcome, original_facts
 from agents.policy import RetryPolicy, compute_backoff
+from agents.ports import JobStore, Limiter, RecordPublisher
 from agents.registry import JobContext, JobType, Registry
 from models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
 from models.errors import (
@@ -47,10 +48,8 @@ from models.job import FailureRecord, JobEvent, JobOutcome, JobStatus, derived_j
 from models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
 from streams import observability
 from streams.failures import RecordTooLargeError, describe, is_transient
-from streams.kafka.publisher import Publisher
 from streams.kafka.record import Record
 from streams.metrics import Metrics
-from streams.pg.results import ResultStore
 from streams.settings import Settings
 from streams.topics import TopicNames
 
@@ -62,12 +61,6 @@ HEADERS_KEPT_BYTES = 64 * 1024
 """Original headers larger than this are not copied onto the dead-letter record (the letter
 still lists them, base64, as long as it fits)."""
 T = TypeVar("T")
-
-
-class Limiter(Protocol):
-    async def acquire(self, key: str | None) -> None: ...
-    async def pause(self, key: str, seconds: float) -> None: ...
-    async def charge_tokens(self, key: str, tokens: float) -> None: ...
 
 
 @dataclass
@@ -122,8 +115,8 @@ class Pipeline:
         settings: Settings,
         topics: TopicNames,
         registry: Registry,
-        store: ResultStore,
-        publisher: Publisher,
+        store: JobStore,
+        publisher: RecordPublisher,
         limiter: Limiter,
         metrics: Metrics,
         http: aiohttp.ClientSession,

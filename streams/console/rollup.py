@@ -23,6 +23,8 @@ from typing import Any
 
 import asyncpg
 
+from streams.pg.pool import Connection
+
 WINDOWS = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
 SETTLE = timedelta(minutes=2)
 FIRST_BOUND_S = 0.001
@@ -94,7 +96,7 @@ def _minutes(start: datetime, end: datetime) -> list[datetime]:
     return out
 
 
-async def count(conn: asyncpg.Connection, start: datetime, end: datetime) -> dict[datetime, Minute]:
+async def count(conn: Connection, start: datetime, end: datetime) -> dict[datetime, Minute]:
     """Every minute in [start, end), counted from the jobs table (empty minutes included)."""
     minutes = {m: Minute() for m in _minutes(start, end)}
     _fold(await conn.fetch(_COUNT, start, end, BOUNDS), minutes)

@@ -23,7 +23,7 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import asyncpg
+from streams.pg.pool import Connection
 
 
 def replayed_by() -> str:
@@ -44,7 +44,7 @@ class Published:
     offset: int
 
 
-async def replayed_ids(conn: asyncpg.Connection, ids: Iterable[str]) -> set[str]:
+async def replayed_ids(conn: Connection, ids: Iterable[str]) -> set[str]:
     """The subset of ``ids`` already replayed; read-only, so a dry run can use it."""
     exists = await conn.fetchval("SELECT to_regclass('dlq_replays') IS NOT NULL")
     if not exists:
@@ -56,7 +56,7 @@ async def replayed_ids(conn: asyncpg.Connection, ids: Iterable[str]) -> set[str]
     return {r["dead_letter_id"] for r in rows}
 
 
-async def claim(conn: asyncpg.Connection, dead_letter_id: str) -> int:
+async def claim(conn: Connection, dead_letter_id: str) -> int:
     """Lock one dead letter for this transaction; returns how often it was replayed before.
 
     Must run inside the transaction that later calls :func:`record`: the lock is what makes
@@ -70,7 +70,7 @@ async def claim(conn: asyncpg.Connection, dead_letter_id: str) -> int:
 
 
 async def record(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     dead_letter_id: str,
     job_id: str,

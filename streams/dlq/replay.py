@@ -26,6 +26,7 @@ from streams.dlq import audit as dlq_audit
 from streams.dlq.snapshot import Snapshot, UnreachableError, first_line, read_snapshot, start_client
 from streams.metrics import Metrics
 from streams.pg.migrations import migrate
+from streams.pg.pool import Connection
 
 PUBLISH_TIMEOUT_S = 30.0
 MAX_CONSECUTIVE_FAILURES = 3
@@ -167,7 +168,7 @@ async def replay(
     opts: ReplayOptions,
     *,
     bootstrap: str,
-    conn: asyncpg.Connection,
+    conn: Connection,
     on_progress: Callable[[ReplayCounts], None] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
     metrics: Metrics | None = None,
@@ -236,7 +237,7 @@ async def replay_matching(
     *,
     bootstrap: str,
     dlq_topic: str,
-    conn: asyncpg.Connection,
+    conn: Connection,
     on_snapshot: Callable[[Snapshot], None] | None = None,
     on_progress: Callable[[ReplayCounts], None] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
@@ -319,7 +320,7 @@ async def _replay_one(
     item: PlanItem,
     opts: ReplayOptions,
     producer: AIOKafkaProducer,
-    conn: asyncpg.Connection,
+    conn: Connection,
     by: str,
     log: Callable[[str], None],
 ) -> Action | None:

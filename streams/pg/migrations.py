@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import asyncpg
+from streams.pg.pool import Connection
 
 JOBS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -134,7 +134,7 @@ def _migrations() -> Sequence[tuple[str, str]]:
 _MIGRATION_LOCK = 0x6A6F6273  # "jobs": one advisory lock so replicas do not migrate at once
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: Connection) -> list[str]:
     """Apply the migrations not yet applied; safe to run from every replica at start-up.
 
     One transaction holds a transaction-level advisory lock: it is released at commit or

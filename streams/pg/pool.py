@@ -5,9 +5,13 @@ pooler.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
+"""A connection of its own or one acquired from a pool: the queries run on either."""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -22,12 +22,9 @@ from pydantic import BaseModel, SecretStr, model_validator
 
 from agents.handlers.basic import echo, echo_type, sleep_type
 from agents.registry import JobType, Registry
-from streams.cli import build_parser
 from streams.metrics import Metrics
 from streams.producer import api
-from streams.producer import server as api_server
 from streams.producer.api import MAX_BATCH, api_routes
-from streams.producer.server import ApiServer
 from streams.settings import Settings
 from streams.topics import TopicNames, topic_names
 
@@ -600,34 +597,3 @@ async def test_requests_and_submissions_are_counted(make: Make) -> None:
     assert sample("jobstream_api_requests_total", {"route": "status", "status": "404"}) == 1
     assert sample("jobstream_api_jobs_submitted_total", {"type": "sleep"}) == 1
     api_routes(rt)  # mounting twice on one registry must not register the metrics twice
-
-
-async def test_the_standalone_server_serves_open_health_routes_and_guarded_jobs() -> None:
-    settings = Settings(topic_prefix="tapi", api_token=SecretStr(TOKEN))
-    server = ApiServer(
-        settings,
-        bootstrap="127.0.0.1:1",
-        dsn="postgresql://nobody@127.0.0.1:1/x",
-        registry=registry(),
-    )
-    async with TestClient(TestServer(server.app())) as client:
-        assert (await client.get("/health")).status == 200
-        ready = await client.get("/ready")
-        assert ready.status == 503  # not listening yet: its pool and producer are not started
-        server.ready.set()
-        assert (await client.get("/ready")).status == 200
-        metrics = await client.get("/metrics")
-        assert metrics.status == 200
-        assert "jobstream_api_requests_total" in await metrics.text()
-        assert (await post_json(client, {"type": "echo"})).status == 401
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        no_store = await client.get("/jobs/x", headers=auth)
-        assert no_store.status == 503
-
-
-def test_the_cli_has_an_api_command_with_host_and_port() -> None:
-    args = build_parser().parse_args(["api", "--host", "0.0.0.0", "--port", "0"])
-    assert args.fn is api_server.cmd_api
-    assert (args.host, args.port) == ("0.0.0.0", 0)
-    defaults = build_parser().parse_args(["api"])
-    assert (defaults.host, defaults.port) == (None, None)  # then JOBSTREAM_WEB_HOST/PORT
