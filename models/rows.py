@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from models.job import JobStatus
+
+
+class Columns(Protocol):
+    """A database row read by column name: an ``asyncpg.Record``, or a dict in tests."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -46,8 +51,7 @@ class StoredState:
     """Where the row's state came from: ``worker``, or a dead letter's source coordinates."""
 
     @classmethod
-    def from_record(cls, r: Mapping[str, Any]) -> StoredState:
-        """From a database row (an ``asyncpg.Record`` or any mapping of the columns)."""
+    def from_record(cls, r: Columns) -> StoredState:
         return cls(
             job_id=r["job_id"],
             status=JobStatus(r["status"]),
