@@ -349,7 +349,7 @@ def init_sentry(settings: Settings, *, transport: Any = None) -> bool:
             auto_enabling_integrations=False,
             integrations=[LoggingIntegration(level=logging.INFO, event_level=None)],
             before_send=before_send,  # type: ignore[arg-type]
-            before_breadcrumb=before_breadcrumb,  # type: ignore[arg-type]
+            before_breadcrumb=before_breadcrumb,
         )
     except BadDsn:
         raise ValueError("JOBSTREAM_SENTRY_DSN is not a valid Sentry DSN") from None

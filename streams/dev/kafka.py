@@ -384,7 +384,7 @@ def container() -> Any:
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-    class ApacheKafkaContainer(KafkaContainer):  # type: ignore[misc, valid-type]
+    class ApacheKafkaContainer(KafkaContainer):
         def _verify_min_kraft_version(self) -> None:
             """The stock check compares the tag with Confluent versions (>= 7.0.0)."""
 
@@ -401,7 +401,7 @@ def container() -> Any:
 
         def start(self, timeout: int = 120) -> Any:
             script = self.TC_START_SCRIPT
-            self.configure()
+            self.configure()  # type: ignore[no-untyped-call]  # unannotated in testcontainers
             self.with_kwargs(entrypoint=["/bin/sh", "-c"])
             self.with_command([f"while [ ! -f {script} ]; do sleep 0.1; done; exec sh {script}"])
             DockerContainer.start(self)

@@ -209,7 +209,7 @@ async def pg_answers(url: str, within_s: float = 3.0) -> bool:
     except Exception:  # any failure at all means "not answering"
         return False
     try:
-        return await conn.fetchval("SELECT 1", timeout=within_s) == 1
+        return bool(await conn.fetchval("SELECT 1", timeout=within_s) == 1)
     except Exception:
         return False
     finally:

@@ -146,9 +146,10 @@ class Publisher:
             raise RecordTooLargeError(
                 f"record of {size} bytes exceeds {topic}'s limit of {self.limit(topic)} bytes"
             )
-        return await self._producer.send(
+        sent: asyncio.Future[RecordMetadata] = await self._producer.send(
             topic, value=value, key=key, headers=list(headers) if headers else None
         )
+        return sent
 
     async def send_and_wait(
         self,

@@ -103,7 +103,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
         return None
     s = settings
     try:
-        context = create_ssl_context(
+        context: ssl.SSLContext = create_ssl_context(
             cafile=s.kafka_ssl_cafile,
             certfile=s.kafka_ssl_certfile,
             keyfile=s.kafka_ssl_keyfile,

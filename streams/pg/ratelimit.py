@@ -567,9 +567,9 @@ class PgRateLimiter:
         except _DB_ERRORS as exc:  # a closed pool: nothing left to free
             log.debug("could not release the listener connection: %r", exc)
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         try:
-            msg = json.loads(payload)
+            msg = json.loads(str(payload))
             key, wait = str(msg["key"]), float(msg["wait"])
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring malformed rate-limit notification %r", payload)

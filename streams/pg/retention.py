@@ -335,9 +335,11 @@ class Sweeper:
             while True:
                 async with conn.transaction():
                     lock = await conn.fetchrow(_LOCK, SWEEP_LOCK)
+                    assert lock is not None  # a SELECT without FROM: always one row
                     if not lock["got"]:
                         return False
                     row = await conn.fetchrow(_DELETE, status.status, status.cutoff, batch_size)
+                assert row is not None  # an aggregate over the deleted rows: always one row
                 n = int(row["n"])
                 report.batches.append(Batch(lock["at"], row["at"], n))
                 status.rows += n
@@ -349,6 +351,7 @@ class Sweeper:
     async def observe_table(self) -> tuple[int, int]:
         """Rows (estimate) and bytes of the jobs table, exported as gauges."""
         row = await self._pool.fetchrow(_TABLE_SIZE)
+        assert row is not None  # the jobs table exists once migrated
         rows, size = int(row["rows"]), int(row["bytes"])
         if self._metrics is not None:
             self._metrics.jobs_table_rows.set(rows)

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from faust.transport.consumer import consecutive_numbers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
+from faust.utils.functional import consecutive_numbers
 
 
 class SafeOffsetConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **kwargs)
         self._head_offset: dict[TP, int] = {}
         self.commits_frozen = False
 

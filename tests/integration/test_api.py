@@ -18,10 +18,11 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
+from streams.dev.replicas import free_port
 from streams.producer.server import ApiServer
 from streams.settings import Settings
 from streams.worker.runtime import Runtime
-from tests.integration.harness import ROOT, free_port, topic_reader, wait_for
+from tests.integration.harness import ROOT, topic_reader, wait_for
 
 pytestmark = pytest.mark.integration
 

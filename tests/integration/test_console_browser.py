@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from streams.dev.replicas import free_port
 from streams.producer.client import JobClient
 from tests.conftest import IN_CI, ROOT
 from tests.integration.console_support import (
@@ -29,7 +30,7 @@ from tests.integration.console_support import (
     private_database,
     running_console,
 )
-from tests.integration.harness import WorkerFactory, free_port, wait_terminal
+from tests.integration.harness import WorkerFactory, wait_terminal
 
 CHROMIUM = os.environ.get("JOBSTREAM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

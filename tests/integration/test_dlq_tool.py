@@ -24,10 +24,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from models.deadletter import DeadLetter, DeadLetterReason, b64
+from models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
 from models.job import FailureRecord, JobEvent
 from streams.dlq.cli import add_dlq_parser, run_dlq_async
-from streams.dlq.replay import REPLAY_HEADER
 from streams.dlq.snapshot import read_snapshot
 from streams.settings import Settings
 

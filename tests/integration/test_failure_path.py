@@ -31,6 +31,7 @@ async def test_retry_tiers_hold_each_attempt_for_its_delay(
     await wait_terminal(pg_pool, [job_id], timeout=60)
 
     row = await pg_pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job_id)
+    assert row is not None
     assert (row["status"], row["attempt"], row["executions"]) == ("succeeded", 4, 4)
 
     names = topic_names(prefix, TIERS)
@@ -169,6 +170,7 @@ async def test_a_hung_handler_is_cancelled_at_its_timeout(
         hung = await client.submit("sleep", {"seconds": 3600})
     await wait_terminal(pg_pool, [hung], timeout=30)
     row = await pg_pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", hung)
+    assert row is not None
     assert (row["status"], row["error_class"]) == ("dead_lettered", "JobTimeoutError")
     assert "timeout" in row["error"]
 

@@ -194,12 +194,13 @@ async def test_copies_of_one_event_run_once(
             job_id = uuid.uuid4().hex
             kind = ("echo", "retry", "fatal", "slow")[i % 4]
             kinds[job_id] = kind
-            payload: dict[str, Any] = {
+            payloads: dict[str, dict[str, Any]] = {
                 "echo": {},
                 "retry": {"seconds": 0, "fail_attempts": 1},
                 "fatal": {"seconds": 0, "fatal": True},
                 "slow": {"seconds": 0.5},
-            }[kind]
+            }
+            payload = payloads[kind]
             value = event("echo" if kind == "echo" else "sleep", payload, job_id)
             for _ in range(3):
                 await producer.send(names.main, value, key=job_id.encode())
@@ -310,10 +311,11 @@ async def test_invalid_events_keep_their_id_and_id_less_events_get_a_stable_one(
     id_less = derived_job_id(f"{names.main}:{meta.partition}:{meta.offset}")
     await wait_terminal(pg_pool, [invalid_id, id_less], timeout=60)
     row = await pg_pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", invalid_id)
+    assert row is not None
     assert row["status"] == "dead_lettered" and row["error"].startswith("invalid_schema")
-    assert (await pg_pool.fetchrow("SELECT status FROM jobs WHERE job_id = $1", id_less))[
-        "status"
-    ] == "succeeded"
+    assert await pg_pool.fetchval("SELECT status FROM jobs WHERE job_id = $1", id_less) == (
+        "succeeded"
+    )
     async with topic_reader(kafka_bootstrap, names.dlq) as dlq:
         await dlq.wait_count(1)
         assert DeadLetter.model_validate_json(dlq.records[0].value).job_id == invalid_id
@@ -430,6 +432,7 @@ async def test_a_broker_that_cannot_acknowledge_is_reported_and_jobs_finish_afte
                 return body if status == 503 and "outcome" in stuck else None
 
             body = await wait_for(degraded, timeout=30, interval=0.5, what="/ready degraded")
+            assert body is not None
             assert body["ready"] is False and body["in_flight"] > 0
             assert proxy.silenced > 0
             metrics = await heir_metrics(worker.web_port)
@@ -478,6 +481,7 @@ async def test_a_job_whose_claim_keeps_expiring_is_dead_lettered_as_stalled(
         await producer.stop()
     await wait_terminal(pg_pool, [job_id], timeout=60)
     row = await pg_pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job_id)
+    assert row is not None
     assert (row["status"], row["takeovers"], row["result"]) == ("dead_lettered", 5, None)
     async with topic_reader(kafka_bootstrap, names.dlq) as dlq:
         await dlq.wait_count(1)

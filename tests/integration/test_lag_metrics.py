@@ -123,7 +123,7 @@ async def test_exported_lag_equals_the_brokers_answer(
 
         async def in_tier() -> bool:
             q = "SELECT status FROM jobs WHERE job_id = $1"
-            return await pg_pool.fetchval(q, retried) == "retrying"
+            return bool(await pg_pool.fetchval(q, retried) == "retrying")
 
         await wait_for(in_tier, timeout=30, what="the failing job in the retry tier")
         blocker = await client.submit("sleep", {"seconds": 600})

@@ -52,6 +52,7 @@ async def test_a_long_hold_in_a_retry_tier_causes_no_rebalance(
 
     await wait_terminal(pg_pool, [job_id], timeout=HOLD_S * 3)
     row = await pg_pool.fetchrow("SELECT status, attempt FROM jobs WHERE job_id = $1", job_id)
+    assert row is not None
     assert (row["status"], row["attempt"]) == ("succeeded", 2)
     assert await members(kafka_bootstrap, prefix) == before
     assert worker.log_text().count("Joined group") == 1, worker.tail()

@@ -140,6 +140,7 @@ async def test_jobs_pauses_and_retention_through_pgbouncer(
             "SELECT paused_until, clock_timestamp() AS now FROM rate_limit_buckets WHERE key = $1",
             "upstream",
         )
+        assert row is not None
         assert row["now"] >= row["paused_until"] - timedelta(milliseconds=20)
         await first.close()
         await second.close()

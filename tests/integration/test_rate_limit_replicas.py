@@ -32,7 +32,8 @@ async def test_three_replicas_share_one_rate_limit(
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"llm.chat": {"rate_limit_key": key}}))
     async with FakeOpenRouter(FakeConfig(rate_limit=RATE, latency_ms=30)) as fake:
-        env = {
+        assert fake.base_url is not None  # set once it listens
+        env: dict[str, str] = {
             "JOBSTREAM_OPENROUTER_BASE_URL": fake.base_url,
             "JOBSTREAM_OPENROUTER_API_KEY": "test-key",
             # a smaller burst than the server's leaves it headroom for network jitter

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -152,7 +153,9 @@ async def test_single_limiter_rate_within_5_percent(pool: asyncpg.Pool) -> None:
     assert count == 200
 
 
-def _run_replicas(dsn: str, key: str, rate: float, n: int, duration: float) -> Iterator[dict]:
+def _run_replicas(
+    dsn: str, key: str, rate: float, n: int, duration: float
+) -> Iterator[dict[str, Any]]:
     start = time.time() + 4.0  # time for every interpreter to start and connect
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
@@ -294,6 +297,7 @@ async def test_changed_configuration_is_written_to_the_row(pool: asyncpg.Pool) -
     async with limiter(pool, {key: RateLimit(rate=30, per=2.0, tokens_per_minute=600)}) as lim:
         await lim.acquire(key)
     row = await pool.fetchrow("SELECT * FROM rate_limit_buckets WHERE key = $1", key)
+    assert row is not None
     assert (row["capacity"], row["refill_per_s"]) == (30.0, 15.0)
     assert (row["tpm_capacity"], row["tpm_per_s"], row["tpm_tokens"]) == (600.0, 10.0, 600.0)
 

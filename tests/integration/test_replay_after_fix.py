@@ -8,8 +8,9 @@ import json
 import asyncpg
 from aiohttp import web
 
+from streams.dev.replicas import free_port
 from streams.producer.client import JobClient
-from tests.integration.harness import WorkerFactory, free_port, wait_for, wait_terminal
+from tests.integration.harness import WorkerFactory, wait_for, wait_terminal
 
 
 async def test_replay_after_fixing_the_cause(
@@ -51,7 +52,7 @@ async def test_replay_after_fixing_the_cause(
 
         async def all_succeeded() -> bool:
             q = "SELECT count(*) FROM jobs WHERE job_id = ANY($1) AND status = 'succeeded'"
-            return await pg_pool.fetchval(q, ids) == len(ids)
+            return bool(await pg_pool.fetchval(q, ids) == len(ids))
 
         await wait_for(all_succeeded, timeout=60, what="replayed jobs succeeded")
         rows = await pg_pool.fetch(

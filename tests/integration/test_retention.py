@@ -94,7 +94,10 @@ async def test_sweep_deletes_exactly_the_due_rows_under_concurrent_writes(
 ) -> None:
     _, pool = db
     now: datetime = await pool.fetchval("SELECT clock_timestamp()")
-    ago = lambda s: now - timedelta(seconds=s)  # noqa: E731
+
+    def ago(s: float) -> datetime:
+        return now - timedelta(seconds=s)
+
     s_old, s_new = rows("s-old", 3000), rows("s-new", 500)
     r_old = rows("r-old", 500)
     d_gone, d_kept, d_new = rows("d-gone", 300), rows("d-kept", 300), rows("d-new", 300)

@@ -80,7 +80,7 @@ class Gate:
         finally:
             self._transports -= pair
             for transport in pair:
-                transport.abort()  # type: ignore[attr-defined]
+                transport.abort()
 
     @staticmethod
     async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:

@@ -170,7 +170,7 @@ def exported_metric_names() -> frozenset[str]:
     Metrics(registry)
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     suffixes["summary"] = ("_sum", "_count")
-    names = set()
+    names: set[str] = set()
     for family in registry.collect():
         names.update(family.name + s for s in suffixes.get(family.type, ("",)))
     return frozenset(names)

@@ -100,6 +100,7 @@ async def run(rows: int, hours: float, repeat: int, keep: bool) -> int:
             " OFFSET $1 LIMIT 1",
             rows // 2,
         )
+        assert deep is not None, "the benchmark's jobs table is empty"
         from streams.console.queries import encode_cursor
 
         middle = encode_cursor(deep["updated_at"], deep["job_id"])

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import sentry_sdk
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from streams import observability as obs
 from streams.settings import Settings
@@ -111,10 +111,10 @@ def test_scrubber_blanks_secret_named_keys_and_header_pairs() -> None:
 def test_known_secrets_are_removed_wherever_they_appear() -> None:
     encoded = "Pl%40nted%2Fpw"
     settings = Settings(
-        database_url=f"postgresql://app:{encoded}@h:5432/db",
-        api_token="ApiTok-3344",
-        openrouter_api_key="or-key-5566",
-        sentry_dsn="https://PublicKey7788@o1.ingest.example/42",
+        database_url=SecretStr(f"postgresql://app:{encoded}@h:5432/db"),
+        api_token=SecretStr("ApiTok-3344"),
+        openrouter_api_key=SecretStr("or-key-5566"),
+        sentry_dsn=SecretStr("https://PublicKey7788@o1.ingest.example/42"),
         worker_name="w",
     )
     obs.register_secrets(settings)
@@ -187,11 +187,11 @@ async def fake_sentry() -> AsyncIterator[FakeSentry]:
 @pytest.fixture
 def sentry_on(fake_sentry: FakeSentry) -> Any:
     settings = Settings(
-        sentry_dsn=fake_sentry.dsn(),
+        sentry_dsn=SecretStr(fake_sentry.dsn()),
         worker_name="w-unit",
-        database_url=DSN,
-        api_token=TOKEN,
-        openrouter_api_key=API_KEY,
+        database_url=SecretStr(DSN),
+        api_token=SecretStr(TOKEN),
+        openrouter_api_key=SecretStr(API_KEY),
     )
     assert obs.init_sentry(settings)
     yield fake_sentry

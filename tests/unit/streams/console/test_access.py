@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from itsdangerous import URLSafeTimedSerializer
@@ -33,8 +34,8 @@ from streams.settings import Settings
 STATUSES = ("running", "retrying", "succeeded", "dead_lettered")
 
 
-def settings(**values: object) -> Settings:
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+def settings(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)
 
 
 @pytest.mark.parametrize(

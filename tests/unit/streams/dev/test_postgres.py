@@ -81,15 +81,15 @@ def test_pg_data_moves_to_tmp_when_its_user_cannot_reach_the_state_dir(
     user = type("U", (), {"pw_name": "nobody-here", "pw_uid": 54321, "pw_gid": 54321})()
     monkeypatch.setattr(os, "getgrouplist", lambda name, gid: [gid])
 
-    base = pg.choose_base(private / "state", user)  # type: ignore[arg-type]
+    base = pg.choose_base(private / "state", user)
     assert base == pg.relocated_base(private / "state")
-    assert base.parent == Path(pg.tempfile.gettempdir())
+    assert base.parent == Path(tempfile.gettempdir())
     assert base.name.startswith("jobstream-pg-")
     assert pg.relocated_base(private / "state") == base  # stable, so `down` finds it again
     assert pg.relocated_base(open_dir / "other") != base
 
     os.chmod(private, 0o755)
-    local = pg.choose_base(private / "state", user)  # type: ignore[arg-type]
+    local = pg.choose_base(private / "state", user)
     assert local == private / "state" / "pg"
 
 

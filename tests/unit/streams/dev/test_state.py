@@ -20,7 +20,7 @@ class _Scripted(random.Random):
         super().__init__(0)
         self._ports = iter(ports)
 
-    def randrange(self, *args: Any, **kwargs: Any) -> int:  # type: ignore[override]
+    def randrange(self, *args: Any, **kwargs: Any) -> int:
         return next(self._ports)
 
 

@@ -10,12 +10,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
-from models.deadletter import DeadLetter, DeadLetterReason, b64
+from models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
 from models.job import FailureRecord, JobEvent
 from streams.dlq.cli import ProgressBar, add_dlq_parser, main, run_dlq_async
 from streams.dlq.filters import DeadLetterFilter, FilterError, parse_time
 from streams.dlq.replay import (
-    REPLAY_HEADER,
     Action,
     ReplayCounts,
     ReplayOptions,

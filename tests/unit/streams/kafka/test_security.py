@@ -20,7 +20,7 @@ SECRET = "s3cret-value-for-tests"
 
 
 def settings(**fields: Any) -> Settings:
-    return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **fields)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ TP0 = TP("jobs", 0)
 
 def bare(cls: type[Any], committed: int | None, head: int | None = None) -> Any:
     """A consumer with only the bookkeeping ``_new_offset`` reads (no app, no broker)."""
-    consumer = cls.__new__(cls)
+    consumer = object.__new__(cls)
     consumer._acked = defaultdict(list)
     consumer._acked_index = defaultdict(set)
     consumer._gap = defaultdict(IntervalTree)
