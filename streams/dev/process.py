@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import pwd
@@ -14,11 +13,15 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
+
+import psutil
+from filelock import AsyncFileLock
 
 from models.errors import StackError
+from streams.polling import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +47,18 @@ def pid_alive(pid: int | None) -> bool:
         del _children[pid]
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return True
-    return fields[0] != "Z"
 
 
 def _cmdline(pid: int) -> str | None:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return None
-    return raw.replace(b"\0", b" ").decode(errors="replace")
 
 
 def owns(pid: int | None, marker: str) -> bool:
@@ -69,31 +66,28 @@ def owns(pid: int | None, marker: str) -> bool:
     command line names our own files."""
     if pid is None or not pid_alive(pid):
         return False
-    cmd = _cmdline(pid)
-    if cmd is None:
-        return not Path("/proc/self").exists()  # no procfs: the recorded pid is all we have
-    return marker in cmd
+    return marker in (_cmdline(pid) or "")
 
 
 def pids_matching(marker: str) -> list[int]:
     """Finds a server that outlived its state file, before a second one trips over its locks."""
     me = os.getpid()
     return [
-        pid
-        for pid in (int(e.name) for e in Path("/proc").glob("[0-9]*"))
-        if pid != me and marker in (_cmdline(pid) or "") and pid_alive(pid)
+        proc.pid
+        for proc in psutil.process_iter()
+        if proc.pid != me and marker in (_cmdline(proc.pid) or "") and pid_alive(proc.pid)
     ]
 
 
 def group_members(pgid: int, predicate: Callable[[str], bool]) -> list[int]:
     members = []
-    for entry in Path("/proc").glob("[0-9]*"):
+    for proc in psutil.process_iter():
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            in_group = os.getpgid(proc.pid) == pgid
+        except (ProcessLookupError, PermissionError):
             continue
-        if int(fields[2]) == pgid and predicate(_cmdline(int(entry.name)) or ""):
-            members.append(int(entry.name))
+        if in_group and predicate(_cmdline(proc.pid) or ""):
+            members.append(proc.pid)
     return members
 
 
@@ -114,11 +108,13 @@ def kill_hard(pid: int) -> None:
 
 
 async def wait_gone(pid: int, within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while pid_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.1)
+    async def gone() -> bool:
+        return not pid_alive(pid)
+
+    try:
+        await wait_until(gone, within_s=within_s, interval_s=0.1, what=f"pid {pid} to exit")
+    except TimeoutError:
+        return False
     return True
 
 
@@ -217,32 +213,158 @@ def tail(path: Path, n: int = 20) -> str:
 @contextlib.asynccontextmanager
 async def locked(path: Path) -> AsyncIterator[None]:
     """Serialises ``up``/``down``/fetch across processes (parallel test sessions, two shells);
-    polled so the event loop stays free while waiting."""
+    the event loop stays free while waiting."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(0.2)
+    async with AsyncFileLock(path, mode=0o644, poll_interval=0.2):
         yield
-    finally:
-        os.close(fd)
 
 
 async def wait_ready(
     name: str, probe: Callable[[], Awaitable[bool]], pid: int, within_s: float, log_path: Path
 ) -> None:
     """Polls a real request; a server that dies meanwhile fails fast, with its last words."""
-    deadline = time.monotonic() + within_s
-    while not await probe():
+
+    async def answered() -> bool:
+        if await probe():
+            return True
         if not pid_alive(pid):
             raise StackError(f"{name} exited during start-up; end of {log_path}:\n{tail(log_path)}")
-        if time.monotonic() >= deadline:
-            raise StackError(
-                f"{name} did not answer within {within_s:.0f}s; end of {log_path}:\n"
-                f"{tail(log_path)}"
+        return False
+
+    try:
+        await wait_until(answered, within_s=within_s, interval_s=0.25, what=name)
+    except TimeoutError:
+        raise StackError(
+            f"{name} did not answer within {within_s:.0f}s; end of {log_path}:\n{tail(log_path)}"
+        ) from None
+
+
+class Child:
+    """A child process this program owns, its output in ``log_path``: the benchmark's workers,
+    baseline and fake upstream, and the worker replicas of the demo and the tests. Every live one
+    is tracked, so that Ctrl-C, an error or a crashed caller still stops it (:meth:`reap_all`).
+
+    ``new_session``: a Ctrl-C in the terminal reaches only the owner, which then stops its
+    children in order instead of racing them.
+    """
+
+    live: ClassVar[set[Child]] = set()
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        cwd: Path | None = None,
+        port: int | None = None,
+        new_session: bool = True,
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = dict(env)
+        self.log_path = log_path
+        self.cwd = cwd
+        self.port = port
+        """The port it serves HTTP on, if any."""
+        self.new_session = new_session
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=self.new_session,
             )
-        await asyncio.sleep(0.25)
+        Child.live.add(self)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def cpu_s(self) -> float | None:
+        """User + system CPU seconds so far; None once it has exited."""
+        if not self.alive:
+            return None
+        try:
+            times = psutil.Process(self.pid).cpu_times()
+        except psutil.Error:
+            return None
+        return float(times.user + times.system)
+
+    def send(self, sig: signal.Signals) -> None:
+        if self.alive:
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    def wait(self, timeout_s: float = 60) -> int:
+        """The exit code; ``subprocess.TimeoutExpired`` if it is still running after
+        ``timeout_s``."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout=timeout_s)
+        Child.live.discard(self)
+        return code
+
+    def stop(self, timeout_s: float = 60) -> int | None:
+        """SIGTERM (a worker drains), SIGKILL past ``timeout_s``: the exit code, None if it had
+        to be killed (or never started)."""
+        if self.proc is None:
+            return None
+        self.send(signal.SIGTERM)
+        try:
+            return self.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    async def stop_async(self, timeout_s: float = 60) -> int | None:
+        """:meth:`stop` without blocking the event loop."""
+        return await asyncio.to_thread(self.stop, timeout_s)
+
+    def kill(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=30)
+        Child.live.discard(self)
+        return self.proc.returncode
+
+    @classmethod
+    def reap_all(cls, grace_s: float = 10.0) -> None:
+        """Synchronous last resort: works after the event loop is gone."""
+        children = [c for c in cls.live if c.alive]
+        for c in children:
+            c.send(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for c in children:
+            assert c.proc is not None
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            c.kill()
+        cls.live.clear()

@@ -6,19 +6,16 @@ ready when its ``GET /ready`` answers 200, and it is stopped with SIGTERM (drain
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import aiohttp
+
+from streams.dev.process import Child
+from streams.polling import wait_until
 
 
 def free_port() -> int:
@@ -45,31 +42,22 @@ def replica_env(
     return env
 
 
-@dataclass
-class Replica:
-    name: str
-    env: dict[str, str]
-    log_path: Path
-    web_port: int
-    cwd: Path | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = field(default=None, repr=False)
+class Replica(Child):
+    """``python -m streams.cli worker`` as a child process, serving ``/ready`` on ``web_port``.
 
-    def start(self) -> Replica:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed when the process ends
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
-            cwd=self.cwd,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        return self
+    It shares its owner's session: a Ctrl-C in the terminal reaches it too, and it drains."""
 
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def __init__(
+        self,
+        name: str,
+        env: Mapping[str, str],
+        log_path: Path,
+        web_port: int,
+        cwd: Path | None = None,
+    ) -> None:
+        argv = [sys.executable, "-m", "streams.cli", "worker"]
+        super().__init__(name, argv, env, log_path, cwd=cwd, port=web_port, new_session=False)
+        self.web_port = web_port
 
     async def in_flight(self) -> int | None:
         """Jobs running now, from ``/ready``; None when the replica does not answer (yet)."""
@@ -86,56 +74,15 @@ class Replica:
 
     async def wait_ready(self, timeout_s: float = 90) -> None:
         """Until ``/ready`` answers 200: started, in the group, assignment received."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        async def ready() -> bool:
             if not self.alive:
                 raise RuntimeError(f"replica {self.name} exited early:\n{self.tail()}")
-            if await self.in_flight() is not None:
-                return
-            await asyncio.sleep(0.2)
-        raise TimeoutError(f"replica {self.name} not ready after {timeout_s}s:\n{self.tail()}")
+            return await self.in_flight() is not None
 
-    def log_text(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-n:])
-
-    def send(self, sig: signal.Signals) -> None:
-        if self.alive:
-            assert self.proc is not None
-            self.proc.send_signal(sig)
-
-    def wait(self, timeout_s: float = 60) -> int:
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        finally:
-            self._close_log()
-
-    def stop(self, timeout_s: float = 60) -> int | None:
-        """SIGTERM (drain), then SIGKILL if it has not exited in time."""
-        if self.proc is None:
-            return None
-        self.send(signal.SIGTERM)
-        try:
-            return self.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            return self.kill()
-
-    def kill(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.alive:
-            self.proc.kill()
-        code = self.proc.wait(timeout=30)
-        self._close_log()
-        return code
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+            await wait_until(ready, within_s=timeout_s, what=f"replica {self.name}")
+        except TimeoutError:
+            raise TimeoutError(
+                f"replica {self.name} not ready after {timeout_s}s:\n{self.tail()}"
+            ) from None

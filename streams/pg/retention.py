@@ -38,6 +38,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.job import JobStatus
+from streams.kafka.reader import partitions_of
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -202,8 +203,9 @@ async def dead_letter_horizon(
     )
     try:
         async with asyncio.timeout(timeout_s):
+            parts = (await partitions_of(bootstrap, [topic], options)).get(topic)
             await consumer.start()
-            earliest = await _earliest_timestamp(consumer, topic)
+            earliest = await _earliest_timestamp(consumer, topic, parts)
     except Exception as exc:  # timeouts, OSError and aiokafka's errors: all mean "unknown"
         log.warning("retention: cannot read %s, keeping dead-lettered rows: %r", topic, exc)
         return None
@@ -219,13 +221,11 @@ async def dead_letter_horizon(
 _UNKNOWN: Any = object()
 
 
-async def _earliest_timestamp(consumer: AIOKafkaConsumer, topic: str) -> Any:
+async def _earliest_timestamp(
+    consumer: AIOKafkaConsumer, topic: str, parts: list[int] | None
+) -> Any:
     """The smallest timestamp of the first retained record over the topic's partitions; None
     when the topic holds no record at all, ``_UNKNOWN`` when it cannot be told."""
-    parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        await consumer._client.force_metadata_update()
-        parts = consumer.partitions_for_topic(topic)
     if not parts:
         log.warning("retention: topic %s not found, keeping dead-lettered rows", topic)
         return _UNKNOWN

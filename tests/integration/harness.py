@@ -7,38 +7,37 @@ SIGTERM them. Every wait polls a condition with a deadline; nothing sleeps a fix
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.dev.replicas import Replica, free_port, replica_env
+from streams.kafka.reader import TopicReader as Reader
+from streams.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[T]], *, timeout: float, interval: float = 0.2, what: str = ""
+    check: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float,
+    interval: float = 0.2,
+    what: str = "",
 ) -> T:
-    """Poll ``check`` until it returns a truthy value; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
+    """Poll ``check`` until it returns a truthy value (:func:`streams.polling.wait_until`);
+    the deadline fails the test with ``what``."""
+    return await wait_until(
+        check, within_s=timeout, interval_s=interval, what=what, error=AssertionError
+    )
 
 
 class WorkerProcess(Replica):
@@ -50,7 +49,7 @@ class WorkerProcess(Replica):
     def signal(self, sig: signal.Signals) -> None:
         self.send(sig)
 
-    def wait(self, timeout: float = 60) -> int:  # type: ignore[override]
+    def wait(self, timeout: float = 60) -> int:
         return super().wait(timeout)
 
 
@@ -110,42 +109,17 @@ class WorkerFactory:
         return await run_cli(*args, env=env)
 
 
-class TopicReader:
-    """Reads a topic from the beginning without a group (so it never joins the workers')."""
+class TopicReader(Reader):
+    """Reads a topic from the beginning without a group, keeping every record read."""
 
     def __init__(
         self, bootstrap: str, topic: str, options: Mapping[str, Any] | None = None
     ) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.options = dict(options or {})  # TLS/SASL client arguments (kafka_security)
+        super().__init__(bootstrap, topic, options)
         self.records: list[Any] = []
-        self._consumer: AIOKafkaConsumer | None = None
-
-    async def start(self) -> TopicReader:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            group_id=None,
-            **self.options,
-        )
-        await self._consumer.start()
-        parts = await wait_for(self._partitions, timeout=30, what=f"partitions of {self.topic}")
-        tps = [TopicPartition(self.topic, p) for p in parts]
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
-        return self
-
-    async def _partitions(self) -> set[int] | None:
-        assert self._consumer is not None
-        await self._consumer._client.force_metadata_update()  # the topic may be new
-        return self._consumer.partitions_for_topic(self.topic)
 
     async def poll(self) -> list[Any]:
-        assert self._consumer is not None
-        batch = await self._consumer.getmany(timeout_ms=200)
-        for records in batch.values():
-            self.records.extend(records)
+        self.records.extend(await self.read())
         return self.records
 
     def json(self) -> list[dict[str, Any]]:
@@ -158,18 +132,10 @@ class TopicReader:
         await wait_for(enough, timeout=timeout, interval=0, what=f"{n} records on {self.topic}")
         return self.records
 
-    async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
 
-
-@contextlib.asynccontextmanager
-async def topic_reader(bootstrap: str, topic: str) -> Any:
-    reader = await TopicReader(bootstrap, topic).start()
-    try:
-        yield reader
-    finally:
-        await reader.stop()
+def topic_reader(bootstrap: str, topic: str) -> TopicReader:
+    """``async with topic_reader(bootstrap, topic) as reader``."""
+    return TopicReader(bootstrap, topic)
 
 
 async def count_rows(pool: asyncpg.Pool, job_ids: list[str], status: str | None = None) -> int:

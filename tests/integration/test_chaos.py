@@ -30,6 +30,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.kafka.reader import partitions_of
 from streams.producer.client import JobClient
 from streams.topics import topic_names
 from tests.integration.harness import WorkerFactory, topic_reader, wait_for
@@ -123,14 +124,14 @@ class Progress:
 
 async def quiescent(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
     """Consumer-group lag per topic (end offset - committed); all zero once nothing is left."""
+    parts = await partitions_of(bootstrap, topics)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await admin.start()
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
         committed = await admin.list_consumer_group_offsets(group)
-        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
         ends = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
@@ -145,15 +146,8 @@ async def quiescent(bootstrap: str, group: str, topics: list[str]) -> dict[str, 
 
 async def read_all(bootstrap: str, topic: str, timeout: float = 120) -> list[dict[str, Any]]:
     """Every record of ``topic`` (read up to the end offsets as of now), parsed as JSON."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        total = sum((await consumer.end_offsets(tps)).values())
-    finally:
-        await consumer.stop()
     async with topic_reader(bootstrap, topic) as reader:
+        total = sum((await reader.end_offsets()).values())
         await reader.wait_count(total, timeout=timeout)
         return reader.json()
 

@@ -24,6 +24,7 @@ from models.deadletter import DeadLetter
 from models.job import JobEvent, JobOutcome, derived_job_id
 from streams.failures import RecordTooLargeError
 from streams.kafka.publisher import Publisher, topic_limits
+from streams.kafka.reader import partitions_of
 from streams.topics import topic_names
 from tests.integration.blackhole import broker_behind_blackhole
 from tests.integration.harness import WorkerFactory, topic_reader, wait_for, wait_terminal
@@ -50,10 +51,7 @@ async def lag_by_partition(bootstrap: str, group: str, topic: str) -> dict[int, 
     await consumer.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
+        parts = (await partitions_of(bootstrap, [topic])).get(topic, [])
         tps = [TopicPartition(topic, p) for p in parts]
         ends = await consumer.end_offsets(tps)
         return {

@@ -47,7 +47,6 @@ import platform
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +56,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any
+
+import psutil
 
 from streams.dev.bench.report import (
     FAKE_LATENCY_MS,
@@ -73,15 +74,16 @@ from streams.dev.bench.report import (
     summarize,
     write_report,
 )
+from streams.dev.process import Child
 from streams.dev.replicas import free_port
+from streams.kafka.reader import TopicReader
+from streams.polling import wait_until
 
 DEFAULT_OUT_DIR = Path("bench-results")
 PUBLISH_CHUNK = 1000
 UNLIMITED = {"rate": 100_000, "per": 1}
 """The rate limit given to the benchmark's own limiter key: far above anything measured, so the
 limiter is exercised (every llm.chat job still takes a token) but never makes a job wait."""
-
-T = TypeVar("T")
 
 
 def _is_secret(name: str) -> bool:
@@ -119,136 +121,13 @@ def worker_settings(env: Mapping[str, str]) -> dict[str, str]:
 # -- processes -------------------------------------------------------------------------------
 
 
-def _clock_ticks() -> int:
-    try:
-        return int(os.sysconf("SC_CLK_TCK"))
-    except (ValueError, OSError, AttributeError):
-        return 100
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a live process, from /proc (None where there is none)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _clock_ticks()
-
-
-def machine_cpu() -> tuple[float, float] | None:
-    """(busy, total) jiffies over all cores since boot: two readings give the busy fraction."""
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
-        return None
-    values = [float(v) for v in first[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return sum(values) - idle, sum(values)
-
-
-class Child:
-    """A subprocess the benchmark owns. Every live one is tracked so that Ctrl-C, an error or
-    a crashed benchmark loop still stops it (see :meth:`reap_all`)."""
-
-    live: ClassVar[set[Child]] = set()
-
-    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], log_path: Path):
-        self.name = name
-        self.argv = argv
-        self.env = dict(env)
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port: int | None = None
-        """The port it serves HTTP on, if any."""
-
-    def start(self) -> Child:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            # its own session: a Ctrl-C in the terminal reaches only the benchmark, which then
-            # stops the children in order instead of racing them
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        Child.live.add(self)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def tail(self, n: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-n:])
-
-    def cpu_s(self) -> float | None:
-        return process_cpu_s(self.pid) if self.alive() else None
-
-    async def stop(self, within_s: float) -> int | None:
-        """SIGTERM and wait; SIGKILL past ``within_s``. The exit code, or None if killed."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(self.proc.wait, within_s)
-        if self.proc.poll() is None:
-            self.kill()
-            Child.live.discard(self)
-            return None
-        Child.live.discard(self)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
-
-    @classmethod
-    def reap_all(cls, grace_s: float = 10.0) -> None:
-        """Synchronous last resort: works after the event loop is gone."""
-        children = [c for c in cls.live if c.alive()]
-        for c in children:
-            with contextlib.suppress(ProcessLookupError):
-                assert c.proc is not None
-                c.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for c in children:
-            assert c.proc is not None
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            c.kill()
-        cls.live.clear()
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[T]], *, within_s: float, what: str, interval: float = 0.2
-) -> T:
-    deadline = time.monotonic() + within_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {within_s:g}s waiting for {what}")
-        await asyncio.sleep(interval)
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds over all cores since boot: two readings give the busy
+    fraction."""
+    times = psutil.cpu_times()
+    total = float(sum(times))
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return total - idle, total
 
 
 async def http_status(url: str) -> int | None:
@@ -332,59 +211,29 @@ class OutputCollector:
         self.done: dict[str, Done] = {}
         self.duplicates = 0
         self.unparsable = 0
-        self._consumer: Any = None
+        self._reader = TopicReader(bootstrap, topic, self.options)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> OutputCollector:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **self.options,
-        )
-        await self._consumer.start()
-
-        async def partitions() -> set[int] | None:
-            # the topic is brand new: wait until every partition has a leader, or the first
-            # offset lookups fail and aiokafka logs errors for what is only a slow start
-            client = self._consumer._client
-            await client.force_metadata_update()
-            parts: set[int] | None = self._consumer.partitions_for_topic(self.topic)
-            if not parts:
-                return None
-            leaders = [
-                client.cluster.leader_for_partition(TopicPartition(self.topic, p)) for p in parts
-            ]
-            return parts if all(x is not None and x >= 0 for x in leaders) else None
-
-        parts = await wait_until(partitions, within_s=30, what=f"partitions of {self.topic}")
-        assert parts is not None
-        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
+        await self._reader.start()
         self._task = asyncio.create_task(self._run(), name=f"collect-{self.topic}")
         return self
 
     async def _run(self) -> None:
         while True:
-            batch = await self._consumer.getmany(timeout_ms=200, max_records=20_000)
-            for records in batch.values():
-                for rec in records:
-                    try:
-                        parsed = self.parse(rec)
-                    except (ValueError, KeyError, TypeError):
-                        self.unparsable += 1
-                        continue
-                    if parsed is None:
-                        continue
-                    job_id, done = parsed
-                    if job_id in self.done:
-                        self.duplicates += 1
-                    else:
-                        self.done[job_id] = done
+            for rec in await self._reader.read(max_records=20_000):
+                try:
+                    parsed = self.parse(rec)
+                except (ValueError, KeyError, TypeError):
+                    self.unparsable += 1
+                    continue
+                if parsed is None:
+                    continue
+                job_id, done = parsed
+                if job_id in self.done:
+                    self.duplicates += 1
+                else:
+                    self.done[job_id] = done
 
     async def wait_all(
         self,
@@ -417,8 +266,7 @@ class OutputCollector:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._reader.stop()
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -590,7 +438,7 @@ class Bench:
             result["error"] = f"{type(exc).__name__}: {exc}"
             _say(f"{spec.name}: FAILED: {result['error']}")
             for c in children:
-                if not c.alive() and c.proc is not None:
+                if not c.alive and c.proc is not None:
                     _say(f"{c.name} exited with {c.proc.returncode}; log tail:\n{c.tail()}")
         finally:
             # workers first (they drain into Kafka and PostgreSQL), then their upstream
@@ -598,7 +446,7 @@ class Bench:
             order += [c for c in children if c.name.startswith("fake")]
             codes = []
             for child in order:
-                code = await child.stop(within_s=60)
+                code = await child.stop_async(60)
                 codes.append({"process": child.name, "exit_code": code})
                 if code != 0 and not result["error"]:
                     result["error"] = f"{child.name} exited with {code} after SIGTERM"
@@ -649,9 +497,7 @@ class Bench:
         argv = [sys.executable, "-m", "streams.cli", "worker"]
         env = self.worker_env(spec, prefix, index, port, extra)
         log = self.log_dir / f"{prefix}-w{index + 1}.log"
-        worker = Child(f"worker-{index + 1}", argv, env, log)
-        worker.port = port
-        return worker.start()
+        return Child(f"worker-{index + 1}", argv, env, log, port=port).start()
 
     async def _start_fake(self, spec: Scenario, prefix: str) -> tuple[Child, dict[str, str]]:
         """The fake upstream with no limit of its own; the env that points the workers at it.
@@ -663,19 +509,18 @@ class Bench:
         port = free_port()
         argv = [sys.executable, "-m", "streams.dev.fake_openrouter", "--port", str(port),
                 "--latency-ms", f"{spec.upstream_latency_ms:g}"]  # fmt: skip
-        fake = Child("fake-openrouter", argv, self._base_env(), self.log_dir / f"{prefix}-fake.log")
-        fake.port = port
-        fake.start()
+        log = self.log_dir / f"{prefix}-fake.log"
+        fake = Child("fake-openrouter", argv, self._base_env(), log, port=port).start()
 
         async def healthy() -> bool:
-            if not fake.alive():
+            if not fake.alive:
                 raise RuntimeError(f"fake OpenRouter exited early:\n{fake.tail()}")
             return await http_status(f"http://127.0.0.1:{port}/health") == 200
 
         try:
             await wait_until(healthy, within_s=30, what="the fake OpenRouter")
         except BaseException:
-            await fake.stop(within_s=10)
+            await fake.stop_async(10)
             raise
         key = prefix
         policy = self.state_dir / f"{prefix}-policy.json"
@@ -700,7 +545,7 @@ class Bench:
 
         async def ready() -> bool:
             for c in children:
-                if not c.alive():
+                if not c.alive:
                     raise RuntimeError(f"{c.name} exited early:\n{c.tail()}")
             seen["/ready"] = [
                 await http_status(f"http://127.0.0.1:{port}/ready") for port in web_ports
