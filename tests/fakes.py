@@ -1,0 +1,483 @@
+"""In-memory stand-ins for the services around the pipeline, for unit tests.
+
+``FakeStore`` keeps job rows with the claim and fencing rules of ``streams/pg/results.py``
+(``_CLAIM``, ``_UPSERT``, ``_RENEW``), its leases on a ``FakeClock`` the test moves;
+``FakePublisher`` records every record with per-topic limits; ``FakeLimiter`` records what it was
+asked. Each can be told to fail: a queue of errors per operation (``fail``), an outage
+(``down``) or a refusal by content (``refuse``). ``World`` wires them into a ``Pipeline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict
+
+from agents.durable import DurableSteps
+from agents.pipeline import Pipeline
+from agents.policy import RetryPolicy
+from agents.registry import Handler, JobType, Registry
+from models.deadletter import DeadLetter
+from models.job import JobEvent, JobOutcome, JobStatus
+from models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
+from streams.failures import RecordTooLargeError
+from streams.kafka.publisher import Headers, Publisher
+from streams.kafka.record import Record
+from streams.metrics import Metrics
+from streams.settings import Settings
+from streams.topics import TopicNames, topic_names
+
+
+class FakeClock:
+    """The store's ``now()``: it only moves when the test says so."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.at = start or datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, seconds: float) -> None:
+        self.at += timedelta(seconds=seconds)
+
+
+class _Calls:
+    """Counts calls per operation and lets a test wait for the n-th one (no polling)."""
+
+    def __init__(self) -> None:
+        self.count: Counter[str] = Counter()
+        self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
+
+    def tick(self, op: str) -> None:
+        self.count[op] += 1
+        for waiter in list(self._waiters):
+            name, n, future = waiter
+            if name == op and self.count[op] >= n and not future.done():
+                future.set_result(None)
+                self._waiters.remove(waiter)
+
+    async def wait(self, op: str, n: int, timeout_s: float = 5.0) -> None:
+        if self.count[op] >= n:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((op, n, future))
+        await asyncio.wait_for(future, timeout_s)
+
+
+class _Faults:
+    """Errors to raise: the next ones queued per operation, or every time while it is down."""
+
+    def __init__(self) -> None:
+        self.queued: dict[str, list[BaseException]] = {}
+        self.down: dict[str, BaseException] = {}
+
+    def fail(self, op: str, *errors: BaseException) -> None:
+        self.queued.setdefault(op, []).extend(errors)
+
+    def check(self, op: str) -> None:
+        if op in self.down:
+            raise self.down[op]
+        queued = self.queued.get(op)
+        if queued:
+            raise queued.pop(0)
+
+
+@dataclass
+class FakeRow:
+    """A row of the ``jobs`` table, every column the claims and writes read or set."""
+
+    job_id: str
+    type: str | None
+    status: JobStatus
+    attempt: int
+    result: Any = None
+    error: str | None = None
+    error_class: str | None = None
+    source: str | None = None
+    replay_of: str | None = None
+    worker: str | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    executions: int = 0
+    claim_token: str | None = None
+    lease_until: datetime | None = None
+    takeovers: int = 0
+
+    def state(self) -> StoredState:
+        return StoredState(
+            job_id=self.job_id,
+            status=self.status,
+            attempt=self.attempt,
+            result=self.result,
+            error=self.error,
+            error_class=self.error_class,
+            worker=self.worker,
+            finished_at=self.finished_at,
+            claim_token=self.claim_token,
+            lease_until=self.lease_until,
+            source=self.source,
+        )
+
+
+def _text(value: str | None) -> str | None:
+    return value.replace("\x00", "\ufffd") if value else value
+
+
+class FakeStore:
+    """``ResultStore`` in memory: one claim or write at a time, same rules as the SQL.
+
+    ``refuse(row)`` returns the error PostgreSQL would raise for that row's content (or None).
+    """
+
+    def __init__(
+        self,
+        clock: FakeClock | None = None,
+        *,
+        worker: str = "test-worker",
+        lease_s: float = 30.0,
+        journal: list[str] | None = None,
+    ) -> None:
+        self.clock = clock or FakeClock()
+        self.worker = worker
+        self.lease_s = lease_s
+        self.rows: dict[str, FakeRow] = {}
+        self.held: dict[str, str] = {}
+        self.lost: set[str] = set()
+        self.faults = _Faults()
+        self.refuse: Callable[[JobRow], BaseException | None] | None = None
+        self.calls = _Calls()
+        self.journal = journal if journal is not None else []
+
+    def fail(self, op: str, *errors: BaseException) -> None:
+        """The next calls of ``op`` ("claim" or "write") raise these, in order."""
+        self.faults.fail(op, *errors)
+
+    def row(self, job_id: str) -> FakeRow:
+        return dataclasses.replace(self.rows[job_id])
+
+    # -- the JobStore protocol ---------------------------------------------------------------
+
+    async def claim(self, request: ClaimRequest) -> ClaimResult:
+        self.calls.tick("claim")
+        self.faults.check("claim")
+        result = self._claim(request)
+        self.journal.append(f"claim {request.job_id} {'won' if result.won else 'not won'}")
+        if result.won:
+            self.held[request.job_id] = request.token
+        return result
+
+    async def write(self, row: JobRow) -> StoredState:
+        self.calls.tick("write")
+        self.faults.check("write")
+        refused = self.refuse(row) if self.refuse is not None else None
+        if refused is not None:
+            raise refused
+        stored = self._upsert(row)
+        self.journal.append(f"write {row.job_id} {row.status.value}")
+        return stored
+
+    def release(self, job_id: str, token: str) -> None:
+        if self.held.get(job_id) == token:
+            del self.held[job_id]
+        self.lost.discard(job_id)
+
+    async def renew(self) -> None:
+        """``_RENEW``: extend every held lease still ours; the others are lost."""
+        for job_id, token in list(self.held.items()):
+            row = self.rows.get(job_id)
+            if row is not None and row.claim_token == token and row.status is JobStatus.RUNNING:
+                row.lease_until = self._lease()
+            else:
+                self.lost.add(job_id)
+
+    # -- the statements ----------------------------------------------------------------------
+
+    def _lease(self) -> datetime:
+        return self.clock.now() + timedelta(seconds=self.lease_s)
+
+    def _claim(self, req: ClaimRequest) -> ClaimResult:
+        """``_CLAIM`` for one request."""
+        row = self.rows.get(req.job_id)
+        if row is None:
+            self.rows[req.job_id] = FakeRow(
+                job_id=req.job_id,
+                type=_text(req.type),
+                status=JobStatus.RUNNING,
+                attempt=req.attempt,
+                worker=self.worker,
+                claim_token=req.token,
+                lease_until=self._lease(),
+                created_at=req.created_at,
+            )
+            return ClaimResult(won=True, takeovers=0, existing=None)
+        before = row.state()
+        expired = row.lease_until is not None and row.lease_until < self.clock.now()
+        takeable = (
+            (row.status is JobStatus.RETRYING and req.attempt > row.attempt)
+            or (row.status is JobStatus.RUNNING and expired and req.attempt >= row.attempt)
+            or (row.status is JobStatus.DEAD_LETTERED and req.replay)
+        )
+        if not takeable:
+            return ClaimResult(won=False, takeovers=0, existing=before)
+        if row.status is JobStatus.RUNNING:
+            row.takeovers += 1
+        elif row.status is JobStatus.DEAD_LETTERED:
+            row.takeovers = 0
+        row.status = JobStatus.RUNNING
+        row.attempt = req.attempt
+        row.worker = self.worker
+        row.claim_token = req.token
+        row.lease_until = self._lease()
+        row.type = row.type if row.type is not None else _text(req.type)
+        row.created_at = row.created_at if row.created_at is not None else req.created_at
+        return ClaimResult(won=True, takeovers=row.takeovers, existing=before)
+
+    def _upsert(self, new: JobRow) -> StoredState:
+        """``_UPSERT`` for one row: a write changes the state only under its claim."""
+        fields = {
+            "status": new.status,
+            "attempt": new.attempt,
+            "result": new.result,
+            "error": _text(new.error),
+            "error_class": _text(new.error_class),
+            "source": _text(new.source),
+            "replay_of": _text(new.replay_of),
+            "worker": _text(new.worker),
+            "finished_at": new.finished_at,
+        }
+        row = self.rows.get(new.job_id)
+        if row is None:
+            row = FakeRow(
+                job_id=new.job_id,
+                type=_text(new.type),
+                created_at=new.created_at,
+                executions=1,
+                claim_token=new.claim_token,
+                **fields,
+            )
+            self.rows[new.job_id] = row
+            return row.state()
+        writable = row.status is JobStatus.RUNNING and row.claim_token == new.claim_token
+        if writable:
+            for name, value in fields.items():
+                setattr(row, name, value)
+            row.lease_until = None
+        row.type = row.type if row.type is not None else _text(new.type)
+        row.created_at = row.created_at if row.created_at is not None else new.created_at
+        row.executions += 1
+        return row.state()
+
+
+@dataclass(frozen=True)
+class Sent:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    """When the send was durable (wall clock, as the retry forwarder's holds use)."""
+
+    def json(self) -> Any:
+        return json.loads(self.value or b"null")
+
+    def header(self, name: str) -> str | None:
+        return next((v.decode() for k, v in self.headers if k == name), None)
+
+
+class FakePublisher:
+    """Records every durable send; a record above its topic's limit is refused like the real
+    publisher refuses it. ``refuse`` holds topics whose broker refuses every record as too
+    large (a limit lowered after start)."""
+
+    def __init__(
+        self,
+        limits: Mapping[str, int] | None = None,
+        *,
+        default_limit: int = Publisher.DEFAULT_LIMIT,
+        journal: list[str] | None = None,
+    ) -> None:
+        self.limits = dict(limits or {})
+        self.default_limit = default_limit
+        self.sent: list[Sent] = []
+        self.refuse: set[str] = set()
+        self.faults = _Faults()
+        self.calls = _Calls()
+        self.journal = journal if journal is not None else []
+
+    def fail(self, topic: str, *errors: BaseException) -> None:
+        """The next sends to ``topic`` raise these, in order."""
+        self.faults.fail(topic, *errors)
+
+    def on(self, topic: str) -> list[Sent]:
+        return [s for s in self.sent if s.topic == topic]
+
+    # -- the RecordPublisher protocol --------------------------------------------------------
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> object:
+        self.calls.tick(topic)
+        self.faults.check(topic)
+        size = self.record_size(value, key, headers)
+        if topic in self.refuse or size > self.limit(topic):
+            raise RecordTooLargeError(f"the broker refused the record on {topic} as too large")
+        self.sent.append(Sent(topic, key, value, tuple(headers or ())))
+        self.journal.append(f"publish {topic}")
+        return None
+
+    def limit(self, topic: str) -> int:
+        return self.limits.get(topic, self.default_limit)
+
+    def record_size(self, value: bytes | None, key: bytes | None, headers: Headers | None) -> int:
+        return Publisher.record_size(value, key, headers)
+
+
+class FakeLimiter:
+    def __init__(self) -> None:
+        self.acquired: list[str | None] = []
+        self.paused: list[tuple[str, float]] = []
+        self.charged: list[tuple[str, float]] = []
+
+    async def acquire(self, key: str | None) -> None:
+        self.acquired.append(key)
+
+    async def pause(self, key: str, seconds: float) -> None:
+        self.paused.append((key, seconds))
+
+    async def charge_tokens(self, key: str, tokens: float) -> None:
+        self.charged.append((key, tokens))
+
+
+class AnyPayload(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+@dataclass
+class World:
+    """A pipeline on fakes, and what it wrote, published and asked for."""
+
+    http: aiohttp.ClientSession
+    settings: Settings = field(
+        default_factory=lambda: Settings(
+            topic_prefix="jobs", worker_name="test-worker", retry_tiers_s=(10.0, 60.0)
+        )
+    )
+    registry: Registry = field(default_factory=Registry)
+    clock: FakeClock = field(default_factory=FakeClock)
+    journal: list[str] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
+    limiter: FakeLimiter = field(default_factory=FakeLimiter)
+    steps: DurableSteps | None = None
+    store: FakeStore = field(init=False)
+    publisher: FakePublisher = field(init=False)
+    pipeline: Pipeline = field(init=False)
+    _offset: int = 0
+
+    def __post_init__(self) -> None:
+        self.store = FakeStore(
+            self.clock,
+            worker=self.settings.worker_name,
+            lease_s=self.settings.claim_lease_s,
+            journal=self.journal,
+        )
+        self.publisher = FakePublisher(journal=self.journal)
+        self.pipeline = Pipeline(
+            settings=self.settings,
+            topics=self.topics,
+            registry=self.registry,
+            store=self.store,
+            publisher=self.publisher,
+            limiter=self.limiter,
+            metrics=self.metrics,
+            http=self.http,
+            steps=self.steps,
+        )
+
+    @property
+    def topics(self) -> TopicNames:
+        return topic_names(self.settings.topic_prefix, self.settings.retry_tiers_s)
+
+    def job_type(
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        payload: type[BaseModel] = AnyPayload,
+        max_attempts: int = 3,
+        fatal_errors: frozenset[str] = frozenset(),
+        retry_unexpected: bool = True,
+        rate_limit_key: str | None = None,
+        timeout_s: float | None = None,
+    ) -> JobType:
+        policy = RetryPolicy(
+            max_attempts=max_attempts,
+            fatal_errors=fatal_errors,
+            retry_unexpected=retry_unexpected,
+            jitter=0.0,
+        )
+        return self.registry.register(
+            JobType(
+                name=name,
+                payload_model=payload,
+                handler=handler,
+                policy=policy,
+                rate_limit_key=rate_limit_key,
+                timeout_s=timeout_s,
+            )
+        )
+
+    def record(
+        self,
+        value: JobEvent | bytes | None,
+        *,
+        topic: str | None = None,
+        offset: int | None = None,
+        headers: Headers = (),
+    ) -> Record:
+        """A consumed record of ``value``; each gets the next offset unless one is given."""
+        if offset is None:
+            offset = self._offset
+            self._offset += 1
+        raw = value.to_bytes() if isinstance(value, JobEvent) else value
+        key = value.key() if isinstance(value, JobEvent) else None
+        return Record(
+            topic=topic or self.topics.main,
+            partition=0,
+            offset=offset,
+            key=key,
+            value=raw,
+            headers=list(headers),
+        )
+
+    # -- what came out -----------------------------------------------------------------------
+
+    def outcomes(self) -> list[JobOutcome]:
+        return [JobOutcome.model_validate_json(s.value or b"") for s in self.outcome_records()]
+
+    def outcome_records(self) -> list[Sent]:
+        return self.publisher.on(self.topics.outcomes)
+
+    def letters(self) -> list[DeadLetter]:
+        return [
+            DeadLetter.model_validate_json(s.value or b"")
+            for s in self.publisher.on(self.topics.dlq)
+        ]
+
+    def completed(self, type_label: str, outcome: str) -> float:
+        value: float = self.metrics.jobs_completed.labels(
+            type=type_label, outcome=outcome
+        )._value.get()
+        return value
