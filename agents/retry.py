@@ -48,7 +48,7 @@ class RetryForwarder:
             raise
         except RecordTooLargeError as exc:  # the main topic's limit is below the tier's
             return await p.fail_record(rec, exc, DeadLetterReason.UNPUBLISHABLE, job)
-        except Exception as exc:  # not transient (DurableSteps retried those): never crash
+        except Exception as exc:  # noqa: BLE001 - not transient (DurableSteps retried those): never crash
             return await p.fail_record(rec, exc, DeadLetterReason.INTERNAL_ERROR, job)
         p.metrics.retry_republished.labels(tier=tier.topic.rsplit(".", 1)[-1]).inc()
         return "republished"

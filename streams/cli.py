@@ -200,3 +200,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = cli.main(args, prog_name="jobstream", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last resort of every command: one line naming the failure, no traceback
+        return _one_line(exc)
+    return int(result) if isinstance(result, int) else Exit.OK
+
+
+def _one_line(exc: Exception) -> int:
+    """A refused or missing service, or settings that cannot work together: one line naming
+    what to set; anything else is a bug and keeps its traceback."""
+    from models.errors import ConfigurationError
+    from streams.services import explain
+

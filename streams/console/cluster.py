@@ -153,7 +153,7 @@ def _members(described: list[Any]) -> tuple[list[dict[str, Any]], str | None]:
                 tps: list[TopicPartition] = []
                 try:
                     assignment = ConsumerProtocolMemberAssignment.decode(m[-1]) if m[-1] else None
-                except Exception:  # a foreign protocol's assignment: show the member anyway
+                except Exception:  # noqa: BLE001 - a foreign protocol's bytes can fail the decoder any way: show the member anyway
                     assignment = None
                 if assignment is not None:
                     tps = [

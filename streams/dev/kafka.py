@@ -232,7 +232,7 @@ async def kafka_answers(bootstrap: str, within_s: float = 5.0) -> bool:
         await asyncio.wait_for(admin.start(), within_s)
         await asyncio.wait_for(admin.list_topics(), within_s)
         return True
-    except Exception:  # any failure at all means "not answering"
+    except Exception:  # noqa: BLE001 - any failure at all means "not answering"
         return False
     finally:
         with contextlib.suppress(Exception):

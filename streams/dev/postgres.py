@@ -206,11 +206,11 @@ async def pg_answers(url: str, within_s: float = 3.0) -> bool:
     """A real query: a listening port is also what a stopped or recovering server shows."""
     try:
         conn = await asyncpg.connect(url, timeout=within_s)
-    except Exception:  # any failure at all means "not answering"
+    except Exception:  # noqa: BLE001 - any failure at all means "not answering"
         return False
     try:
         return bool(await conn.fetchval("SELECT 1", timeout=within_s) == 1)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure at all means "not answering"
         return False
     finally:
         with contextlib.suppress(Exception):

@@ -171,7 +171,7 @@ async def _answers(bootstrap: str, options: Mapping[str, Any]) -> bool:
         await asyncio.wait_for(admin.start(), 5)
         await asyncio.wait_for(admin.list_topics(), 5)
         return True
-    except Exception:  # not up yet, whatever the reason
+    except Exception:  # noqa: BLE001 - not up yet, whatever the reason
         return False
     finally:
         with contextlib.suppress(Exception):

@@ -30,7 +30,7 @@ def replayed_by() -> str:
     """``user@host``: enough to find who to ask about a replay, without any credential."""
     try:
         user = getpass.getuser()
-    except Exception:  # no login name in some containers; the host still identifies the run
+    except (KeyError, OSError):  # no login name in some containers; the host still identifies it
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
 

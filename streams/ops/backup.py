@@ -233,7 +233,7 @@ async def backup(
     if bootstrap is not None:
         try:  # before the snapshot: every event below these offsets has its row in the dump
             offsets = await group_offsets(bootstrap, group_id, kafka_options)
-        except Exception as exc:  # the database backup is still worth having
+        except Exception as exc:  # noqa: BLE001 - the database backup is still worth having
             offsets_error = f"{type(exc).__name__}: {exc}"
     conn = await asyncpg.connect(dsn)
     try:

@@ -97,7 +97,7 @@ class Batcher(Generic[T, R]):
                 if not fut.done():
                     fut.cancel()
             raise
-        except Exception as exc:  # handed to every caller of this batch, each decides
+        except Exception as exc:  # noqa: BLE001 - handed to every caller of this batch, each decides
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)

@@ -315,7 +315,7 @@ class ResultStore:
             records = await self._pool.fetch(
                 _RENEW, list(held.keys()), list(held.values()), self.lease_s
             )
-        except Exception as exc:  # the next tick retries; meanwhile the lease may lapse
+        except Exception as exc:  # noqa: BLE001 - the next tick retries; meanwhile the lease may lapse
             if self._metrics is not None:
                 self._metrics.db_errors.labels(op="renew").inc()
             log.warning("claim renewal failed: %s", describe(exc))

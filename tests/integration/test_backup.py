@@ -91,7 +91,8 @@ async def test_backup_under_load_then_restore_into_a_fresh_database(
             rows_after = int(await pool.fetchval("SELECT count(*) FROM jobs"))
             manifest = json.loads(out)
             dump = Path(manifest["path"])
-            assert manifest["dump"]["file"] == dump.name and manifest["dump"]["bytes"] > 0
+            assert manifest["dump"]["file"] == dump.name
+            assert manifest["dump"]["bytes"] > 0
 
             # the worker kept writing while the dump was taken
             in_dump = manifest["rows"]["public.jobs"]
@@ -99,7 +100,8 @@ async def test_backup_under_load_then_restore_into_a_fresh_database(
             assert "0005_execution_claims" in manifest["schema_migrations"]
             assert manifest["jobstream_version"]
             offsets = manifest["kafka"]["committed_offsets"]
-            assert offsets and offsets[prefix], manifest["kafka"]
+            assert offsets, manifest["kafka"]
+            assert offsets[prefix], manifest["kafka"]
 
             # every job below the manifest's offsets has its finished row in the dump
             code, out = await run_cli(
@@ -126,7 +128,8 @@ async def test_backup_under_load_then_restore_into_a_fresh_database(
                 if row["status"] == "succeeded":
                     assert now[job_id] == row, job_id
                 else:  # claimed at backup time; finished since
-                    assert row["status"] == "running" and now[job_id]["status"] == "succeeded"
+                    assert row["status"] == "running"
+                    assert now[job_id]["status"] == "succeeded"
             assert [m["name"] for m in migrations] == manifest["schema_migrations"]
         finally:
             factory.close()
@@ -134,7 +137,8 @@ async def test_backup_under_load_then_restore_into_a_fresh_database(
 
         env = cli_env(kafka_bootstrap, target, prefix)
         code, out = await run_cli("restore", str(dump), env=env)
-        assert code == 1 and "not empty" in out, out
+        assert code == 1, out
+        assert "not empty" in out, out
         code, out = await run_cli("restore", str(dump), "--force", env=env)
         assert code == 0, out
 
@@ -179,6 +183,7 @@ async def test_the_password_reaches_pg_dump_only_through_its_environment(
         assert code == 0, restored
     calls = (tmp_path / "calls.log").read_text().splitlines()
     argv = [c for c in calls if c.startswith("argv:") and "--version" not in c]
-    assert len(argv) == 2 and all(secret not in c for c in argv), argv
+    assert len(argv) == 2, argv
+    assert all(secret not in c for c in argv), argv
     assert f"password: {secret}" in calls
     assert secret not in out + restored

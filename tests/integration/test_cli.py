@@ -21,7 +21,8 @@ async def test_submit_then_status(
     code, out = await workers.cli("submit", "echo", "--payload", '{"n": 7}', "--count", "3")
     assert code == 0, out
     ids = [line for line in out.split() if len(line) == 32]
-    assert len(ids) == 3 and len(set(ids)) == 3
+    assert len(ids) == 3
+    assert len(set(ids)) == 3
 
     await wait_terminal(pg_pool, ids, timeout=60)
     code, out = await workers.cli("status", ids[0])
@@ -30,6 +31,8 @@ async def test_submit_then_status(
     assert (row["job_id"], row["status"], row["result"]["echo"]) == (ids[0], "succeeded", {"n": 7})
 
     code, out = await workers.cli("status", "no-such-job")
-    assert code == 1 and "no row yet" in out
+    assert code == 1
+    assert "no row yet" in out
     code, out = await workers.cli("submit", "echo", "--payload", "[1]")
-    assert code == 2 and "JSON object" in out
+    assert code == 2
+    assert "JSON object" in out

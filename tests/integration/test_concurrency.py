@@ -32,4 +32,5 @@ async def test_500_io_bound_jobs_run_at_once_and_no_more(
     assert peak >= CONCURRENCY * 0.9, peak
     assert peak <= CONCURRENCY, peak
     rows = await pg_pool.fetch("SELECT executions FROM jobs WHERE job_id = ANY($1)", ids)
-    assert len(rows) == len(ids) and {r["executions"] for r in rows} == {1}
+    assert len(rows) == len(ids)
+    assert {r["executions"] for r in rows} == {1}

@@ -156,9 +156,11 @@ async def test_login_sessions_and_csrf(world: World) -> None:
     base = world.base
     async with client() as anon:
         status, body = await _get(anon, base + "api/jobs")
-        assert status == 401 and "log in" in body["error"]
+        assert status == 401
+        assert "log in" in body["error"]
         async with anon.get(base + "jobs", allow_redirects=False) as r:
-            assert r.status == 303 and r.headers["Location"] == "/login"
+            assert r.status == 303
+            assert r.headers["Location"] == "/login"
         # a login without the login page's CSRF token is refused
         async with anon.post(base + "login", data={"token": VIEWER_TOKEN}) as r:
             assert r.status == 403
@@ -171,7 +173,8 @@ async def test_login_sessions_and_csrf(world: World) -> None:
         ) as r:
             assert r.status == 303
             cookie = r.headers["Set-Cookie"]
-        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
         assert VIEWER_TOKEN not in cookie
         status, _ = await _get(anon, base + "api/jobs")
         assert status == 200
@@ -184,9 +187,11 @@ async def test_login_sessions_and_csrf(world: World) -> None:
     async with client() as viewer:
         csrf = await login(viewer, base, VIEWER_TOKEN)
         page = await _get(viewer, base + "dead-letters")
-        assert page[0] == 200 and "replay-panel" not in page[1]  # no replay button
+        assert page[0] == 200
+        assert "replay-panel" not in page[1]
         status, body = await _post(viewer, base + "api/replay", {"dry_run": True}, csrf)
-        assert status == 403 and "operator" in body["error"]
+        assert status == 403
+        assert "operator" in body["error"]
         # logging out clears the cookie
         async with viewer.post(base + "logout", data={"csrf": csrf}, allow_redirects=False) as r:
             assert r.status == 303
@@ -196,16 +201,19 @@ async def test_login_sessions_and_csrf(world: World) -> None:
     async with client() as operator:
         csrf = await login(operator, base, OPERATOR_TOKEN)
         status, body = await _post(operator, base + "api/replay", {"dry_run": True}, None)
-        assert status == 403 and "CSRF" in body["error"]
+        assert status == 403
+        assert "CSRF" in body["error"]
         status, body = await _post(operator, base + "api/replay", {"dry_run": True}, "x" + csrf)
         assert status == 403
         status, body = await _post(operator, base + "api/replay", {"dry_run": True}, csrf)
-        assert status == 200 and body["would_replay"] == 3
+        assert status == 200
+        assert body["would_replay"] == 3
         async with operator.get(base + "api/overview") as r:
             assert r.headers["Content-Security-Policy"].startswith("default-src 'none'")
             assert r.headers["Cache-Control"] == "no-store"
         async with operator.get(base + "static/console.js") as r:
-            assert r.status == 200 and "X-CSRF-Token" in await r.text()
+            assert r.status == 200
+            assert "X-CSRF-Token" in await r.text()
         async with operator.get(base + "health") as r:
             assert r.status == 200
 
@@ -217,7 +225,8 @@ async def test_login_sessions_and_csrf(world: World) -> None:
             async with guesser.post(base + "login", data={"token": "guess", "csrf": csrf}) as r:
                 assert r.status == 401
         async with guesser.post(base + "login", data={"token": VIEWER_TOKEN, "csrf": csrf}) as r:
-            assert r.status == 429 and "Too many wrong tokens" in await r.text()
+            assert r.status == 429
+            assert "Too many wrong tokens" in await r.text()
 
 
 async def test_access_off_without_tokens_and_dev_open_on_loopback(
@@ -240,7 +249,8 @@ async def test_access_off_without_tokens_and_dev_open_on_loopback(
         status, body = await _get(s, base + "api/jobs?limit=1")
         assert status == 200
         status, body = await _post(s, base + "api/replay", {"dry_run": True}, None)
-        assert status == 403 and "CSRF" in body["error"]  # still CSRF-protected
+        assert status == 403
+        assert "CSRF" in body["error"]
         csrf = await csrf_of(s, base)
         status, body = await _post(s, base + "api/replay", {"dry_run": True}, csrf)
         assert status == 409  # an operator, but this prefix has no topics
@@ -311,17 +321,22 @@ async def test_jobs_filters_and_keyset_pages(world: World) -> None:
         status, body = await _get(s, base + "api/jobs/job-000")
         assert "payload-0" not in json.dumps(body)  # a viewer does not see results
         status, body = await _get(s, base + "api/jobs/nope")
-        assert status == 404 and "no job" in body["error"]
+        assert status == 404
+        assert "no job" in body["error"]
         status, body = await _get(s, base + "api/jobs/" + "x" * 201)
         assert status == 400
         async with s.get(base + "jobs?id=job-003", allow_redirects=False) as r:
-            assert r.status == 303 and r.headers["Location"] == "/jobs/job-003"
+            assert r.status == 303
+            assert r.headers["Location"] == "/jobs/job-003"
         status, page = await _get(s, base + "jobs?id=missing-one")
-        assert status == 200 and "No job <code>missing-one</code>" in page
+        assert status == 200
+        assert "No job <code>missing-one</code>" in page
         status, page = await _get(s, base + "jobs?limit=0")
-        assert status == 400 and "limit must be" in page
+        assert status == 400
+        assert "limit must be" in page
         status, page = await _get(s, base + "jobs/job-004")
-        assert status == 200 and 'id="job-status">dead_lettered' in page
+        assert status == 200
+        assert 'id="job-status">dead_lettered' in page
 
 
 # --- overview ----------------------------------------------------------------------------------
@@ -341,12 +356,15 @@ async def test_overview_cluster_and_rate_limits(world: World) -> None:
         assert sum(p["succeeded"] for p in hour["series"]) == hour["totals"]["succeeded"]
         assert hour["totals"]["p50"] == pytest.approx(30 * 60, rel=0.1)  # created 30 min earlier
         status, day = await _get(s, base + "api/overview?window=1d")
-        assert status == 200 and day["window"] == "1d"
+        assert status == 200
+        assert day["window"] == "1d"
         status, body = await _get(s, base + "api/overview?window=1w")
-        assert status == 400 and "window must be one of 1h, 1d" in body["error"]
+        assert status == 400
+        assert "window must be one of 1h, 1d" in body["error"]
 
         status, cluster = await _get(s, base + "api/cluster")
-        assert status == 200 and cluster["error"] is None
+        assert status == 200
+        assert cluster["error"] is None
         assert cluster["group"] == world.prefix
         assert {t["topic"] for t in cluster["topics"]} == {
             world.prefix,
@@ -357,11 +375,13 @@ async def test_overview_cluster_and_rate_limits(world: World) -> None:
         status, limits = await _get(s, base + "api/rate-limits")
         assert status == 200
         (key,) = limits["keys"]
-        assert key["key"] == "openrouter" and key["paused_until"] is not None
+        assert key["key"] == "openrouter"
+        assert key["paused_until"] is not None
         assert key["tokens"] == pytest.approx(3, abs=0.1)  # no refill before the pause ends
         assert "429" in key["pause_reason"]
         status, page = await _get(s, base)
-        assert status == 200 and 'id="chart-throughput"' in page
+        assert status == 200
+        assert 'id="chart-throughput"' in page
 
 
 # --- dead letters and replay ---------------------------------------------------------------------
@@ -389,7 +409,9 @@ async def test_dead_letter_filters_detail_and_payload_visibility(world: World) -
         assert await ids("since=5m30s") == [one, four]
         assert await ids("type=echo,sleep&reason=fatal_error") == [one, seven]
         status, st = await _get(viewer, base + "api/dead-letters/stats?type=echo")
-        assert status == 200 and st["matched"] == 2 and st["by_reason"] == {"fatal_error": 2}
+        assert status == 200
+        assert st["matched"] == 2
+        assert st["by_reason"] == {"fatal_error": 2}
         for bad, says in [
             ("reason=lost", "unknown reason"),
             ("since=later", "neither an ISO-8601"),
@@ -397,7 +419,8 @@ async def test_dead_letter_filters_detail_and_payload_visibility(world: World) -
             ("limit=501", "limit must be from 1 to 500"),
         ]:
             status, body = await _get(viewer, base + "api/dead-letters?" + bad)
-            assert status == 400 and says in body["error"], (bad, body)
+            assert status == 400, (bad, body)
+            assert says in body["error"], (bad, body)
 
         url = base + "api/dead-letters/" + quote(first.id, safe="")
         status, seen_by_viewer = await _get(viewer, url)
@@ -405,13 +428,16 @@ async def test_dead_letter_filters_detail_and_payload_visibility(world: World) -
         assert seen_by_viewer["traceback"].startswith("Traceback")
         assert seen_by_viewer["original_event"]["id"] == first.job_id
         text = json.dumps(seen_by_viewer)
-        assert "4111" not in text and "sk-live" not in text  # payload and headers hidden
+        assert "4111" not in text
+        assert "sk-live" not in text
         status, seen_by_operator = await _get(operator, url)
         assert seen_by_operator["original_event"]["payload"] == {"card": "4111-1"}
         status, body = await _get(viewer, base + "api/dead-letters/nope:0:0")
         assert status == 404
         status, page = await _get(viewer, base + "dead-letters/" + quote(first.id, safe=""))
-        assert status == 200 and "Traceback" in page and "4111" not in page
+        assert status == 200
+        assert "Traceback" in page
+        assert "4111" not in page
 
 
 async def test_replay_preview_confirm_audit_and_idempotence(world: World) -> None:
@@ -427,25 +453,31 @@ async def test_replay_preview_confirm_audit_and_idempotence(world: World) -> Non
             ({"ids": []}, "ids is empty"),
         ]:
             status, body = await _post(s, base + "api/replay", bad, csrf)
-            assert status == 400 and says in body["error"], (bad, body)
+            assert status == 400, (bad, body)
+            assert says in body["error"], (bad, body)
         async with s.post(
             base + "api/replay", data="not json", headers={"X-CSRF-Token": csrf}
         ) as r:
-            assert r.status == 400 and "must be JSON" in (await r.json())["error"]
+            assert r.status == 400
+            assert "must be JSON" in (await r.json())["error"]
 
         echo = {"type": "echo"}
         status, plan = await _post(s, base + "api/replay", {**echo, "dry_run": True}, csrf)
-        assert status == 200 and plan["would_replay"] == 2
+        assert status == 200
+        assert plan["would_replay"] == 2
         assert {i["id"] for i in plan["items"]} == {world.letters[0].id, world.letters[2].id}
         # a confirmation that does not match the fresh plan publishes nothing
         status, body = await _post(
             s, base + "api/replay", {**echo, "dry_run": False, "expect": 3}, csrf
         )
-        assert status == 409 and "changed since the preview" in body["error"]
+        assert status == 409
+        assert "changed since the preview" in body["error"]
         status, done = await _post(
             s, base + "api/replay", {**echo, "dry_run": False, "expect": 2}, csrf
         )
-        assert status == 200 and done["replayed"] == 2 and done["failed"] == 0
+        assert status == 200
+        assert done["replayed"] == 2
+        assert done["failed"] == 0
         records = await main.wait_count(2, timeout=30)
         headers = [dict(r.headers) for r in records]
         assert {h["jobstream-replayed-from"].decode() for h in headers} == {
@@ -460,7 +492,8 @@ async def test_replay_preview_confirm_audit_and_idempotence(world: World) -> Non
         assert {d["replays"] for d in listing["items"]} == {1}
         # idempotent, as the CLI: a second run republishes nothing
         status, again = await _post(s, base + "api/replay", {**echo, "dry_run": True}, csrf)
-        assert again["would_replay"] == 0 and again["skipped_already_replayed"] == 2
+        assert again["would_replay"] == 0
+        assert again["skipped_already_replayed"] == 2
         # one dead letter by id, forced
         one = {"ids": [world.letters[0].id], "force": True, "reset_attempts": True}
         status, plan = await _post(s, base + "api/replay", {**one, "dry_run": True}, csrf)
@@ -468,7 +501,8 @@ async def test_replay_preview_confirm_audit_and_idempotence(world: World) -> Non
         status, done = await _post(
             s, base + "api/replay", {**one, "dry_run": False, "expect": 1}, csrf
         )
-        assert status == 200 and done["replayed"] == 1
+        assert status == 200
+        assert done["replayed"] == 1
         records = await main.wait_count(3, timeout=30)
         assert json.loads(records[2].value)["attempt"] == 1
         rows = await world.pool.fetch(
@@ -536,7 +570,8 @@ async def test_jobstream_console_command(
 
     refused = await console({})
     _, err = await asyncio.wait_for(refused.communicate(), 60)
-    assert refused.returncode == 2 and b"console access is off" in err
+    assert refused.returncode == 2
+    assert b"console access is off" in err
 
     proc = await console({"JOBSTREAM_CONSOLE_VIEWER_TOKEN": VIEWER_TOKEN})
     try:

@@ -239,7 +239,8 @@ async def _as_operator(browser: Any, base: str, prefix: str, hook_ids: list[str]
     await jobs.wait_for_selector("#job-id")
     lineage = await jobs.inner_text("ul.lineage")
     assert f"Dead letter {prefix}.dlq" not in lineage  # it names the source coordinates
-    assert f"Dead letter {prefix}:" in lineage and "by console:operator@" in lineage, lineage
+    assert f"Dead letter {prefix}:" in lineage, lineage
+    assert "by console:operator@" in lineage, lineage
     assert "console:operator@" in await jobs.inner_text("table.audit")
     await jobs.screenshot(path=str(ARTIFACTS / "10-job-replayed.png"), full_page=True)
 

@@ -118,7 +118,8 @@ async def test_cli_started_stack_outlives_the_command_and_restarts_cleanly(
     down = _cli("down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stderr
     assert await devstack.stack_status(state_dir) is None
-    assert not process.pid_alive(info.kafka_pid) and not process.pid_alive(info.pg_pid)
+    assert not process.pid_alive(info.kafka_pid)
+    assert not process.pid_alive(info.pg_pid)
     assert _cli("status", "--state-dir", str(state_dir)).returncode == 1
 
     # a warm start keeps data and ports, so exported variables stay valid
@@ -130,7 +131,8 @@ async def test_cli_started_stack_outlives_the_command_and_restarts_cleanly(
 async def test_crashed_services_are_detected_and_replaced(state_dir: Path) -> None:
     info = await devstack.stack_up(state_dir)
     assert not info.already_running
-    assert info.kafka_pid and info.pg_pid
+    assert info.kafka_pid
+    assert info.pg_pid
 
     # Kafka killed -9: the next `up` replaces it on the same port and leaves PostgreSQL alone
     os.kill(info.kafka_pid, signal.SIGKILL)
@@ -146,7 +148,8 @@ async def test_crashed_services_are_detected_and_replaced(state_dir: Path) -> No
     # the postmaster killed -9 leaves backends and a postmaster.pid behind
     os.kill(info.pg_pid, signal.SIGKILL)
     assert await process.wait_gone(info.pg_pid, 10)
-    assert replaced.pg_data_dir and (replaced.pg_data_dir / "postmaster.pid").exists()
+    assert replaced.pg_data_dir
+    assert (replaced.pg_data_dir / "postmaster.pid").exists()
     again = await devstack.stack_up(state_dir)
     assert again.pg_pid != info.pg_pid
     assert again.pg_port == info.pg_port
@@ -170,7 +173,8 @@ async def test_crashed_services_are_detected_and_replaced(state_dir: Path) -> No
     assert not process.pid_alive(revived.kafka_pid)
     assert not process.pid_alive(revived.pg_pid)
     state = stack_state.read_state(state_dir)
-    assert state["kafka"]["pid"] is None and state["postgres"]["pid"] is None
+    assert state["kafka"]["pid"] is None
+    assert state["postgres"]["pid"] is None
     assert state["kafka"]["port"] == info.kafka_port  # kept for the next `up`
 
 

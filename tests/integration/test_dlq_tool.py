@@ -231,7 +231,8 @@ async def test_list_each_filter(env: Env, capsys: pytest.CaptureFixture[str]) ->
     i = [d.id for d in dls]
 
     everything = await dlq(env, capsys, "list", "--json")
-    assert everything.code == 0 and set(ids(everything)) == set(i)
+    assert everything.code == 0
+    assert set(ids(everything)) == set(i)
     assert ids(await dlq(env, capsys, "list", "--json", "--type", "email")) == [i[0], i[2]]
     assert ids(await dlq(env, capsys, "list", "--json", "--type", "sms,webhook")) == [i[1], i[3]]
     reasons = await dlq(env, capsys, "list", "--json", "--reason", "fatal_error,unknown_type")
@@ -249,7 +250,9 @@ async def test_list_each_filter(env: Env, capsys: pytest.CaptureFixture[str]) ->
     table = await dlq(env, capsys, "list", "--type", "email")
     assert table.code == 0
     assert table.out.splitlines()[0].split()[:3] == ["ID", "JOB", "ID"]
-    assert i[0] in table.out and "boom 0" in table.out and "2 of 2 matching" in table.out
+    assert i[0] in table.out
+    assert "boom 0" in table.out
+    assert "2 of 2 matching" in table.out
 
 
 async def test_stats_groups_by_reason_type_error_class(
@@ -263,7 +266,8 @@ async def test_stats_groups_by_reason_type_error_class(
     res = await dlq(env, capsys, "stats", "--json")
     assert res.code == 0
     doc = res.json()
-    assert isinstance(doc, dict) and doc["matched"] == 5
+    assert isinstance(doc, dict)
+    assert doc["matched"] == 5
     assert doc["groups"][0] == {
         "reason": "exhausted", "type": "email",
         "error_class": "models.errors.RetryableError", "count": 3,
@@ -273,7 +277,8 @@ async def test_stats_groups_by_reason_type_error_class(
         ("exhausted", "sms", 1),
     }
     filtered = (await dlq(env, capsys, "stats", "--json", "--type", "sms")).json()
-    assert isinstance(filtered, dict) and filtered["matched"] == 1
+    assert isinstance(filtered, dict)
+    assert filtered["matched"] == 1
 
     table = await dlq(env, capsys, "stats")
     lines = table.out.splitlines()
@@ -292,21 +297,26 @@ async def test_show_by_dead_letter_id_and_job_id(
     res = await dlq(env, capsys, "show", good.id)
     assert res.code == 0
     assert f"id:            {good.id}" in res.out
-    assert "original value (JSON):" in res.out and '"to": "a@example.com"' in res.out
-    assert "traceparent: 00-abc-01" in res.out and "nullable: (null)" in res.out
+    assert "original value (JSON):" in res.out
+    assert '"to": "a@example.com"' in res.out
+    assert "traceparent: 00-abc-01" in res.out
+    assert "nullable: (null)" in res.out
     assert "RetryableError: boom" in res.out  # traceback
-    assert "#4 " in res.out and "fail 4" in res.out  # history
+    assert "#4 " in res.out
+    assert "fail 4" in res.out
     assert "original key:  key-0" in res.out
 
     by_job = await dlq(env, capsys, "show", "job-1")
-    assert by_job.code == 0 and f"original value (base64): {bad.original_value}" in by_job.out
+    assert by_job.code == 0
+    assert f"original value (base64): {bad.original_value}" in by_job.out
 
     as_json = (await dlq(env, capsys, "show", "--json", good.id)).json()
     assert isinstance(as_json, list)
     assert as_json[0]["original_value_decoded"]["payload"] == {"n": 0, "to": "a@example.com"}
 
     missing = await dlq(env, capsys, "show", "job-999")
-    assert missing.code == 1 and "no dead letters match" in missing.err
+    assert missing.code == 1
+    assert "no dead letters match" in missing.err
 
 
 async def test_unreadable_dlq_records_are_reported_and_skipped(
@@ -314,7 +324,8 @@ async def test_unreadable_dlq_records_are_reported_and_skipped(
 ) -> None:
     await produce(env, [b"not json", b'{"id": "half a dead letter"}', make_dl(env, 0)])
     res = await dlq(env, capsys, "list", "--json")
-    assert res.code == 0 and ids(res) == [make_dl(env, 0).id]
+    assert res.code == 0
+    assert ids(res) == [make_dl(env, 0).id]
     assert res.err.count("warning: skipped") == 2
 
 
@@ -358,18 +369,24 @@ async def test_replay_republishes_original_event_with_header(
     rec = out[b"key-0"]
     headers = dict(rec.headers)
     assert headers[REPLAY_HEADER] == dls[0].id.encode()
-    assert headers["traceparent"] == b"00-abc-01" and headers["nullable"] is None
+    assert headers["traceparent"] == b"00-abc-01"
+    assert headers["nullable"] is None
     event = JobEvent.model_validate_json(rec.value)
     original = JobEvent.model_validate_json(dls[0].original_bytes() or b"")
-    assert event.attempt == 1 and event.not_before is None
-    assert event.history == original.history and len(event.history) == 3
+    assert event.attempt == 1
+    assert event.not_before is None
+    assert event.history == original.history
+    assert len(event.history) == 3
     assert event.model_copy(update={"attempt": 4, "not_before": original.not_before}) == original
 
     rows = await audit_rows(env)
     assert set(rows) == {dls[0].id, dls[1].id}
     row = rows[dls[0].id]
-    assert row["replay_count"] == 1 and row["job_id"] == "job-0"
-    assert row["reset_attempts"] and not row["forced"] and "@" in row["last_replayed_by"]
+    assert row["replay_count"] == 1
+    assert row["job_id"] == "job-0"
+    assert row["reset_attempts"]
+    assert not row["forced"]
+    assert "@" in row["last_replayed_by"]
     assert row["target_topic"] == env.prefix
 
     # without --reset-attempts the attempt is kept
@@ -430,7 +447,8 @@ async def test_limit_replays_oldest_first(env: Env, capsys: pytest.CaptureFixtur
     dls = [make_dl(env, n) for n in range(5)]
     await produce(env, list(reversed(dls)))
     res = await dlq(env, capsys, "replay", "--limit", "2")
-    assert res.code == 0 and "replayed 2," in res.out
+    assert res.code == 0
+    assert "replayed 2," in res.out
     assert sorted(r.key for r in await read_main(env)) == [b"key-0", b"key-1"]
     res = await dlq(env, capsys, "replay", "--limit", "2")
     assert "replayed 2, skipped-already-replayed 2" in res.out
@@ -459,7 +477,8 @@ async def test_rate_paces_the_publishes(env: Env, capsys: pytest.CaptureFixture[
     await produce(env, [make_dl(env, n) for n in range(6)])
     started = time.monotonic()
     res = await dlq(env, capsys, "replay", "--rate", "20")
-    assert res.code == 0 and "replayed 6," in res.out
+    assert res.code == 0
+    assert "replayed 6," in res.out
     assert time.monotonic() - started >= 5 / 20  # 6 sends are 5 intervals of 1/20 s apart
 
 
@@ -525,7 +544,9 @@ async def test_replay_terminates_while_dead_letters_keep_arriving(
 
 async def test_empty_and_missing_dlq_topics(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     empty = await dlq(env, capsys, "list")
-    assert empty.code == 1 and "no dead letters match" in empty.err and "0 scanned" in empty.err
+    assert empty.code == 1
+    assert "no dead letters match" in empty.err
+    assert "0 scanned" in empty.err
     assert (await dlq(env, capsys, "replay")).code == 1
 
     missing = await dlq(env, capsys, "stats", "--prefix", f"{env.prefix}-nope")
@@ -540,13 +561,16 @@ async def test_no_matches_exit_1(env: Env, capsys: pytest.CaptureFixture[str]) -
     await produce(env, [make_dl(env, 0)])
     for cmd in ("list", "stats", "replay"):
         res = await dlq(env, capsys, cmd, "--type", "nothing-like-this")
-        assert res.code == 1 and "no dead letters match" in res.err
+        assert res.code == 1
+        assert "no dead letters match" in res.err
     assert await read_main(env) == []
 
 
 async def test_bad_since_exit_2(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     res = await dlq(env, capsys, "replay", "--since", "last week")
-    assert res.code == 2 and "--since" not in res.out and "relative age" in res.err
+    assert res.code == 2
+    assert "--since" not in res.out
+    assert "relative age" in res.err
 
 
 async def test_unreachable_broker_exit_3_quickly(
@@ -554,7 +578,8 @@ async def test_unreachable_broker_exit_3_quickly(
 ) -> None:
     started = time.monotonic()
     res = await dlq(env, capsys, "list", settings=env.settings(kafka_bootstrap="127.0.0.1:1"))
-    assert res.code == 3 and "Kafka at 127.0.0.1:1 is unreachable" in res.err
+    assert res.code == 3
+    assert "Kafka at 127.0.0.1:1 is unreachable" in res.err
     assert "Traceback" not in res.err
     assert time.monotonic() - started < 10
 
@@ -563,7 +588,8 @@ async def test_unreachable_database_exit_3(env: Env, capsys: pytest.CaptureFixtu
     await produce(env, [make_dl(env, 0)])
     dsn = "postgresql://postgres:hunter2@127.0.0.1:1/jobstream"
     res = await dlq(env, capsys, "replay", settings=env.settings(database_url=dsn))
-    assert res.code == 3 and "PostgreSQL at postgresql://postgres:***@127.0.0.1:1" in res.err
+    assert res.code == 3
+    assert "PostgreSQL at postgresql://postgres:***@127.0.0.1:1" in res.err
     assert "hunter2" not in res.err
     assert await read_main(env) == []
 
@@ -577,7 +603,8 @@ async def test_main_as_a_process_exit_3_without_traceback(env: Env) -> None:
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 3
     assert err.decode().strip().startswith("error: Kafka at 127.0.0.1:1 is unreachable")
-    assert "Traceback" not in err.decode() and out == b""
+    assert "Traceback" not in err.decode()
+    assert out == b""
 
 
 async def test_partial_failure_exit_4_and_the_failed_one_stays_replayable(
@@ -616,4 +643,5 @@ async def test_partial_failure_exit_4_and_the_failed_one_stays_replayable(
         "job-1", "job-3", "job-4",
     ]  # fmt: skip
     again = await dlq(env, capsys, "replay", "--include-invalid")
-    assert again.code == 4 and "replayed 0, skipped-already-replayed 3" in again.out
+    assert again.code == 4
+    assert "replayed 0, skipped-already-replayed 3" in again.out

@@ -122,7 +122,9 @@ async def test_healthy_setup_exits_0_and_the_probe_too(
         assert (code, out) == (0, "")
 
         code, out = await run_cli("doctor", env=env)  # the table, for people
-        assert code == 0 and "jobstream doctor" in out and f"group {prefix}" in out
+        assert code == 0
+        assert "jobstream doctor" in out
+        assert f"group {prefix}" in out
     finally:
         factory.close()
 
@@ -136,7 +138,8 @@ async def test_missing_topics_fail(kafka_bootstrap: str, database_url: str, pref
     assert "TOPIC_PREFIX" in failed[f"topic {prefix}"]["fix"]
 
     code, out = await run_cli("doctor", "--probe", env=doctor_env(kafka_bootstrap, None, prefix))
-    assert code == 2 and f"topic {prefix}: missing" in out
+    assert code == 2
+    assert f"topic {prefix}: missing" in out
 
 
 async def test_topic_config_drift_is_reported(
@@ -185,7 +188,8 @@ async def test_old_schema_fails(kafka_bootstrap: str, fresh_dsn: str, prefix: st
     code, out = await run_cli(
         "doctor", "--probe", env=doctor_env(kafka_bootstrap, fresh_dsn, prefix)
     )
-    assert code == 2 and "schema: behind" in out
+    assert code == 2
+    assert "schema: behind" in out
 
 
 async def test_empty_group_warns_then_fails_once_events_wait_and_pauses_show(
@@ -197,7 +201,8 @@ async def test_empty_group_warns_then_fails_once_events_wait_and_pauses_show(
     code, report = await doctor(env)
     assert code == 1, json.dumps(report, indent=1)
     group = rows(report)[f"group {prefix}"]
-    assert group["status"] == "warn" and "no members; lag 0" in group["detail"]
+    assert group["status"] == "warn"
+    assert "no members; lag 0" in group["detail"]
     assert set(rows(report, "warn")) == {f"group {prefix}"}
 
     async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
@@ -215,9 +220,11 @@ async def test_empty_group_warns_then_fails_once_events_wait_and_pauses_show(
     assert code == 2
     checks = rows(report)
     group = checks[f"group {prefix}"]
-    assert group["status"] == "fail" and "lag 1" in group["detail"]
+    assert group["status"] == "fail"
+    assert "lag 1" in group["detail"]
     pause = checks["rate limit openrouter"]
-    assert pause["status"] == "warn" and "paused for 1" in pause["detail"]
+    assert pause["status"] == "warn"
+    assert "paused for 1" in pause["detail"]
 
 
 async def test_postgresql_down_fails_without_leaking_the_password(
@@ -229,7 +236,8 @@ async def test_postgresql_down_fails_without_leaking_the_password(
     assert code == 2
     assert "s3cret-pw" not in out
     pg = rows(json.loads(out))["postgresql"]
-    assert pg["status"] == "fail" and pg["detail"].startswith("unreachable")
+    assert pg["status"] == "fail"
+    assert pg["detail"].startswith("unreachable")
     assert "JOBSTREAM_DATABASE_URL" in pg["fix"]
 
 

@@ -150,13 +150,15 @@ async def test_every_kind_of_poison_input_lands_in_the_dlq_and_the_worker_stays_
     rows = await pg_pool.fetch(
         "SELECT job_id, status FROM jobs WHERE job_id = ANY($1)", [d.job_id for d in letters]
     )
-    assert len(rows) == len(POISON) and {r["status"] for r in rows} == {"dead_lettered"}
+    assert len(rows) == len(POISON)
+    assert {r["status"] for r in rows} == {"dead_lettered"}
 
     # the partitions are not blocked and the worker is alive
     async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
         ok = await client.submit("echo", {"after": "poison"})
     await wait_terminal(pg_pool, [ok], timeout=30)
-    assert worker.proc is not None and worker.proc.poll() is None
+    assert worker.proc is not None
+    assert worker.proc.poll() is None
 
 
 async def test_a_hung_handler_is_cancelled_at_its_timeout(
@@ -202,4 +204,5 @@ async def test_sigterm_drains_in_flight_jobs_and_exits_zero(
     await second.wait_assigned()
     await wait_terminal(pg_pool, ids, timeout=90)
     rows = await pg_pool.fetch("SELECT executions FROM jobs WHERE job_id = ANY($1)", ids)
-    assert len(rows) == len(ids) and {r["executions"] for r in rows} == {1}
+    assert len(rows) == len(ids)
+    assert {r["executions"] for r in rows} == {1}

@@ -111,7 +111,8 @@ async def test_large_records_end_as_one_dead_letter_each_and_stall_nothing(
         if not dl.original_truncated:
             assert dl.original_bytes() == original
         source_row = await pg_pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", dl.job_id)
-        assert source_row is not None and source_row["status"] == "dead_lettered"
+        assert source_row is not None
+        assert source_row["status"] == "dead_lettered"
     succeeded = await pg_pool.fetchval(
         "SELECT count(*) FROM jobs WHERE job_id = ANY($1) AND status = 'succeeded'", good_ids
     )
@@ -157,7 +158,8 @@ async def test_handler_bug_and_unstorable_result_are_dead_lettered_without_stall
         r["job_id"]: r
         for r in await pg_pool.fetch("SELECT * FROM jobs WHERE job_id = ANY($1)", [bug, unstorable])
     }
-    assert rows[bug]["status"] == "dead_lettered" and rows[bug]["error_class"] == "KeyError"
+    assert rows[bug]["status"] == "dead_lettered"
+    assert rows[bug]["error_class"] == "KeyError"
     assert rows[bug]["executions"] == 2  # retried once (retry_unexpected), then exhausted
     assert rows[unstorable]["status"] == "dead_lettered"
     assert rows[unstorable]["result"] is None
@@ -264,7 +266,8 @@ async def test_a_killed_replicas_claims_are_taken_over_after_the_lease(
     await heir.wait_assigned()
     await wait_terminal(pg_pool, ids, timeout=120)
     rows = await pg_pool.fetch("SELECT * FROM jobs WHERE job_id = ANY($1)", ids)
-    assert {r["status"] for r in rows} == {"succeeded"} and len(rows) == len(ids)
+    assert {r["status"] for r in rows} == {"succeeded"}
+    assert len(rows) == len(ids)
     taken_over = [r for r in rows if r["takeovers"] > 0]
     assert taken_over, "the victim held claims, so the heir must have taken some over"
     assert all(r["worker"] == "heir" for r in taken_over)
@@ -310,7 +313,8 @@ async def test_invalid_events_keep_their_id_and_id_less_events_get_a_stable_one(
     await wait_terminal(pg_pool, [invalid_id, id_less], timeout=60)
     row = await pg_pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", invalid_id)
     assert row is not None
-    assert row["status"] == "dead_lettered" and row["error"].startswith("invalid_schema")
+    assert row["status"] == "dead_lettered"
+    assert row["error"].startswith("invalid_schema")
     assert await pg_pool.fetchval("SELECT status FROM jobs WHERE job_id = $1", id_less) == (
         "succeeded"
     )
@@ -322,9 +326,11 @@ async def test_invalid_events_keep_their_id_and_id_less_events_get_a_stable_one(
         got = {JobOutcome.model_validate_json(r.value).job_id for r in outcomes.records}
     assert got == {invalid_id, id_less}
     code, out = await workers.cli("status", invalid_id)
-    assert code == 0 and "dead_lettered" in out
+    assert code == 0
+    assert "dead_lettered" in out
     code, out = await workers.cli("dlq", "show", invalid_id)
-    assert code == 0 and invalid_id in out
+    assert code == 0
+    assert invalid_id in out
 
 
 async def test_a_dead_letter_too_large_for_its_topic_keeps_a_prefix_size_and_digest(
@@ -351,10 +357,12 @@ async def test_a_dead_letter_too_large_for_its_topic_keeps_a_prefix_size_and_dig
         await dlq.wait_count(1, timeout=60)
         dl = DeadLetter.model_validate_json(dlq.records[0].value)
         assert len(dlq.records[0].value) <= 1_048_588
-    assert dl.original_truncated and dl.original_bytes() is None
+    assert dl.original_truncated
+    assert dl.original_bytes() is None
     assert dl.original_size == len(value)
     assert dl.original_sha256 == hashlib.sha256(value).hexdigest()
-    assert value.startswith(dl.original_prefix() or b"X") and len(dl.original_prefix() or b"") > 0
+    assert value.startswith(dl.original_prefix() or b"X")
+    assert len(dl.original_prefix() or b"") > 0
     await wait_no_lag(kafka_bootstrap, prefix, names.main)
 
 
@@ -386,7 +394,8 @@ async def test_the_producer_recovers_after_the_broker_refuses_a_record(
         assert publisher.limit(topic) == 10000  # re-read after the refusal
         futures = [await publisher.send(topic, b"x" * 100, key=b"same") for _ in range(1000)]
         done = await asyncio.wait_for(asyncio.gather(*futures), 60)
-        assert len(done) == 1000 and {m.partition for m in done} == {0}
+        assert len(done) == 1000
+        assert {m.partition for m in done} == {0}
     finally:
         await publisher.stop()
         await admin.close()
@@ -431,7 +440,8 @@ async def test_a_broker_that_cannot_acknowledge_is_reported_and_jobs_finish_afte
 
             body = await wait_for(degraded, timeout=30, interval=0.5, what="/ready degraded")
             assert body is not None
-            assert body["ready"] is False and body["in_flight"] > 0
+            assert body["ready"] is False
+            assert body["in_flight"] > 0
             assert proxy.silenced > 0
             metrics = await heir_metrics(worker.web_port)
             assert metric_total(metrics, "jobstream_durable_steps_stuck") > 0

@@ -26,7 +26,8 @@ async def members(bootstrap: str, group: str) -> list[str]:
     finally:
         await admin.close()
     [(error, _, state, *_, group_members)] = response.groups
-    assert error == 0 and state == "Stable", (error, state)
+    assert error == 0, (error, state)
+    assert state == "Stable", (error, state)
     return sorted(m[0] for m in group_members)
 
 

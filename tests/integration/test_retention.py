@@ -228,7 +228,8 @@ async def test_without_the_dead_letter_topic_no_dead_lettered_row_goes(
     policy = RetentionPolicy(rules=(StatusRule(JobStatus.DEAD_LETTERED, DAY, None),))
     missing = partial(dead_letter_horizon, kafka_bootstrap, f"{prefix}.missing", timeout_s=5)
     report = await Sweeper(pool, policy, dead_letters=missing).sweep()
-    assert report.total == 0 and "unreadable" in report.statuses[0].note
+    assert report.total == 0
+    assert "unreadable" in report.statuses[0].note
     assert len(await remaining(pool)) == 10
 
 
@@ -245,7 +246,9 @@ async def test_two_sweepers_never_run_at_once(
         async with pool.acquire() as conn, conn.transaction():
             assert await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK)
             blocked = await Sweeper(other, policy).sweep()
-        assert not blocked.ran and blocked.total == 0 and not blocked.batches
+        assert not blocked.ran
+        assert blocked.total == 0
+        assert not blocked.batches
 
         a, b = await asyncio.gather(Sweeper(pool, policy).sweep(), Sweeper(other, policy).sweep())
     finally:
@@ -279,7 +282,8 @@ async def test_prune_command_dry_run_then_for_real(
     assert code == 0, out
     report = json.loads(out)
     counts = {s["status"]: s["rows"] for s in report["statuses"]}
-    assert report["dry_run"] and counts == {"succeeded": 40, "dead_lettered": 0}
+    assert report["dry_run"]
+    assert counts == {"succeeded": 40, "dead_lettered": 0}
     assert await pool.fetchval("SELECT count(*) FROM jobs") == 55
 
     code, out = await run_cli("prune", env=env)

@@ -80,7 +80,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
             await down(*[r for r in results if not isinstance(r, BaseException)])
             raise errors[0]
         kafka, pg = results
-        assert isinstance(kafka, SecuredKafka) and isinstance(pg, SecuredPostgres)
+        assert isinstance(kafka, SecuredKafka)
+        assert isinstance(pg, SecuredPostgres)
         return kafka, pg
 
     async def down(*started: SecuredKafka | SecuredPostgres) -> None:
@@ -90,7 +91,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     started = time.monotonic()
     try:
         kafka, pg = asyncio.run(up())
-    except Exception as exc:  # missing java / PostgreSQL binaries / jars
+    except Exception as exc:  # noqa: BLE001 - whatever stops them starting: skip, or fail under CI
         if IN_CI:
             pytest.fail(f"CI is set and the secured services could not start: {exc!r}")
         pytest.skip(f"secured Kafka/PostgreSQL not available: {exc!r}")
@@ -154,10 +155,12 @@ async def test_jobs_end_to_end_over_sasl_ssl_and_tls_postgres(
         assert outcomes[invalid] == "dead_lettered"
 
         code, out = await run_cli("status", cli_ids[0], env=cli_env(env, prefix, tmp_path))
-        assert code == 0 and '"succeeded"' in out, out
+        assert code == 0, out
+        assert '"succeeded"' in out, out
         # the DLQ tool reads the dead-letter topic over SASL_SSL too
         code, dlq_out = await run_cli("dlq", "list", env=cli_env(env, prefix, tmp_path))
-        assert code == 0 and invalid in dlq_out, dlq_out
+        assert code == 0, dlq_out
+        assert invalid in dlq_out, dlq_out
         # the worker's own connections are TLS ones (pg_hba allows nothing else; checked anyway)
         plain = await pool.fetchval(
             "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)"
@@ -172,7 +175,8 @@ async def test_jobs_end_to_end_over_sasl_ssl_and_tls_postgres(
         assert "Worker ready" in log or "ready" in log.lower()
         for secret in (PASSWORD, secured.pg.password):
             assert secret not in log, "a secret reached the worker's log"
-            assert secret not in out and secret not in dlq_out
+            assert secret not in out
+            assert secret not in dlq_out
     finally:
         if reader is not None:
             await reader.stop()
@@ -192,7 +196,8 @@ async def test_wrong_password_fails_fast_with_one_line(
         f"Kafka authentication failed (SASL SCRAM-SHA-512 as user {USER}): check "
         "JOBSTREAM_KAFKA_SASL_PASSWORD and JOBSTREAM_KAFKA_SASL_USERNAME"
     ]
-    assert WRONG_PASSWORD not in out and PASSWORD not in out
+    assert WRONG_PASSWORD not in out
+    assert PASSWORD not in out
     print(f"jobstream submit with a wrong password ended in {elapsed:.1f}s")
     assert elapsed < 30, "it must not wait out the client's retries"
 
@@ -204,7 +209,8 @@ async def test_wrong_password_fails_fast_with_one_line(
         .splitlines()[-1]
         .endswith("check JOBSTREAM_KAFKA_SASL_PASSWORD and JOBSTREAM_KAFKA_SASL_USERNAME")
     ), out
-    assert WRONG_PASSWORD not in out and PASSWORD not in out
+    assert WRONG_PASSWORD not in out
+    assert PASSWORD not in out
 
     # a worker stops at once too, instead of crash-looping inside faust
     factory = WorkerFactory(
@@ -221,7 +227,8 @@ async def test_wrong_password_fails_fast_with_one_line(
         assert code == 3, log
         assert "check JOBSTREAM_KAFKA_SASL_PASSWORD" in log
         assert "Traceback" not in log
-        assert WRONG_PASSWORD not in log and PASSWORD not in log
+        assert WRONG_PASSWORD not in log
+        assert PASSWORD not in log
     finally:
         factory.close()
 
@@ -233,7 +240,8 @@ async def test_untrusted_certificates_fail_fast_with_one_line(
     code, out = await run_cli("submit", "echo", env=cli_env(env, prefix, tmp_path))
     assert code == 3, out
     (line,) = error_lines(out)
-    assert line.startswith("Kafka TLS: the certificate of 127.0.0.1:") and "not trusted" in line
+    assert line.startswith("Kafka TLS: the certificate of 127.0.0.1:")
+    assert "not trusted" in line
     assert line.endswith("check JOBSTREAM_KAFKA_SSL_CAFILE"), line
 
     # PostgreSQL: a root certificate that did not sign the server's
@@ -253,7 +261,8 @@ async def test_untrusted_certificates_fail_fast_with_one_line(
     )
     assert code == 3, out
     (line,) = error_lines(out)
-    assert "no encryption" in line and "sslmode=" in line, line
+    assert "no encryption" in line, line
+    assert "sslmode=" in line, line
     assert secured.pg.password not in out
 
     # a wrong database password: named by its setting, never echoed
@@ -264,11 +273,13 @@ async def test_untrusted_certificates_fail_fast_with_one_line(
     assert code == 3, out
     (line,) = error_lines(out)
     assert line.startswith("PostgreSQL authentication failed"), line
-    assert line.endswith("check JOBSTREAM_DATABASE_URL") and WRONG_PASSWORD not in line, line
+    assert line.endswith("check JOBSTREAM_DATABASE_URL"), line
+    assert WRONG_PASSWORD not in line, line
 
     # with the right CA, `migrate` applies the schema over verify-full
     code, out = await run_cli("migrate", env=cli_env(secured.env(), prefix, tmp_path))
-    assert code == 0 and out.startswith("applied"), out
+    assert code == 0, out
+    assert out.startswith("applied"), out
 
 
 async def test_the_broker_refuses_plaintext(secured: Secured, prefix: str, tmp_path: Path) -> None:

@@ -172,7 +172,8 @@ async def test_one_scrubbed_tagged_event_per_dead_letter_and_none_for_retries(
 
     for secret in SECRETS:
         assert not fake_sentry.contains(secret), f"{secret} reached Sentry"
-    assert fake_sentry.transactions == [] and fake_sentry.logs == []
+    assert fake_sentry.transactions == []
+    assert fake_sentry.logs == []
 
 
 async def test_a_database_outage_is_reported_once_when_it_starts_and_once_when_it_ends(
@@ -223,7 +224,8 @@ async def test_a_database_outage_is_reported_once_when_it_starts_and_once_when_i
         f" ({dict(phases)} + 1 dead letter)"
     )
     steps = {step for step, _ in phases}
-    assert steps and phases == Counter({(s, p): 1 for s in steps for p in ("started", "ended")})
+    assert steps
+    assert phases == Counter({(s, p): 1 for s in steps for p in ("started", "ended")})
     assert len(events) == sum(phases.values()) + 1  # + the sentinel; no log line became one
     assert fake_sentry.events_tagged("job.id", sentinel)
     for event in events:

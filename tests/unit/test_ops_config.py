@@ -240,7 +240,8 @@ def test_alert_rules_are_complete() -> None:
         assert duration_s(rule["for"]) > 0, name
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         notes = rule["annotations"]
-        assert notes["summary"].strip() and notes["description"].strip(), name
+        assert notes["summary"].strip(), name
+        assert notes["description"].strip(), name
         path, _, anchor = notes["runbook"].partition("#")
         assert path == "monitoring/RUNBOOK.md", name
         assert anchor in anchors, f"{name}: no section #{anchor} in RUNBOOK.md"
@@ -268,7 +269,8 @@ def test_runbook_has_one_section_per_alert() -> None:
     sections = [line[3:].strip() for line in RUNBOOK.read_text().splitlines() if line[:3] == "## "]
     assert sorted(sections) == sorted({r["alert"] for r in alert_rules()})
     text = RUNBOOK.read_text()
-    assert "jobstream dlq stats" in text and "jobstream dlq replay" in text
+    assert "jobstream dlq stats" in text
+    assert "jobstream dlq replay" in text
 
 
 def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
@@ -342,7 +344,8 @@ def test_alertmanager_inhibits_warning_by_critical_and_holds_no_secrets() -> Non
         for hook in receiver["webhook_configs"]:
             assert ".invalid/" in hook["url"], "receivers are placeholders"
             auth = hook["http_config"]["authorization"]
-            assert "credentials" not in auth and auth["credentials_file"].startswith("/run/")
+            assert "credentials" not in auth
+            assert auth["credentials_file"].startswith("/run/")
 
 
 # --- Grafana -------------------------------------------------------------------------------
@@ -434,7 +437,8 @@ def test_helm_template_defaults() -> None:
     }
     for var, key in SECRET_ENV.items():
         ref = env[var]["valueFrom"]["secretKeyRef"]
-        assert ref["name"] == "rel-jobstream" and ref["key"] == key, var
+        assert ref["name"] == "rel-jobstream", var
+        assert ref["key"] == key, var
         assert ref.get("optional", False) is (var != "JOBSTREAM_DATABASE_URL"), var
     assert not any("value" in e for n, e in env.items() if n in SECRET_ENV)
     annotations = pod["metadata"]["annotations"]
@@ -455,7 +459,8 @@ def test_helm_template_defaults() -> None:
     job_container = job["spec"]["template"]["spec"]["containers"][0]
     assert job_container["args"] == ["migrate"]
     job_env = env_of(job_container)
-    assert "JOBSTREAM_DATABASE_URL" in job_env and "JOBSTREAM_KAFKA_BOOTSTRAP" in job_env
+    assert "JOBSTREAM_DATABASE_URL" in job_env
+    assert "JOBSTREAM_KAFKA_BOOTSTRAP" in job_env
 
     pdb = find(docs, "PodDisruptionBudget", "rel-jobstream-worker")
     assert pdb["spec"]["minAvailable"] == 1
@@ -518,11 +523,14 @@ def test_compose_structure() -> None:
     assert services["postgres"]["image"] == "postgres:15"
     for name in ("kafka", "postgres"):
         check = services[name]["healthcheck"]
-        assert check["test"] and check["interval"] and check["retries"], name
+        assert check["test"], name
+        assert check["interval"], name
+        assert check["retries"], name
 
     worker = services["worker"]
     assert worker["deploy"]["replicas"] == 2
-    assert "container_name" not in worker and "ports" not in worker
+    assert "container_name" not in worker
+    assert "ports" not in worker
     assert duration_s(worker["stop_grace_period"]) > Settings().shutdown_grace_s
     assert worker["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -530,7 +538,8 @@ def test_compose_structure() -> None:
 
     for name in JOBSTREAM_SERVICES:
         service = services[name]
-        assert service["image"] == "jobstream:local" and service["build"]["context"] == "."
+        assert service["image"] == "jobstream:local"
+        assert service["build"]["context"] == "."
         env = service["environment"]
         # with either missing the CLI would start a local Kafka or PostgreSQL of its own
         assert env["JOBSTREAM_KAFKA_BOOTSTRAP"] == "kafka:9092", name
@@ -573,9 +582,11 @@ def test_dockerfile() -> None:
     assert "RUN pip install ." in instructions
     final = instructions[instructions.index("FROM ${PYTHON_IMAGE}") :]
     user = [i for i in final if i.startswith("USER ")]
-    assert user and user[-1] not in {"USER root", "USER 0"}
+    assert user
+    assert user[-1] not in {"USER root", "USER 0"}
     healthcheck = next(i for i in final if i.startswith("HEALTHCHECK"))
-    assert "/health" in healthcheck and "/ready" not in healthcheck
+    assert "/health" in healthcheck
+    assert "/ready" not in healthcheck
     assert 'ENTRYPOINT ["jobstream"]' in final
     assert final[-1] == 'CMD ["worker"]'
     assert any("JOBSTREAM_WEB_HOST=0.0.0.0" in i for i in final)
@@ -747,7 +758,8 @@ def test_helm_kafka_security() -> None:
         tool("helm"), "template", "rel", str(CHART), "--kube-version", KUBE_VERSION,
         "--set", "config.kafkaSecurity.protocol=SASL_SSL", ok=False,
     )  # fmt: skip
-    assert proc.returncode != 0 and "saslUsername is required" in proc.stderr
+    assert proc.returncode != 0
+    assert "saslUsername is required" in proc.stderr
 
 
 # --- backups -------------------------------------------------------------------------------
@@ -797,7 +809,8 @@ def test_helm_backup_cronjob() -> None:
         tool("helm"), "template", "rel", str(CHART), "--kube-version", KUBE_VERSION,
         *BACKUP_ON, "--set", "backup.keep=-1", ok=False,
     )  # fmt: skip
-    assert proc.returncode != 0 and "keep" in proc.stderr
+    assert proc.returncode != 0
+    assert "keep" in proc.stderr
 
 
 # --- lag from the workers ------------------------------------------------------------------
@@ -833,7 +846,8 @@ def test_dashboard_lag_comes_from_the_workers_with_the_exporter_optional() -> No
     ):
         assert any(name in e for e in exprs), name
     exporter = [t for t, e in dashboard_exprs(dashboard) if "kafka_consumergroup_lag" in e]
-    assert exporter and all("optional" in t for t in exporter)
+    assert exporter
+    assert all("optional" in t for t in exporter)
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     for name in ("group", "topic"):
         expected = f"label_values(jobstream_consumer_lag_events, {name})"
@@ -873,7 +887,8 @@ def test_helm_keda_scales_on_the_groups_lag_instead_of_cpu() -> None:
     (trigger,) = spec["triggers"]
     assert trigger["type"] == "kafka"
     meta = trigger["metadata"]
-    assert meta["consumerGroup"] == "orders" and meta["topic"] == "orders.jobs"
+    assert meta["consumerGroup"] == "orders"
+    assert meta["topic"] == "orders.jobs"
     assert meta["lagThreshold"] == "300"
     assert meta["bootstrapServers"] == "kafka:9092"
     assert meta["allowIdleConsumers"] == "false"
@@ -895,12 +910,14 @@ def test_helm_keda_caps_replicas_at_the_partition_count() -> None:
         tool("helm"), "template", "rel", str(CHART), "--kube-version", KUBE_VERSION, *KEDA,
         "--set", "config.partitions=4", "--set", "autoscaling.maxReplicas=6", ok=False,
     )  # fmt: skip
-    assert proc.returncode != 0 and "exceeds config.partitions" in proc.stderr
+    assert proc.returncode != 0
+    assert "exceeds config.partitions" in proc.stderr
     proc = run(
         tool("helm"), "template", "rel", str(CHART), "--kube-version", KUBE_VERSION,
         "--set", "autoscaling.mode=memory", ok=False,
     )  # fmt: skip
-    assert proc.returncode != 0 and "mode" in proc.stderr
+    assert proc.returncode != 0
+    assert "mode" in proc.stderr
 
 
 def test_helm_keda_authenticates_like_the_workers() -> None:
@@ -933,4 +950,5 @@ def test_helm_test_runs_the_doctors_probe() -> None:
     (container,) = pod["spec"]["containers"]
     assert container["args"] == ["doctor", "--probe"]
     env = env_of(container)
-    assert "valueFrom" in env["JOBSTREAM_DATABASE_URL"] and env["JOBSTREAM_KAFKA_BOOTSTRAP"]
+    assert "valueFrom" in env["JOBSTREAM_DATABASE_URL"]
+    assert env["JOBSTREAM_KAFKA_BOOTSTRAP"]

@@ -434,7 +434,7 @@ class Bench:
         except asyncio.CancelledError:
             result["error"] = "interrupted"
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one scenario's failure is recorded in its result; the others still run
             result["error"] = f"{type(exc).__name__}: {exc}"
             _say(f"{spec.name}: FAILED: {result['error']}")
             for c in children:
@@ -631,7 +631,7 @@ class Bench:
     async def _fake_stats(self, fake: Child) -> dict[str, Any]:
         try:
             stats = await http_json(f"http://127.0.0.1:{fake.port}/stats")
-        except Exception as exc:  # diagnostics only; never fail a finished measurement on it
+        except Exception as exc:  # noqa: BLE001 - diagnostics only; never fail a finished measurement on it
             return {"error": repr(exc)}
         return {k: stats.get(k) for k in ("total", "max_in_flight", "by_status", "rate_limited")}
 
@@ -696,7 +696,7 @@ class Bench:
             names = [t for t in await self.admin.list_topics() if t.startswith(prefix)]
             if names:
                 await self.admin.delete_topics(names)
-        except Exception as exc:  # cleanup is best effort; the measurement is already taken
+        except Exception as exc:  # noqa: BLE001 - cleanup is best effort; the measurement is already taken
             _say(f"could not delete topics of {prefix}: {exc!r}")
         try:
             # by prefix rather than by the ids collected: a publish that failed half-way still
@@ -704,7 +704,7 @@ class Bench:
             await self.pool.execute("DELETE FROM jobs WHERE job_id LIKE $1", f"{prefix}-%")
             for step in extra:
                 await step()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - cleanup is best effort; the measurement is already taken
             _say(f"could not delete rows of {prefix}: {exc!r}")
 
     async def _drop_bucket(self, key: str) -> None:
@@ -756,7 +756,7 @@ async def service_info(bootstrap: str, dsn: str, state_dir: Path) -> dict[str, A
             info["postgres_version"] = await conn.fetchval("SHOW server_version")
         finally:
             await conn.close()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - diagnostics only: the version is reported as unknown
         info["postgres_version"] = f"unknown ({type(exc).__name__})"
     return info
 
@@ -835,7 +835,7 @@ async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
         return 2
     try:
         bootstrap, dsn = await resolve_services(settings)
-    except Exception as exc:  # the stack could not be found or started: nothing to measure
+    except Exception as exc:  # noqa: BLE001 - the stack could not be found or started: nothing to measure
         print(f"Kafka/PostgreSQL unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 3
     partitions = args.partitions or settings.partitions

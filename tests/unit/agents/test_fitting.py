@@ -36,7 +36,8 @@ def test_a_letter_that_fits_keeps_the_whole_original() -> None:
     value = b"x" * 1000
     data = fit_dead_letter(letter(value), value, budget=100_000)
     dl = DeadLetter.model_validate_json(data)
-    assert not dl.original_truncated and dl.original_bytes() == value
+    assert not dl.original_truncated
+    assert dl.original_bytes() == value
 
 
 def test_a_letter_too_large_keeps_a_prefix_with_size_and_digest() -> None:
@@ -45,9 +46,11 @@ def test_a_letter_too_large_keeps_a_prefix_with_size_and_digest() -> None:
     data = fit_dead_letter(letter(value), value, budget=budget)
     assert len(data) <= budget
     dl = DeadLetter.model_validate_json(data)
-    assert dl.original_truncated and dl.original_bytes() is None
+    assert dl.original_truncated
+    assert dl.original_bytes() is None
     prefix = dl.original_prefix() or b""
-    assert len(prefix) > 700_000 and value.startswith(prefix)
+    assert len(prefix) > 700_000
+    assert value.startswith(prefix)
     assert dl.original_size == len(value)
     assert dl.original_sha256 == hashlib.sha256(value).hexdigest()
 
@@ -61,7 +64,8 @@ def test_a_tiny_budget_drops_headers_history_and_the_original() -> None:
     data = fit_dead_letter(big, value, budget=3_000)
     assert len(data) <= 3_000
     dl = DeadLetter.model_validate_json(data)
-    assert dl.original_truncated and dl.original_headers == []
+    assert dl.original_truncated
+    assert dl.original_headers == []
     assert [h.attempt for h in dl.history] == [0, 7, 8]
     assert dl.original_sha256 == hashlib.sha256(value).hexdigest()
 
@@ -71,7 +75,8 @@ def test_an_outcome_too_large_leaves_out_its_result() -> None:
                          result={"blob": "z" * 5000})  # fmt: skip
     assert json.loads(fit_outcome(outcome, 100_000))["result"] == {"blob": "z" * 5000}
     small = JobOutcome.model_validate_json(fit_outcome(outcome, 1000))
-    assert small.result is None and small.result_truncated
+    assert small.result is None
+    assert small.result_truncated
 
 
 def test_a_retry_event_sheds_history_or_cannot_be_retried() -> None:
@@ -88,6 +93,6 @@ def test_a_retry_event_sheds_history_or_cannot_be_retried() -> None:
 def test_wire_survives_a_lone_surrogate() -> None:
     outcome = JobOutcome(job_id="j", type="t", status=JobStatus.SUCCEEDED, attempt=1,
                          result={"s": "\ud800"})  # fmt: skip
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="surrogates not allowed"):
         outcome.model_dump_json()
     assert json.loads(wire(outcome))["result"] == {"s": "\ud800"}

@@ -103,7 +103,8 @@ def test_scrubber_blanks_secret_named_keys_and_header_pairs() -> None:
     }
     assert out["cookies"] == obs.REDACTED
     assert out["pairs"] == [["Cookie", obs.REDACTED], ["Accept", "text/plain"]]
-    assert out["db_dsn"] is None and out["count"] == 3
+    assert out["db_dsn"] is None
+    assert out["count"] == 3
     assert PASSWORD not in out["note"]
     assert data["password"] == "x1"  # the input is not modified
 
@@ -130,18 +131,21 @@ def test_known_secrets_are_removed_wherever_they_appear() -> None:
 def test_payload_values_are_string_leaves_and_json() -> None:
     payload = {"a": MARKER, "nested": [{"b": "abc"}, {"c": "long enough"}], "n": 12345}
     values = obs.payload_values(payload)
-    assert MARKER in values and "long enough" in values
+    assert MARKER in values
+    assert "long enough" in values
     assert "abc" not in values  # too short to replace safely
     assert '{"a": "PayloadMarker54cc"' in next(v for v in values if v.startswith('{"a": '))
     assert any(v.startswith('{"a":"') for v in values)  # the compact spelling too
     out = obs.Scrubber(payload=values).text(f"bad input {MARKER} in {payload}")
-    assert MARKER not in out and obs.PAYLOAD in out
+    assert MARKER not in out
+    assert obs.PAYLOAD in out
 
 
 def test_payload_values_of_raw_record_bytes() -> None:
     raw = b'{"id": 1, "type": ["bad"], "payload": {"k": "PayloadMarker54cc"}}'
     values = obs.payload_values(raw)
-    assert raw.decode() in values and MARKER in values
+    assert raw.decode() in values
+    assert MARKER in values
     assert obs.payload_values(b"\xffnot json " + MARKER.encode())[0].endswith(MARKER)
 
 
@@ -170,7 +174,8 @@ def test_outage_reports_are_deduplicated_per_step() -> None:
     assert not obs.report_outage_ended(step, 41.0)
     assert not obs.report_outage_ended("never-failed", 1.0)
     assert obs.report_outage_started(step, None, 30.0)  # a new outage of the same step
-    assert obs.report_outage_ended(step, 35.0) and obs.report_outage_ended(other, 35.0)
+    assert obs.report_outage_ended(step, 35.0)
+    assert obs.report_outage_ended(other, 35.0)
     assert not obs.outages() & {step, other}
 
 
@@ -242,20 +247,26 @@ async def test_dead_letter_event_has_tags_and_no_secret(sentry_on: FakeSentry) -
 
     [event] = sentry_on.events
     tags = tags_of(event)
-    assert tags["job.id"] == "job-1" and tags["job.type"] == "sleep"
-    assert tags["job.attempt"] == "3" and tags["job.tier"] == "retry.1"
-    assert tags["worker"] == "w-unit" and tags["dead_letter.reason"] == "fatal_error"
+    assert tags["job.id"] == "job-1"
+    assert tags["job.type"] == "sleep"
+    assert tags["job.attempt"] == "3"
+    assert tags["job.tier"] == "retry.1"
+    assert tags["worker"] == "w-unit"
+    assert tags["dead_letter.reason"] == "fatal_error"
     assert event["contexts"]["kafka"] == {"topic": "jobs", "partition": 2, "offset": 41}
     assert event["fingerprint"] == ["dead-letter", "sleep", "fatal_error", "ConnectionError"]
-    assert event["level"] == "error" and event["release"].startswith("jobstream@")
+    assert event["level"] == "error"
+    assert event["release"].startswith("jobstream@")
     frames = [f for v in event["exception"]["values"] for f in v["stacktrace"]["frames"]]
-    assert frames and not any("vars" in f for f in frames)
+    assert frames
+    assert not any("vars" in f for f in frames)
     crumbs = [c["message"] for c in event["breadcrumbs"]["values"]]
     assert "connecting to [redacted] with token=[redacted]" in crumbs  # the whole DSN is known
     assert any("[payload]" in c for c in crumbs)
     assert "[redacted]" in event["exception"]["values"][0]["value"]
     assert_clean(sentry_on)
-    assert sentry_on.logs == [] and sentry_on.transactions == []
+    assert sentry_on.logs == []
+    assert sentry_on.transactions == []
     # the envelope's trace header keeps the key the request authenticates with
     [envelope] = sentry_on.envelopes
     assert envelope.headers["trace"]["public_key"] == "fakepublickey"
@@ -319,7 +330,8 @@ async def test_outage_events_once_per_outage_without_job_tags(sentry_on: FakeSen
     ]
     for event in sentry_on.events:
         tags = tags_of(event)
-        assert not set(obs.JOB_TAGS) & set(tags) and "kafka" not in event["contexts"]
+        assert not set(obs.JOB_TAGS) & set(tags)
+        assert "kafka" not in event["contexts"]
         assert tags["worker"] == "w-unit"
         assert event["fingerprint"][:2] == ["outage", tags["outage.step"]]
     assert_clean(sentry_on)

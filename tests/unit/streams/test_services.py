@@ -42,7 +42,8 @@ def test_a_command_without_its_service_says_one_line_and_starts_nothing(
 ) -> None:
     assert main(argv) == Exit.UNREACHABLE
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and variable in err[0]
+    assert len(err) == 1
+    assert variable in err[0]
     assert list(no_services.iterdir()) == []  # no state dir, no local stack
 
 

@@ -57,8 +57,11 @@ def test_the_access_rule(values: dict[str, object], host: str, mode: Mode) -> No
 
 
 def test_loopback_addresses() -> None:
-    assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
+    assert is_loopback("127.0.0.2")
+    assert is_loopback("::1")
+    assert is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("example.org")
 
 
 def test_tokens_decide_the_role() -> None:
@@ -78,12 +81,15 @@ def test_session_cookies_are_signed_and_end_with_their_token() -> None:
     cookie = policy.encode(session)
     assert "op-1" not in cookie
     back = policy.decode(cookie)
-    assert back is not None and back.role is Role.OPERATOR and back.csrf == session.csrf
+    assert back is not None
+    assert back.role is Role.OPERATOR
+    assert back.csrf == session.csrf
     # a tampered cookie, one signed with another key, and garbage are all no session
     assert policy.decode(cookie[:-2] + ("AA" if not cookie.endswith("AA") else "BB")) is None
     other = URLSafeTimedSerializer(b"other-key", salt="jobstream.console.session")
     assert policy.decode(str(other.dumps({"r": "operator", "c": "x", "f": ""}))) is None
-    assert policy.decode("not-a-cookie") is None and policy.decode(None) is None
+    assert policy.decode("not-a-cookie") is None
+    assert policy.decode(None) is None
     # the same key after a restart still accepts it; a rotated token does not
     assert AccessPolicy(s, "127.0.0.1").decode(cookie) is not None
     rotated_tokens = settings(console_operator_token="op-2", console_secret_key="k" * 32)
@@ -107,12 +113,15 @@ def test_a_random_key_per_process_when_none_is_configured() -> None:
 
 
 def test_limits_and_filters_are_checked() -> None:
-    assert limit({}) == 50 and limit({"limit": "200"}) == 200
+    assert limit({}) == 50
+    assert limit({"limit": "200"}) == 200
     for bad in ("0", "201", "-1", "x", "1.5"):
         with pytest.raises(BadInput):
             limit({"limit": bad})
     flt = job_filter({"status": "succeeded", "type": " echo ", "since": "1h"}, STATUSES)
-    assert flt.status == "succeeded" and flt.type == "echo" and flt.since is not None
+    assert flt.status == "succeeded"
+    assert flt.type == "echo"
+    assert flt.since is not None
     with pytest.raises(BadInput, match="status must be one of running, retrying"):
         job_filter({"status": "lost"}, STATUSES)
     with pytest.raises(BadInput, match="since must be before until"):
@@ -129,7 +138,9 @@ def test_cursors_round_trip_and_foreign_ones_are_refused() -> None:
 
 def test_the_page_query_names_only_the_filters_given() -> None:
     sql, args = jobs_page_sql(JobFilter(), None, 50)
-    assert "WHERE" not in sql and args == [] and sql.endswith("LIMIT 51")
+    assert "WHERE" not in sql
+    assert args == []
+    assert sql.endswith("LIMIT 51")
     at = datetime(2026, 5, 1, tzinfo=UTC)
     sql, args = jobs_page_sql(JobFilter(status="succeeded", worker="w1"), (at, "j9"), 10)
     assert "status = $1 AND worker = $2 AND (updated_at, job_id) < ($3, $4)" in sql
@@ -140,7 +151,8 @@ def test_the_page_query_names_only_the_filters_given() -> None:
 def test_replay_requests_are_validated() -> None:
     assert replay_request({}).dry_run is True
     req = replay_request({"type": "echo", "dry_run": False, "expect": 2})
-    assert isinstance(req, ReplayRequest) and req.filters() == {"type": "echo"}
+    assert isinstance(req, ReplayRequest)
+    assert req.filters() == {"type": "echo"}
     for body, says in [
         ([], "JSON object"),
         ({"dry_run": False}, "expect is required"),
@@ -156,7 +168,8 @@ def test_replay_requests_are_validated() -> None:
 def test_short_tokens_are_refused() -> None:
     assert refusal(settings(console_operator_token="x" * 16), "0.0.0.0") is None
     why = refusal(settings(console_operator_token="x" * 15), "0.0.0.0")
-    assert why is not None and "JOBSTREAM_CONSOLE_OPERATOR_TOKEN is shorter than 16" in why
+    assert why is not None
+    assert "JOBSTREAM_CONSOLE_OPERATOR_TOKEN is shorter than 16" in why
     assert refusal(settings(), "127.0.0.1") == OFF_MESSAGE
 
 

@@ -29,7 +29,8 @@ def test_the_console_deployment_and_service() -> None:
         ("JOBSTREAM_CONSOLE_SECRET_KEY", "CONSOLE_SECRET_KEY"),
     ]:
         ref = env[name]["valueFrom"]["secretKeyRef"]
-        assert ref["key"] == key and ref["name"] == "rel-jobstream"
+        assert ref["key"] == key
+        assert ref["name"] == "rel-jobstream"
     assert "value" not in env["JOBSTREAM_DATABASE_URL"]  # from the Secret, as everywhere
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True

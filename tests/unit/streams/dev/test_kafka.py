@@ -64,7 +64,8 @@ def test_cluster_ids_look_like_storage_tool_ones() -> None:
         assert len(cid) == 22
         assert not cid.startswith("-")
         raw = base64.urlsafe_b64decode(cid + "==")
-        assert len(raw) == 16 and raw not in (bytes(16), bytes(15) + b"\x01")
+        assert len(raw) == 16
+        assert raw not in (bytes(16), bytes(15) + b"\x01")
 
 
 def test_server_command_names_the_props_file_and_takes_jvm_opts(
@@ -75,13 +76,16 @@ def test_server_command_names_the_props_file_and_takes_jvm_opts(
     cmd = kafka.server_command(
         "java", tmp_path / "libs", tmp_path / "l.properties", tmp_path, props
     )
-    assert cmd[0] == "java" and cmd[-2:] == ["kafka.Kafka", str(props)]
-    assert "-Xmx512m" in cmd and "-XX:TieredStopAtLevel=1" not in cmd
+    assert cmd[0] == "java"
+    assert cmd[-2:] == ["kafka.Kafka", str(props)]
+    assert "-Xmx512m" in cmd
+    assert "-XX:TieredStopAtLevel=1" not in cmd
     assert cmd[cmd.index("-cp") + 1] == str(tmp_path / "libs" / "*")
 
     monkeypatch.setenv("JOBSTREAM_KAFKA_JVM_OPTS", " ".join(kafka.FAST_START_JVM_OPTS))
     cmd = kafka.server_command("java", tmp_path, tmp_path, tmp_path, props)
-    assert "-XX:TieredStopAtLevel=1" in cmd and "-Xmx512m" in cmd
+    assert "-XX:TieredStopAtLevel=1" in cmd
+    assert "-Xmx512m" in cmd
 
 
 def test_jars_dir_lives_outside_the_repo_unless_overridden(

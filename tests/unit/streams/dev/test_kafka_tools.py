@@ -21,7 +21,8 @@ def test_the_tools_pom_asks_for_the_tools_and_the_server_jar_at_the_brokers_vers
         (d.findtext("m:artifactId", namespaces=ns), d.findtext("m:version", namespaces=ns))
         for d in root.iterfind(".//m:dependency", ns)
     }
-    assert ("kafka-tools", KAFKA_VERSION) in deps and ("kafka_2.13", KAFKA_VERSION) in deps
+    assert ("kafka-tools", KAFKA_VERSION) in deps
+    assert ("kafka_2.13", KAFKA_VERSION) in deps
     assert root.findtext("m:artifactId", namespaces=ns) == "tools"
 
 
@@ -33,7 +34,8 @@ def test_tools_are_cached_next_to_the_brokers_jars(monkeypatch: pytest.MonkeyPat
 def test_the_bootstrap_is_added_unless_given() -> None:
     cmd = tool_command("java", JARS, LOG4J, "kafka-topics", ["--list"], "127.0.0.1:9")
     assert cmd[-4:] == [TOOLS["kafka-topics"], "--bootstrap-server", "127.0.0.1:9", "--list"]
-    assert f"{JARS}/*" in cmd and f"-Dlog4j2.configurationFile={LOG4J}" in cmd
+    assert f"{JARS}/*" in cmd
+    assert f"-Dlog4j2.configurationFile={LOG4J}" in cmd
     given = ["--bootstrap-server=k:1", "--describe", "--all-groups"]
     cmd = tool_command("java", JARS, LOG4J, "kafka-consumer-groups", given, "127.0.0.1:9")
     assert cmd[-3:] == given

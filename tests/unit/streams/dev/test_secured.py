@@ -46,7 +46,7 @@ def test_scram_users_for_the_storage_tool() -> None:
         "--add-scram",
         "SCRAM-SHA-512=[name=app,password=Secret1]",
     ]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be alphanumeric"):
         scram_args({"app": "a,b]"})  # would break the tool's own parsing
 
 

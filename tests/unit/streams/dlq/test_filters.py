@@ -168,7 +168,8 @@ class TestReplaySelection:
         history = [FailureRecord(attempt=1, error_class="E", message="m", at=past)]
         event = JobEvent(id="job-1", type="email", attempt=4, not_before=past, history=history)
         rec = build_record(dead_letter(1, event=event), reset_attempts=False, include_invalid=False)
-        assert rec is not None and rec.as_event
+        assert rec is not None
+        assert rec.as_event
         out = JobEvent.model_validate_json(rec.value)
         assert (out.attempt, out.not_before, out.history) == (4, None, history)
         assert rec.key == b"customer-7"
@@ -185,19 +186,23 @@ class TestReplaySelection:
 
     def test_missing_key_falls_back_to_the_event_key(self) -> None:
         rec = build_record(dead_letter(1, key=None), reset_attempts=False, include_invalid=False)
-        assert rec is not None and rec.key == b"job-1"
+        assert rec is not None
+        assert rec.key == b"job-1"
 
     def test_invalid_bytes_skipped_unless_included_then_unchanged(self) -> None:
         dl = dead_letter(1, reason=DeadLetterReason.INVALID_JSON, value=b"{nope")
         assert build_record(dl, reset_attempts=True, include_invalid=False) is None
         rec = build_record(dl, reset_attempts=True, include_invalid=True)
-        assert rec is not None and rec.value == b"{nope" and not rec.as_event
+        assert rec is not None
+        assert rec.value == b"{nope"
+        assert not rec.as_event
 
     def test_undecodable_reason_is_never_rewritten(self) -> None:
         dl = dead_letter(1, reason=DeadLetterReason.OVERSIZE)
         assert build_record(dl, reset_attempts=True, include_invalid=False) is None
         rec = build_record(dl, reset_attempts=True, include_invalid=True)
-        assert rec is not None and rec.value == base64.b64decode(dl.original_value or "")
+        assert rec is not None
+        assert rec.value == base64.b64decode(dl.original_value or "")
 
     def test_plan_limit_counts_only_republished(self) -> None:
         dls = [dead_letter(n) for n in range(6)]

@@ -51,7 +51,8 @@ def test_sasl_ssl_scram(tls_files: dict[str, Path]) -> None:
     assert (opts["sasl_plain_username"], opts["sasl_plain_password"]) == ("svc", SECRET)
     ctx = opts["ssl_context"]
     assert isinstance(ctx, ssl.SSLContext)
-    assert ctx.verify_mode is ssl.CERT_REQUIRED and ctx.check_hostname
+    assert ctx.verify_mode is ssl.CERT_REQUIRED
+    assert ctx.check_hostname
 
     creds = broker_credentials(s)
     assert isinstance(creds, faust.SASLCredentials)
@@ -61,7 +62,9 @@ def test_sasl_ssl_scram(tls_files: dict[str, Path]) -> None:
         k: v for k, v in opts.items() if k != "ssl_context"
     }
     assert isinstance(auth["ssl_context"], ssl.SSLContext)
-    assert SECRET not in repr(creds) and SECRET not in describe(s) and SECRET not in repr(s)
+    assert SECRET not in repr(creds)
+    assert SECRET not in describe(s)
+    assert SECRET not in repr(s)
 
 
 def test_sasl_plaintext_has_no_tls() -> None:
@@ -72,7 +75,8 @@ def test_sasl_plaintext_has_no_tls() -> None:
     )
     assert "ssl_context" not in client_options(s)
     auth = credentials_to_aiokafka_auth(broker_credentials(s))
-    assert auth["security_protocol"] == "SASL_PLAINTEXT" and auth["ssl_context"] is None
+    assert auth["security_protocol"] == "SASL_PLAINTEXT"
+    assert auth["ssl_context"] is None
     assert auth["sasl_mechanism"] == "PLAIN"
 
 
@@ -85,7 +89,8 @@ def test_mutual_tls(tls_files: dict[str, Path]) -> None:
         kafka_ssl_check_hostname=False,
     )
     opts = client_options(s)
-    assert opts["security_protocol"] == "SSL" and "sasl_mechanism" not in opts
+    assert opts["security_protocol"] == "SSL"
+    assert "sasl_mechanism" not in opts
     assert opts["ssl_context"].check_hostname is False
     creds = broker_credentials(s)
     assert isinstance(creds, faust.SSLCredentials)

@@ -100,31 +100,37 @@ def member(name: str, *parts: int, topic: str = "jobs") -> Member:
 def test_group_with_members_covering_every_partition_is_ok() -> None:
     g = GroupState("Stable", (member("a", 0, 1), member("b", 2, 3)), {0: 1, 1: 0, 2: 0, 3: 4})
     group, assignment = check_group("g", "jobs", 4, g)
-    assert group.status is Status.OK and "2 member(s); lag 5 on jobs" in group.detail
-    assert assignment.status is Status.OK and "10.0.0.1 (a): 2" in assignment.detail
+    assert group.status is Status.OK
+    assert "2 member(s); lag 5 on jobs" in group.detail
+    assert assignment.status is Status.OK
+    assert "10.0.0.1 (a): 2" in assignment.detail
 
 
 def test_empty_group_warns_and_fails_when_events_wait() -> None:
     [idle] = check_group("g", "jobs", 4, GroupState("Empty", (), {0: 0}))
     assert idle.status is Status.WARN
     [stuck] = check_group("g", "jobs", 4, GroupState("Empty", (), {0: 3}))
-    assert stuck.status is Status.FAIL and "lag 3" in stuck.detail
+    assert stuck.status is Status.FAIL
+    assert "lag 3" in stuck.detail
 
 
 def test_unowned_partitions_rebalancing_and_idle_members_warn() -> None:
     [group, _] = check_group("g", "jobs", 4, GroupState("Stable", (member("a", 0, 1),)))
-    assert group.status is Status.WARN and "[2, 3]" in group.detail
+    assert group.status is Status.WARN
+    assert "[2, 3]" in group.detail
     [group, _] = check_group("g", "jobs", 1, GroupState("PreparingRebalance", (member("a", 0),)))
     assert group.status is Status.WARN
     members = (member("a", 0), member("b"), member("c"))
     [_, assignment] = check_group("g", "jobs", 1, GroupState("Stable", members))
-    assert assignment.status is Status.WARN and "stay idle" in assignment.fix
+    assert assignment.status is Status.WARN
+    assert "stay idle" in assignment.fix
 
 
 def test_schema_behind_ahead_and_current() -> None:
     known = ["0001_a", "0002_b", "0003_c"]
     behind = check_schema(["0001_a"], known)
-    assert behind.status is Status.FAIL and "0002_b, 0003_c" in behind.detail
+    assert behind.status is Status.FAIL
+    assert "0002_b, 0003_c" in behind.detail
     assert check_schema([*known, "0004_new"], known).status is Status.WARN
     assert check_schema(known, known).status is Status.OK
 
@@ -137,35 +143,43 @@ def test_rate_limits_unlimited_keys_and_pauses() -> None:
     )
     assert [c.status for c in checks] == [Status.WARN, Status.WARN]
     assert "x -> other" in checks[0].detail
-    assert checks[1].name == "rate limit openrouter" and "42s" in checks[1].detail
+    assert checks[1].name == "rate limit openrouter"
+    assert "42s" in checks[1].detail
 
 
 def test_retention_settings() -> None:
     [c] = check_retention(Settings())
-    assert c.status is Status.OK and "dead letters 30 days" in c.detail
+    assert c.status is Status.OK
+    assert "dead letters 30 days" in c.detail
     [c] = check_retention(Settings(retry_tiers_s=(600.0,), retry_retention_ms=600_000))
-    assert c.status is Status.FAIL and "JOBSTREAM_RETRY_RETENTION_MS" in c.detail
+    assert c.status is Status.FAIL
+    assert "JOBSTREAM_RETRY_RETENTION_MS" in c.detail
     [c] = check_retention(Settings(dlq_retention_ms=86_400_000))
     assert c.status is Status.WARN
     [c] = check_retention(Settings(dlq_retention_ms=-1))
-    assert c.status is Status.OK and "dead letters forever" in c.detail
+    assert c.status is Status.OK
+    assert "dead letters forever" in c.detail
 
 
 def test_sentry_dsn() -> None:
     assert check_sentry(Settings(sentry_dsn=None)).status is Status.OK
     good = check_sentry(Settings(sentry_dsn=SecretStr("https://abc@o1.ingest.example.com/42")))
-    assert good.status is Status.OK and "project 42" in good.detail and "abc" not in good.detail
+    assert good.status is Status.OK
+    assert "project 42" in good.detail
+    assert "abc" not in good.detail
     bad = check_sentry(Settings(sentry_dsn=SecretStr("not a dsn")))
     assert bad.status is Status.FAIL
 
 
 def test_policy_file(tmp_path: Path) -> None:
     policy, keys = check_policy(Settings())
-    assert policy.status is Status.OK and keys.get("llm.chat") == "openrouter"
+    assert policy.status is Status.OK
+    assert keys.get("llm.chat") == "openrouter"
     broken = tmp_path / "policy.json"
     broken.write_text('{"no.such.type": {"max_attempts": 2}}')
     policy, _ = check_policy(Settings(policy_file=broken))
-    assert policy.status is Status.FAIL and "unknown job types" in policy.detail
+    assert policy.status is Status.FAIL
+    assert "unknown job types" in policy.detail
 
 
 @pytest.mark.parametrize(
@@ -186,14 +200,17 @@ def test_disk() -> None:
 def test_outputs() -> None:
     checks = [Check("kafka", Status.OK, "fine"), Check("schema", Status.FAIL, "behind", "migrate")]
     report = json.loads(as_json(checks, 0.25))
-    assert report["status"] == "fail" and report["exit_code"] == 2
+    assert report["status"] == "fail"
+    assert report["exit_code"] == 2
     assert report["checks"][1] == {
         "name": "schema", "status": "fail", "detail": "behind", "fix": "migrate"
     }  # fmt: skip
     out = io.StringIO()
     render(checks, file=out)
     text = out.getvalue()
-    assert "jobstream doctor" in text and "behind" in text and "1 ok, 0 warn, 1 fail" in text
+    assert "jobstream doctor" in text
+    assert "behind" in text
+    assert "1 ok, 0 warn, 1 fail" in text
 
 
 async def test_kafka_settings_that_cannot_work_fail_before_connecting() -> None:
@@ -202,7 +219,8 @@ async def test_kafka_settings_that_cannot_work_fail_before_connecting() -> None:
 
     s = Settings(kafka_bootstrap="127.0.0.1:1", kafka_security_protocol="SASL_SSL")
     [c] = await kafka_checks(s, topic_names("jobs"), probe=False)
-    assert c.status is Status.FAIL and "JOBSTREAM_KAFKA_SASL_USERNAME" in c.detail
+    assert c.status is Status.FAIL
+    assert "JOBSTREAM_KAFKA_SASL_USERNAME" in c.detail
 
 
 async def test_an_unreachable_broker_fails_naming_the_setting() -> None:
@@ -212,5 +230,7 @@ async def test_an_unreachable_broker_fails_naming_the_setting() -> None:
 
     s = Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}")  # nothing listens there
     [c] = await kafka_checks(s, topic_names("jobs"), probe=True)
-    assert c.status is Status.FAIL and c.detail.endswith(")") and "unreachable" in c.detail
+    assert c.status is Status.FAIL
+    assert c.detail.endswith(")")
+    assert "unreachable" in c.detail
     assert "JOBSTREAM_KAFKA_BOOTSTRAP" in c.fix

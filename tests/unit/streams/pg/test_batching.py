@@ -23,7 +23,8 @@ async def test_concurrent_submits_share_one_flush_and_get_their_own_result() -> 
     results = await asyncio.gather(*(batcher.submit(i) for i in range(50)))
     await batcher.close()
     assert results == [i * 10 for i in range(50)]
-    assert len(flushes) == 1 and sorted(flushes[0]) == list(range(50))
+    assert len(flushes) == 1
+    assert sorted(flushes[0]) == list(range(50))
 
 
 async def test_a_full_batch_flushes_without_waiting_for_the_delay() -> None:
@@ -60,7 +61,8 @@ async def test_close_flushes_what_is_queued_and_refuses_more() -> None:
     pending = asyncio.ensure_future(batcher.submit(7))
     await asyncio.sleep(0)
     await batcher.close()
-    assert await pending == 7 and seen == [7]
+    assert await pending == 7
+    assert seen == [7]
     with pytest.raises(RuntimeError):
         await batcher.submit(8)
 

@@ -158,7 +158,9 @@ async def test_a_job_is_published_keyed_by_its_id_and_answered_202_with_location
     [event] = rt.publisher.events()
     assert {k: event[k] for k in posted} == posted
     assert event["id"] == body["id"]
-    assert event["attempt"] == 1 and event["v"] == 1 and event["history"] == []
+    assert event["attempt"] == 1
+    assert event["v"] == 1
+    assert event["history"] == []
 
 
 async def test_the_callers_id_and_partition_key_are_kept(make: Make) -> None:

@@ -18,4 +18,6 @@ def test_baseline_output_names_the_job() -> None:
     assert isinstance(doc["finished_at"], float)
     record = SimpleNamespace(value=output_for(event.to_bytes()), timestamp=1_000)
     parsed = bench.parse_baseline(record)
-    assert parsed is not None and parsed[0] == "abc" and parsed[1].at == 1.0
+    assert parsed is not None
+    assert parsed[0] == "abc"
+    assert parsed[1].at == 1.0

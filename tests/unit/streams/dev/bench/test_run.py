@@ -55,7 +55,9 @@ def test_cli_refuses_bad_options_before_touching_any_service(
 def test_cli_lists_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(["--list", "--quick"]) == 0
     out = capsys.readouterr().out
-    assert "llm-500" in out and "concurrency=500" in out and "jobs=1500" in out
+    assert "llm-500" in out
+    assert "concurrency=500" in out
+    assert "jobs=1500" in out
 
 
 def test_worker_settings_keep_the_knobs_and_drop_plumbing_and_secrets() -> None:
