@@ -1,0 +1,196 @@
+"""The unit tests' ``FakeStore`` claims and writes as ``ResultStore`` does on PostgreSQL.
+
+Each scenario runs against both, so the in-memory store the pipeline's unit tests rely on
+cannot drift from ``_CLAIM`` / ``_UPSERT``. An expired lease is made by moving it into the
+past (no waiting on a short lease).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import asyncpg
+import pytest
+
+from models.job import JobStatus
+from models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
+from streams.pg.migrations import migrate
+from streams.pg.pool import create_pool
+from streams.pg.results import ResultStore
+from tests.fakes import FakeStore
+
+
+class Backend(Protocol):
+    async def claim(self, request: ClaimRequest) -> ClaimResult: ...
+    async def write(self, row: JobRow) -> StoredState: ...
+    async def expire(self, job_id: str) -> None: ...
+    async def counts(self, job_id: str) -> tuple[int, int]: ...
+
+
+@dataclass
+class Fake:
+    store: FakeStore
+
+    async def claim(self, request: ClaimRequest) -> ClaimResult:
+        return await self.store.claim(request)
+
+    async def write(self, row: JobRow) -> StoredState:
+        return await self.store.write(row)
+
+    async def expire(self, job_id: str) -> None:
+        self.store.clock.advance(self.store.lease_s + 1)
+
+    async def counts(self, job_id: str) -> tuple[int, int]:
+        row = self.store.row(job_id)
+        return row.executions, row.takeovers
+
+
+@dataclass
+class Pg:
+    store: ResultStore
+    pool: asyncpg.Pool
+
+    async def claim(self, request: ClaimRequest) -> ClaimResult:
+        return await self.store.claim(request)
+
+    async def write(self, row: JobRow) -> StoredState:
+        return await self.store.write(row)
+
+    async def expire(self, job_id: str) -> None:
+        await self.pool.execute(
+            "UPDATE jobs SET lease_until = now() - interval '1 second' WHERE job_id = $1", job_id
+        )
+
+    async def counts(self, job_id: str) -> tuple[int, int]:
+        r = await self.pool.fetchrow(
+            "SELECT executions, takeovers FROM jobs WHERE job_id = $1", job_id
+        )
+        assert r is not None
+        return r["executions"], r["takeovers"]
+
+
+@pytest.fixture(params=["fake", "postgresql"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "fake":
+        yield Fake(FakeStore(worker="w"))
+        return
+    pool = await create_pool(request.getfixturevalue("database_url"), min_size=1, max_size=4)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    store = ResultStore(pool, max_delay_s=0.001, worker="w", lease_s=30.0)
+    store.start()
+    try:
+        yield Pg(store, pool)
+    finally:
+        await store.close()
+        await pool.close()
+
+
+def ask(job_id: str, token: str, attempt: int = 1, *, replay: bool = False) -> ClaimRequest:
+    return ClaimRequest(job_id=job_id, type="ok", attempt=attempt, token=token, replay=replay)
+
+
+def row(job_id: str, token: str, status: JobStatus, attempt: int = 1, **fields: Any) -> JobRow:
+    return JobRow(
+        job_id=job_id, type="ok", status=status, attempt=attempt, claim_token=token, **fields
+    )
+
+
+def fresh() -> str:
+    return f"contract-{uuid.uuid4().hex[:12]}"
+
+
+async def test_a_new_job_is_claimed_and_a_live_claim_is_not(backend: Backend) -> None:
+    job = fresh()
+    first = await backend.claim(ask(job, "a"))
+    assert (first.won, first.takeovers, first.existing) == (True, 0, None)
+    second = await backend.claim(ask(job, "b"))
+    assert not second.won
+    assert second.existing is not None
+    assert (second.existing.status, second.existing.claim_token) == (JobStatus.RUNNING, "a")
+
+
+async def test_a_retrying_row_is_claimed_only_by_a_later_attempt(backend: Backend) -> None:
+    job = fresh()
+    await backend.claim(ask(job, "a"))
+    await backend.write(row(job, "a", JobStatus.RETRYING))
+    same = await backend.claim(ask(job, "b", attempt=1))
+    assert not same.won
+    assert same.existing is not None
+    assert same.existing.status is JobStatus.RETRYING
+    later = await backend.claim(ask(job, "c", attempt=2))
+    assert later.won
+    assert later.existing is not None
+    assert (later.existing.status, later.existing.attempt) == (JobStatus.RETRYING, 1)
+    assert later.takeover is False
+
+
+async def test_an_expired_claim_is_taken_over_and_counted(backend: Backend) -> None:
+    job = fresh()
+    await backend.claim(ask(job, "a", attempt=2))
+    await backend.expire(job)
+    older = await backend.claim(ask(job, "b", attempt=1))
+    assert not older.won
+    taken = await backend.claim(ask(job, "c", attempt=2))
+    assert (taken.won, taken.takeover, taken.takeovers) == (True, True, 1)
+    await backend.expire(job)
+    again = await backend.claim(ask(job, "d", attempt=2))
+    assert (again.won, again.takeovers) == (True, 2)
+    assert await backend.counts(job) == (0, 2)
+
+
+async def test_writes_are_fenced_by_the_claim_token_and_all_counted(backend: Backend) -> None:
+    job = fresh()
+    await backend.claim(ask(job, "a"))
+    await backend.expire(job)
+    await backend.claim(ask(job, "b"))
+    late = await backend.write(row(job, "a", JobStatus.SUCCEEDED, result="late"))
+    assert (late.status, late.result, late.claim_token) == (JobStatus.RUNNING, None, "b")
+    done = await backend.write(row(job, "b", JobStatus.SUCCEEDED, result="mine", worker="w2"))
+    assert (done.status, done.result, done.worker) == (JobStatus.SUCCEEDED, "mine", "w2")
+    assert done.lease_until is None
+    # a terminal row is not running any more: even its own token changes nothing
+    after = await backend.write(row(job, "b", JobStatus.DEAD_LETTERED, error="x"))
+    assert (after.status, after.result) == (JobStatus.SUCCEEDED, "mine")
+    assert await backend.counts(job) == (3, 1)
+
+
+async def test_a_dead_lettered_row_is_claimed_only_by_a_replay(backend: Backend) -> None:
+    job = fresh()
+    await backend.claim(ask(job, "a"))
+    await backend.expire(job)
+    await backend.claim(ask(job, "b"))  # one takeover, reset by the replay below
+    await backend.write(row(job, "b", JobStatus.DEAD_LETTERED, error="bad"))
+    plain = await backend.claim(ask(job, "c"))
+    assert not plain.won
+    assert plain.existing is not None
+    assert plain.existing.status is JobStatus.DEAD_LETTERED
+    replay = await backend.claim(ask(job, "d", replay=True))
+    assert (replay.won, replay.takeovers) == (True, 0)
+
+
+async def test_a_succeeded_row_is_never_claimed_again(backend: Backend) -> None:
+    job = fresh()
+    await backend.claim(ask(job, "a"))
+    await backend.write(row(job, "a", JobStatus.SUCCEEDED, result=1))
+    for request in (ask(job, "b", attempt=5), ask(job, "c", replay=True)):
+        claim = await backend.claim(request)
+        assert not claim.won
+        assert claim.existing is not None
+        assert claim.existing.status is JobStatus.SUCCEEDED
+
+
+async def test_a_write_without_a_claim_inserts_the_row(backend: Backend) -> None:
+    job = fresh()
+    stored = await backend.write(
+        row(job, "a", JobStatus.DEAD_LETTERED, error="invalid_json: x", source="t:0:1")
+    )
+    assert (stored.status, stored.source, stored.claim_token) == (
+        JobStatus.DEAD_LETTERED,
+        "t:0:1",
+        "a",
+    )
+    assert await backend.counts(job) == (1, 0)
