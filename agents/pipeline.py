@@ -23,7 +23,7 @@ import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import aiohttp
@@ -45,6 +45,7 @@ from models.errors import (
     RateLimitedError,
 )
 from models.job import FailureRecord, JobEvent, JobOutcome, JobStatus, derived_job_id
+from models.job import utcnow as now
 from models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
 from streams import observability
 from streams.failures import RecordTooLargeError, describe, is_transient
@@ -88,10 +89,6 @@ class _Attempt:
     claimed: bool = False
     takeovers: int = 0
     history: list[FailureRecord] = field(default_factory=list)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def classify(exc: BaseException, policy: RetryPolicy) -> bool:

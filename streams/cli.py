@@ -1,8 +1,14 @@
-"""The ``jobstream`` command: one entry point, one subcommand per role."""
+"""The ``jobstream`` command: one entry point, one subcommand per role.
+
+The commands are click commands; each role's module declares its own (``dlq``, ``console``,
+``api``, ``doctor``, ``backup``/``restore``/``prune``) and this module mounts them. The
+development commands (``dev``, ``demo``, ``fake-openrouter``) are loaded from
+:mod:`streams.dev.cli` only when one of them (or the command list) is asked for, so a
+production command never imports :mod:`streams.dev`.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -10,14 +16,73 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from streams.console.server import add_console_parser
-from streams.dlq.cli import add_dlq_parser
+import click
+
+from streams.command import (
+    JOB_TYPES,
+    KAFKA,
+    LOGS,
+    POOL,
+    POSTGRES,
+    TOPICS,
+    CommandError,
+    command,
+    names,
+    with_settings,
+)
+from streams.console.server import console_command
+from streams.dlq.cli import dlq_group
 from streams.exits import Exit
-from streams.ops.backup import add_backup_parser
-from streams.ops.doctor import add_doctor_parser
-from streams.producer.server import add_api_parser
+from streams.ops.backup import backup_command, prune_command, restore_command
+from streams.ops.doctor import doctor_command
+from streams.output import print_json
+from streams.producer.server import api_command
 from streams.services import database_url, kafka_bootstrap, resolve
 from streams.settings import Settings
+
+WORKER_VARIABLES = names(
+    KAFKA,
+    POSTGRES,
+    POOL,
+    TOPICS,
+    JOB_TYPES,
+    (
+        "group_id",
+        "concurrency",
+        "buffer_maxsize",
+        "shutdown_grace_s",
+        "commit_interval_s",
+        "max_poll_interval_s",
+        "session_timeout_s",
+        "claim_lease_s",
+        "durable_step_timeout_s",
+        "durable_step_deadline_s",
+        "batch_max_size",
+        "batch_max_delay_ms",
+        "rate_limits",
+        "rate_limit_lease",
+        "lag_sample_interval_s",
+        "retention_enabled",
+        "retention_interval_s",
+        "retention_batch_size",
+        "retention_succeeded_age_s",
+        "retention_succeeded_max_rows",
+        "retention_dead_lettered_age_s",
+        "retention_dead_lettered_max_rows",
+        "retention_include_unexpired_dead_letters",
+        "web_host",
+        "web_port",
+        "api_token",
+        "api_max_body_bytes",
+        "http_header_timeout_s",
+        "http_body_timeout_s",
+        "http_keepalive_timeout_s",
+        "http_max_connections",
+        "state_dir",
+    ),
+    LOGS,
+)
+SUBMIT_VARIABLES = names(KAFKA, ("topic_prefix", "max_event_bytes"), JOB_TYPES)
 
 
 def _preflight(settings: Settings, bootstrap: str, dsn: str) -> None:
@@ -27,18 +92,37 @@ def _preflight(settings: Settings, bootstrap: str, dsn: str) -> None:
     asyncio.run(preflight(settings, bootstrap=bootstrap, dsn=dsn))
 
 
-def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+@command(
+    "worker",
+    variables=WORKER_VARIABLES,
+    short_help="run one consumer-group replica",
+    help="Run one consumer-group replica: consume the job topics, run the jobs, write their "
+    "rows, serve /health, /ready, /metrics and the producer API on the web port. Stops "
+    "draining on SIGTERM.",
+)
+@with_settings
+def cmd_worker(settings: Settings) -> int:
+    from agents.catalog import default_registry
     from streams.observability import configure_logging
     from streams.worker.service import run_worker
 
     configure_logging(settings.log_level)
+    default_registry(settings)  # a bad policy file is one line now, not a crash inside faust
     bootstrap, dsn = resolve(settings)
     _preflight(settings, bootstrap, dsn)
     run_worker(settings, bootstrap, dsn)
     return Exit.OK
 
 
-def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+@command(
+    "migrate",
+    variables=("database_url", "db_pooler_mode"),
+    short_help="create or update the PostgreSQL schema",
+    help="Apply the schema migrations not yet applied; prints which ones (or that the schema "
+    "is up to date).",
+)
+@with_settings
+def cmd_migrate(settings: Settings) -> int:
     from streams.pg.migrations import migrate
     from streams.pg.pool import create_pool
 
@@ -53,22 +137,57 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
             await pool.close()
 
     applied = asyncio.run(run())
-    print("applied: " + (", ".join(applied) if applied else "nothing (schema up to date)"))
+    click.echo("applied: " + (", ".join(applied) if applied else "nothing (schema up to date)"))
     return Exit.OK
 
 
-def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+def _payload(text: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"--payload is not JSON: {exc}", Exit.USAGE) from None
+    if not isinstance(payload, dict):
+        raise CommandError("--payload must be a JSON object", Exit.USAGE)
+    return payload
+
+
+@command(
+    "submit",
+    variables=SUBMIT_VARIABLES,
+    short_help="publish job events",
+    help="Publish COUNT events of job type TYPE and print their ids, one a line. The type and "
+    "payload are checked as POST /jobs checks them; a job it would refuse exits 2 and "
+    "nothing is published.",
+)
+@click.argument("job_type", metavar="TYPE")
+@click.option("--payload", default="{}", show_default=True, help="the job's payload, a JSON object")
+@click.option(
+    "--id", "job_id", metavar="ID", help="job id (default: a new uuid; only with --count 1)"
+)
+@click.option(
+    "--count", type=click.IntRange(min=1), default=1, show_default=True, help="publish this many"
+)
+@with_settings
+def cmd_submit(
+    settings: Settings, job_type: str, payload: str, job_id: str | None, count: int
+) -> int:
+    from agents.catalog import default_registry
     from streams.kafka.security import client_options
+    from streams.producer.api import ApiError, error_line, validate_job
     from streams.producer.client import JobClient
 
+    body = _payload(payload)
+    registry = default_registry(settings)
+    item: dict[str, Any] = {"type": job_type, "payload": body}
     try:
-        payload = json.loads(args.payload)
-    except json.JSONDecodeError as exc:
-        print(f"--payload is not JSON: {exc}", file=sys.stderr)
-        return Exit.USAGE
-    if not isinstance(payload, dict):
-        print("--payload must be a JSON object", file=sys.stderr)
-        return Exit.USAGE
+        events = [
+            validate_job(
+                {**item, "id": job_id if count == 1 else None}, registry, settings.max_event_bytes
+            )
+            for _ in range(count)
+        ]
+    except ApiError as exc:
+        raise CommandError(f"invalid job: {error_line(exc)}", Exit.USAGE) from None
     bootstrap = kafka_bootstrap(settings)
 
     async def run() -> list[str]:
@@ -76,18 +195,23 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         async with JobClient(
             bootstrap, topic_prefix=settings.topic_prefix, options=options
         ) as client:
-            events = [
-                client.build(args.type, payload, job_id=args.id if args.count == 1 else None)
-                for _ in range(args.count)
-            ]
             return await client.submit_many(events)
 
-    for job_id in asyncio.run(run()):
-        print(job_id)
+    for submitted in asyncio.run(run()):
+        click.echo(submitted)
     return Exit.OK
 
 
-def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+@command(
+    "status",
+    variables=("database_url", "db_pooler_mode"),
+    short_help="show a job's row",
+    help="Print the row of job JOB_ID as JSON; exits 1 when the job has no row yet (queued, "
+    "running, or unknown).",
+)
+@click.argument("job_id")
+@with_settings
+def cmd_status(settings: Settings, job_id: str) -> int:
     from streams.pg.pool import create_pool
     from streams.pg.results import fetch_job
 
@@ -96,110 +220,70 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     async def run() -> dict[str, Any] | None:
         pool = await create_pool(dsn, min_size=1, max_size=1, pooler_mode=settings.db_pooler_mode)
         try:
-            return await fetch_job(pool, args.job_id)
+            return await fetch_job(pool, job_id)
         finally:
             await pool.close()
 
     row = asyncio.run(run())
     if row is None:
-        print(f"job {args.job_id} has no row yet (queued, running, or unknown)", file=sys.stderr)
-        return Exit.FAILED
-    print(json.dumps(row, default=str, indent=2))
+        raise CommandError(
+            f"job {job_id} has no row yet (queued, running, or unknown)", Exit.FAILED
+        )
+    print_json(row)
     return Exit.OK
 
 
-def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.dev.cli import cmd_dev as run  # development only, never loaded by the others
-
-    return run(args, settings)
-
-
-def cmd_fake_openrouter(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.dev.cli import cmd_fake_openrouter as run
-
-    return run(args, settings)
+DEV_COMMANDS = {
+    "dev": "the local Kafka + PostgreSQL stack (development only)",
+    "demo": "stack + worker(s) + a batch of jobs, with progress (development only)",
+    "fake-openrouter": "run the fake OpenRouter server (development only)",
+}
 
 
-def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.dev.cli import cmd_demo as run
+class Jobstream(click.Group):
+    """The root group; the development commands come from :mod:`streams.dev.cli` when asked."""
 
-    return run(args, settings)
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*self.commands, *DEV_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in DEV_COMMANDS:
+            from streams.dev.cli import commands  # development only, never loaded by the others
+
+            return commands()[cmd_name]
+        return super().get_command(ctx, cmd_name)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jobstream",
-        description="Kafka consumer-group job runner. Settings come from JOBSTREAM_* variables.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+@click.group(
+    "jobstream",
+    cls=Jobstream,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+def cli() -> None:
+    """Kafka consumer-group job runner. Settings come from JOBSTREAM_* variables; each
+    command's --help lists the ones it reads."""
 
-    sub.add_parser("worker", help="run one consumer-group replica").set_defaults(fn=cmd_worker)
-    sub.add_parser("migrate", help="create or update the PostgreSQL schema").set_defaults(
-        fn=cmd_migrate
-    )
 
-    p = sub.add_parser("submit", help="publish job events")
-    p.add_argument("type", help="job type, e.g. echo, sleep, llm.chat, http.webhook")
-    p.add_argument("--payload", default="{}", help="JSON object")
-    p.add_argument("--id", help="job id (default: a new uuid)")
-    p.add_argument("--count", type=int, default=1, help="publish this many copies")
-    p.set_defaults(fn=cmd_submit)
-
-    p = sub.add_parser("status", help="show a job's row")
-    p.add_argument("job_id")
-    p.set_defaults(fn=cmd_status)
-
-    p = sub.add_parser("dev", help="the local Kafka + PostgreSQL stack")
-    p.add_argument("action", choices=["up", "down", "status", "env", "fetch", "kafka-tool"])
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="kafka-tool: NAME ARGS...")
-    p.set_defaults(fn=cmd_dev)
-
-    p = sub.add_parser("fake-openrouter", help="run the fake OpenRouter server", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_fake_openrouter)
-
-    p = sub.add_parser("demo", help="stack + worker(s) + a batch of jobs, with progress")
-    p.add_argument("--jobs", type=int, default=2000)
-    p.add_argument("--type", default="echo", choices=["echo", "llm.chat"])
-    p.add_argument("--replicas", type=int, default=1)
-    p.set_defaults(fn=cmd_demo)
-
-    add_api_parser(sub)
-    add_dlq_parser(sub)
-    add_console_parser(sub)
-    add_doctor_parser(sub)
-    add_backup_parser(sub)
-    return parser
+for _cmd in (
+    cmd_worker,
+    cmd_migrate,
+    cmd_submit,
+    cmd_status,
+    api_command,
+    console_command,
+    dlq_group,
+    doctor_command,
+    backup_command,
+    restore_command,
+    prune_command,
+):
+    cli.add_command(_cmd)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings()
-    except ValueError as exc:
-        print(f"invalid JOBSTREAM_* settings: {exc}", file=sys.stderr)
-        return Exit.USAGE
     # aiokafka logs each refused connection; with no handler set up (every command but the
     # long-running ones) Python would print those to stderr next to our one line
     logging.getLogger("aiokafka").addHandler(logging.NullHandler())
-    try:
-        result: int = args.fn(args, settings)
-    except Exception as exc:
-        from models.errors import ConfigurationError
-        from streams.services import explain
-
-        line = asyncio.run(explain(exc, settings, settings.kafka_bootstrap))
-        if line is None:
-            raise
-        print(line, file=sys.stderr)
-        # settings that cannot work together are a usage error; a refusal by a server is not
-        return Exit.USAGE if type(exc) is ConfigurationError else Exit.UNREACHABLE
-    return result
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         result = cli.main(args, prog_name="jobstream", standalone_mode=False)
@@ -220,3 +304,17 @@ def _one_line(exc: Exception) -> int:
     from models.errors import ConfigurationError
     from streams.services import explain
 
+    try:
+        settings = Settings()
+    except ValueError:
+        raise exc from None
+    line = asyncio.run(explain(exc, settings, settings.kafka_bootstrap))
+    if line is None:
+        raise exc
+    click.echo(line, err=True)
+    # settings that cannot work together are a usage error; a refusal by a server is not
+    return Exit.USAGE if type(exc) is ConfigurationError else Exit.UNREACHABLE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

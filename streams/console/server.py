@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -13,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import click
 from aiohttp import web
 
+from streams.command import CONSOLE, HTTP, KAFKA, POSTGRES, command, names, with_settings
 from streams.console import params, rollup
 from streams.console.access import (
     BASE_KEY,
@@ -177,12 +178,35 @@ async def serve(settings: Settings, bootstrap: str, dsn: str, host: str, port: i
             loop.remove_signal_handler(sig)
 
 
-def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
+@command(
+    "console",
+    variables=names(
+        KAFKA,
+        POSTGRES,
+        ("db_pool_max", "topic_prefix", "group_id", "retry_tiers_s"),
+        CONSOLE,
+        HTTP,
+        ("shutdown_grace_s", "log_level"),
+    ),
+    short_help="run the operator console (jobs, dead letters, replay, throughput, lag)",
+    help="The operator web console. Access needs JOBSTREAM_CONSOLE_VIEWER_TOKEN and/or "
+    "JOBSTREAM_CONSOLE_OPERATOR_TOKEN, or JOBSTREAM_CONSOLE_DEV_OPEN=true on a loopback "
+    "address.",
+)
+@click.option("--host", default=None, help="bind address (default: JOBSTREAM_CONSOLE_HOST)")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="port, 0 for any (default: JOBSTREAM_CONSOLE_PORT)",
+)
+@with_settings
+def console_command(settings: Settings, host: str | None, port: int | None) -> int:
     from streams.observability import configure_logging
 
     configure_logging(settings.log_level)
-    host = args.host if args.host is not None else settings.console_host
-    port = args.port if args.port is not None else settings.console_port
+    host = host if host is not None else settings.console_host
+    port = port if port is not None else settings.console_port
     refused = AccessPolicy(settings, host).refusal
     if refused is not None:
         print(refused, file=sys.stderr)
@@ -195,19 +219,3 @@ def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(settings, bootstrap, dsn, host, port))
     return Exit.OK
-
-
-def add_console_parser(subparsers: Any) -> None:
-    """Registers ``jobstream console`` on the ``jobstream`` subcommands."""
-    p = subparsers.add_parser(
-        "console",
-        help="run the operator console (jobs, dead letters, replay, throughput, lag)",
-        description="The operator web console. Access needs JOBSTREAM_CONSOLE_VIEWER_TOKEN"
-        " and/or JOBSTREAM_CONSOLE_OPERATOR_TOKEN, or JOBSTREAM_CONSOLE_DEV_OPEN=true on a"
-        " loopback address.",
-    )
-    p.add_argument("--host", default=None, help="bind address (default: JOBSTREAM_CONSOLE_HOST)")
-    p.add_argument(
-        "--port", type=int, default=None, help="port, 0 for any (default: JOBSTREAM_CONSOLE_PORT)"
-    )
-    p.set_defaults(fn=cmd_console)

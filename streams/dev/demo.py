@@ -22,19 +22,9 @@ from streams.console.server import url_of
 from streams.dev.fake_openrouter import FakeConfig, FakeOpenRouter
 from streams.dev.replicas import Replica, free_port, replica_env
 from streams.dev.stack import resolve_services
+from streams.output import Progress
 from streams.producer.client import JobClient
 from streams.settings import Settings
-
-BAR = 40
-
-
-def _bar(done: int, total: int, started: float) -> str:
-    elapsed = max(time.monotonic() - started, 1e-9)
-    filled = int(BAR * done / total) if total else BAR
-    return (
-        f"\r  [{'#' * filled}{'.' * (BAR - filled)}] {done}/{total}"
-        f"  {done / elapsed:7.1f} jobs/s  {elapsed:6.1f}s"
-    )
 
 
 async def _demo(settings: Settings, jobs: int, job_type: str, replicas: int) -> int:
@@ -101,15 +91,14 @@ async def _demo(settings: Settings, jobs: int, job_type: str, replicas: int) -> 
         )
         counts: dict[str, int] = {}
         deadline = started + max(120.0, jobs / 5)
-        while time.monotonic() < deadline:
-            counts = {r["status"]: r["count"] for r in await pool.fetch(query, ids)}
-            sys.stdout.write(_bar(sum(counts.values()), jobs, started))
-            sys.stdout.flush()
-            if sum(counts.values()) >= jobs:
-                break
-            await asyncio.sleep(0.25)
+        with Progress(jobs, "  finished", file=sys.stdout) as progress:
+            while time.monotonic() < deadline:
+                counts = {r["status"]: r["count"] for r in await pool.fetch(query, ids)}
+                progress.update(sum(counts.values()))
+                if sum(counts.values()) >= jobs:
+                    break
+                await asyncio.sleep(0.25)
         elapsed = time.monotonic() - started
-        print()
         succeeded = counts.get("succeeded", 0)
         print(
             f"  done: {succeeded} succeeded, {counts.get('dead_lettered', 0)} dead-lettered,"

@@ -11,7 +11,6 @@ Run it in-process with :class:`FakeOpenRouter`, or as a process with
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -25,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import click
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -359,30 +359,6 @@ class FakeOpenRouter:
 # -- command line ---------------------------------------------------------------------------------
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m streams.dev.fake_openrouter", description="Run a fake OpenRouter server."
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8089, help="0 picks a free port")
-    p.add_argument("--api-key", default=None, help="accept only this bearer key")
-    p.add_argument("--model", default=FakeConfig().default_model, help="model when none asked")
-    p.add_argument("--latency-ms", type=float, default=0.0)
-    p.add_argument("--latency-jitter-ms", type=float, default=0.0)
-    p.add_argument(
-        "--latency-distribution", choices=["uniform", "normal", "lognormal"], default="uniform"
-    )
-    p.add_argument("--error-rate", type=float, default=0.0, help="fraction answered 5xx")
-    p.add_argument("--error-statuses", default="500,502,503", help="comma-separated")
-    p.add_argument("--rate-limit", type=float, default=None, help="requests per second")
-    p.add_argument("--rate-limit-burst", type=float, default=None)
-    p.add_argument("--forced-status", type=int, default=None)
-    p.add_argument("--forced-status-rate", type=float, default=1.0)
-    p.add_argument("--retry-after", type=float, default=1.0, help="Retry-After of a forced 429")
-    p.add_argument("--seed", type=int, default=None)
-    return p.parse_args(argv)
-
-
 async def _serve(config: FakeConfig, host: str, port: int) -> None:
     fake = FakeOpenRouter(config)
     stop = asyncio.Event()
@@ -399,30 +375,82 @@ async def _serve(config: FakeConfig, host: str, port: int) -> None:
         await fake.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
+@click.command(
+    "fake-openrouter",
+    short_help="run the fake OpenRouter server (development only)",
+    help="Run a fake OpenRouter server (POST /api/v1/chat/completions, GET /stats, /health) "
+    "with the latency, errors and rate limit asked for. Stops on SIGTERM.",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="bind address")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8089,
+    show_default=True,
+    help="0 picks a free port",
+)
+@click.option("--api-key", default=None, help="accept only this bearer key (default: any)")
+@click.option(
+    "--model", default=FakeConfig().default_model, show_default=True, help="model when none asked"
+)
+@click.option("--latency-ms", type=float, default=0.0, show_default=True, help="added per answer")
+@click.option("--latency-jitter-ms", type=float, default=0.0, show_default=True)
+@click.option(
+    "--latency-distribution",
+    type=click.Choice(["uniform", "normal", "lognormal"]),
+    default="uniform",
+    show_default=True,
+)
+@click.option(
+    "--error-rate", type=float, default=0.0, show_default=True, help="fraction answered 5xx"
+)
+@click.option("--error-statuses", default="500,502,503", show_default=True, help="comma-separated")
+@click.option("--rate-limit", type=float, default=None, help="requests per second (429 above)")
+@click.option("--rate-limit-burst", type=float, default=None, help="default: the rate")
+@click.option("--forced-status", type=int, default=None, help="answer this status instead")
+@click.option(
+    "--forced-status-rate",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="fraction answered --forced-status",
+)
+@click.option(
+    "--retry-after",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Retry-After of a forced 429",
+)
+@click.option("--seed", type=int, default=None, help="for reproducible latency and errors")
+def fake_openrouter_command(
+    host: str, port: int, error_statuses: str, retry_after: float, model: str, **knobs: Any
+) -> int:
     try:
+        statuses = tuple(int(s) for s in error_statuses.split(",") if s.strip())
         config = FakeConfig(
-            api_key=args.api_key,
-            default_model=args.model,
-            latency_ms=args.latency_ms,
-            latency_jitter_ms=args.latency_jitter_ms,
-            latency_distribution=args.latency_distribution,
-            error_rate=args.error_rate,
-            error_statuses=tuple(int(s) for s in args.error_statuses.split(",") if s.strip()),
-            rate_limit=args.rate_limit,
-            rate_limit_burst=args.rate_limit_burst,
-            forced_status=args.forced_status,
-            forced_status_rate=args.forced_status_rate,
-            retry_after_s=args.retry_after,
-            seed=args.seed,
+            default_model=model, error_statuses=statuses, retry_after_s=retry_after, **knobs
         )
     except (ValidationError, ValueError) as exc:
         print(f"invalid option: {exc}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(config, args.host, args.port))
+        asyncio.run(_serve(config, host, port))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m streams.dev.fake_openrouter``, the same command as
+    ``jobstream fake-openrouter``."""
+    try:
+        result = fake_openrouter_command.main(
+            argv, prog_name="python -m streams.dev.fake_openrouter", standalone_mode=False
+        )
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return int(result) if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -6,23 +6,24 @@ spelled out in ``--help`` and mapped in one place, :func:`run_dlq_async`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import json
 import logging
 import sys
-import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-from pydantic import ValidationError
+import click
 
 from models.deadletter import DeadLetter, DeadLetterReason, unb64
+from streams.command import KAFKA, command, with_settings
+from streams.command import names as settings_names
 from streams.dlq.filters import DeadLetterFilter, FilterError, decoded_key
 from streams.dlq.replay import Action, ReplayCounts, ReplayOptions, replay_matching
 from streams.dlq.snapshot import (
@@ -34,6 +35,7 @@ from streams.dlq.snapshot import (
 )
 from streams.exits import Exit
 from streams.kafka.security import client_options
+from streams.output import Progress, print_table
 from streams.services import ServiceUnavailable, database_url, kafka_bootstrap
 from streams.settings import Settings
 from streams.topics import topic_names
@@ -67,105 +69,177 @@ once unless --force, and a crash between the two republishes it at most once mor
 )
 
 
-def _add_filters(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("filters")
-    g.add_argument("--type", dest="types", action="append", metavar="TYPE", help="job type")
-    g.add_argument(
-        "--reason",
-        dest="reasons",
-        action="append",
-        metavar="REASON",
-        help=", ".join(r.value for r in DeadLetterReason),
-    )
-    g.add_argument(
-        "--error-class",
-        dest="error_classes",
-        action="append",
-        metavar="CLASS",
-        help="full or bare class name",
-    )
-    g.add_argument("--since", metavar="TIME", help="ISO-8601 or age (2h, 30m, 7d)")
-    g.add_argument("--until", metavar="TIME", help="ISO-8601 or age (2h, 30m, 7d)")
-    g.add_argument(
-        "--key", dest="keys", action="append", metavar="KEY",
-        help="job id, original record key or dead-letter id",
-    )  # fmt: skip
+@dataclass(frozen=True)
+class DlqArgs:
+    """One ``dlq`` subcommand's arguments, as parsed by click (or built by a test)."""
+
+    dlq_command: str
+    dlq_prefix: str | None = None
+    as_json: bool = False
+    types: Sequence[str] | None = None
+    reasons: Sequence[str] | None = None
+    error_classes: Sequence[str] | None = None
+    since: str | None = None
+    until: str | None = None
+    keys: Sequence[str] | None = None
+    limit: int | None = None
+    ident: str = ""
+    dry_run: bool = False
+    rate: float = 100.0
+    reset_attempts: bool = False
+    force: bool = False
+    include_invalid: bool = False
+
+    @classmethod
+    def of(cls, command: str, params: Mapping[str, Any]) -> DlqArgs:
+        """From click's parameters; a repeatable flag never given is None, as if absent."""
+        fields: dict[str, Any] = {k: (None if v == () else v) for k, v in params.items()}
+        return cls(dlq_command=command, **fields)
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    # dests carry a prefix so they cannot clash with options of the CLI that mounts this one
-    p.add_argument(
-        "--prefix", dest="dlq_prefix", metavar="PREFIX", help="topic prefix (default: settings)"
-    )
-    p.add_argument("--json", dest="as_json", action="store_true", help="JSON on stdout")
+DLQ_VARIABLES = settings_names(KAFKA, ("topic_prefix",))
+REPLAY_VARIABLES = settings_names(KAFKA, ("topic_prefix", "database_url"))
 
 
-def _configure(parser: argparse.ArgumentParser) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-    sub = parser.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
-    p = sub.add_parser("list", help="list dead letters", epilog=EPILOG, formatter_class=fmt)
-    _add_common(p)
-    _add_filters(p)
-    p.add_argument("--limit", type=int, metavar="N", help="show at most N")
-    p = sub.add_parser(
-        "stats", help="counts by reason, type, error class", epilog=EPILOG, formatter_class=fmt
-    )
-    _add_common(p)
-    _add_filters(p)
-    p = sub.add_parser("show", help="one dead letter in full", epilog=EPILOG, formatter_class=fmt)
-    _add_common(p)
-    p.add_argument("ident", metavar="ID", help="dead-letter id (topic:partition:offset) or job id")
-    p = sub.add_parser(
-        "replay", help="republish to the main topic", epilog=REPLAY_EPILOG, formatter_class=fmt
-    )
-    _add_common(p)
-    _add_filters(p)
-    p.add_argument("--dry-run", action="store_true", help="show what would happen, publish nothing")
-    p.add_argument("--limit", type=int, metavar="N", help="republish at most N")
-    p.add_argument(
-        "--rate", type=float, default=100.0, metavar="R", help="events/s (default 100, 0: unpaced)"
-    )
-    p.add_argument("--reset-attempts", action="store_true", help="attempt back to 1")
-    p.add_argument("--force", action="store_true", help="replay again if already replayed")
-    p.add_argument(
-        "--include-invalid", action="store_true", help="republish non-JobEvent bytes unchanged"
-    )
+def _filters(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--type", "types", multiple=True, metavar="TYPE", help="job type"),
+        click.option(
+            "--reason",
+            "reasons",
+            multiple=True,
+            metavar="REASON",
+            help=", ".join(r.value for r in DeadLetterReason),
+        ),
+        click.option(
+            "--error-class",
+            "error_classes",
+            multiple=True,
+            metavar="CLASS",
+            help="full or bare class name",
+        ),
+        click.option("--since", metavar="TIME", help="ISO-8601 or age (2h, 30m, 7d)"),
+        click.option("--until", metavar="TIME", help="ISO-8601 or age (2h, 30m, 7d)"),
+        click.option(
+            "--key",
+            "keys",
+            multiple=True,
+            metavar="KEY",
+            help="job id, original record key or dead-letter id",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
-def add_dlq_parser(subparsers: Any) -> None:
-    """Mount ``dlq`` on the project CLI's subparsers."""
-    p = subparsers.add_parser(
-        "dlq",
-        help="inspect and replay dead letters",
-        description="Inspect and replay the dead-letter topic <prefix>.dlq.",
+def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--json", "as_json", is_flag=True, help="JSON on stdout")(fn)
+    return click.option(
+        "--prefix", "dlq_prefix", metavar="PREFIX", help="topic prefix (default: settings)"
+    )(fn)
+
+
+def _run(command: str) -> Callable[..., int]:
+    @with_settings
+    def run(settings: Settings, **params: Any) -> int:
+        return run_dlq(DlqArgs.of(command, params), settings)
+
+    return run
+
+
+@click.group(
+    "dlq",
+    short_help="inspect and replay dead letters",
+    help="Inspect and replay the dead-letter topic <prefix>.dlq.",
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+def dlq_group() -> None:
+    pass
+
+
+dlq_group.add_command(
+    command("list", variables=DLQ_VARIABLES, help="List dead letters.", epilog=EPILOG)(
+        _common(
+            _filters(
+                click.option("--limit", type=int, metavar="N", help="show at most N")(_run("list"))
+            )
+        )
+    )
+)
+dlq_group.add_command(
+    command(
+        "stats",
+        variables=DLQ_VARIABLES,
+        help="Counts by reason, type, error class.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )(_common(_filters(_run("stats"))))
+)
+dlq_group.add_command(
+    command("show", variables=DLQ_VARIABLES, help="One dead letter in full.", epilog=EPILOG)(
+        _common(click.argument("ident", metavar="ID")(_run("show")))
     )
-    _configure(p)
-    p.set_defaults(fn=run_dlq)  # the project CLI dispatches on ``args.fn(args, settings)``
+)
+
+
+def _replay_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--dry-run", is_flag=True, help="show what would happen, publish nothing"),
+        click.option("--limit", type=int, metavar="N", help="republish at most N"),
+        click.option(
+            "--rate",
+            type=float,
+            default=100.0,
+            metavar="R",
+            help="events/s (default 100, 0: unpaced)",
+        ),
+        click.option("--reset-attempts", is_flag=True, help="attempt back to 1"),
+        click.option("--force", is_flag=True, help="replay again if already replayed"),
+        click.option(
+            "--include-invalid", is_flag=True, help="republish non-JobEvent bytes unchanged"
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+dlq_group.add_command(
+    command(
+        "replay",
+        variables=REPLAY_VARIABLES,
+        help="Republish to the main topic.",
+        epilog=REPLAY_EPILOG,
+    )(_common(_filters(_replay_options(_run("replay")))))
+)
+
+
+def parse_args(argv: Sequence[str]) -> DlqArgs:
+    """``dlq`` arguments (``["list", "--type", "a"]``) parsed as the command line parses them."""
+    ctx = click.Context(dlq_group, info_name="dlq")
+    name, cmd, rest = dlq_group.resolve_command(ctx, list(argv))
+    if name is None or cmd is None:
+        raise click.UsageError("no dlq command given")
+    sub = cmd.make_context(name, rest, parent=ctx)
+    return DlqArgs.of(name, sub.params)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m streams.dlq.cli",
-        description="Inspect and replay the dead-letter topic <prefix>.dlq.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _configure(parser)
+    """``python -m streams.dlq.cli``: the same commands as ``jobstream dlq``."""
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
-        return exc.code if isinstance(exc.code, int) else Exit.USAGE
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        _err(f"error: invalid JOBSTREAM_* settings: {exc}")
-        return Exit.USAGE
-    return run_dlq(args, settings)
+        result = dlq_group.main(
+            list(sys.argv[1:] if argv is None else argv),
+            prog_name="python -m streams.dlq.cli",
+            standalone_mode=False,
+        )
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return int(result) if isinstance(result, int) else Exit.OK
 
 
-def run_dlq(args: argparse.Namespace, settings: Settings) -> int:
+def run_dlq(args: DlqArgs, settings: Settings) -> int:
     """The process entry point (``jobstream dlq``); tests call :func:`run_dlq_async`."""
     aiokafka_log = logging.getLogger("aiokafka")
     if aiokafka_log.level == logging.NOTSET:
@@ -178,7 +252,7 @@ def run_dlq(args: argparse.Namespace, settings: Settings) -> int:
         return 130
 
 
-async def run_dlq_async(args: argparse.Namespace, settings: Settings) -> int:
+async def run_dlq_async(args: DlqArgs, settings: Settings) -> int:
     """Run one ``dlq`` subcommand; every expected failure becomes an exit code and one line."""
     cmd = args.dlq_command
     try:
@@ -192,7 +266,7 @@ async def run_dlq_async(args: argparse.Namespace, settings: Settings) -> int:
                 until=args.until,
                 keys=args.keys,
             )
-        if getattr(args, "limit", None) is not None and args.limit < 1:
+        if args.limit is not None and args.limit < 1:
             raise FilterError("--limit must be at least 1")
         if cmd == "replay" and args.rate < 0:
             raise FilterError("--rate must be >= 0")
@@ -260,7 +334,7 @@ async def _connect(dsn: str) -> asyncpg.Connection:
 
 
 async def _replay(
-    args: argparse.Namespace,
+    args: DlqArgs,
     flt: DeadLetterFilter,
     prefix: str,
     bootstrap: str,
@@ -279,7 +353,7 @@ async def _replay(
         include_invalid=args.include_invalid,
     )
     conn = await _connect(dsn)  # before the snapshot: fail fast, not after a long read
-    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() and not opts.dry_run else None
+    bar = None if opts.dry_run else Progress(0, "replay", file=sys.stderr)
     try:
         run = await replay_matching(
             flt.matches,
@@ -288,15 +362,15 @@ async def _replay(
             dlq_topic=names.dlq,
             conn=conn,
             on_snapshot=_report_unreadable,
-            on_progress=bar.update if bar else None,
+            on_progress=(lambda c: bar.update(c.done, c.total)) if bar else None,
             log=_err if bar is None else bar.log,
             options=options,
         )
-        if bar:
-            bar.close()
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise UnreachableError(f"PostgreSQL at {_redact(dsn)} failed ({first_line(exc)})") from exc
     finally:
+        if bar is not None:
+            bar.close()
         await conn.close()
     if not run.snapshot.matched:
         _err(f"no dead letters match in {run.snapshot.topic} ({run.snapshot.scanned} scanned)")
@@ -320,14 +394,6 @@ def _report_unreadable(snap: Snapshot, shown: int = 20) -> None:
         _err(f"warning: skipped {snap.topic} partition {u.partition} offset {u.offset}: {u.error}")
     if len(snap.unreadable) > shown:
         _err(f"warning: ... and {len(snap.unreadable) - shown} more unreadable records")
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    return "\n".join(lines)
 
 
 def _short(text: str, n: int = 60) -> str:
@@ -358,7 +424,7 @@ def _print_list(snap: Snapshot, limit: int | None, as_json: bool) -> None:
         for d in shown
     ]
     headers = ["ID", "JOB ID", "TYPE", "REASON", "ERROR CLASS", "ATT", "LAST FAILURE", "MESSAGE"]
-    print(_table(headers, rows))
+    print_table(headers, rows)
     print(f"{len(shown)} of {len(snap.matched)} matching ({snap.scanned} scanned in {snap.topic})")
 
 
@@ -379,7 +445,7 @@ def _print_stats(snap: Snapshot, as_json: bool) -> None:
         return
     rows = [[r, t, e, str(n)] for (r, t, e), n in ordered]
     rows.append(["total", "", "", str(len(snap.matched))])
-    print(_table(["REASON", "TYPE", "ERROR CLASS", "COUNT"], rows))
+    print_table(["REASON", "TYPE", "ERROR CLASS", "COUNT"], rows)
 
 
 def _decoded_value(dl: DeadLetter) -> Any:
@@ -476,7 +542,7 @@ def _print_dry_run(items: Sequence[Any], as_json: bool) -> None:
         if i.action is not Action.SKIP_REPLAYED
     ]
     if rows:
-        print(_table(["ACTION", "ID", "JOB ID", "TYPE"], rows))
+        print_table(["ACTION", "ID", "JOB ID", "TYPE"], rows)
     print(
         f"dry run: would replay {summary['would_replay']}, "
         f"skipped-already-replayed {summary['skipped_already_replayed']}, "
@@ -501,52 +567,6 @@ def _print_summary(c: ReplayCounts, as_json: bool) -> None:
         f"replayed {c.replayed}, skipped-already-replayed {c.skipped_replayed}, "
         f"skipped-invalid {c.skipped_invalid}, failed {c.failed}"
     )
-
-
-class ProgressBar:
-    """``[####----] 12/50 24.0/s ETA 0:00:02`` redrawn in place on a terminal's stderr."""
-
-    def __init__(self, stream: TextIO, width: int = 30, min_interval_s: float = 0.1) -> None:
-        self._stream = stream
-        self._width = width
-        self._min_interval = min_interval_s
-        self._start = time.monotonic()
-        self._last_draw: float | None = None
-        self._drawn = False
-
-    def update(self, counts: ReplayCounts) -> None:
-        now = time.monotonic()
-        finished = counts.done >= counts.total
-        throttled = self._last_draw is not None and now - self._last_draw < self._min_interval
-        if throttled and not finished:
-            return
-        self._last_draw = now
-        self._stream.write("\r" + self.render(counts.done, counts.total, now - self._start))
-        self._stream.flush()
-        self._drawn = True
-
-    def render(self, done: int, total: int, elapsed: float) -> str:
-        frac = done / total if total else 1.0
-        filled = int(frac * self._width)
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else 0.0
-        m, s = divmod(int(eta), 60)
-        h, m = divmod(m, 60)
-        bar = "#" * filled + "-" * (self._width - filled)
-        return f"[{bar}] {done}/{total} {rate:.1f}/s ETA {h}:{m:02d}:{s:02d}\x1b[K"
-
-    def log(self, msg: str) -> None:
-        """A message between redraws, on its own line, so the bar does not overwrite it."""
-        if self._drawn:
-            self._stream.write("\r\x1b[K")
-        self._stream.write(msg + "\n")
-        self._stream.flush()
-        self._last_draw = None
-
-    def close(self) -> None:
-        if self._drawn:
-            self._stream.write("\n")
-            self._stream.flush()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ the password through ``PGPASSWORD`` in their environment.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import json
@@ -33,8 +32,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
+import click
 
 from models.errors import JobstreamError
+from streams.command import KAFKA, RETENTION, command, names, with_settings
 from streams.exits import Exit
 from streams.services import database_url, kafka_bootstrap
 from streams.settings import Settings
@@ -353,13 +354,43 @@ def _kafka_options(settings: Settings) -> dict[str, Any]:
     return client_options(settings)
 
 
-def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+@command(
+    "backup",
+    variables=names(("backup_database_url", "database_url", "pg_bin_dir", "group_id"), KAFKA),
+    short_help="pg_dump the database, with a manifest (schema, rows, group offsets)",
+    help="pg_dump the database to OUTPUT (a file, or a directory: then jobstream-<time>.dump "
+    "in it), with a manifest of the schema, the row counts and the consumer group's offsets.",
+)
+@click.argument("output")
+@click.option(
+    "--database-url",
+    "dump_url",
+    help="dump this database (default JOBSTREAM_BACKUP_DATABASE_URL, then _DATABASE_URL)",
+)
+@click.option("--no-offsets", is_flag=True, help="do not read the group's offsets")
+@click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="then delete all but the newest N jobstream-*.dump in the directory (0: keep all)",
+)
+@with_settings
+def backup_command(
+    settings: Settings,
+    output: str,
+    dump_url: str | None,
+    no_offsets: bool,
+    as_json: bool,
+    keep: int,
+) -> int:
     async def run() -> BackupResult:
-        dsn, bootstrap = await _resolve(settings, args.database_url)
+        dsn, bootstrap = await _resolve(settings, dump_url)
         return await backup(
             dsn,
-            args.output,
-            bootstrap=None if args.no_offsets else bootstrap,
+            output,
+            bootstrap=None if no_offsets else bootstrap,
             group_id=settings.group_id,
             kafka_options=_kafka_options(settings),
             bin_dir=settings.pg_bin_dir,
@@ -370,9 +401,9 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     except (BackupError, OSError, asyncpg.PostgresError) as exc:
         print(f"backup failed: {exc}", file=sys.stderr)
         return Exit.FAILED
-    removed = prune_dumps(result.dump.parent, args.keep) if args.keep else []
+    removed = prune_dumps(result.dump.parent, keep) if keep else []
     m = result.manifest
-    if args.json:
+    if as_json:
         print(json.dumps({"path": str(result.dump), **m}, indent=2))
     else:
         rows = ", ".join(f"{t} {n}" for t, n in m["rows"].items())
@@ -386,10 +417,20 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     return Exit.OK
 
 
-def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+@command(
+    "restore",
+    variables=("database_url", "backup_database_url", "pg_bin_dir"),
+    short_help="pg_restore a backup into an empty database",
+    help="pg_restore DUMP (written by `jobstream backup`) into an empty database.",
+)
+@click.argument("dump", type=click.Path(path_type=Path))
+@click.option("--target-url", help="restore into this database (default the settings')")
+@click.option("--force", is_flag=True, help="restore into a non-empty database, replacing")
+@with_settings
+def restore_command(settings: Settings, dump: Path, target_url: str | None, force: bool) -> int:
     async def run() -> dict[str, Any]:
-        dsn, _ = await _resolve(settings, args.target_url)
-        return await restore(dsn, Path(args.dump), force=args.force, bin_dir=settings.pg_bin_dir)
+        dsn, _ = await _resolve(settings, target_url)
+        return await restore(dsn, dump, force=force, bin_dir=settings.pg_bin_dir)
 
     try:
         result = asyncio.run(run())
@@ -398,7 +439,7 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
         return Exit.FAILED
     rows = ", ".join(f"{t} {n}" for t, n in result["rows"].items())
     print(f"restored in {result['seconds']} s: {rows}")
-    csv = offsets_csv_path(Path(args.dump))
+    csv = offsets_csv_path(dump)
     if csv.is_file():
         group = result["manifest"]["kafka"]["group_id"]
         print(
@@ -409,7 +450,28 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     return Exit.OK
 
 
-def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+@command(
+    "prune",
+    variables=names(
+        ("database_url", "backup_database_url", "db_pooler_mode"),
+        KAFKA,
+        ("topic_prefix", "retry_tiers_s"),
+        RETENTION,
+    ),
+    short_help="delete finished rows past their retention, now",
+    help="Delete the finished rows past their retention now, as the workers' sweeper does.",
+)
+@click.option("--dry-run", is_flag=True, help="count what would be deleted")
+@click.option(
+    "--include-unexpired-dead-letters",
+    is_flag=True,
+    help="also dead-lettered rows whose letter is still in the topic",
+)
+@click.option("--json", "as_json", is_flag=True, help="the report as JSON")
+@with_settings
+def prune_command(
+    settings: Settings, dry_run: bool, include_unexpired_dead_letters: bool, as_json: bool
+) -> int:
     from functools import partial
 
     from streams.pg.pool import create_pool
@@ -421,7 +483,7 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
         bootstrap = kafka_bootstrap(settings)
         policy = RetentionPolicy.from_settings(
             settings,
-            include_unexpired_dead_letters=args.include_unexpired_dead_letters or None,
+            include_unexpired_dead_letters=include_unexpired_dead_letters or None,
         )
         dlq = topic_names(settings.topic_prefix, settings.retry_tiers_s).dlq
         pool = await create_pool(dsn, min_size=1, max_size=2, pooler_mode=settings.db_pooler_mode)
@@ -433,7 +495,7 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
                     dead_letter_horizon, bootstrap, dlq, options=_kafka_options(settings)
                 ),
             )
-            return await sweeper.sweep(dry_run=args.dry_run)
+            return await sweeper.sweep(dry_run=dry_run)
         finally:
             await pool.close()
 
@@ -442,10 +504,10 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"prune failed: {exc}", file=sys.stderr)
         return Exit.UNREACHABLE
-    if args.json:
+    if as_json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        verb = "would delete" if args.dry_run else "deleted"
+        verb = "would delete" if dry_run else "deleted"
         for s in report.statuses:
             cutoff = s.cutoff.isoformat() if s.cutoff else "nothing due"
             note = f" ({s.note})" if s.note else ""
@@ -455,43 +517,3 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
         print("another replica is sweeping now; run again later", file=sys.stderr)
         return Exit.FAILED
     return Exit.OK
-
-
-def add_backup_parser(sub: Any) -> None:
-    """Mount ``backup``, ``restore`` and ``prune`` on the project CLI's subparsers."""
-    p = sub.add_parser(
-        "backup", help="pg_dump the database, with a manifest (schema, rows, group offsets)"
-    )
-    p.add_argument("output", help="a file, or a directory (then jobstream-<time>.dump in it)")
-    p.add_argument(
-        "--database-url",
-        help="dump this database (default JOBSTREAM_BACKUP_DATABASE_URL, then _DATABASE_URL)",
-    )
-    p.add_argument("--no-offsets", action="store_true", help="do not read the group's offsets")
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    p.add_argument(
-        "--keep",
-        type=int,
-        default=0,
-        metavar="N",
-        help="then delete all but the newest N jobstream-*.dump in the directory (0: keep all)",
-    )
-    p.set_defaults(fn=cmd_backup)
-
-    p = sub.add_parser("restore", help="pg_restore a backup into an empty database")
-    p.add_argument("dump", help="the .dump file written by `jobstream backup`")
-    p.add_argument("--target-url", help="restore into this database (default the settings')")
-    p.add_argument(
-        "--force", action="store_true", help="restore into a non-empty database, replacing"
-    )
-    p.set_defaults(fn=cmd_restore)
-
-    p = sub.add_parser("prune", help="delete finished rows past their retention, now")
-    p.add_argument("--dry-run", action="store_true", help="count what would be deleted")
-    p.add_argument(
-        "--include-unexpired-dead-letters",
-        action="store_true",
-        help="also dead-lettered rows whose letter is still in the topic",
-    )
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_prune)

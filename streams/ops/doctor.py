@@ -16,7 +16,6 @@ same way.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import shutil
@@ -30,6 +29,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
+
+from streams.command import JOB_TYPES, KAFKA, POSTGRES, TOPICS, command, names, with_settings
 from streams.settings import Settings
 from streams.topics import TopicNames, topic_configs, topic_names
 
@@ -667,31 +669,39 @@ def as_json(checks: Sequence[Check], elapsed_s: float) -> str:
     )
 
 
-def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+DOCTOR_VARIABLES = names(
+    KAFKA,
+    POSTGRES,
+    TOPICS,
+    JOB_TYPES,
+    ("group_id", "rate_limits", "state_dir", "sentry_dsn"),
+)
+
+
+@command(
+    "doctor",
+    variables=DOCTOR_VARIABLES,
+    short_help="check Kafka, PostgreSQL, topics, the group and the settings before going live",
+    help="Check Kafka, PostgreSQL, the topics, the consumer group and the settings before "
+    "going live. Exit code: 0 all ok, 1 a warning, 2 a failure.",
+)
+@click.option("--json", "as_json_doc", is_flag=True, help="one JSON document for scripts")
+@click.option(
+    "--probe",
+    is_flag=True,
+    help="fast readiness subset (Kafka, topics, PostgreSQL, schema); quiet unless failing",
+)
+@with_settings
+def doctor_command(settings: Settings, as_json_doc: bool, probe: bool) -> int:
     started = time.monotonic()
-    checks = asyncio.run(run_checks(settings, probe=args.probe))
+    checks = asyncio.run(run_checks(settings, probe=probe))
     code = exit_code(checks)
-    if args.json:
+    if as_json_doc:
         print(as_json(checks, time.monotonic() - started))
-    elif args.probe:
+    elif probe:
         for c in checks:
             if c.status is Status.FAIL:
                 print(f"{c.name}: {c.detail}", file=sys.stderr)
     else:
         render(checks)
     return code
-
-
-def add_doctor_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "doctor",
-        help="check Kafka, PostgreSQL, topics, the group and the settings before going live",
-        description="Exit code: 0 all ok, 1 a warning, 2 a failure.",
-    )
-    p.add_argument("--json", action="store_true", help="one JSON document for scripts")
-    p.add_argument(
-        "--probe",
-        action="store_true",
-        help="fast readiness subset (Kafka, topics, PostgreSQL, schema); quiet unless failing",
-    )
-    p.set_defaults(fn=cmd_doctor)

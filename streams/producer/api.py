@@ -156,6 +156,79 @@ def _pydantic_errors(
     return [_error([*prefix, *e["loc"]], e["msg"], e["type"]) for e in exc.errors()]
 
 
+# --- validation: POST /jobs and `jobstream submit` -------------------------------------------
+
+
+def validate_job(
+    item: Any, registry: JobTypes, max_event_bytes: int, at: tuple[int, ...] = ()
+) -> JobEvent:
+    """The item against JobEvent, then its payload against the job type's model, then the
+    size the workers accept; raises the 400 :class:`ApiError` listing every error.
+
+    ``POST /jobs`` and ``jobstream submit`` both call it, so a job one refuses the other
+    refuses too."""
+    if not isinstance(item, dict):
+        raise _invalid([_error(at, f"expected a job object, got {_json_type(item)}", "dict_type")])
+    accepted = ", ".join(sorted(SUBMIT_FIELDS))
+    errors = [
+        _error([*at, key], f"unknown field; a job may set {accepted}", "extra_forbidden")
+        for key in item
+        if key not in SUBMIT_FIELDS
+    ]
+    fields = {k: v for k, v in item.items() if k in SUBMIT_FIELDS}
+    if fields.get("id") is None:
+        fields.pop("id", None)  # null id: the server picks one, like a missing id
+    try:
+        event = JobEvent.model_validate(fields)
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc, at))
+        raise _invalid(errors) from None
+    job_type = registry.get(event.type)
+    if job_type is None:
+        known = ", ".join(registry.names())
+        errors.append(
+            _error(
+                [*at, "type"],
+                f"unknown job type {event.type!r}; known types: {known}",
+                "job_type_unknown",
+            )
+        )
+    else:
+        try:
+            job_type.payload_model.model_validate(event.payload)
+        except ValidationError as exc:
+            errors.extend(_pydantic_errors(exc, [*at, "payload"]))
+    if not errors:
+        size = len(event.to_bytes())
+        if size > max_event_bytes:
+            errors.append(
+                _error(
+                    at,
+                    f"the event is {size} bytes as published; workers refuse more than "
+                    f"{max_event_bytes}",
+                    "event_too_large",
+                )
+            )
+    if errors:
+        raise _invalid(errors, **_known_types_if_needed(errors, registry))
+    return event
+
+
+def _known_types_if_needed(errors: list[dict[str, Any]], registry: JobTypes) -> dict[str, Any]:
+    if any(e["type"] == "job_type_unknown" for e in errors):
+        return {"known_types": registry.names()}
+    return {}
+
+
+def error_line(exc: ApiError) -> str:
+    """A validation answer as one line for a terminal: ``payload.url: Field required; ...``."""
+    errors = exc.body.get("errors") or []
+    parts = [
+        (".".join(str(p) for p in e["loc"]) + ": " if e["loc"] else "") + e["msg"] for e in errors
+    ]
+    return "; ".join(parts) or str(exc)
+
+
 # --- the routes ------------------------------------------------------------------------------
 
 
@@ -351,59 +424,10 @@ class _JobsApi:
         return events
 
     def validate(self, item: Any, at: tuple[int, ...]) -> JobEvent:
-        """The item against JobEvent, then its payload against the job type's model."""
-        if not isinstance(item, dict):
-            raise _invalid(
-                [_error(at, f"expected a job object, got {_json_type(item)}", "dict_type")]
-            )
-        accepted = ", ".join(sorted(SUBMIT_FIELDS))
-        errors = [
-            _error([*at, key], f"unknown field; a job may set {accepted}", "extra_forbidden")
-            for key in item
-            if key not in SUBMIT_FIELDS
-        ]
-        fields = {k: v for k, v in item.items() if k in SUBMIT_FIELDS}
-        if fields.get("id") is None:
-            fields.pop("id", None)  # null id: the server picks one, like a missing id
-        try:
-            event = JobEvent.model_validate(fields)
-        except ValidationError as exc:
-            errors.extend(_pydantic_errors(exc, at))
-            raise _invalid(errors) from None
-        job_type = self.rt.registry.get(event.type)
-        if job_type is None:
-            known = ", ".join(self.rt.registry.names())
-            errors.append(
-                _error(
-                    [*at, "type"],
-                    f"unknown job type {event.type!r}; known types: {known}",
-                    "job_type_unknown",
-                )
-            )
-        else:
-            try:
-                job_type.payload_model.model_validate(event.payload)
-            except ValidationError as exc:
-                errors.extend(_pydantic_errors(exc, [*at, "payload"]))
-        if not errors:
-            size = len(event.to_bytes())
-            limit = self.rt.settings.max_event_bytes
-            if size > limit:
-                errors.append(
-                    _error(
-                        at,
-                        f"the event is {size} bytes as published; workers refuse more than {limit}",
-                        "event_too_large",
-                    )
-                )
-        if errors:
-            raise _invalid(errors, **self.known_types_if_needed(errors))
-        return event
+        return validate_job(item, self.rt.registry, self.rt.settings.max_event_bytes, at)
 
     def known_types_if_needed(self, errors: list[dict[str, Any]]) -> dict[str, Any]:
-        if any(e["type"] == "job_type_unknown" for e in errors):
-            return {"known_types": self.rt.registry.names()}
-        return {}
+        return _known_types_if_needed(errors, self.rt.registry)
 
     async def publish(self, events: list[JobEvent]) -> None:
         """Queue every event before awaiting any, so a batch costs about one round trip and
@@ -417,7 +441,7 @@ class _JobsApi:
                         await self.rt.publisher.send(topic, event.to_bytes(), key=event.key())
                     )
                 await asyncio.gather(*pending)
-        except Exception as exc:  # noqa: BLE001 - any failure of the lookup is a store that did not answer (503)
+        except Exception as exc:  # noqa: BLE001 - whatever failed the publish, the caller gets one 503 and the futures are reaped
             for fut in pending:
                 _discard_outcome(fut)
             log.warning(
@@ -452,7 +476,7 @@ class _JobsApi:
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT_S):
                 row = await store.get(job_id)
-        except Exception as exc:  # noqa: BLE001 - whatever failed the publish, the caller gets one 503 and the futures are reaped
+        except Exception as exc:  # noqa: BLE001 - any failure of the lookup is a store that did not answer (503)
             log.warning("looking up job %r failed: %s: %s", job_id, type(exc).__name__, exc)
             raise _db_unavailable("the result store did not answer") from None
         if row is None:

@@ -6,7 +6,6 @@ It has its own producer, pool and job-type registry, and its own /health, /ready
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -16,9 +15,23 @@ from collections.abc import Awaitable
 from typing import Any
 
 import asyncpg
+import click
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streams.command import (
+    API,
+    HTTP,
+    JOB_TYPES,
+    KAFKA,
+    LOGS,
+    POOL,
+    POSTGRES,
+    TOPICS,
+    command,
+    names,
+    with_settings,
+)
 from streams.exits import Exit
 from streams.httpserver import HttpLimits, start_http_server
 from streams.metrics import Metrics
@@ -212,7 +225,35 @@ async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
     return False
 
 
-def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+API_VARIABLES = names(
+    KAFKA,
+    POSTGRES,
+    POOL,
+    TOPICS,
+    JOB_TYPES,
+    API,
+    HTTP,
+    ("console_enabled", "shutdown_grace_s"),
+    LOGS,
+)
+
+
+@command(
+    "api",
+    variables=API_VARIABLES,
+    short_help="run the producer HTTP API on its own (POST /jobs, GET /jobs/{id})",
+    help="Standalone producer API with its own Kafka producer and PostgreSQL pool, for "
+    "deployments that scale it apart from the workers. Stops cleanly on SIGTERM.",
+)
+@click.option("--host", default=None, help="bind address (default: JOBSTREAM_WEB_HOST)")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="port, 0 for any free one (default: JOBSTREAM_WEB_PORT)",
+)
+@with_settings
+def api_command(settings: Settings, host: str | None, port: int | None) -> int:
     from streams.observability import configure_logging, init_sentry
 
     configure_logging(settings.log_level)
@@ -222,26 +263,8 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     except ServiceUnavailable as exc:
         print(exc, file=sys.stderr)
         return Exit.UNREACHABLE
-    host = args.host if args.host is not None else settings.web_host
-    port = args.port if args.port is not None else settings.web_port
+    host = host if host is not None else settings.web_host
+    port = port if port is not None else settings.web_port
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(settings, bootstrap, dsn, host, port))
     return Exit.OK
-
-
-def add_api_parser(subparsers: Any) -> None:
-    """Registers ``jobstream api`` on the ``jobstream`` subcommands."""
-    p = subparsers.add_parser(
-        "api",
-        help="run the producer HTTP API on its own (POST /jobs, GET /jobs/{id})",
-        description="Standalone producer API with its own Kafka producer and PostgreSQL pool."
-        " Token: JOBSTREAM_API_TOKEN; body limit: JOBSTREAM_API_MAX_BODY_BYTES.",
-    )
-    p.add_argument("--host", default=None, help="bind address (default: JOBSTREAM_WEB_HOST)")
-    p.add_argument(
-        "--port",
-        type=int,
-        default=None,
-        help="port, 0 for any free one (default: JOBSTREAM_WEB_PORT)",
-    )
-    p.set_defaults(fn=cmd_api)

@@ -7,7 +7,6 @@ model, and what the tool republishes is read back from ``<prefix>`` with a plain
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -26,7 +25,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
 from models.job import FailureRecord, JobEvent
-from streams.dlq.cli import add_dlq_parser, run_dlq_async
+from streams.dlq.cli import parse_args, run_dlq_async
 from streams.dlq.snapshot import read_snapshot
 from streams.settings import Settings
 
@@ -199,9 +198,7 @@ async def dlq(
     env: Env, capsys: pytest.CaptureFixture[str], *argv: str, settings: Settings | None = None
 ) -> Result:
     """Run ``jobstream dlq <argv>`` through the parser the project CLI mounts."""
-    parser = argparse.ArgumentParser(prog="jobstream")
-    add_dlq_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["dlq", *argv])
+    args = parse_args(argv)
     capsys.readouterr()
     code = await run_dlq_async(args, settings or env.settings())
     captured = capsys.readouterr()
@@ -433,9 +430,7 @@ async def test_concurrent_replays_publish_each_dead_letter_once(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await produce(env, [make_dl(env, n) for n in range(10)])
-    parser = argparse.ArgumentParser()
-    add_dlq_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["dlq", "replay", "--rate", "0"])
+    args = parse_args(["replay", "--rate", "0"])
     codes = await asyncio.gather(*(run_dlq_async(args, env.settings()) for _ in range(2)))
     assert codes == [0, 0]
     assert sorted(r.key for r in await read_main(env)) == sorted(

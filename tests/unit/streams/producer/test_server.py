@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import click
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from streams.cli import build_parser
+from streams.cli import cli
 from streams.producer import server as api_server
 from streams.producer.server import ApiServer
 from streams.settings import Settings
@@ -36,8 +37,8 @@ async def test_the_standalone_server_serves_open_health_routes_and_guarded_jobs(
 
 
 def test_the_cli_has_an_api_command_with_host_and_port() -> None:
-    args = build_parser().parse_args(["api", "--host", "0.0.0.0", "--port", "0"])
-    assert args.fn is api_server.cmd_api
-    assert (args.host, args.port) == ("0.0.0.0", 0)
-    defaults = build_parser().parse_args(["api"])
-    assert (defaults.host, defaults.port) == (None, None)  # then JOBSTREAM_WEB_HOST/PORT
+    assert cli.get_command(click.Context(cli), "api") is api_server.api_command
+    ctx = api_server.api_command.make_context("api", ["--host", "0.0.0.0", "--port", "0"])
+    assert (ctx.params["host"], ctx.params["port"]) == ("0.0.0.0", 0)
+    defaults = api_server.api_command.make_context("api", [])
+    assert (defaults.params["host"], defaults.params["port"]) == (None, None)  # then the settings
