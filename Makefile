@@ -5,10 +5,11 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+LOCK   := requirements/dev.lock
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv prereqs ops-tools stack-up stack-down stack-status demo test test-unit \
+.PHONY: help venv lock prereqs ops-tools stack-up stack-down stack-status demo test test-unit \
         test-integration lint format bench clean
 
 help:
@@ -17,14 +18,24 @@ help:
 	@echo "make lint        ruff + mypy + import contracts"
 	@echo "make bench       end-to-end throughput/latency benchmark (JSON + table)"
 	@echo "make stack-up    start the local Kafka 4 + PostgreSQL (make stack-down to stop)"
+	@echo "make lock        re-pin $(LOCK) from pyproject.toml (the versions CI installs)"
 
-$(STAMP): pyproject.toml
+# Exactly the pinned versions (hashes checked), then the project itself without resolving again;
+# `pip check` fails when pyproject.toml needs a package the lock lacks: run `make lock`.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 venv: $(STAMP)
+
+# keeps the pins already in the lock; `make lock UPGRADE=--upgrade` moves every one to the newest
+lock: venv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+	    --generate-hashes --custom-compile-command "make lock" --quiet $(UPGRADE) -o $(LOCK)
 
 prereqs: venv
 	scripts/install-prereqs.sh $(PY)

@@ -9,6 +9,10 @@ from tests.integration.harness import WorkerFactory
 
 pytestmark = pytest.mark.integration
 
+INTEGRATION_TIMEOUT_S = 300
+"""Per test against the real services (worker processes start, topics are created); a unit
+test gets pytest's ``timeout`` (30 s), a test that needs more says so with its own marker."""
+
 
 @pytest.fixture
 def workers(
@@ -25,3 +29,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(INTEGRATION_TIMEOUT_S))
