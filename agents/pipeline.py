@@ -150,7 +150,7 @@ class Pipeline:
             return await self._handle(att)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a bug of the pipeline's own: the record still ends
+        except Exception as exc:  # noqa: BLE001 - a bug of the pipeline's own: the record still ends
             return await self._internal_error(att, exc)
         finally:
             self.metrics.in_flight.dec()
@@ -342,7 +342,7 @@ class Pipeline:
                 pause_s = exc.retry_after or 1.0
                 await self.durably("pause", lambda: self.limiter.pause(key, pause_s))
             return None, _Failure(exc, classify(exc, job_type.policy), now())
-        except Exception as exc:  # routed by policy below; nothing escapes the pipeline
+        except Exception as exc:  # noqa: BLE001 - routed by policy below; nothing escapes the pipeline
             return None, _Failure(exc, classify(exc, job_type.policy), now())
         finally:
             tokens = ctx.usage.get("tokens")
@@ -478,7 +478,7 @@ class Pipeline:
             )
         except asyncio.CancelledError:
             raise
-        except Exception as again:  # even the dead-letter route failed: say so, then ack
+        except Exception as again:  # noqa: BLE001 - even the dead-letter route failed: say so, then ack
             self.metrics.unroutable.inc()
             log.error(
                 "record %s could not be routed at all: %s", att.rec.coordinates, describe(again)
