@@ -281,9 +281,11 @@ for _cmd in (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # aiokafka logs each refused connection; with no handler set up (every command but the
-    # long-running ones) Python would print those to stderr next to our one line
-    logging.getLogger("aiokafka").addHandler(logging.NullHandler())
+    # aiokafka logs each refused connection, asyncio a refused handshake's future nobody
+    # awaited; with no handler set up (every command but the long-running ones) Python would
+    # print those to stderr next to our one line
+    for name in ("aiokafka", "asyncio"):
+        logging.getLogger(name).addHandler(logging.NullHandler())
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         result = cli.main(args, prog_name="jobstream", standalone_mode=False)
