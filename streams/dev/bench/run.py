@@ -346,91 +346,11 @@ class Bench:
         collector: OutputCollector | None = None
         extra_cleanup: list[Callable[[], Awaitable[None]]] = []
         try:
-            if spec.kind == "baseline":
-                out_topic = f"{prefix}.out"
-                await self._ensure_topics([prefix, out_topic])
-                children = [self._start_baseline(prefix, out_topic)]
-                await self._wait_assigned(prefix, children, marker="assigned ", web_ports=[])
-                collector = await OutputCollector(
-                    self.bootstrap, out_topic, parse_baseline, self.kafka_options
-                ).start()
-            else:
-                from streams.topics import topic_names
-
-                topics = topic_names(prefix)
-                await self._ensure_topics(topics.all())
-                env_extra: dict[str, str] = {}
-                if spec.job_type == "llm.chat":
-                    fake, env_extra = await self._start_fake(spec, prefix)
-                    children.append(fake)
-                    extra_cleanup.append(lambda: self._drop_bucket(prefix))
-                ports = [free_port() for _ in range(spec.replicas)]
-                workers = [
-                    self._start_worker(spec, prefix, i, port, env_extra)
-                    for i, port in enumerate(ports)
-                ]
-                children.extend(workers)
-                result["worker_settings"] = worker_settings(workers[0].env)
-                await self._wait_assigned(prefix, workers, marker="Worker ready", web_ports=ports)
-                # started once the group has settled: new partitions have leaders by then
-                collector = await OutputCollector(
-                    self.bootstrap, topics.outcomes, parse_outcome, self.kafka_options
-                ).start()
+            collector = await self._start_processes(spec, prefix, result, children, extra_cleanup)
             result["logs"] = [str(c.log_path) for c in children]
-
-            from streams.producer.client import JobClient
-
-            async with JobClient(
-                self.bootstrap, topic_prefix=prefix, options=self.kafka_options
-            ) as client:
-                if warmup:
-                    _say(f"{spec.name}: warm-up, {warmup} jobs")
-                    warm_ids, _, _, _ = await self._publish(
-                        client, spec.job_type, f"{prefix}-warm", warmup
-                    )
-                    await collector.wait_all(warm_ids, within_s=min(self.timeout_s, 180))
-                _say(f"{spec.name}: timed part, {jobs} jobs")
-                cpu_before = self._cpu_snapshot(children)
-                timed_ids, created, started, published = await self._publish(
-                    client, spec.job_type, prefix, jobs
-                )
-                result["publish_s"] = round(published - started, 3)
-
-                def progress(k: int) -> None:
-                    rate = k / max(time.time() - started, 1e-6)
-                    _say(f"{spec.name}: {k}/{jobs} done ({rate:,.0f}/s so far)")
-
-                try:
-                    await collector.wait_all(timed_ids, within_s=self.timeout_s, progress=progress)
-                finally:
-                    result["cpu"] = self._cpu_usage(
-                        cpu_before, self._cpu_snapshot(children), children, time.time() - started
-                    )
-                    result.update(
-                        summarize(created, collector.done, started=started, published=published)
-                    )
-                    spent = result["cpu"].get("consumer_cpu_s")
-                    if spent is not None and result["completed"]:
-                        result["cpu"]["consumer_cpu_ms_per_job"] = round(
-                            spent * 1000 / result["completed"], 3
-                        )
-                    result["outputs"] = {
-                        "duplicates": collector.duplicates,
-                        "reemitted": sum(1 for d in collector.done.values() if d.reemitted),
-                        "unparsable": collector.unparsable,
-                    }
-
+            timed_ids = await self._measure(spec, prefix, jobs, warmup, collector, children, result)
             if spec.kind == "jobstream":
-                result["rows"] = await self._row_statuses(timed_ids)
-                succeeded = result["rows"].get("succeeded", 0)
-                if succeeded != jobs:
-                    raise RuntimeError(f"{succeeded}/{jobs} rows succeeded: {result['rows']}")
-                for child in children:
-                    if child.name.startswith("fake"):
-                        result["upstream"] = await self._fake_stats(child)
-                result["worker_metrics"] = await self._worker_metrics(
-                    [c for c in children if not c.name.startswith("fake")]
-                )
+                await self._check_jobstream(jobs, timed_ids, children, result)
         except asyncio.CancelledError:
             result["error"] = "interrupted"
             raise
@@ -441,21 +361,133 @@ class Bench:
                 if not c.alive and c.proc is not None:
                     _say(f"{c.name} exited with {c.proc.returncode}; log tail:\n{c.tail()}")
         finally:
-            # workers first (they drain into Kafka and PostgreSQL), then their upstream
-            order = [c for c in children if not c.name.startswith("fake")]
-            order += [c for c in children if c.name.startswith("fake")]
-            codes = []
-            for child in order:
-                code = await child.stop_async(60)
-                codes.append({"process": child.name, "exit_code": code})
-                if code != 0 and not result["error"]:
-                    result["error"] = f"{child.name} exited with {code} after SIGTERM"
-            result["exit_codes"] = codes
+            await self._stop_children(children, result)
             if collector is not None:
                 await collector.stop()
             if not self.keep:
                 await self._cleanup(prefix, extra_cleanup)
         return result
+
+    async def _start_processes(
+        self,
+        spec: Scenario,
+        prefix: str,
+        result: dict[str, Any],
+        children: list[Child],
+        extra_cleanup: list[Callable[[], Awaitable[None]]],
+    ) -> OutputCollector:
+        """The scenario's topics and processes (appended to ``children`` as each starts), then the
+        collector of their outputs once the group has settled."""
+        if spec.kind == "baseline":
+            out_topic = f"{prefix}.out"
+            await self._ensure_topics([prefix, out_topic])
+            children.append(self._start_baseline(prefix, out_topic))
+            await self._wait_assigned(prefix, children, marker="assigned ", web_ports=[])
+            return await OutputCollector(
+                self.bootstrap, out_topic, parse_baseline, self.kafka_options
+            ).start()
+        from streams.topics import topic_names
+
+        topics = topic_names(prefix)
+        await self._ensure_topics(topics.all())
+        env_extra: dict[str, str] = {}
+        if spec.job_type == "llm.chat":
+            fake, env_extra = await self._start_fake(spec, prefix)
+            children.append(fake)
+            extra_cleanup.append(lambda: self._drop_bucket(prefix))
+        ports = [free_port() for _ in range(spec.replicas)]
+        workers = [
+            self._start_worker(spec, prefix, i, port, env_extra) for i, port in enumerate(ports)
+        ]
+        children.extend(workers)
+        result["worker_settings"] = worker_settings(workers[0].env)
+        await self._wait_assigned(prefix, workers, marker="Worker ready", web_ports=ports)
+        # started once the group has settled: new partitions have leaders by then
+        return await OutputCollector(
+            self.bootstrap, topics.outcomes, parse_outcome, self.kafka_options
+        ).start()
+
+    async def _measure(
+        self,
+        spec: Scenario,
+        prefix: str,
+        jobs: int,
+        warmup: int,
+        collector: OutputCollector,
+        children: list[Child],
+        result: dict[str, Any],
+    ) -> list[str]:
+        """The warm-up, then the timed part; its figures go into ``result`` even when it fails.
+        Returns the ids of the timed jobs."""
+        from streams.producer.client import JobClient
+
+        async with JobClient(
+            self.bootstrap, topic_prefix=prefix, options=self.kafka_options
+        ) as client:
+            if warmup:
+                _say(f"{spec.name}: warm-up, {warmup} jobs")
+                warm_ids, _, _, _ = await self._publish(
+                    client, spec.job_type, f"{prefix}-warm", warmup
+                )
+                await collector.wait_all(warm_ids, within_s=min(self.timeout_s, 180))
+            _say(f"{spec.name}: timed part, {jobs} jobs")
+            cpu_before = self._cpu_snapshot(children)
+            timed_ids, created, started, published = await self._publish(
+                client, spec.job_type, prefix, jobs
+            )
+            result["publish_s"] = round(published - started, 3)
+
+            def progress(k: int) -> None:
+                rate = k / max(time.time() - started, 1e-6)
+                _say(f"{spec.name}: {k}/{jobs} done ({rate:,.0f}/s so far)")
+
+            try:
+                await collector.wait_all(timed_ids, within_s=self.timeout_s, progress=progress)
+            finally:
+                result["cpu"] = self._cpu_usage(
+                    cpu_before, self._cpu_snapshot(children), children, time.time() - started
+                )
+                result.update(
+                    summarize(created, collector.done, started=started, published=published)
+                )
+                spent = result["cpu"].get("consumer_cpu_s")
+                if spent is not None and result["completed"]:
+                    result["cpu"]["consumer_cpu_ms_per_job"] = round(
+                        spent * 1000 / result["completed"], 3
+                    )
+                result["outputs"] = {
+                    "duplicates": collector.duplicates,
+                    "reemitted": sum(1 for d in collector.done.values() if d.reemitted),
+                    "unparsable": collector.unparsable,
+                }
+        return timed_ids
+
+    async def _check_jobstream(
+        self, jobs: int, timed_ids: list[str], children: list[Child], result: dict[str, Any]
+    ) -> None:
+        """Every timed job's row succeeded; the upstream's and the workers' own figures."""
+        result["rows"] = await self._row_statuses(timed_ids)
+        succeeded = result["rows"].get("succeeded", 0)
+        if succeeded != jobs:
+            raise RuntimeError(f"{succeeded}/{jobs} rows succeeded: {result['rows']}")
+        for child in children:
+            if child.name.startswith("fake"):
+                result["upstream"] = await self._fake_stats(child)
+        result["worker_metrics"] = await self._worker_metrics(
+            [c for c in children if not c.name.startswith("fake")]
+        )
+
+    async def _stop_children(self, children: list[Child], result: dict[str, Any]) -> None:
+        """Workers first (they drain into Kafka and PostgreSQL), then their upstream."""
+        order = [c for c in children if not c.name.startswith("fake")]
+        order += [c for c in children if c.name.startswith("fake")]
+        codes = []
+        for child in order:
+            code = await child.stop_async(60)
+            codes.append({"process": child.name, "exit_code": code})
+            if code != 0 and not result["error"]:
+                result["error"] = f"{child.name} exited with {code} after SIGTERM"
+        result["exit_codes"] = codes
 
     # ---- processes
 
