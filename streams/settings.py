@@ -25,38 +25,58 @@ def _default_rate_limits() -> dict[str, RateLimit]:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="JOBSTREAM_", frozen=True, extra="ignore")
+    # a field's docstring is its description: `jobstream <command> --help` shows it
+    model_config = SettingsConfigDict(
+        env_prefix="JOBSTREAM_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
 
-    # where the services are; None means "start or find the local stack"
+    # where the services are; unset, a command that needs one names the variable to set
     kafka_bootstrap: str | None = None
+    """Kafka bootstrap servers, host:port[,host:port]"""
     database_url: SecretStr | None = None
+    """PostgreSQL DSN, postgresql://user:password@host:port/db[?sslmode=...]"""
     state_dir: Path = Path(".state")
+    """where local state lives (the dev stack, the demo's logs)"""
 
     # Kafka TLS and SASL, for managed clusters (Confluent Cloud, MSK, Aiven, Redpanda); every
     # Kafka client the project builds takes them through streams/kafka/security.py
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, as the broker's listener"""
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    """PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"""
     kafka_sasl_username: str | None = None
+    """SASL user name"""
     kafka_sasl_password: SecretStr | None = None
+    """SASL password"""
     kafka_ssl_cafile: Path | None = Field(
         default=None, description="PEM CA bundle; default: the system's trust store"
     )
     kafka_ssl_certfile: Path | None = Field(default=None, description="client cert (mutual TLS)")
     kafka_ssl_keyfile: Path | None = None
+    """client key (mutual TLS)"""
     kafka_ssl_key_password: SecretStr | None = None
+    """password of the client key"""
     kafka_ssl_check_hostname: bool = True
+    """check that the broker's certificate names its host"""
 
     # topics and the consumer group
     topic_prefix: str = "jobs"
+    """topics are <prefix>, <prefix>.retry.<delay> (10s, 1m, ...), <prefix>.dlq, <prefix>.outcomes"""
     group_id: str = "jobstream"
+    """the consumer group every replica joins"""
     partitions: int = Field(default=8, ge=1)
+    """partitions of each topic jobstream creates"""
     replication_factor: int = Field(default=1, ge=1)
+    """replicas of each topic jobstream creates"""
 
     # topic configs: applied when jobstream creates a topic; `jobstream doctor` reports drift.
     # -1 keeps records forever. max.message.bytes is derived from max_event_bytes (topics.py).
     main_retention_ms: int = Field(default=7 * 86_400_000, ge=-1)
+    """retention.ms of the main topic (-1: forever)"""
     retry_retention_ms: int = Field(default=7 * 86_400_000, ge=-1)
+    """retention.ms of the retry topics (-1: forever)"""
     outcome_retention_ms: int = Field(default=3 * 86_400_000, ge=-1)
+    """retention.ms of the outcome topic (-1: forever)"""
     dlq_retention_ms: int = Field(
         default=30 * 86_400_000, ge=-1, description="dead letters outlive their rows' pruning"
     )
@@ -66,6 +86,7 @@ class Settings(BaseSettings):
 
     # processing
     concurrency: int = Field(default=25, ge=1, le=5000)
+    """jobs run at once per replica"""
     buffer_maxsize: int = Field(default=1000, ge=1, description="events prefetched per partition")
     max_event_bytes: int = Field(
         default=1_000_000,
@@ -73,11 +94,17 @@ class Settings(BaseSettings):
         description="larger records are dead-lettered at decode as `oversize`, before any work",
     )
     default_timeout_s: float = Field(default=60.0, gt=0)
+    """a job type without its own timeout gets this"""
     shutdown_grace_s: float = Field(default=25.0, ge=0)
+    """on SIGTERM, running jobs get this long to finish"""
     commit_interval_s: float = Field(default=1.0, gt=0)
+    """how often consumed offsets are committed"""
     max_poll_interval_s: float = Field(default=300.0, gt=0)
+    """Kafka's max.poll.interval.ms, in seconds"""
     session_timeout_s: float = Field(default=30.0, gt=0)
+    """Kafka's session.timeout.ms, in seconds"""
     worker_name: str = Field(default_factory=socket.gethostname)
+    """this replica's name in rows, logs and metrics; default: the host name"""
 
     # execution claims and bounded durable steps
     claim_lease_s: float = Field(
@@ -101,9 +128,13 @@ class Settings(BaseSettings):
 
     # results: group commit
     batch_max_size: int = Field(default=500, ge=1)
+    """rows written to PostgreSQL per group commit, at most"""
     batch_max_delay_ms: float = Field(default=5.0, ge=0)
+    """a row waits at most this long for others to join its group commit"""
     db_pool_min: int = Field(default=2, ge=1)
+    """PostgreSQL connections kept open"""
     db_pool_max: int = Field(default=10, ge=1)
+    """PostgreSQL connections at most"""
     db_pooler_mode: Literal["none", "transaction"] = Field(
         default="none",
         description="'transaction' behind PgBouncer/Supabase in transaction mode: no statement "
@@ -119,22 +150,32 @@ class Settings(BaseSettings):
     # retention of finished rows (streams/pg/retention.py); a limit set to None is not applied
     retention_enabled: bool = Field(default=True, description="sweep from the workers")
     retention_interval_s: float = Field(default=60.0, gt=0)
+    """how often the workers sweep finished rows"""
     retention_batch_size: int = Field(default=2000, ge=1, le=50_000)
+    """rows deleted per statement of a sweep"""
     retention_succeeded_age_s: float | None = Field(default=86_400.0, gt=0)
+    """succeeded rows older than this are pruned"""
     retention_succeeded_max_rows: int | None = Field(default=1_000_000, ge=1)
+    """succeeded rows kept at most (oldest pruned first)"""
     retention_dead_lettered_age_s: float | None = Field(default=7 * 86_400.0, gt=0)
+    """dead-lettered rows older than this are pruned"""
     retention_dead_lettered_max_rows: int | None = Field(default=100_000, ge=1)
+    """dead-lettered rows kept at most (oldest pruned first)"""
     retention_include_unexpired_dead_letters: bool = Field(
         default=False, description="also prune dead-lettered rows whose letter is still kept"
     )
 
     # failures
     retry_tiers_s: tuple[float, ...] = (10.0, 60.0, 600.0)
+    """delays of the retry topics, one topic each, as a JSON list of seconds"""
     max_attempts: int = Field(default=5, ge=1)
+    """attempts of a job before it is dead-lettered (per type in the policy file)"""
     policy_file: Path | None = None
+    """JSON file of per-type overrides (max_attempts, timeout_s, fatal_errors, ...)"""
 
     # rate limits, keyed by upstream
     rate_limits: dict[str, RateLimit] = Field(default_factory=_default_rate_limits)
+    """JSON map of upstream to limit, e.g. {"openrouter": {"rate": 50, "per": 1}}"""
     rate_limit_lease: int = Field(
         default=100,
         ge=1,
@@ -143,15 +184,23 @@ class Settings(BaseSettings):
 
     # handlers
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    """OpenRouter API of the llm.chat jobs"""
     openrouter_api_key: SecretStr | None = None
+    """OpenRouter key of the llm.chat jobs"""
     openrouter_model: str = "openai/gpt-4o-mini"
+    """model of an llm.chat job that names none"""
     webhook_allow_hosts: tuple[str, ...] = ()
+    """JSON list of hosts http.webhook may call though they resolve to private addresses"""
 
     # web server (health, metrics, producer API)
     web_host: str = "127.0.0.1"
+    """bind address of the health, metrics and producer API server"""
     web_port: int = Field(default=6066, ge=0, le=65535)
+    """its port (0: any free one)"""
     api_token: SecretStr | None = None
+    """bearer token POST /jobs and GET /jobs/{id} require; none: open"""
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    """largest request body the producer API reads"""
 
     # limits of every HTTP server jobstream runs (worker web port, `jobstream api`, console);
     # enforced by streams/httpserver.py, as aiohttp has no read deadlines of its own
@@ -182,9 +231,13 @@ class Settings(BaseSettings):
     # operator console (see streams/console): no access without a token, except on loopback
     # with console_dev_open; operators may replay, viewers only look
     console_host: str = "127.0.0.1"
+    """bind address of the operator console"""
     console_port: int = Field(default=6070, ge=0, le=65535)
+    """its port (0: any free one)"""
     console_viewer_token: SecretStr | None = None
+    """token of the console's viewers (read only)"""
     console_operator_token: SecretStr | None = None
+    """token of the console's operators (may replay)"""
     console_dev_open: bool = Field(
         default=False, description="no login on 127.0.0.1/::1 when no token is set (dev only)"
     )
@@ -192,17 +245,21 @@ class Settings(BaseSettings):
         default=None, description="signs session cookies; default: random per process"
     )
     console_session_ttl_s: int = Field(default=8 * 3600, ge=60)
+    """a console login lasts this long"""
     console_show_payloads: bool = False
+    """show job payloads and results in the console"""
     console_replay_rate: float = Field(default=50.0, gt=0, description="events/s of a replay")
     console_replay_max: int = Field(default=1000, ge=1, description="dead letters per replay")
     console_enabled: bool = Field(default=False, description="mount /console in `jobstream api`")
 
     # observability
     sentry_dsn: SecretStr | None = None
+    """report errors to this Sentry project; none: no reports"""
     sentry_environment: str | None = Field(
         default=None, description="Sentry's environment of every event (e.g. production)"
     )
     log_level: str = "INFO"
+    """DEBUG, INFO, WARNING or ERROR"""
 
     @field_validator("retry_tiers_s")
     @classmethod
