@@ -61,7 +61,7 @@ class Settings(BaseSettings):
 
     # topics and the consumer group
     topic_prefix: str = "jobs"
-    """topics are <prefix>, <prefix>.retry.<delay> (10s, 1m, ...), <prefix>.dlq, <prefix>.outcomes"""
+    """topics: <prefix>, <prefix>.retry.<delay> (10s, 1m, ...), <prefix>.dlq, <prefix>.outcomes"""
     group_id: str = "jobstream"
     """the consumer group every replica joins"""
     partitions: int = Field(default=8, ge=1)
