@@ -194,6 +194,15 @@ async def dead_letter_horizon(
     timestamps): then no dead-lettered row may be pruned.
     """
     checked_at = datetime.now(UTC)
+    try:
+        async with asyncio.timeout(timeout_s):
+            parts = (await partitions_of(bootstrap, [topic], options)).get(topic)
+    except Exception as exc:  # noqa: BLE001 - timeouts, OSError and aiokafka's errors: all mean "unknown", the rows stay
+        log.warning("retention: cannot read %s, keeping dead-lettered rows: %r", topic, exc)
+        return None
+    if not parts:
+        log.warning("retention: topic %s not found, keeping dead-lettered rows", topic)
+        return None
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -203,7 +212,6 @@ async def dead_letter_horizon(
     )
     try:
         async with asyncio.timeout(timeout_s):
-            parts = (await partitions_of(bootstrap, [topic], options)).get(topic)
             await consumer.start()
             earliest = await _earliest_timestamp(consumer, topic, parts)
     except Exception as exc:  # noqa: BLE001 - timeouts, OSError and aiokafka's errors: all mean "unknown", the rows stay
@@ -221,14 +229,9 @@ async def dead_letter_horizon(
 _UNKNOWN: Any = object()
 
 
-async def _earliest_timestamp(
-    consumer: AIOKafkaConsumer, topic: str, parts: list[int] | None
-) -> Any:
+async def _earliest_timestamp(consumer: AIOKafkaConsumer, topic: str, parts: list[int]) -> Any:
     """The smallest timestamp of the first retained record over the topic's partitions; None
     when the topic holds no record at all, ``_UNKNOWN`` when it cannot be told."""
-    if not parts:
-        log.warning("retention: topic %s not found, keeping dead-lettered rows", topic)
-        return _UNKNOWN
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
     consumer.assign(tps)
     begin = await consumer.beginning_offsets(tps)

@@ -11,18 +11,25 @@ import json
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.dev.replicas import Replica, free_port, replica_env
 from streams.kafka.reader import TopicReader as Reader
+from streams.kafka.reader import partitions_of
 from streams.polling import wait_until
+from streams.topics import topic_names
 
 ROOT = Path(__file__).resolve().parents[2]
+TIERS_S = (1.0, 2.0, 3.0)
+"""The retry tiers of the harness's workers: short, so tests of retries end quickly."""
 T = TypeVar("T")
 
 
@@ -72,7 +79,7 @@ class WorkerFactory:
             "JOBSTREAM_GROUP_ID": self.prefix,
             "JOBSTREAM_STATE_DIR": str(self.tmp / "state"),
             "JOBSTREAM_PARTITIONS": "4",
-            "JOBSTREAM_RETRY_TIERS_S": "[1, 2, 3]",
+            "JOBSTREAM_RETRY_TIERS_S": json.dumps(TIERS_S),
             "JOBSTREAM_COMMIT_INTERVAL_S": "0.5",
             "JOBSTREAM_SESSION_TIMEOUT_S": "10",
             # tests share one database: a worker's retention sweep would prune other tests'
@@ -132,10 +139,61 @@ class TopicReader(Reader):
         await wait_for(enough, timeout=timeout, interval=0, what=f"{n} records on {self.topic}")
         return self.records
 
+    async def caught_up(self, timeout: float = 60) -> list[Any]:
+        """Every record written before this call has been read."""
+        ends = await self.end_offsets()
+
+        async def there() -> bool:
+            await self.poll()
+            return all([await self.consumer.position(tp) >= end for tp, end in ends.items()])
+
+        await wait_for(there, timeout=timeout, interval=0, what=f"the end of {self.topic}")
+        return self.records
+
 
 def topic_reader(bootstrap: str, topic: str) -> TopicReader:
     """``async with topic_reader(bootstrap, topic) as reader``."""
     return TopicReader(bootstrap, topic)
+
+
+async def quiescent(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
+    """Consumer-group lag per topic (end offset - committed); all zero once nothing is left."""
+    parts = await partitions_of(bootstrap, topics)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+        await admin.close()
+    lag: Counter[str] = Counter({t: 0 for t in topics})
+    for tp, end in ends.items():
+        meta = committed.get(tp)
+        done = meta.offset if meta is not None and meta.offset >= 0 else 0
+        lag[tp.topic] += end - done
+    return dict(lag)
+
+
+async def settled(
+    bootstrap: str, prefix: str, readers: list[TopicReader], timeout: float = 60
+) -> None:
+    """Nothing more will come of what was sent: the group ``prefix`` has committed every topic
+    its workers read (the main topic and the harness's retry tiers), and each reader has read
+    its topic to the end."""
+    names = topic_names(prefix, TIERS_S)
+    consumed = [names.main, *(t.topic for t in names.tiers)]
+
+    async def no_lag() -> dict[str, int] | None:
+        lag = await quiescent(bootstrap, prefix, consumed)
+        return None if any(lag.values()) else lag
+
+    await wait_for(no_lag, timeout=timeout, interval=0.5, what=f"zero consumer lag of {prefix}")
+    for reader in readers:
+        await reader.caught_up(timeout)
 
 
 async def count_rows(pool: asyncpg.Pool, job_ids: list[str], status: str | None = None) -> int:

@@ -7,14 +7,12 @@ pgbouncer in transaction mode on a free 127.0.0.1 port in front of that server.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +22,7 @@ import asyncpg
 import pytest
 
 from streams.dev.replicas import free_port
+from streams.polling import wait_until
 from tests.conftest import IN_CI
 
 
@@ -120,17 +119,17 @@ class PgBouncer:
         return self
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc is not None and self.proc.poll() is None, self.log_text()
+        async def answers() -> bool:
+            assert self.proc is not None
+            assert self.proc.poll() is None, self.log_text()
             try:
                 conn = await asyncpg.connect(self.dsn(), statement_cache_size=0, timeout=2)
-                await conn.close()
-                return
             except (OSError, asyncpg.PostgresError, TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+                return False
+            await conn.close()
+            return True
+
+        await wait_until(answers, within_s=timeout, interval_s=0.1, what="pgbouncer")
 
     def log_text(self) -> str:
         path = self.dir / "pgbouncer.log"

@@ -27,13 +27,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.kafka.reader import partitions_of
 from streams.producer.client import JobClient
 from streams.topics import topic_names
-from tests.integration.harness import WorkerFactory, topic_reader, wait_for
+from tests.integration.harness import WorkerFactory, quiescent, topic_reader, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -120,28 +117,6 @@ class Progress:
         remaining = self.started + DEADLINE_S - time.monotonic()
         await wait_for(reached, timeout=max(remaining, 1.0), interval=1.0, what=what)
         return round(time.monotonic() - self.started, 1)
-
-
-async def quiescent(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
-    """Consumer-group lag per topic (end offset - committed); all zero once nothing is left."""
-    parts = await partitions_of(bootstrap, topics)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await admin.start()
-    await consumer.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-        await admin.close()
-    lag: Counter[str] = Counter({t: 0 for t in topics})
-    for tp, end in ends.items():
-        meta = committed.get(tp)
-        done = meta.offset if meta is not None and meta.offset >= 0 else 0
-        lag[tp.topic] += end - done
-    return dict(lag)
 
 
 async def read_all(bootstrap: str, topic: str, timeout: float = 120) -> list[dict[str, Any]]:

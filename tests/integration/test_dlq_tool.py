@@ -28,6 +28,7 @@ from models.job import FailureRecord, JobEvent
 from streams.dlq.cli import parse_args, run_dlq_async
 from streams.dlq.snapshot import read_snapshot
 from streams.settings import Settings
+from tests.integration.harness import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,11 +67,10 @@ async def _create_topics(bootstrap: str, names: Sequence[str]) -> None:
 
 
 async def _wait_topics(admin: AIOKafkaAdminClient, ready: Callable[[set[str]], bool]) -> None:
-    for _ in range(200):  # polling the metadata until it agrees
-        if ready(set(await admin.list_topics())):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("topic metadata never settled")
+    async def agrees() -> bool:  # polling the metadata until it agrees
+        return ready(set(await admin.list_topics()))
+
+    await wait_for(agrees, timeout=10, interval=0.05, what="topic metadata to settle")
 
 
 async def _delete_topics(bootstrap: str, names: Sequence[str]) -> None:

@@ -7,13 +7,11 @@ poll deadline leaves and rejoins under a new member id), and the job must come b
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.producer.client import JobClient
-from tests.integration.harness import WorkerFactory, wait_terminal
+from tests.integration.harness import WorkerFactory, wait_for, wait_terminal
 
 HOLD_S = 15
 
@@ -43,8 +41,13 @@ async def test_a_long_hold_in_a_retry_tier_causes_no_rebalance(
     before = await members(kafka_bootstrap, prefix)
     async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
         job_id = await client.submit("sleep", {"seconds": 0, "fail_attempts": 1})
+
+        async def held() -> bool:  # the first attempt failed: the retry is in the tier now
+            status = await pg_pool.fetchval("SELECT status FROM jobs WHERE job_id = $1", job_id)
+            return bool(status == "retrying")
+
+        await wait_for(held, timeout=30, what="the first attempt to fail")
         # other work keeps flowing on the main topic while the tier holds the retry
-        await asyncio.sleep(HOLD_S / 2)
         other = await client.submit("echo", {"during": "hold"})
     await wait_terminal(pg_pool, [other], timeout=10)
     assert await pg_pool.fetchval("SELECT status FROM jobs WHERE job_id = $1", job_id) == (

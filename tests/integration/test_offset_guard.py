@@ -44,7 +44,9 @@ async def test_sigkill_with_slow_head_loses_nothing(
         fast2 = await client.submit("echo", {"n": 2})  # offset 2
 
     await wait_terminal(pg_pool, [fast, fast2], timeout=60)
-    # Give faust several commit intervals (0.5 s each) to commit whatever it would commit.
+    # Give faust several commit intervals (0.5 s each) to commit whatever it would commit. This
+    # bounded quiet period is the assertion itself: nothing may pass the running offset 0 while
+    # it lasts, and no event marks "faust tried to commit". The slow job (8 s) outlasts it.
     await asyncio.sleep(2.0)
     before_kill = await committed_offset(kafka_bootstrap, prefix, prefix)
     # the slow job is claimed (running), not finished

@@ -27,6 +27,7 @@ import pytest
 from streams.metrics import Metrics
 from streams.pg.pool import create_pool
 from streams.pg.ratelimit import PgRateLimiter, max_lease
+from streams.polling import wait_until
 from streams.settings import RateLimit
 
 pytestmark = pytest.mark.integration
@@ -92,10 +93,10 @@ def max_in_window(stamps: list[float], width: float = 1.0) -> int:
 
 
 async def eventually(cond: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
+    async def holds() -> bool:
+        return cond()
+
+    await wait_until(holds, within_s=timeout, interval_s=0.005, error=AssertionError)
 
 
 async def timed(step: Awaitable[None]) -> float:

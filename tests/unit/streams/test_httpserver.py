@@ -25,6 +25,7 @@ from agents.handlers.basic import echo_type
 from agents.registry import Registry
 from streams.httpserver import HttpLimits, start_http_server
 from streams.metrics import Metrics
+from streams.polling import wait_until
 from streams.producer.api import api_routes
 from streams.producer.server import ApiServer
 from streams.settings import Settings
@@ -115,12 +116,7 @@ async def get_health(port: int) -> int:
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, within: float) -> None:
     """Polls ``check`` until it holds; fails after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{check.__name__} did not hold within {within}s")
+    await wait_until(check, within_s=within, interval_s=0.02, error=AssertionError)
 
 
 def status_of(data: bytes) -> int:
