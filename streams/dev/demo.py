@@ -8,6 +8,7 @@ many succeeded and how long it took. Nothing is mocked: the numbers are real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ from streams.dev.fake_openrouter import FakeConfig, FakeOpenRouter
 from streams.dev.replicas import Replica, free_port, replica_env
 from streams.dev.stack import resolve_services
 from streams.output import Progress
+from streams.polling import wait_until
 from streams.producer.client import JobClient
 from streams.settings import Settings
 
@@ -34,42 +36,49 @@ async def _demo(settings: Settings, jobs: int, job_type: str, replicas: int) -> 
     bootstrap, dsn = await resolve_services(settings)
     print(f"  Kafka      {bootstrap}\n  PostgreSQL {dsn}   ({time.monotonic() - t0:.1f}s)")
 
-    fake = FakeOpenRouter(FakeConfig(latency_ms=50, latency_jitter_ms=20))
-    fake_url = await fake.start()
-    print(f"  fake OpenRouter {fake_url}")
+    async with contextlib.AsyncExitStack() as teardown:  # released in reverse, last first
+        codes: list[int | None] = []
+        teardown.callback(
+            lambda: print(
+                f"  workers stopped (exit codes {codes}); the stack keeps running: make stack-down"
+            )
+        )
+        fake = FakeOpenRouter(FakeConfig(latency_ms=50, latency_jitter_ms=20))
+        fake_url = await fake.start()
+        teardown.push_async_callback(fake.stop)
+        print(f"  fake OpenRouter {fake_url}")
 
-    run = uuid.uuid4().hex[:8]
-    prefix = f"demo-{run}"
-    log_dir = Path(settings.state_dir) / "demo"
-    workers = []
-    for i in range(replicas):
-        name = f"demo-{run}-{i + 1}"
-        port = free_port()
-        env = replica_env(
-            bootstrap=bootstrap,
-            dsn=dsn,
-            name=name,
-            web_port=port,
-            extra={
-                "JOBSTREAM_TOPIC_PREFIX": prefix,
-                "JOBSTREAM_GROUP_ID": prefix,
-                "JOBSTREAM_STATE_DIR": str(settings.state_dir),
-                "JOBSTREAM_OPENROUTER_BASE_URL": fake_url,
-                "JOBSTREAM_OPENROUTER_API_KEY": "demo-key",
-                "JOBSTREAM_LOG_LEVEL": "WARNING",
-            },
-        )
-        workers.append(
-            Replica(name=name, env=env, log_path=log_dir / f"{name}.log", web_port=port).start()
-        )
-    pool: asyncpg.Pool | None = None
-    console: tuple[web.AppRunner, asyncpg.Pool] | None = None
-    try:
+        run = uuid.uuid4().hex[:8]
+        prefix = f"demo-{run}"
+        log_dir = Path(settings.state_dir) / "demo"
+        workers: list[Replica] = []
+        teardown.callback(lambda: codes.extend(w.stop() for w in workers))
+        for i in range(replicas):
+            name = f"demo-{run}-{i + 1}"
+            port = free_port()
+            env = replica_env(
+                bootstrap=bootstrap,
+                dsn=dsn,
+                name=name,
+                web_port=port,
+                extra={
+                    "JOBSTREAM_TOPIC_PREFIX": prefix,
+                    "JOBSTREAM_GROUP_ID": prefix,
+                    "JOBSTREAM_STATE_DIR": str(settings.state_dir),
+                    "JOBSTREAM_OPENROUTER_BASE_URL": fake_url,
+                    "JOBSTREAM_OPENROUTER_API_KEY": "demo-key",
+                    "JOBSTREAM_LOG_LEVEL": "WARNING",
+                },
+            )
+            log_path = log_dir / f"{name}.log"
+            workers.append(Replica(name=name, env=env, log_path=log_path, web_port=port).start())
         for w in workers:
             await w.wait_ready()
         print(f"  {replicas} worker replica(s) ready, topic {prefix!r}; logs in {log_dir}")
-        console = await _start_console(settings, bootstrap, dsn, prefix)
-        print(f"  console    {url_of(console[0])}  (dev mode: no login, on 127.0.0.1 only)")
+        runner, console_pool = await _start_console(settings, bootstrap, dsn, prefix)
+        teardown.push_async_callback(console_pool.close)
+        teardown.push_async_callback(runner.cleanup)
+        print(f"  console    {url_of(runner)}  (dev mode: no login, on 127.0.0.1 only)")
 
         def payload(i: int) -> dict[str, object]:
             if job_type == "llm.chat":
@@ -85,19 +94,23 @@ async def _demo(settings: Settings, jobs: int, job_type: str, replicas: int) -> 
 
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         assert pool is not None
+        teardown.push_async_callback(pool.close)
         query = (
             "SELECT status, count(*) FROM jobs WHERE job_id = ANY($1::text[])"
             " AND status IN ('succeeded', 'dead_lettered') GROUP BY status"
         )
         counts: dict[str, int] = {}
-        deadline = started + max(120.0, jobs / 5)
         with Progress(jobs, "  finished", file=sys.stdout) as progress:
-            while time.monotonic() < deadline:
-                counts = {r["status"]: r["count"] for r in await pool.fetch(query, ids)}
+
+            async def finished() -> bool:
+                counts.clear()
+                counts.update({r["status"]: r["count"] for r in await pool.fetch(query, ids)})
                 progress.update(sum(counts.values()))
-                if sum(counts.values()) >= jobs:
-                    break
-                await asyncio.sleep(0.25)
+                return sum(counts.values()) >= jobs
+
+            within_s = started + max(120.0, jobs / 5) - time.monotonic()
+            with contextlib.suppress(TimeoutError):  # the summary says how many are unfinished
+                await wait_until(finished, within_s=within_s, interval_s=0.25, what="the jobs")
         elapsed = time.monotonic() - started
         succeeded = counts.get("succeeded", 0)
         print(
@@ -105,19 +118,10 @@ async def _demo(settings: Settings, jobs: int, job_type: str, replicas: int) -> 
             f" {jobs - sum(counts.values())} unfinished, in {elapsed:.2f}s"
             f" ({sum(counts.values()) / elapsed:.1f} jobs/s end to end)"
         )
-        if console is not None and sys.stdin.isatty():
-            print(f"  the console stays up at {url_of(console[0])}; press Enter to stop")
+        if sys.stdin.isatty():
+            print(f"  the console stays up at {url_of(runner)}; press Enter to stop")
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         return 0 if succeeded == jobs else 1
-    finally:
-        if console is not None:
-            await console[0].cleanup()
-            await console[1].close()
-        if pool is not None:
-            await pool.close()
-        codes = [w.stop() for w in workers]
-        await fake.stop()
-        print(f"  workers stopped (exit codes {codes}); the stack keeps running: make stack-down")
 
 
 async def _start_console(

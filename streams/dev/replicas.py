@@ -7,7 +7,6 @@ ready when its ``GET /ready`` answers 200, and it is stopped with SIGTERM (drain
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,13 +14,11 @@ from pathlib import Path
 import aiohttp
 
 from streams.dev.process import Child
+from streams.dev.state import pick_port
 from streams.polling import wait_until
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = pick_port
+"""A free TCP port on 127.0.0.1 (the dev stack's one port helper), for a replica's web port."""
 
 
 def replica_env(

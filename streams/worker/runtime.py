@@ -4,6 +4,7 @@ HTTP session, the pipeline, and the drain logic that SIGTERM runs before faust s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -63,6 +64,7 @@ class Runtime:
         self.forwarder: RetryForwarder | None = None
         self.sweeper: Sweeper | None = None
         self.web_runner: web.AppRunner | None = None
+        self._teardown = contextlib.AsyncExitStack()
         self.ready = asyncio.Event()
         self.joined = asyncio.Event()
         self.draining = asyncio.Event()
@@ -78,18 +80,22 @@ class Runtime:
         from streams.worker.health import start_web
 
         s = self.settings
+        # each resource is handed to the teardown as soon as it exists: stop() releases them in
+        # reverse (web, sweeper, result store, limiter, publisher, HTTP session, pool), and a
+        # start that failed half-way releases what it had
+        teardown = self._teardown
         self.pool = await prepare(
             s, bootstrap=self.bootstrap, dsn=self.dsn, topics=self.topics, pool_min=s.db_pool_min
         )
-        self.store = ResultStore(
-            self.pool,
-            max_size=s.batch_max_size,
-            max_delay_s=s.batch_max_delay_ms / 1000,
-            metrics=self.metrics,
-            worker=s.worker_name,
-            lease_s=s.claim_lease_s,
+        teardown.push_async_callback(self.pool.close)
+        # Webhooks share this session: never carry cookies from one receiver to another.
+        # aiohttp's default pool of 100 connections would cap concurrency below the setting.
+        self.http = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(),
+            connector=aiohttp.TCPConnector(limit=s.concurrency, limit_per_host=s.concurrency),
         )
-        self.store.start()
+        teardown.push_async_callback(self.http.close)
+        teardown.push_async_callback(self.publisher.stop)  # safe on one that did not start
         await self.publisher.start()
         # every record is checked against its topic's limit before Kafka sees it
         await self.publisher.load_limits(self.topics.all())
@@ -100,12 +106,17 @@ class Runtime:
             metrics=self.metrics,
             listen=s.db_pooler_mode == "none",  # a pooler does not keep LISTEN between queries
         )
-        # Webhooks share this session: never carry cookies from one receiver to another.
-        # aiohttp's default pool of 100 connections would cap concurrency below the setting.
-        self.http = aiohttp.ClientSession(
-            cookie_jar=aiohttp.DummyCookieJar(),
-            connector=aiohttp.TCPConnector(limit=s.concurrency, limit_per_host=s.concurrency),
+        teardown.push_async_callback(self.limiter.close)
+        self.store = ResultStore(
+            self.pool,
+            max_size=s.batch_max_size,
+            max_delay_s=s.batch_max_delay_ms / 1000,
+            metrics=self.metrics,
+            worker=s.worker_name,
+            lease_s=s.claim_lease_s,
         )
+        self.store.start()
+        teardown.push_async_callback(self.store.close)
         self.pipeline = Pipeline(
             settings=s,
             topics=self.topics,
@@ -125,26 +136,17 @@ class Runtime:
             kafka_options=client_options(s),
             metrics=self.metrics,
         )
+        if self.sweeper is not None:
+            teardown.push_async_callback(self.sweeper.stop)
         if s.web_port:
             self.web_runner = await start_web(self)
+            teardown.push_async_callback(self.web_runner.cleanup)
         self.metrics.worker_info.labels(worker=s.worker_name).set(1)
         self.ready.set()
 
     async def stop(self) -> None:
         self.ready.clear()
-        if self.sweeper is not None:
-            await self.sweeper.stop()
-        if self.web_runner is not None:
-            await self.web_runner.cleanup()
-        if self.store is not None:
-            await self.store.close()
-        if self.limiter is not None:
-            await self.limiter.close()
-        await self.publisher.stop()
-        if self.http is not None:
-            await self.http.close()
-        if self.pool is not None:
-            await self.pool.close()
+        await self._teardown.aclose()
 
     # -- called by the agents ----------------------------------------------------------------
 
