@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
-import io
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,11 +10,10 @@ from pydantic import SecretStr
 
 from models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
 from models.job import FailureRecord, JobEvent
-from streams.dlq.cli import ProgressBar, add_dlq_parser, main, run_dlq_async
+from streams.dlq.cli import DlqArgs, main, parse_args, run_dlq_async
 from streams.dlq.filters import DeadLetterFilter, FilterError, parse_time
 from streams.dlq.replay import (
     Action,
-    ReplayCounts,
     ReplayOptions,
     build_record,
     plan,
@@ -224,10 +221,8 @@ class TestReplaySelection:
 
 class TestCli:
     @staticmethod
-    def parse(*argv: str) -> argparse.Namespace:
-        parser = argparse.ArgumentParser(prog="jobstream")
-        add_dlq_parser(parser.add_subparsers(dest="command", required=True))
-        return parser.parse_args(["dlq", *argv])
+    def parse(*argv: str) -> DlqArgs:
+        return parse_args(argv)
 
     @pytest.mark.parametrize(
         "argv",
@@ -257,21 +252,6 @@ class TestCli:
         assert main(["replay", "--limit", "many"]) == 2
         assert main(["replay", "--help"]) == 0
         out = capsys.readouterr().out
-        assert "exit codes:" in out and "--reset-attempts" in out and "dlq_replays" in out
-
-
-class TestProgressBar:
-    def test_render_shows_count_rate_and_eta(self) -> None:
-        bar = ProgressBar(io.StringIO(), width=10)
-        assert bar.render(5, 20, 2.0).startswith("[##--------] 5/20 2.5/s ETA 0:00:06")
-
-    def test_update_throttles_but_always_draws_the_end(self) -> None:
-        stream = io.StringIO()
-        bar = ProgressBar(stream, width=4, min_interval_s=3600)
-        bar.update(ReplayCounts(total=3, done=1))
-        bar.update(ReplayCounts(total=3, done=2))
-        bar.update(ReplayCounts(total=3, done=3))
-        bar.close()
-        text = stream.getvalue()
-        assert " 1/3 " in text and " 2/3 " not in text and " 3/3 " in text
-        assert text.endswith("\n")
+        assert "exit codes:" in out
+        assert "--reset-attempts" in out
+        assert "dlq_replays" in out
