@@ -98,7 +98,8 @@ def describe(name: str) -> str:
     field = Settings.model_fields[name]
     parts = [field.description] if field.description else []
     if field.default_factory is not None:
-        parts.append("(default: computed)")
+        if "default" not in (field.description or ""):
+            parts.append("(default: computed)")
     elif field.default is not PydanticUndefined and field.default not in (None, (), ""):
         default = field.default
         if isinstance(default, tuple):
