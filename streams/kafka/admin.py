@@ -4,7 +4,7 @@ ones alone.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -13,6 +13,8 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     for_code,
 )
+
+from streams.polling import wait_until
 
 
 async def ensure_topics(
@@ -53,10 +55,13 @@ async def ensure_topics(
             if code and code != TopicAlreadyExistsError.errno:
                 detail = message[0] if message and message[0] else ""
                 raise for_code(code)(f"creating topic {topic}: {detail}")
+
         # wait until the metadata shows them, so a consumer subscribing next sees partitions
-        for _ in range(100):
-            if set(missing) <= set(await admin.list_topics()):
-                return
-            await asyncio.sleep(0.1)
+        # (a broker slower than that still creates them: the consumer then waits for them)
+        async def shown() -> bool:
+            return set(missing) <= set(await admin.list_topics())
+
+        with contextlib.suppress(TimeoutError):
+            await wait_until(shown, within_s=10, interval_s=0.1, what="the new topics")
     finally:
         await admin.close()

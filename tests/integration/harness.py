@@ -156,8 +156,11 @@ def topic_reader(bootstrap: str, topic: str) -> TopicReader:
     return TopicReader(bootstrap, topic)
 
 
-async def quiescent(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
-    """Consumer-group lag per topic (end offset - committed); all zero once nothing is left."""
+async def lag_by_partition(
+    bootstrap: str, group: str, topics: list[str]
+) -> dict[TopicPartition, int]:
+    """Consumer-group lag (end offset - committed) of every partition of ``topics`` that
+    exists."""
     parts = await partitions_of(bootstrap, topics)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
@@ -170,11 +173,18 @@ async def quiescent(bootstrap: str, group: str, topics: list[str]) -> dict[str, 
     finally:
         await consumer.stop()
         await admin.close()
-    lag: Counter[str] = Counter({t: 0 for t in topics})
+    lag = {}
     for tp, end in ends.items():
         meta = committed.get(tp)
-        done = meta.offset if meta is not None and meta.offset >= 0 else 0
-        lag[tp.topic] += end - done
+        lag[tp] = end - (meta.offset if meta is not None and meta.offset >= 0 else 0)
+    return lag
+
+
+async def quiescent(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
+    """Consumer-group lag per topic; all zero once nothing is left."""
+    lag: Counter[str] = Counter({t: 0 for t in topics})
+    for tp, n in (await lag_by_partition(bootstrap, group, topics)).items():
+        lag[tp.topic] += n
     return dict(lag)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -24,10 +24,15 @@ from models.deadletter import DeadLetter
 from models.job import JobEvent, JobOutcome, derived_job_id
 from streams.failures import RecordTooLargeError
 from streams.kafka.publisher import Publisher, topic_limits
-from streams.kafka.reader import partitions_of
 from streams.topics import topic_names
 from tests.integration.blackhole import broker_behind_blackhole
-from tests.integration.harness import WorkerFactory, topic_reader, wait_for, wait_terminal
+from tests.integration.harness import (
+    WorkerFactory,
+    lag_by_partition,
+    topic_reader,
+    wait_for,
+    wait_terminal,
+)
 
 MB = 1_000_000
 
@@ -44,27 +49,9 @@ async def raw_producer(bootstrap: str) -> AIOKafkaProducer:
     return producer
 
 
-async def lag_by_partition(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await admin.start()
-    await consumer.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        parts = (await partitions_of(bootstrap, [topic])).get(topic, [])
-        tps = [TopicPartition(topic, p) for p in parts]
-        ends = await consumer.end_offsets(tps)
-        return {
-            tp.partition: ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps
-        }
-    finally:
-        await consumer.stop()
-        await admin.close()
-
-
 async def wait_no_lag(bootstrap: str, group: str, topic: str, timeout: float = 60) -> None:
     async def none_left() -> bool:
-        lag = await lag_by_partition(bootstrap, group, topic)
+        lag = await lag_by_partition(bootstrap, group, [topic])
         return bool(lag) and all(v == 0 for v in lag.values())
 
     await wait_for(none_left, timeout=timeout, interval=0.5, what=f"no lag on {topic}")

@@ -77,6 +77,7 @@ from streams.dev.bench.report import (
 from streams.dev.process import Child
 from streams.dev.replicas import free_port
 from streams.kafka.reader import TopicReader
+from streams.output import Progress
 from streams.polling import wait_until
 
 DEFAULT_OUT_DIR = Path("bench-results")
@@ -236,30 +237,25 @@ class OutputCollector:
                     self.done[job_id] = done
 
     async def wait_all(
-        self,
-        ids: Sequence[str],
-        *,
-        within_s: float,
-        progress: Callable[[int], None] | None = None,
+        self, ids: Sequence[str], *, within_s: float, progress: Progress | None = None
     ) -> None:
-        deadline = time.monotonic() + within_s
         wanted = set(ids)
-        last_report = time.monotonic()
-        while True:
+
+        async def all_in() -> bool:
+            nonlocal wanted
             if self._task is not None and self._task.done():
                 self._task.result()  # the reader died: say why
             wanted = {i for i in wanted if i not in self.done}
-            if not wanted:
-                return
-            now = time.monotonic()
-            if now >= deadline:
-                raise TimeoutError(
-                    f"timed out after {within_s:g}s: {len(ids) - len(wanted)}/{len(ids)} outputs"
-                )
-            if progress is not None and now - last_report >= 5:
-                progress(len(ids) - len(wanted))
-                last_report = now
-            await asyncio.sleep(0.05)
+            if progress is not None:
+                progress.update(len(ids) - len(wanted))
+            return not wanted
+
+        try:
+            await wait_until(all_in, within_s=within_s, interval_s=0.05, what="the outputs")
+        except TimeoutError:
+            raise TimeoutError(
+                f"timed out after {within_s:g}s: {len(ids) - len(wanted)}/{len(ids)} outputs"
+            ) from None
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -437,12 +433,10 @@ class Bench:
             )
             result["publish_s"] = round(published - started, 3)
 
-            def progress(k: int) -> None:
-                rate = k / max(time.time() - started, 1e-6)
-                _say(f"{spec.name}: {k}/{jobs} done ({rate:,.0f}/s so far)")
-
             try:
-                await collector.wait_all(timed_ids, within_s=self.timeout_s, progress=progress)
+                # a live bar on a terminal, a line every 5 s in a pipe or a log
+                with Progress(jobs, f"[bench] {spec.name}: done", file=sys.stderr) as progress:
+                    await collector.wait_all(timed_ids, within_s=self.timeout_s, progress=progress)
             finally:
                 result["cpu"] = self._cpu_usage(
                     cpu_before, self._cpu_snapshot(children), children, time.time() - started
