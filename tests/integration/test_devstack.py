@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -46,14 +47,12 @@ async def state_dir(tmp_path: Path) -> AsyncIterator[Path]:
 
 
 def _listening(port: int) -> list[str]:
-    """Local addresses (hex, as in /proc/net/tcp*) with a socket listening on ``port``."""
+    """Local addresses with a TCP socket (IPv4 or IPv6) listening on ``port``."""
     found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            addr, hex_port = fields[1].split(":")
-            if int(hex_port, 16) == port and fields[3] == "0A":
-                found.append(addr)
+    for conn in psutil.net_connections("tcp"):
+        addr = conn.laddr
+        if conn.status == psutil.CONN_LISTEN and addr and addr.port == port:
+            found.append(addr.ip)
     return found
 
 
@@ -84,7 +83,7 @@ async def _assert_answers(info: stack_state.StackInfo) -> None:
         await conn.close()
 
     for port in (info.kafka_port, info.controller_port, info.pg_port):
-        assert _listening(port) == ["0100007F"], port  # 127.0.0.1, and nothing on IPv6
+        assert _listening(port) == ["127.0.0.1"], port  # and nothing on IPv6
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
