@@ -44,7 +44,7 @@ from models.errors import (
     JobTimeoutError,
     RateLimitedError,
 )
-from models.job import FailureRecord, JobEvent, JobOutcome, JobStatus, derived_job_id
+from models.job import FailureRecord, JobEvent, JobOutcome, JobStatus
 from models.job import utcnow as now
 from models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
 from streams import observability
@@ -187,7 +187,7 @@ class Pipeline:
                 rec.value,
                 max_bytes=self.settings.max_event_bytes,
                 # a replayed copy of an id-less event gets the id of the one it replays
-                default_id=derived_job_id(att.replay_of or rec.coordinates),
+                id_source=att.replay_of or rec.coordinates,
             )
         except InvalidJobError as exc:
             return await self._invalid_input(att, exc)
@@ -420,7 +420,7 @@ class Pipeline:
             stored = await self._write(self._row(att, JobStatus.RETRYING, error="(refused)"))
         if stored.status is JobStatus.RUNNING:
             return self._claim_lost(att, job_type.name)
-        self.metrics.retries.labels(tier=tier.topic.rsplit(".", 1)[-1]).inc()
+        self.metrics.retries.labels(tier=tier.label).inc()
         self.metrics.jobs_completed.labels(type=job_type.name, outcome="retried").inc()
         return "retried"
 

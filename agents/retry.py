@@ -50,5 +50,5 @@ class RetryForwarder:
             return await p.fail_record(rec, exc, DeadLetterReason.UNPUBLISHABLE, job)
         except Exception as exc:  # noqa: BLE001 - not transient (DurableSteps retried those): never crash
             return await p.fail_record(rec, exc, DeadLetterReason.INTERNAL_ERROR, job)
-        p.metrics.retry_republished.labels(tier=tier.topic.rsplit(".", 1)[-1]).inc()
+        p.metrics.retry_republished.labels(tier=tier.label).inc()
         return "republished"

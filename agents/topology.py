@@ -76,6 +76,6 @@ def register_agents(app: faust.App, runtime: AgentHost) -> None:
 
         app.agent(
             tier_topic,
-            name=f"jobstream.retry.{tier.topic.rsplit('.', 1)[-1]}",
+            name=f"jobstream.retry.{tier.label}",
             concurrency=settings.concurrency,
         )(make_forward())

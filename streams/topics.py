@@ -30,6 +30,11 @@ class RetryTier:
     delay_s: float
     topic: str
 
+    @property
+    def label(self) -> str:
+        """The tier's name in topics, agent names and metric labels: ``10s``, ``1m``, ..."""
+        return tier_label(self.delay_s)
+
 
 @dataclass(frozen=True)
 class TopicNames:

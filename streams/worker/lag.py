@@ -100,7 +100,7 @@ class LagMonitor:
         self.interval_s = interval_s
         self.options = dict(options or {})
         self.clock = clock
-        self._tiers = {t.topic: t.topic.rsplit(".", 1)[-1] for t in topics.tiers}
+        self._tiers = {t.topic: t.label for t in topics.tiers}
         self._admin: AIOKafkaAdminClient | None = None
         self._peek: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
