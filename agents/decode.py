@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
 
 from models.deadletter import DeadLetterReason
 from models.errors import InvalidJobError
-from models.job import SCHEMA_VERSION, JobEvent
+from models.job import SCHEMA_VERSION, JobEvent, derived_job_id
 
 
-def decode_event(raw: bytes | None, *, max_bytes: int, default_id: str | None = None) -> JobEvent:
+def decode_event(raw: bytes | None, *, max_bytes: int, id_source: str | None = None) -> JobEvent:
     """Raises :class:`InvalidJobError` with a :class:`DeadLetterReason` value as its reason.
 
-    ``default_id`` is the id of an event published without one; the caller derives it from
-    the record's coordinates, so every delivery of that record gets the same id.
+    An event published without an id gets one derived from ``id_source`` (the record's
+    coordinates), so every delivery of that record gets the same id; it is derived only then.
     """
     if raw is None:
         raise InvalidJobError(DeadLetterReason.INVALID_BYTES, "record has no value (tombstone)")
@@ -50,8 +51,8 @@ def decode_event(raw: bytes | None, *, max_bytes: int, default_id: str | None = 
             DeadLetterReason.UNSUPPORTED_VERSION,
             f"schema version {version!r} is not supported (this worker reads v{SCHEMA_VERSION})",
         )
-    if default_id is not None and "id" not in data:
-        data["id"] = default_id
+    if id_source is not None and "id" not in data:
+        data["id"] = derived_job_id(id_source)
     try:
         return JobEvent.model_validate(data)
     except (ValidationError, RecursionError) as exc:
@@ -65,43 +66,37 @@ def _refuse_constant(name: str) -> Any:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def _strings(data: Any) -> Iterator[str]:
+    """Every string (key or value) of a JSON document; no recursion: documents nest deeply."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
 def unstorable_char(data: Any) -> str | None:
     """Why a string (key or value) in a JSON document cannot be stored or re-encoded, if so.
 
     PostgreSQL's text and jsonb hold neither U+0000 nor a lone UTF-16 surrogate (``\\ud800``),
     and UTF-8 cannot encode the latter: such an event could be neither stored nor retried.
-    No recursion: documents may nest deeply.
     """
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return "contains the character U+0000, which PostgreSQL cannot store"
-            if _SURROGATE.search(item):
-                return "contains a lone UTF-16 surrogate escape, which is not a Unicode character"
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
+    for item in _strings(data):
+        if "\x00" in item:
+            return "contains the character U+0000, which PostgreSQL cannot store"
+        if _SURROGATE.search(item):
+            return "contains a lone UTF-16 surrogate escape, which is not a Unicode character"
     return None
 
 
 def has_nul(data: Any) -> bool:
-    """Whether any string (key or value) in a JSON document holds U+0000; no recursion."""
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-    return False
+    """Whether any string (key or value) in a JSON document holds U+0000."""
+    return any("\x00" in item for item in _strings(data))
 
 
 def readable_id(raw: bytes | None, *, max_bytes: int) -> str | None:

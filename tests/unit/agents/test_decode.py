@@ -84,10 +84,10 @@ def test_decode_refuses_lone_surrogates_and_fills_a_missing_id() -> None:
         decode_event(b'{"type": "echo", "payload": {"s": "\\ud800"}}', max_bytes=1000)
     assert err.value.reason == DeadLetterReason.INVALID_JSON
     coords = "jobs:3:17"
-    job = decode_event(b'{"type": "echo"}', max_bytes=1000, default_id=derived_job_id(coords))
-    again = decode_event(b'{"type": "echo"}', max_bytes=1000, default_id=derived_job_id(coords))
+    job = decode_event(b'{"type": "echo"}', max_bytes=1000, id_source=coords)
+    again = decode_event(b'{"type": "echo"}', max_bytes=1000, id_source=coords)
     assert job.id == again.id == derived_job_id(coords) != derived_job_id("jobs:3:18")
-    given = decode_event(b'{"type": "echo", "id": "mine"}', max_bytes=1000, default_id="x")
+    given = decode_event(b'{"type": "echo", "id": "mine"}', max_bytes=1000, id_source="jobs:0:0")
     assert given.id == "mine"
 
 
