@@ -150,7 +150,6 @@ class FakeStore:
         self.lease_s = lease_s
         self.rows: dict[str, FakeRow] = {}
         self.held: dict[str, str] = {}
-        self.lost: set[str] = set()
         self.faults = _Faults()
         self.refuse: Callable[[JobRow], BaseException | None] | None = None
         self.calls = _Calls()
@@ -187,16 +186,15 @@ class FakeStore:
     def release(self, job_id: str, token: str) -> None:
         if self.held.get(job_id) == token:
             del self.held[job_id]
-        self.lost.discard(job_id)
 
     async def renew(self) -> None:
-        """``_RENEW``: extend every held lease still ours; the others are lost."""
+        """``_RENEW``: extend every held lease still ours; the others are no longer held."""
         for job_id, token in list(self.held.items()):
             row = self.rows.get(job_id)
             if row is not None and row.claim_token == token and row.status is JobStatus.RUNNING:
                 row.lease_until = self._lease()
             else:
-                self.lost.add(job_id)
+                del self.held[job_id]
 
     # -- the statements ----------------------------------------------------------------------
 

@@ -126,11 +126,6 @@ class Publisher:
             DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, list(headers or ()))
         )
 
-    def fits(
-        self, topic: str, value: bytes | None, *, key: bytes | None = None, headers: Headers = ()
-    ) -> bool:
-        return self.record_size(value, key, headers) <= self.limit(topic)
-
     # -- sending -----------------------------------------------------------------------------
 
     async def send(

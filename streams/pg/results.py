@@ -173,8 +173,6 @@ class ResultStore:
         )
         self.held: dict[str, str] = {}
         """job id -> claim token of every claim this process holds now (renewed together)."""
-        self.lost: set[str] = set()
-        """Claims found taken over at renewal: another execution owns those jobs now."""
         self._renewer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -209,7 +207,6 @@ class ResultStore:
         """Stop renewing: the claim's job has its state written (or was abandoned)."""
         if self.held.get(job_id) == token:
             del self.held[job_id]
-        self.lost.discard(job_id)
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         return await fetch_job(self._pool, job_id)
@@ -323,6 +320,7 @@ class ResultStore:
         renewed = {r["job_id"] for r in records}
         for job_id, token in held.items():
             if job_id not in renewed and self.held.get(job_id) == token:
-                self.lost.add(job_id)
+                # taken over by another execution: no longer ours to renew (counted once)
+                del self.held[job_id]
                 if self._metrics is not None:
                     self._metrics.claims_lost.inc()
