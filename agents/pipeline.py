@@ -22,6 +22,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -75,8 +76,16 @@ class RowRefusedError(JobstreamError):
     """Raised when PostgreSQL refuses a job's row for what it holds (not for an outage)."""
 
 
+@dataclass(slots=True)
+class Ran:
+    """A handler that returned: its result, and how long it took (seconds)."""
+
+    result: Any
+    elapsed: float
+
+
 @dataclass
-class _Attempt:
+class Attempt:
     """What is known of the record being handled: enough to dead-letter it from anywhere."""
 
     rec: Record
@@ -145,58 +154,72 @@ class Pipeline:
     async def handle(self, rec: Record) -> str:
         """Process one record; returns the outcome label (for metrics and tests)."""
         self.metrics.in_flight.inc()
-        att = _Attempt(rec=rec, job_id=f"invalid:{rec.coordinates}")
+        att = Attempt(rec=rec, job_id=f"invalid:{rec.coordinates}")
         try:
             return await self._handle(att)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug of the pipeline's own: the record still ends
-            return await self._internal_error(att, exc)
+            return await self.internal_error(att, exc)
         finally:
             self.metrics.in_flight.dec()
-            self._release(att)
+            self.release(att)
 
     async def dead_letter_input(self, rec: Record, exc: InvalidJobError) -> str:
         """Undecodable input (also from a retry topic): a dead letter under its readable id."""
-        att = _Attempt(rec=rec, job_id=f"invalid:{rec.coordinates}")
+        att = Attempt(rec=rec, job_id=f"invalid:{rec.coordinates}")
         try:
             return await self._invalid_input(att, exc)
         finally:
-            self._release(att)
+            self.release(att)
 
     async def fail_record(
         self, rec: Record, exc: BaseException, reason: DeadLetterReason, job: JobEvent | None
     ) -> str:
         """End a record another stage could not pass on (the retry forwarder's republish):
         a dead letter, and the terminal row when the job's claim can be taken."""
-        att = _Attempt(rec=rec, job_id=job.id if job else f"invalid:{rec.coordinates}")
+        att = Attempt(rec=rec, job_id=job.id if job else f"invalid:{rec.coordinates}")
         if job is not None:
             att.job_type, att.attempt = job.type, job.attempt
             att.created_at, att.history = job.created_at, list(job.history)
         try:
             await self._claim_once(att)
-            return await self._dead_letter(att, exc, reason, write_row=att.claimed)
+            return await self.dead_letter(att, exc, reason, write_row=att.claimed)
         finally:
-            self._release(att)
+            self.release(att)
 
-    async def _handle(self, att: _Attempt) -> str:
-        rec = att.rec
-        att.replay_of = rec.header(REPLAY_HEADER)
+    async def _handle(self, att: Attempt) -> str:
         try:
-            job = decode_event(
-                rec.value,
-                max_bytes=self.settings.max_event_bytes,
-                # a replayed copy of an id-less event gets the id of the one it replays
-                id_source=att.replay_of or rec.coordinates,
-            )
+            job = self.decode(att)
         except InvalidJobError as exc:
             return await self._invalid_input(att, exc)
-        att.job_id, att.job_type, att.attempt = job.id, job.type, job.attempt
-        att.created_at, att.history = job.created_at, list(job.history)
         job_type = self.registry.get(job.type)
         type_label = job_type.name if job_type else "unknown"
-        self.metrics.jobs_received.labels(type=type_label).inc()
-        with observability.job_scope(
+        self.metrics.for_type(type_label).received.inc()
+        with self.scope(att, job):
+            waited = await self._claim(att, type_label)
+            if waited is not None:
+                return waited
+            return await self._run(att, job, job_type)
+
+    def decode(self, att: Attempt) -> JobEvent:
+        """The record's job, its facts copied onto ``att``; raises InvalidJobError."""
+        rec = att.rec
+        att.replay_of = rec.header(REPLAY_HEADER)
+        job = decode_event(
+            rec.value,
+            max_bytes=self.settings.max_event_bytes,
+            # a replayed copy of an id-less event gets the id of the one it replays
+            id_source=att.replay_of or rec.coordinates,
+        )
+        att.job_id, att.job_type, att.attempt = job.id, job.type, job.attempt
+        att.created_at, att.history = job.created_at, list(job.history)
+        return job
+
+    def scope(self, att: Attempt, job: JobEvent) -> AbstractContextManager[None]:
+        """What an error report raised while the job runs is tagged with (never its payload)."""
+        rec = att.rec
+        return observability.job_scope(
             job_id=job.id,
             job_type=job.type,
             attempt=job.attempt,
@@ -206,38 +229,19 @@ class Pipeline:
             partition=rec.partition,
             offset=rec.offset,
             payload=job.payload,
-        ):
-            waited = await self._claim(att, type_label)
-            if waited is not None:
-                return waited
-            return await self._run(att, job, job_type)
+        )
 
     # -- claims ------------------------------------------------------------------------------
 
-    async def _claim(self, att: _Attempt, type_label: str) -> str | None:
+    async def _claim(self, att: Attempt, type_label: str) -> str | None:
         """Hold the job's claim (None), or end this copy: its outcome label when the job is
         already done or this attempt is a redelivery of one whose result is durable."""
-        request = ClaimRequest(
-            job_id=att.job_id,
-            type=att.job_type,
-            attempt=att.attempt,
-            token=att.token,
-            created_at=att.created_at,
-            replay=att.replay_of is not None,
-        )
+        request = self.claim_request(att)
         waits = 0
         while True:
             claim = await self.durably("claim", lambda: self.store.claim(request))
             if claim.won:
-                att.claimed = True
-                self._running[att.job_id] = asyncio.get_running_loop().create_future()
-                if claim.takeover:
-                    self.metrics.claim_takeovers.labels(type=type_label).inc()
-                    log.warning(
-                        "job %s: took over an expired claim (takeover %d)",
-                        att.job_id, claim.takeovers,
-                    )  # fmt: skip
-                att.takeovers = claim.takeovers
+                self.hold(att, claim, type_label)
                 return None
             ended = await self._not_claimed(att, claim, type_label)
             if ended is not None:
@@ -247,12 +251,34 @@ class Pipeline:
             waits += 1
             await self._wait_for_holder(att.job_id, waits)
 
-    async def _not_claimed(self, att: _Attempt, claim: ClaimResult, type_label: str) -> str | None:
+    @staticmethod
+    def claim_request(att: Attempt) -> ClaimRequest:
+        return ClaimRequest(
+            job_id=att.job_id,
+            type=att.job_type,
+            attempt=att.attempt,
+            token=att.token,
+            created_at=att.created_at,
+            replay=att.replay_of is not None,
+        )
+
+    def hold(self, att: Attempt, claim: ClaimResult, type_label: str) -> None:
+        """The claim was won: this execution runs the job (a local copy waits for it)."""
+        att.claimed = True
+        self._running[att.job_id] = asyncio.get_running_loop().create_future()
+        if claim.takeover:
+            self.metrics.claim_takeovers.labels(type=type_label).inc()
+            log.warning(
+                "job %s: took over an expired claim (takeover %d)", att.job_id, claim.takeovers
+            )
+        att.takeovers = claim.takeovers
+
+    async def _not_claimed(self, att: Attempt, claim: ClaimResult, type_label: str) -> str | None:
         existing = claim.existing
         if existing is None:
             return None  # inserted by someone after this statement's snapshot: look again
         if existing.status.terminal:
-            await self.durably("re-emit", lambda: self._emit_outcome(att, existing, True))
+            await self.durably("re-emit", lambda: self.emit_outcome(att, existing, True))
             self.metrics.jobs_completed.labels(type=type_label, outcome="reemitted").inc()
             return "reemitted"
         if existing.attempt > att.attempt or (
@@ -272,7 +298,7 @@ class Pipeline:
         cap = max(0.2, min(2.0, self.settings.claim_lease_s / 4))
         await asyncio.sleep(compute_backoff(waits, base_s=0.05, max_s=cap, jitter=0.2))
 
-    def _release(self, att: _Attempt) -> None:
+    def release(self, att: Attempt) -> None:
         if not att.claimed:
             return
         att.claimed = False
@@ -283,35 +309,45 @@ class Pipeline:
 
     # -- running the claimed job ---------------------------------------------------------------
 
-    async def _run(self, att: _Attempt, job: JobEvent, job_type: JobType | None) -> str:
+    async def _run(self, att: Attempt, job: JobEvent, job_type: JobType | None) -> str:
+        ran = await self.attempt(att, job, job_type)
+        if isinstance(ran, str):
+            return ran
+        assert job_type is not None
+        return await self.succeed(att, job, job_type, ran.result, ran.elapsed)
+
+    async def attempt(self, att: Attempt, job: JobEvent, job_type: JobType | None) -> str | Ran:
+        """Run a claimed job's handler. A failure is routed here (retry event or dead letter:
+        its outcome label is returned); a success is returned to be written by the caller,
+        alone (``succeed``) or with its batch (:mod:`agents.batch`)."""
         if job_type is None:
             unknown = InvalidJobError(
                 DeadLetterReason.UNKNOWN_TYPE, f"unknown job type {job.type!r}"
             )
-            return await self._dead_letter(att, unknown, DeadLetterReason.UNKNOWN_TYPE)
+            return await self.dead_letter(att, unknown, DeadLetterReason.UNKNOWN_TYPE)
         if att.takeovers >= job_type.policy.max_attempts:
             stalled = JobTimeoutError(
                 f"its claim expired {att.takeovers} times (max_attempts"
                 f" {job_type.policy.max_attempts}): every execution died or stalled"
             )
-            return await self._dead_letter(att, stalled, DeadLetterReason.STALLED, retryable=True)
+            return await self.dead_letter(att, stalled, DeadLetterReason.STALLED, retryable=True)
         try:
             payload = job_type.payload_model.model_validate(job.payload)
         except ValidationError as exc:
             invalid = InvalidJobError(DeadLetterReason.INVALID_PAYLOAD, payload_error(exc))
-            return await self._dead_letter(att, invalid, DeadLetterReason.INVALID_PAYLOAD)
+            return await self.dead_letter(att, invalid, DeadLetterReason.INVALID_PAYLOAD)
 
         started = time.perf_counter()
         result, failure = await self._execute(job, job_type, payload)
         elapsed = time.perf_counter() - started
-        self.metrics.handler_duration.labels(type=job_type.name).observe(elapsed)
+        self.metrics.for_type(job_type.name).handler_duration.observe(elapsed)
 
         if failure is None:
-            return await self._succeed(att, job, job_type, result, elapsed)
+            return Ran(result, elapsed)
         if failure.retryable and job.attempt < job_type.policy.max_attempts:
             return await self._retry(att, job, job_type, failure)
         reason = DeadLetterReason.EXHAUSTED if failure.retryable else DeadLetterReason.FATAL_ERROR
-        return await self._dead_letter(att, failure.exc, reason, failure=failure)
+        return await self.dead_letter(att, failure.exc, reason, failure=failure)
 
     async def _execute(
         self, job: JobEvent, job_type: JobType, payload: Any
@@ -353,30 +389,36 @@ class Pipeline:
 
     # -- routing -----------------------------------------------------------------------------
 
-    async def _succeed(
-        self, att: _Attempt, job: JobEvent, job_type: JobType, result: Any, elapsed: float
+    async def succeed(
+        self, att: Attempt, job: JobEvent, job_type: JobType, result: Any, elapsed: float
     ) -> str:
-        row = self._row(att, JobStatus.SUCCEEDED, result=result, finished_at=now())
+        row = self.success_row(att, result, now())
         try:
             stored = await self._write(row)
         except RowRefusedError as exc:
-            return await self._dead_letter(att, exc, DeadLetterReason.UNSTORABLE)
+            return await self.dead_letter(att, exc, DeadLetterReason.UNSTORABLE)
         if stored.status is JobStatus.RUNNING:
-            return self._claim_lost(att, job_type.name)
+            return self.claim_lost(att, job_type.name)
         reemitted = stored.finished_at != row.finished_at
         await self.durably(
             "outcome",
-            lambda: self._emit_outcome(att, stored, reemitted, duration_ms=elapsed * 1000),
+            lambda: self.emit_outcome(att, stored, reemitted, duration_ms=elapsed * 1000),
         )
-        outcome = "reemitted" if reemitted else "succeeded"
-        self.metrics.jobs_completed.labels(type=job_type.name, outcome=outcome).inc()
-        self.metrics.job_latency.labels(type=job_type.name).observe(
-            (now() - job.created_at).total_seconds()
-        )
-        return outcome
+        return self.count_success(job, job_type, reemitted, now())
+
+    def count_success(
+        self, job: JobEvent, job_type: JobType, reemitted: bool, at: datetime
+    ) -> str:
+        counted = self.metrics.for_type(job_type.name)
+        counted.latency.observe((at - job.created_at).total_seconds())
+        if reemitted:
+            counted.reemitted.inc()
+            return "reemitted"
+        counted.succeeded.inc()
+        return "succeeded"
 
     async def _retry(
-        self, att: _Attempt, job: JobEvent, job_type: JobType, failure: _Failure
+        self, att: Attempt, job: JobEvent, job_type: JobType, failure: _Failure
     ) -> str:
         tier = self.topics.tier_for_attempt(job.attempt)
         delay = compute_backoff(
@@ -399,7 +441,7 @@ class Pipeline:
                 f"the retry event would exceed {tier.topic}'s limit of"
                 f" {self.publisher.limit(tier.topic)} bytes"
             )
-            return await self._dead_letter(att, too_big, DeadLetterReason.UNPUBLISHABLE)
+            return await self.dead_letter(att, too_big, DeadLetterReason.UNPUBLISHABLE)
         # Publish first: a "retrying" row at attempt k tells a redelivery of attempt k that its
         # retry is already durable, so it must never exist without that retry event.
         try:
@@ -410,7 +452,7 @@ class Pipeline:
                 ),
             )
         except RecordTooLargeError as exc:
-            return await self._dead_letter(att, exc, DeadLetterReason.UNPUBLISHABLE)
+            return await self.dead_letter(att, exc, DeadLetterReason.UNPUBLISHABLE)
         row = self._row(
             att, JobStatus.RETRYING, error=record.message, error_class=record.error_class
         )
@@ -419,12 +461,12 @@ class Pipeline:
         except RowRefusedError:
             stored = await self._write(self._row(att, JobStatus.RETRYING, error="(refused)"))
         if stored.status is JobStatus.RUNNING:
-            return self._claim_lost(att, job_type.name)
+            return self.claim_lost(att, job_type.name)
         self.metrics.retries.labels(tier=tier.label).inc()
         self.metrics.jobs_completed.labels(type=job_type.name, outcome="retried").inc()
         return "retried"
 
-    async def _invalid_input(self, att: _Attempt, exc: InvalidJobError) -> str:
+    async def _invalid_input(self, att: Attempt, exc: InvalidJobError) -> str:
         """Undecodable input. It keeps the id it carries when one can be read; else its
         source coordinates are its id, the same for every delivery of the record."""
         rec = att.rec
@@ -448,12 +490,12 @@ class Pipeline:
             existing = await self._claim_once(att)
             redelivered = existing is not None and existing.source == rec.coordinates
             if existing is not None and existing.status.terminal and redelivered:
-                await self.durably("re-emit", lambda: self._emit_outcome(att, existing, True))
+                await self.durably("re-emit", lambda: self.emit_outcome(att, existing, True))
                 return "reemitted"
             # else the id is free (claimed now), or another record's: this one gets its letter
-            return await self._dead_letter(att, exc, reason, write_row=att.claimed)
+            return await self.dead_letter(att, exc, reason, write_row=att.claimed)
 
-    async def _claim_once(self, att: _Attempt) -> StoredState | None:
+    async def _claim_once(self, att: Attempt) -> StoredState | None:
         """One claim try for a record that runs no handler; the row as it was when not won."""
         request = ClaimRequest(
             job_id=att.job_id,
@@ -466,14 +508,14 @@ class Pipeline:
         att.claimed = claim.won
         return None if claim.won else claim.existing
 
-    async def _internal_error(self, att: _Attempt, exc: Exception) -> str:
+    async def internal_error(self, att: Attempt, exc: Exception) -> str:
         log.error(
             "internal error on %s (job %s): %s", att.rec.coordinates, att.job_id, describe(exc)
         )
         try:
             if not att.claimed:
                 await self._claim_once(att)
-            return await self._dead_letter(
+            return await self.dead_letter(
                 att, exc, DeadLetterReason.INTERNAL_ERROR, write_row=att.claimed
             )
         except asyncio.CancelledError:
@@ -485,9 +527,9 @@ class Pipeline:
             )
             return "unroutable"
 
-    async def _dead_letter(
+    async def dead_letter(
         self,
-        att: _Attempt,
+        att: Attempt,
         exc: BaseException,
         reason: DeadLetterReason,
         *,
@@ -544,12 +586,12 @@ class Pipeline:
                 )
             )
         if stored.status is JobStatus.RUNNING:
-            return self._claim_lost(att, label)
+            return self.claim_lost(att, label)
         reemitted = stored.finished_at != row.finished_at
-        await self.durably("outcome", lambda: self._emit_outcome(att, stored, reemitted))
+        await self.durably("outcome", lambda: self.emit_outcome(att, stored, reemitted))
         return "dead_lettered"
 
-    def _claim_lost(self, att: _Attempt, type_label: str) -> str:
+    def claim_lost(self, att: Attempt, type_label: str) -> str:
         """Our lease expired and another execution took the job over: its result counts."""
         self.metrics.jobs_completed.labels(type=type_label, outcome="claim_lost").inc()
         log.warning("job %s: claim lost to another execution; result discarded", att.job_id)
@@ -574,7 +616,7 @@ class Pipeline:
 
     def _letter(
         self,
-        att: _Attempt,
+        att: Attempt,
         *,
         reason: DeadLetterReason,
         exc: BaseException,
@@ -602,7 +644,10 @@ class Pipeline:
             **original_facts(rec.value),
         )
 
-    def _row(self, att: _Attempt, status: JobStatus, **fields: Any) -> JobRow:
+    def success_row(self, att: Attempt, result: Any, finished_at: datetime) -> JobRow:
+        return self._row(att, JobStatus.SUCCEEDED, result=result, finished_at=finished_at)
+
+    def _row(self, att: Attempt, status: JobStatus, **fields: Any) -> JobRow:
         fields.setdefault("source", "worker")
         fields.setdefault("replay_of", att.replay_of)
         return JobRow(
@@ -626,14 +671,29 @@ class Pipeline:
             retryable=failure.retryable,
         )
 
-    async def _emit_outcome(
+    async def emit_outcome(
         self,
-        att: _Attempt,
+        att: Attempt,
         stored: StoredState,
         reemitted: bool,
         *,
         duration_ms: float | None = None,
     ) -> None:
+        key, value = self.outcome_record(att, stored, reemitted, duration_ms=duration_ms)
+        try:
+            await self.publisher.send_and_wait(self.topics.outcomes, value, key=key)
+        except RecordTooLargeError:
+            self.outcome_refused(att)
+
+    def outcome_record(
+        self,
+        att: Attempt,
+        stored: StoredState,
+        reemitted: bool,
+        *,
+        duration_ms: float | None = None,
+    ) -> tuple[bytes, bytes]:
+        """The key and value of the job's outcome record, fitted to the topic's limit."""
         outcome = JobOutcome(
             job_id=att.job_id,
             type=att.job_type,
@@ -648,13 +708,12 @@ class Pipeline:
             reemitted=reemitted,
         )
         key = att.job_id.encode()
-        value = fit_outcome(outcome, self._budget(self.topics.outcomes, key, ()))
-        try:
-            await self.publisher.send_and_wait(self.topics.outcomes, value, key=key)
-        except RecordTooLargeError:
-            # even without its result: nothing more to drop; the row holds the whole state
-            self.metrics.unroutable.inc()
-            log.error("outcome of job %s refused by Kafka even without its result", att.job_id)
+        return key, fit_outcome(outcome, self._budget(self.topics.outcomes, key, ()))
+
+    def outcome_refused(self, att: Attempt) -> None:
+        # even without its result: nothing more to drop; the row holds the whole state
+        self.metrics.unroutable.inc()
+        log.error("outcome of job %s refused by Kafka even without its result", att.job_id)
 
 
 def _headers_size(headers: Sequence[tuple[str, bytes]]) -> int:

@@ -8,7 +8,9 @@ them the real ones (``streams.pg.results.ResultStore``, ``streams.kafka.publishe
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
 from streams.kafka.publisher import Headers
@@ -30,6 +32,16 @@ class JobStore(Protocol):
         """The claim ``token`` took on ``job_id`` is done with: stop renewing it."""
         ...
 
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
+        """``claim`` for a whole batch in one round trip, results in request order."""
+        ...
+
+    async def write_many(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:
+        """``write`` for a whole batch in one statement, in row order; a row PostgreSQL refuses
+        for its content gets its exception in its place, the others are still written. Raises
+        only for what fails the whole batch (an outage)."""
+        ...
+
 
 class RecordPublisher(Protocol):
     """Durable sends, and each topic's size limit (see ``streams.kafka.publisher``)."""
@@ -44,6 +56,18 @@ class RecordPublisher(Protocol):
     ) -> object:
         """Once the record is durable. Raises ``RecordTooLargeError`` for a record the topic
         refuses for its size, and a transient error for one that may go through later."""
+        ...
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> asyncio.Future[Any]:
+        """Once the record is queued; the future resolves once it is durable. Raises like
+        ``send_and_wait`` for a record the topic refuses for its size."""
         ...
 
     def limit(self, topic: str) -> int:

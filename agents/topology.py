@@ -5,7 +5,8 @@ runtime.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import faust
 
@@ -25,6 +26,10 @@ class AgentHost(Protocol):
     async def gate(self) -> None: ...
 
     async def process(self, rec: Record) -> str: ...
+
+    async def admit(self) -> None: ...
+
+    def submit(self, rec: Record, ack: Callable[[], object]) -> None: ...
 
     async def forward(self, rec: Record, tier: RetryTier) -> str: ...
 
@@ -55,12 +60,17 @@ def register_agents(app: faust.App, runtime: AgentHost) -> None:
     main_topic = app.topic(runtime.topics.main, key_serializer="raw", value_serializer="raw")
 
     async def process(stream: faust.StreamT[Any]) -> None:
-        async for event in stream.events():
-            await runtime.gate()
-            await runtime.process(to_record(event.message))
-            event.ack()
+        # One agent takes every record of the replica's partitions and hands it on without
+        # waiting (runtime.submit: the batch path), so the agent is never the bound; the
+        # in-flight limit (admit) and the handler slots (settings.concurrency) are. Acks are
+        # manual (noack): a record is acked only once its results are durable, never by
+        # faust when the agent moves on or is cancelled.
+        async for event in cast("faust.Stream[Any]", stream).noack().events():
+            await runtime.admit()
+            await runtime.gate()  # after admit: a drain that began meanwhile holds it here
+            runtime.submit(to_record(event.message), event.ack)
 
-    app.agent(main_topic, name="jobstream.process", concurrency=settings.concurrency)(process)
+    app.agent(main_topic, name="jobstream.process", concurrency=1)(process)
 
     for tier in runtime.topics.tiers:
         tier_topic = app.topic(tier.topic, key_serializer="raw", value_serializer="raw")

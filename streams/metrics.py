@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+@dataclass(frozen=True, slots=True)
+class TypeMetrics:
+    """The children of one job type's per-job metrics, looked up once: ``.labels()`` costs a
+    lock and a tuple per call, which the hot path would otherwise pay several times per job."""
+
+    received: Any
+    succeeded: Any
+    reemitted: Any
+    handler_duration: Any
+    latency: Any
 
 
 class Metrics:
@@ -216,3 +231,17 @@ class Metrics:
             "Size of the jobs table with its indexes and TOAST (pg_total_relation_size)",
             registry=r,
         )
+        self._by_type: dict[str, TypeMetrics] = {}
+
+    def for_type(self, job_type: str) -> TypeMetrics:
+        """``job_type`` is a registered type's name or ``unknown``: the set stays small."""
+        found = self._by_type.get(job_type)
+        if found is None:
+            found = self._by_type[job_type] = TypeMetrics(
+                received=self.jobs_received.labels(type=job_type),
+                succeeded=self.jobs_completed.labels(type=job_type, outcome="succeeded"),
+                reemitted=self.jobs_completed.labels(type=job_type, outcome="reemitted"),
+                handler_duration=self.handler_duration.labels(type=job_type),
+                latency=self.job_latency.labels(type=job_type),
+            )
+        return found

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     # processing
     concurrency: int = Field(default=25, ge=1, le=5000)
     """jobs run at once per replica"""
+    max_in_flight: int = Field(
+        default=0,
+        ge=0,
+        description="records taken from the main topic and not yet finished, at most (waiting"
+        " for a handler slot, running, or being written); 0: concurrency + 2 x batch_max_size",
+    )
     buffer_maxsize: int = Field(default=1000, ge=1, description="events prefetched per partition")
     max_event_bytes: int = Field(
         default=1_000_000,
@@ -131,6 +137,10 @@ class Settings(BaseSettings):
     """rows written to PostgreSQL per group commit, at most"""
     batch_max_delay_ms: float = Field(default=5.0, ge=0)
     """a row waits at most this long for others to join its group commit"""
+    @property
+    def in_flight_limit(self) -> int:
+        return self.max_in_flight or self.concurrency + 2 * self.batch_max_size
+
     db_pool_min: int = Field(default=2, ge=1)
     """PostgreSQL connections kept open"""
     db_pool_max: int = Field(default=10, ge=1)

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import json
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -183,6 +183,32 @@ class FakeStore:
         self.journal.append(f"write {row.job_id} {row.status.value}")
         return stored
 
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
+        """One call (one fault check) for the batch, like the one statement it stands for."""
+        self.calls.tick("claim")
+        self.faults.check("claim")
+        out: list[ClaimResult] = []
+        for request in requests:
+            result = self._claim(request)
+            self.journal.append(f"claim {request.job_id} {'won' if result.won else 'not won'}")
+            if result.won:
+                self.held[request.job_id] = request.token
+            out.append(result)
+        return out
+
+    async def write_many(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:
+        self.calls.tick("write")
+        self.faults.check("write")
+        out: list[StoredState | Exception] = []
+        for row in rows:
+            refused = self.refuse(row) if self.refuse is not None else None
+            if isinstance(refused, Exception):
+                out.append(refused)
+                continue
+            out.append(self._upsert(row))
+            self.journal.append(f"write {row.job_id} {row.status.value}")
+        return out
+
     def release(self, job_id: str, token: str) -> None:
         if self.held.get(job_id) == token:
             del self.held[job_id]
@@ -335,6 +361,24 @@ class FakePublisher:
         self.sent.append(Sent(topic, key, value, tuple(headers or ())))
         self.journal.append(f"publish {topic}")
         return None
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queued and durable at once: the future is already resolved (or failed)."""
+        sent: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            sent.set_result(await self.send_and_wait(topic, value, key=key, headers=headers))
+        except RecordTooLargeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - delivered through the future, like aiokafka
+            sent.set_exception(exc)
+        return sent
 
     def limit(self, topic: str) -> int:
         return self.limits.get(topic, self.default_limit)

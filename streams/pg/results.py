@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -202,6 +203,30 @@ class ResultStore:
         if result.won:
             self.held[request.job_id] = request.token
         return result
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
+        """The batch path's claims: one statement per ``max_size`` requests, no future each."""
+        size = self._claims.max_size
+        out: list[ClaimResult] = []
+        for at in range(0, len(requests), size):
+            chunk = requests[at : at + size]
+            results = await self._claim_batch(chunk)
+            for req, result in zip(chunk, results, strict=True):
+                if result.won:
+                    self.held[req.job_id] = req.token
+            out.extend(results)
+        return out
+
+    async def write_many(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:
+        """The batch path's writes: one statement per ``max_size`` rows, no future each."""
+        size = self._writes.max_size
+        out: list[StoredState | Exception] = []
+        for at in range(0, len(rows), size):
+            started = time.perf_counter()
+            chunk = rows[at : at + size]
+            out.extend(await self._write_batch(chunk))
+            self._observe(len(chunk), time.perf_counter() - started)
+        return out
 
     def release(self, job_id: str, token: str) -> None:
         """Stop renewing: the claim's job has its state written (or was abandoned)."""

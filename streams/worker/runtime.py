@@ -7,12 +7,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
 import asyncpg
 
+from agents.batch import BatchPath
 from agents.catalog import default_registry
 from agents.pipeline import Pipeline
 from agents.registry import Registry
@@ -61,6 +62,7 @@ class Runtime:
         self.limiter: PgRateLimiter | None = None
         self.http: aiohttp.ClientSession | None = None
         self.pipeline: Pipeline | None = None
+        self.batch: BatchPath | None = None
         self.forwarder: RetryForwarder | None = None
         self.sweeper: Sweeper | None = None
         self.web_runner: web.AppRunner | None = None
@@ -71,6 +73,7 @@ class Runtime:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._room = asyncio.Semaphore(settings.in_flight_limit)
         # (topic, partition) -> {offset: Kafka timestamp in ms} of the records being worked on;
         # the lag monitor reads it for the age of the oldest unfinished event
         self.in_flight_records: dict[tuple[str, int], dict[int, int | None]] = {}
@@ -127,6 +130,10 @@ class Runtime:
             metrics=self.metrics,
             http=self.http,
         )
+        self.batch = BatchPath(
+            self.pipeline, max_size=s.batch_max_size, max_delay_s=s.batch_max_delay_ms / 1000
+        )
+        teardown.push_async_callback(self.batch.close)  # before the store and the publisher
         self.forwarder = RetryForwarder(self.pipeline)
         self.sweeper = worker_sweeper(
             s,
@@ -154,6 +161,24 @@ class Runtime:
         assert self.pipeline is not None
         return await self._tracked(rec, self.pipeline.handle(rec))
 
+    async def admit(self) -> None:
+        """Before taking a record for :meth:`submit`: wait while the in-flight limit is
+        reached (the records wait in faust's buffer, which pauses the partition when full)."""
+        await self._room.acquire()
+
+    def submit(self, rec: Record, ack: Callable[[], object]) -> None:
+        """The batch path (after :meth:`admit`): ``ack`` is called once the record's results
+        are durable. Nothing is awaited here, so the agent goes straight to its next record."""
+        assert self.batch is not None
+        self._enter(rec)
+
+        def done(label: str) -> None:
+            self._leave(rec)
+            self._room.release()
+            ack()
+
+        self.batch.submit(rec, done)
+
     async def forward(self, rec: Record, tier: RetryTier) -> str:
         assert self.forwarder is not None
         return await self._tracked(rec, self.forwarder.handle(rec, tier))
@@ -170,17 +195,25 @@ class Runtime:
             await asyncio.Future()  # cancelled when faust stops the agent
 
     async def _tracked(self, rec: Record, work: Awaitable[str]) -> str:
+        self._enter(rec)
+        try:
+            return await work
+        finally:
+            self._leave(rec)
+
+    def _enter(self, rec: Record) -> None:
         self._in_flight += 1
         self._idle.clear()
         records = self.in_flight_records.setdefault((rec.topic, rec.partition), {})
         records[rec.offset] = rec.timestamp_ms
-        try:
-            return await work
-        finally:
+
+    def _leave(self, rec: Record) -> None:
+        records = self.in_flight_records.get((rec.topic, rec.partition))
+        if records is not None:
             records.pop(rec.offset, None)
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
 
     @property
     def in_flight(self) -> int:

@@ -1,0 +1,299 @@
+"""The main topic's batch path: records taken in batches, their handlers run side by side.
+
+Why it exists: one record at a time through claim → handler → row write → outcome → ack costs
+several round trips of waiting and a handful of futures per job, so with a bounded number of
+records in flight the waiting, not the CPU, capped a replica (Little's law). Here the records
+that arrive within a few milliseconds are decoded together and claimed in one statement; each
+won job's handler then runs in its own task under the replica's concurrency limit, so a slow job
+never holds back the fast ones of its batch. Finished jobs are collected again: their rows are
+written in one statement, their outcomes sent without awaiting each and awaited together, and
+only then are their records acknowledged, together.
+
+The guarantees are the per-record path's: a record is acknowledged (and so committed) only once
+its row and outcome are durable, a job runs only under its claim, and a write is fenced by the
+claim's token. Anything off the common path (undecodable input, a claim that is not won, a
+handler failure, a row PostgreSQL refuses, an outcome Kafka refuses) goes to the per-record
+routes of :class:`~agents.pipeline.Pipeline`, which stay the one place those cases are decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from agents.pipeline import Attempt, Pipeline, Ran, RowRefusedError
+from agents.registry import JobType
+from models.deadletter import DeadLetterReason
+from models.errors import InvalidJobError
+from models.job import JobEvent, JobStatus
+from models.job import utcnow as now
+from models.rows import StoredState
+from streams.failures import RecordTooLargeError, describe
+from streams.kafka.record import Record
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Done = Callable[[str], None]
+"""Called once per record with its outcome label, when the record may be acknowledged."""
+
+
+class Collector(Generic[T]):
+    """Items gathered until ``max_size`` of them wait or ``max_delay_s`` after the first one,
+    then handed to ``flush`` in a task of their own.
+
+    Hand-written because what it saves is the point: the group-commit ``Batcher`` gives every
+    item a future of its own to await; here one timer and one task serve a whole batch, and the
+    items carry their own continuation.
+    """
+
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Awaitable[None]],
+        *,
+        max_size: int,
+        max_delay_s: float,
+        spawn: Callable[[Awaitable[None]], None],
+    ) -> None:
+        self._flush = flush
+        self.max_size = max_size
+        self.max_delay_s = max_delay_s
+        self._spawn = spawn
+        self._items: list[T] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, item: T) -> None:
+        self._items.append(item)
+        if len(self._items) >= self.max_size:
+            self.flush_now()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.max_delay_s, self.flush_now)
+
+    def flush_now(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        items, self._items = self._items, []
+        if items:
+            self._spawn(self._flush(items))
+
+
+@dataclass(slots=True)
+class _Job:
+    att: Attempt
+    job: JobEvent
+    job_type: JobType
+    done: Done
+    ran: Ran | None = None
+
+
+class BatchPath:
+    def __init__(self, pipeline: Pipeline, *, max_size: int, max_delay_s: float) -> None:
+        self.pipeline = pipeline
+        self._slots = asyncio.Semaphore(pipeline.settings.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._intake: Collector[tuple[Record, Done]] = Collector(
+            self._start, max_size=max_size, max_delay_s=max_delay_s, spawn=self._spawn
+        )
+        self._finished: Collector[_Job] = Collector(
+            self._finish, max_size=max_size, max_delay_s=max_delay_s, spawn=self._spawn
+        )
+
+    def submit(self, rec: Record, done: Done) -> None:
+        """Take a record of the main topic; ``done`` is called once it may be acknowledged."""
+        self.pipeline.metrics.in_flight.inc()
+        self._intake.add((rec, done))
+
+    async def close(self) -> None:
+        """Stop: what is still running is cancelled, its records stay unacknowledged (the
+        partition's next owner runs them; their claims lapse and are taken over)."""
+        self._intake.flush_now()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _end(self, done: Done, label: str) -> None:
+        self.pipeline.metrics.in_flight.dec()
+        done(label)
+
+    def _general(self, rec: Record, done: Done) -> None:
+        """A record off the common path: the per-record pipeline takes it from the start."""
+
+        async def run() -> None:
+            done(await self.pipeline.handle(rec))
+
+        self.pipeline.metrics.in_flight.dec()  # handle() counts it while it runs
+        self._spawn(run())
+
+    # -- intake: decode and claim a batch ----------------------------------------------------
+
+    async def _start(self, items: list[tuple[Record, Done]]) -> None:
+        p = self.pipeline
+        jobs: list[_Job] = []
+        for rec, done in items:
+            att = Attempt(rec=rec, job_id=f"invalid:{rec.coordinates}")
+            try:
+                job = p.decode(att)
+            except InvalidJobError:
+                self._general(rec, done)  # dead-lettered there, under its readable id
+                continue
+            job_type = p.registry.get(job.type)
+            if job_type is None:
+                self._general(rec, done)
+                continue
+            p.metrics.for_type(job_type.name).received.inc()
+            jobs.append(_Job(att, job, job_type, done))
+        if not jobs:
+            return
+        requests = [p.claim_request(j.att) for j in jobs]
+        try:
+            claims = await p.durably("claim", lambda: p.store.claim_many(requests))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - not transient: let each record find its own route
+            log.warning("batch claim failed, claiming one by one: %s", describe(exc))
+            for j in jobs:
+                self._general(j.att.rec, j.done)
+            return
+        for j, claim in zip(jobs, claims, strict=True):
+            if claim.won:
+                p.hold(j.att, claim, j.job_type.name)
+                self._spawn(self._run(j))
+            else:
+                # done, running elsewhere, or a redelivery: the per-record path decides
+                self._general(j.att.rec, j.done)
+
+    # -- the handler, one task per job -------------------------------------------------------
+
+    async def _run(self, j: _Job) -> None:
+        p = self.pipeline
+        try:
+            async with self._slots:
+                with p.scope(j.att, j.job):
+                    ran = await p.attempt(j.att, j.job, j.job_type)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug of the pipeline's own: the record still ends
+            label = await p.internal_error(j.att, exc)
+            p.release(j.att)
+            self._end(j.done, label)
+            return
+        if isinstance(ran, str):  # routed: retried or dead-lettered
+            p.release(j.att)
+            self._end(j.done, ran)
+            return
+        j.ran = ran
+        self._finished.add(j)
+
+    # -- finish: rows, outcomes, acks of a batch ---------------------------------------------
+
+    async def _finish(self, jobs: list[_Job]) -> None:
+        p = self.pipeline
+        at = now()  # one clock read for the batch: its jobs finished within max_delay_s
+        rows = [p.success_row(j.att, j.ran.result if j.ran else None, at) for j in jobs]
+        try:
+            stored = await p.durably("write", lambda: p.store.write_many(rows))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - not transient: each row takes its own route
+            log.warning("batch write failed, writing one by one: %s", describe(exc))
+            for j in jobs:
+                self._spawn(self._succeed_alone(j))
+            return
+        sending: list[tuple[_Job, StoredState, bool]] = []
+        for j, row, state in zip(jobs, rows, stored, strict=True):
+            if isinstance(state, Exception):
+                self._spawn(self._refused(j, state))
+            elif state.status is JobStatus.RUNNING:
+                label = p.claim_lost(j.att, j.job_type.name)
+                p.release(j.att)
+                self._end(j.done, label)
+            else:
+                sending.append((j, state, state.finished_at != row.finished_at))
+        if not sending:
+            return
+        try:
+            await p.durably("outcome", lambda: self._publish(sending))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - not transient: each outcome on its own route
+            log.warning("batch outcome publish failed, one by one: %s", describe(exc))
+            for j, state, reemitted in sending:
+                self._spawn(self._emit_alone(j, state, reemitted))
+            return
+        durable_at = now()
+        for j, _state, reemitted in sending:
+            label = p.count_success(j.job, j.job_type, reemitted, durable_at)
+            p.release(j.att)
+            self._end(j.done, label)
+
+    async def _publish(self, sending: list[tuple[_Job, StoredState, bool]]) -> None:
+        """Queue every outcome, then wait for them together. A retry (DurableSteps) sends
+        them all again: an outcome is at-least-once, a consumer dedupes by job id."""
+        p = self.pipeline
+        pending: list[asyncio.Future[Any]] = []
+        for j, state, reemitted in sending:
+            elapsed = j.ran.elapsed if j.ran else 0.0
+            key, value = p.outcome_record(j.att, state, reemitted, duration_ms=elapsed * 1000)
+            try:
+                pending.append(await p.publisher.send(p.topics.outcomes, value, key=key))
+            except RecordTooLargeError:
+                p.outcome_refused(j.att)
+        if pending:
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+
+    async def _succeed_alone(self, j: _Job) -> None:
+        label = await self._guarded(j, lambda: self._per_record_success(j))
+        self._end(j.done, label)
+
+    async def _per_record_success(self, j: _Job) -> str:
+        ran = j.ran or Ran(None, 0.0)
+        return await self.pipeline.succeed(j.att, j.job, j.job_type, ran.result, ran.elapsed)
+
+    async def _refused(self, j: _Job, exc: Exception) -> None:
+        p = self.pipeline
+        refused = RowRefusedError(f"PostgreSQL refused the row: {describe(exc)}")
+        label = await self._guarded(
+            j, lambda: p.dead_letter(j.att, refused, DeadLetterReason.UNSTORABLE)
+        )
+        self._end(j.done, label)
+
+    async def _emit_alone(self, j: _Job, state: StoredState, reemitted: bool) -> None:
+        p = self.pipeline
+        elapsed = j.ran.elapsed if j.ran else 0.0
+
+        async def emit() -> str:
+            await p.durably(
+                "outcome",
+                lambda: p.emit_outcome(j.att, state, reemitted, duration_ms=elapsed * 1000),
+            )
+            return p.count_success(j.job, j.job_type, reemitted, now())
+
+        label = await self._guarded(j, emit)
+        self._end(j.done, label)
+
+    async def _guarded(self, j: _Job, step: Callable[[], Awaitable[str]]) -> str:
+        """A per-record route for a job of this path; a bug in it still ends the record."""
+        p = self.pipeline
+        try:
+            with p.scope(j.att, j.job):
+                return await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the record still ends, on the dead-letter route
+            return await p.internal_error(j.att, exc)
+        finally:
+            p.release(j.att)
+
