@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -296,4 +296,3 @@ class BatchPath:
             return await p.internal_error(j.att, exc)
         finally:
             p.release(j.att)
-
