@@ -406,9 +406,7 @@ class Pipeline:
         )
         return self.count_success(job, job_type, reemitted, now())
 
-    def count_success(
-        self, job: JobEvent, job_type: JobType, reemitted: bool, at: datetime
-    ) -> str:
+    def count_success(self, job: JobEvent, job_type: JobType, reemitted: bool, at: datetime) -> str:
         counted = self.metrics.for_type(job_type.name)
         counted.latency.observe((at - job.created_at).total_seconds())
         if reemitted:

@@ -137,6 +137,7 @@ class Settings(BaseSettings):
     """rows written to PostgreSQL per group commit, at most"""
     batch_max_delay_ms: float = Field(default=5.0, ge=0)
     """a row waits at most this long for others to join its group commit"""
+
     @property
     def in_flight_limit(self) -> int:
         return self.max_in_flight or self.concurrency + 2 * self.batch_max_size
