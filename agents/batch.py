@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -90,31 +91,86 @@ class _Job:
     ran: Ran | None = None
 
 
+ABANDONED = "abandoned"
+"""The label of a record dropped at a drain before its job started: it must not be acked."""
+
+
 class BatchPath:
+    """Records wait, already decoded, for a handler slot in a queue (no task, no future each);
+    a record that gets a slot joins the next claim batch. So a job's claim is taken only when
+    it can start at once: the row says ``running`` only for jobs that are, and a drain drops the
+    records still waiting without leaving claims behind for the next owner to wait out."""
+
     def __init__(self, pipeline: Pipeline, *, max_size: int, max_delay_s: float) -> None:
         self.pipeline = pipeline
-        self._slots = asyncio.Semaphore(pipeline.settings.concurrency)
+        self.concurrency = pipeline.settings.concurrency
+        self._free = self.concurrency
+        self._waiting: deque[_Job] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._intake: Collector[tuple[Record, Done]] = Collector(
+        self._claims: Collector[_Job] = Collector(
             self._start, max_size=max_size, max_delay_s=max_delay_s, spawn=self._spawn
         )
         self._finished: Collector[_Job] = Collector(
             self._finish, max_size=max_size, max_delay_s=max_delay_s, spawn=self._spawn
         )
 
+    @property
+    def running(self) -> int:
+        """Jobs holding a handler slot: being claimed, running, or routing their failure."""
+        return self.concurrency - self._free
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
     def submit(self, rec: Record, done: Done) -> None:
         """Take a record of the main topic; ``done`` is called once it may be acknowledged."""
-        self.pipeline.metrics.in_flight.inc()
-        self._intake.add((rec, done))
+        p = self.pipeline
+        att = Attempt(rec=rec, job_id=f"invalid:{rec.coordinates}")
+        try:
+            job = p.decode(att)
+        except InvalidJobError:
+            self._general(rec, done, slot=False)  # dead-lettered there, under its readable id
+            return
+        job_type = p.registry.get(job.type)
+        if job_type is None:
+            self._general(rec, done, slot=False)
+            return
+        p.metrics.for_type(job_type.name).received.inc()
+        p.metrics.in_flight.inc()
+        self._waiting.append(_Job(att, job, job_type, done))
+        self._pump()
+
+    def drop_waiting(self) -> int:
+        """At a drain: the records whose jobs have not started end unacked (their next owner
+        runs them); returns how many."""
+        dropped = 0
+        while self._waiting:
+            j = self._waiting.popleft()
+            self._end(j.done, ABANDONED)
+            dropped += 1
+        return dropped
 
     async def close(self) -> None:
         """Stop: what is still running is cancelled, its records stay unacknowledged (the
         partition's next owner runs them; their claims lapse and are taken over)."""
-        self._intake.flush_now()
+        self.drop_waiting()
+        self._claims.flush_now()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _pump(self) -> None:
+        while self._free and self._waiting:
+            self._free -= 1
+            self._claims.add(self._waiting.popleft())
+        if not self._free:
+            self._claims.flush_now()  # no slot left: nothing else can join this batch soon
+
+    def _release_slot(self) -> None:
+        self._free += 1
+        self._pump()
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(work)
@@ -125,35 +181,24 @@ class BatchPath:
         self.pipeline.metrics.in_flight.dec()
         done(label)
 
-    def _general(self, rec: Record, done: Done) -> None:
-        """A record off the common path: the per-record pipeline takes it from the start."""
+    def _general(self, rec: Record, done: Done, *, slot: bool) -> None:
+        """A record off the common path: the per-record pipeline takes it from the start
+        (in the slot it holds, if any: it may run the job)."""
 
         async def run() -> None:
-            done(await self.pipeline.handle(rec))
+            try:
+                label = await self.pipeline.handle(rec)
+            finally:
+                if slot:
+                    self._release_slot()
+            done(label)
 
-        self.pipeline.metrics.in_flight.dec()  # handle() counts it while it runs
         self._spawn(run())
 
-    # -- intake: decode and claim a batch ----------------------------------------------------
+    # -- claim a batch -----------------------------------------------------------------------
 
-    async def _start(self, items: list[tuple[Record, Done]]) -> None:
+    async def _start(self, jobs: list[_Job]) -> None:
         p = self.pipeline
-        jobs: list[_Job] = []
-        for rec, done in items:
-            att = Attempt(rec=rec, job_id=f"invalid:{rec.coordinates}")
-            try:
-                job = p.decode(att)
-            except InvalidJobError:
-                self._general(rec, done)  # dead-lettered there, under its readable id
-                continue
-            job_type = p.registry.get(job.type)
-            if job_type is None:
-                self._general(rec, done)
-                continue
-            p.metrics.for_type(job_type.name).received.inc()
-            jobs.append(_Job(att, job, job_type, done))
-        if not jobs:
-            return
         requests = [p.claim_request(j.att) for j in jobs]
         try:
             claims = await p.durably("claim", lambda: p.store.claim_many(requests))
@@ -162,7 +207,7 @@ class BatchPath:
         except Exception as exc:  # noqa: BLE001 - not transient: let each record find its own route
             log.warning("batch claim failed, claiming one by one: %s", describe(exc))
             for j in jobs:
-                self._general(j.att.rec, j.done)
+                self._off_path(j)
             return
         for j, claim in zip(jobs, claims, strict=True):
             if claim.won:
@@ -170,23 +215,28 @@ class BatchPath:
                 self._spawn(self._run(j))
             else:
                 # done, running elsewhere, or a redelivery: the per-record path decides
-                self._general(j.att.rec, j.done)
+                self._off_path(j)
+
+    def _off_path(self, j: _Job) -> None:
+        self.pipeline.metrics.in_flight.dec()  # handle() counts it while it runs
+        self._general(j.att.rec, j.done, slot=True)
 
     # -- the handler, one task per job -------------------------------------------------------
 
     async def _run(self, j: _Job) -> None:
         p = self.pipeline
         try:
-            async with self._slots:
-                with p.scope(j.att, j.job):
-                    ran = await p.attempt(j.att, j.job, j.job_type)
+            with p.scope(j.att, j.job):
+                ran = await p.attempt(j.att, j.job, j.job_type)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug of the pipeline's own: the record still ends
             label = await p.internal_error(j.att, exc)
             p.release(j.att)
+            self._release_slot()
             self._end(j.done, label)
             return
+        self._release_slot()
         if isinstance(ran, str):  # routed: retried or dead-lettered
             p.release(j.att)
             self._end(j.done, ran)

@@ -55,6 +55,17 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("jobstream_in_flight_jobs", "Jobs being processed now", registry=r)
+        # read when scraped (set_function), so the hot path pays nothing for them
+        self.running_jobs = Gauge(
+            "jobstream_running_jobs",
+            "Jobs holding a handler slot now (at most the replica's concurrency)",
+            registry=r,
+        )
+        self.waiting_jobs = Gauge(
+            "jobstream_waiting_jobs",
+            "Records taken from the main topic, decoded, waiting for a handler slot",
+            registry=r,
+        )
         self.handler_timeouts = Counter(
             "jobstream_handler_timeouts_total",
             "Handlers cancelled at their timeout",

@@ -57,7 +57,15 @@ class Replica(Child):
         self.web_port = web_port
 
     async def in_flight(self) -> int | None:
-        """Jobs running now, from ``/ready``; None when the replica does not answer (yet)."""
+        """Records taken and not finished, from ``/ready``; None when the replica does not
+        answer (yet)."""
+        return await self._ready_field("in_flight")
+
+    async def running(self) -> int | None:
+        """Jobs holding a handler slot now (at most the concurrency), from ``/ready``."""
+        return await self._ready_field("running")
+
+    async def _ready_field(self, name: str) -> int | None:
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s,
@@ -65,7 +73,7 @@ class Replica(Child):
             ):
                 if r.status != 200:
                     return None
-                return int((await r.json())["in_flight"])
+                return int((await r.json())[name])
         except (aiohttp.ClientError, TimeoutError):
             return None
 

@@ -24,6 +24,8 @@ class Replica(ApiRuntime, Protocol):
     def draining(self) -> asyncio.Event: ...
     @property
     def in_flight(self) -> int: ...
+    @property
+    def running(self) -> int: ...
     def degraded(self) -> dict[str, float]: ...
 
 
@@ -39,7 +41,11 @@ def health_routes(runtime: Replica) -> list[web.RouteDef]:
             and not runtime.draining.is_set()
             and not stuck
         )
-        body: dict[str, object] = {"ready": ok, "in_flight": runtime.in_flight}
+        body: dict[str, object] = {
+            "ready": ok,
+            "in_flight": runtime.in_flight,
+            "running": runtime.running,
+        }
         if stuck:
             # a durable step (row write, publish) keeps failing past its deadline
             body["degraded"] = {step: round(s, 1) for step, s in stuck.items()}

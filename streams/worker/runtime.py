@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import asyncpg
 
-from agents.batch import BatchPath
+from agents.batch import ABANDONED, BatchPath
 from agents.catalog import default_registry
 from agents.pipeline import Pipeline
 from agents.registry import Registry
@@ -134,6 +134,9 @@ class Runtime:
             self.pipeline, max_size=s.batch_max_size, max_delay_s=s.batch_max_delay_ms / 1000
         )
         teardown.push_async_callback(self.batch.close)  # before the store and the publisher
+        batch = self.batch
+        self.metrics.running_jobs.set_function(lambda: batch.running)
+        self.metrics.waiting_jobs.set_function(lambda: batch.waiting)
         self.forwarder = RetryForwarder(self.pipeline)
         self.sweeper = worker_sweeper(
             s,
@@ -175,7 +178,8 @@ class Runtime:
         def done(label: str) -> None:
             self._leave(rec)
             self._room.release()
-            ack()
+            if label != ABANDONED:
+                ack()
 
         self.batch.submit(rec, done)
 
@@ -217,7 +221,13 @@ class Runtime:
 
     @property
     def in_flight(self) -> int:
+        """Records taken and not finished: waiting for a handler slot, running, or finishing."""
         return self._in_flight
+
+    @property
+    def running(self) -> int:
+        """Jobs holding a handler slot now (at most ``settings.concurrency``)."""
+        return self.batch.running if self.batch is not None else 0
 
     def degraded(self) -> dict[str, float]:
         """Durable steps stuck past their deadline, with how long they have been failing."""
@@ -226,6 +236,10 @@ class Runtime:
     async def drain(self, grace_s: float) -> bool:
         """Stop taking work and wait for in-flight jobs; True when all finished in time."""
         self.draining.set()
+        if self.batch is not None:
+            dropped = self.batch.drop_waiting()
+            if dropped:
+                log.info("drain: %d records not started are left to the next owner", dropped)
         started = time.monotonic()
         try:
             await asyncio.wait_for(self._idle.wait(), grace_s)

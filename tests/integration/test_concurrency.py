@@ -25,7 +25,7 @@ async def test_500_io_bound_jobs_run_at_once_and_no_more(
     peak = 0
     done = asyncio.ensure_future(wait_terminal(pg_pool, ids, timeout=120))
     while not done.done():  # sampling until the jobs end (an event): the peak is measured
-        peak = max(peak, await worker.in_flight() or 0)
+        peak = max(peak, await worker.running() or 0)
         await asyncio.sleep(0.05)
     await done
 

@@ -190,7 +190,7 @@ async def test_sigterm_drains_in_flight_jobs_and_exits_zero(
         )
 
     async def running() -> bool:
-        return (await first.in_flight() or 0) >= in_flight
+        return (await first.running() or 0) >= in_flight
 
     await wait_for(running, timeout=30, what="jobs in flight")
     first.signal(signal.SIGTERM)
