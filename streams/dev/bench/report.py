@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FAKE_LATENCY_MS = 500.0
+BASELINES = ("faust", "aiokafka")
+"""The yardsticks every jobstream scenario is divided by, in the same run."""
 
 
 # -- scenarios -------------------------------------------------------------------------------
@@ -27,7 +29,7 @@ class Scenario:
     N that makes an echo run long enough to be stable would keep llm-25 busy for minutes."""
 
     name: str
-    kind: str  # "jobstream" or "baseline"
+    kind: str  # "jobstream", "baseline" (a bare consumer) or "upstream" (the fake server alone)
     job_type: str
     replicas: int
     concurrency: int | None
@@ -37,6 +39,9 @@ class Scenario:
     quick_warmup: int
     upstream_latency_ms: float | None = None
     summary: str = ""
+    slow_every: int | None = None
+    """Every this many jobs one is a ``sleep`` of ``slow_s`` instead of ``job_type``."""
+    slow_s: float = 2.0
 
     @property
     def expected_jobs_s(self) -> float | None:
@@ -53,11 +58,44 @@ class Scenario:
     def warmup_count(self, *, quick: bool) -> int:
         return self.quick_warmup if quick else self.warmup
 
+    def job_at(self, i: int) -> tuple[str, dict[str, Any]]:
+        """The type and payload of the scenario's i-th job (timed or warm-up alike)."""
+        if self.slow_every and i % self.slow_every == self.slow_every - 1:
+            return "sleep", {"seconds": self.slow_s}
+        return self.job_type, payload_for(self.job_type, i)
+
+    @property
+    def slow_bound_jobs_s(self) -> float | None:
+        """What the slow jobs alone allow: each holds a slot for ``slow_s`` once every
+        ``slow_every`` jobs, so even with instant fast jobs the whole mix cannot go faster."""
+        if not self.slow_every or self.concurrency is None:
+            return None
+        return self.replicas * self.concurrency * self.slow_every / self.slow_s
+
+
+def payload_for(job_type: str, i: int) -> dict[str, Any]:
+    """Shaped like a real caller's: an llm.chat request with a short prompt, a small echo."""
+    if job_type == "llm.chat":
+        return {
+            "messages": [{"role": "user", "content": f"benchmark job {i}: say hello back"}],
+            "max_tokens": 16,
+        }
+    return {"n": i, "text": "benchmark"}
+
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
-        "baseline", "baseline", "echo", 1, None, 20_000, 2_000, 500, 100,
+        "faust", "baseline", "echo", 1, 1, 20_000, 2_000, 500, 100,
+        summary="bare faust agent (kafka:// transport, raw serializers): consume and count only",
+    ),
+    Scenario(
+        "aiokafka", "baseline", "echo", 1, None, 20_000, 2_000, 500, 100,
         summary="bare aiokafka consume-produce-commit loop, no PostgreSQL",
+    ),
+    Scenario(
+        "upstream", "upstream", "llm.chat", 1, 500, 10_000, 1_500, 500, 500,
+        upstream_latency_ms=FAKE_LATENCY_MS,
+        summary="the fake OpenRouter alone (500 ms), driven by one aiohttp client at 500",
     ),
     Scenario(
         "echo-1", "jobstream", "echo", 1, 25, 20_000, 2_000, 500, 100,
@@ -66,6 +104,15 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "echo-2", "jobstream", "echo", 2, 25, 20_000, 2_000, 500, 100,
         summary="echo, 2 replicas",
+    ),
+    Scenario(
+        "mixed-1", "jobstream", "echo", 1, 25, 10_000, 2_000, 500, 100,
+        slow_every=20, slow_s=2.0,
+        summary="echo with a 2 s sleep job every 20th, 1 replica: do slow jobs hold back echo?",
+    ),
+    Scenario(
+        "echo-c2000", "jobstream", "echo", 1, 2000, 20_000, 3_000, 500, 100,
+        summary="echo, 1 replica at concurrency 2000: memory under load",
     ),
     Scenario(
         "llm-25", "jobstream", "llm.chat", 1, 25, 3_000, 250, 100, 50,
@@ -83,21 +130,22 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "all": tuple(s.name for s in SCENARIOS if s.kind == "jobstream"),
     "echo": ("echo-1", "echo-2"),
     "llm": ("llm-25", "llm-500"),
+    "baseline": BASELINES,
     # the numbering of the original request, so "1,3" means what the issue said
     "1": ("echo-1",),
     "2": ("echo-2",),
     "3": ("llm-25",),
     "4": ("llm-500",),
-    "5": ("baseline",),
+    "5": BASELINES,
 }
 
 
 def parse_scenarios(text: str | None, *, with_baseline: bool = True) -> list[Scenario]:
     """Comma-separated names or aliases, in the canonical run order.
 
-    The baseline is added whenever a jobstream scenario is selected (unless ``with_baseline``
-    is false), because a ratio to a baseline measured in another run would compare two
-    different machine states.
+    The baselines are added whenever a jobstream scenario is selected, and the fake server
+    alone whenever an llm one is (unless ``with_baseline`` is false), because a ratio to a
+    baseline measured in another run would compare two different machine states.
     """
     tokens = [t.strip().lower() for t in (text or "all").split(",") if t.strip()]
     if not tokens:
@@ -112,7 +160,9 @@ def parse_scenarios(text: str | None, *, with_baseline: bool = True) -> list[Sce
             choices = ", ".join([*BY_NAME, *(a for a in ALIASES if not a.isdigit())])
             raise ValueError(f"unknown scenario {token!r}; choose from {choices} (or 1-5)")
     if with_baseline and any(BY_NAME[n].kind == "jobstream" for n in wanted):
-        wanted.add("baseline")
+        wanted.update(BASELINES)
+    if with_baseline and any(BY_NAME[n].upstream_latency_ms for n in wanted):
+        wanted.add("upstream")
     return [s for s in SCENARIOS if s.name in wanted]
 
 
@@ -200,26 +250,168 @@ def summarize(
     return result
 
 
+def summarize_count(
+    n: int,
+    counted: Mapping[str, Any] | None,
+    *,
+    started: float,
+    published: float,
+) -> dict[str, Any]:
+    """The measured part of a consumer that reports only when it has seen the first and the
+    n-th event (the bare faust agent, which has no output topic to time jobs by): throughput
+    from the first publish to the n-th event; no latency per job."""
+    result: dict[str, Any] = {
+        "jobs": n,
+        "publish_s": round(published - started, 3),
+        "publish_jobs_per_s": round(n / (published - started), 1) if published > started else None,
+        "duration_s": None,
+        "jobs_per_s": None,
+        "publisher_bound": None,
+    }
+    if not counted:
+        result["completed"] = 0
+        return result
+    result["completed"] = int(counted["events"])
+    end = float(counted["last_at"])
+    duration = max(end - started, 1e-6)
+    result["duration_s"] = round(duration, 3)
+    result["jobs_per_s"] = round(result["completed"] / duration, 1)
+    result["publisher_bound"] = end - published < 0.1 * (published - started)
+    return result
+
+
+def _ok(r: Mapping[str, Any] | None) -> bool:
+    return r is not None and bool(r.get("jobs_per_s")) and not r.get("error")
+
+
 def add_ratios(results: list[dict[str, Any]]) -> None:
-    """``vs_baseline`` on every result: jobs/s over the baseline's in this same run."""
-    base = next(
-        (r for r in results if r["name"] == "baseline" and r.get("jobs_per_s") and not r["error"]),
-        None,
-    )
+    """Each result's jobs/s over each baseline's in this same run (``vs_faust``,
+    ``vs_aiokafka``), and over its ceiling: the lower of what its concurrency allows
+    (``expected_jobs_s``, Little's law) and what the fake server sustained alone
+    (the ``upstream`` result), when it talks to one."""
+    by_name = {r["name"]: r for r in results}
+    upstream = by_name.get("upstream")
     for r in results:
-        if base is None or not r.get("jobs_per_s") or r["error"]:
-            r["vs_baseline"] = None
-        else:
-            r["vs_baseline"] = round(r["jobs_per_s"] / base["jobs_per_s"], 3)
-        expected = r.get("expected_jobs_s")
-        ok = expected and r.get("jobs_per_s") and not r["error"]
-        r["vs_expected"] = round(r["jobs_per_s"] / expected, 3) if ok else None
+        for base_name in BASELINES:
+            base = by_name.get(base_name)
+            key = f"vs_{base_name}"
+            if _ok(r) and base is not None and _ok(base):
+                r[key] = round(r["jobs_per_s"] / base["jobs_per_s"], 3)
+            else:
+                r[key] = None
+        ceilings = [r.get("expected_jobs_s")]
+        if r.get("kind") == "jobstream" and r.get("expected_jobs_s") and _ok(upstream):
+            assert upstream is not None
+            ceilings.append(upstream["jobs_per_s"])
+        known = [c for c in ceilings if c]
+        r["ceiling_jobs_s"] = min(known) if known else None
+        ok = r["ceiling_jobs_s"] and _ok(r)
+        r["vs_ceiling"] = round(r["jobs_per_s"] / r["ceiling_jobs_s"], 3) if ok else None
+
+
+def ratio_of(results: Sequence[Mapping[str, Any]], top: str, bottom: str) -> float | None:
+    """jobs/s of one scenario over another's (``echo-2 / echo-1``: what a second replica
+    adds), or None when either is missing or failed."""
+    by_name = {r["name"]: r for r in results}
+    a, b = by_name.get(top), by_name.get(bottom)
+    if a is None or b is None or not _ok(a) or not _ok(b):
+        return None
+    return round(float(a["jobs_per_s"]) / float(b["jobs_per_s"]), 3)
+
+
+def peak_rss_mb(samples: Mapping[str, Sequence[int]]) -> dict[str, float | None]:
+    """Highest RSS per process over the timed window, in MB (10^6 bytes), and the highest of
+    them (``max``): the figure a replica's memory limit has to cover."""
+    peaks: dict[str, float | None] = {
+        name: round(max(values) / 1e6, 1) if values else None for name, values in samples.items()
+    }
+    known = [v for v in peaks.values() if v is not None]
+    peaks["max"] = max(known) if known else None
+    return peaks
+
+
+def cpu_ms_per_job(cpu_s: float | None, jobs: int) -> float | None:
+    if cpu_s is None or jobs <= 0:
+        return None
+    return round(cpu_s * 1000 / jobs, 3)
+
+
+# -- profiles --------------------------------------------------------------------------------
+
+
+def parse_collapsed(text: str) -> dict[tuple[str, ...], int]:
+    """py-spy's raw (collapsed) format: one ``outer;...;inner COUNT`` line per distinct stack,
+    outermost frame first. Line numbers are dropped from each frame (``f (mod.py:12)`` becomes
+    ``f (mod.py)``) so that a function's samples add up however many lines of it were sampled.
+    Lines that do not end in a count are skipped: a truncated file still yields what it has."""
+    stacks: dict[tuple[str, ...], int] = {}
+    for line in text.splitlines():
+        head, sep, count = line.rstrip().rpartition(" ")
+        if not sep or not head or not count.isdigit():
+            continue
+        frames = tuple(_without_line(f) for f in head.split(";") if f)
+        if frames:
+            stacks[frames] = stacks.get(frames, 0) + int(count)
+    return stacks
+
+
+def _without_line(frame: str) -> str:
+    name, sep, where = frame.rpartition(" (")
+    if not sep or not where.endswith(")"):
+        return frame
+    path, colon, line = where[:-1].rpartition(":")
+    return f"{name} ({path})" if colon and line.isdigit() else frame
+
+
+TRUNK = ("<frozen runpy>", "click/core.py", "asyncio/runners.py", "asyncio/base_events.py",
+         "asyncio/events.py", "mode/worker.py", "streams/cli.py", "streams/command.py")  # fmt: skip
+"""Files of the frames under nearly every sample (interpreter start, the command line, the event
+loop's dispatch of a callback): at the top of an inclusive ranking they would hide the frames
+that tell where the time goes, so they are ranked by self time only."""
+
+
+def _in_trunk(frame: str) -> bool:
+    _, sep, where = frame.rpartition(" (")
+    return bool(sep) and where.removesuffix(")").endswith(TRUNK)
+
+
+def top_frames(stacks: Mapping[tuple[str, ...], int], n: int = 15) -> dict[str, Any]:
+    """The ``n`` functions with the most samples, by self time (innermost frame) and by
+    inclusive time (anywhere on the stack, counted once per sample even when recursive, the
+    :data:`TRUNK` left out), each as a percentage of all samples."""
+    total = sum(stacks.values())
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    for frames, count in stacks.items():
+        own[frames[-1]] += count
+        for frame in set(frames):
+            if not _in_trunk(frame):
+                inclusive[frame] += count
+
+    def ranked(counter: Counter[str]) -> list[dict[str, Any]]:
+        order = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+        return [
+            {"frame": frame, "samples": c, "pct": round(100 * c / total, 1)} for frame, c in order
+        ]
+
+    return {"samples": total, "self": ranked(own), "inclusive": ranked(inclusive)}
+
+
+def render_profile(name: str, profile: Mapping[str, Any]) -> str:
+    """The two rankings side by side in text, for the terminal."""
+    if profile.get("error"):
+        return f"profile of {name}: not recorded: {profile['error']}"
+    lines = [f"profile of {name} ({profile['samples']:,} samples, {profile.get('file', '-')}):"]
+    for label in ("self", "inclusive"):
+        lines.append(f"  by {label} time:")
+        lines.extend(f"    {f['pct']:5.1f}%  {f['frame']}" for f in profile[label])
+    return "\n".join(lines)
 
 
 # -- output ----------------------------------------------------------------------------------
 
 TABLE_HEADER = ("scenario", "replicas", "concurrency", "jobs", "jobs/s", "p50 ms", "p99 ms",
-                "vs baseline")  # fmt: skip
+                "CPU ms/job", "peak RSS MB", "vs faust", "vs aiokafka", "% ceiling")  # fmt: skip
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -228,31 +420,60 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def render_table(results: Sequence[Mapping[str, Any]]) -> str:
-    """The Markdown table printed at the end (and pasted into reports)."""
-    rows = [TABLE_HEADER]
-    for r in results:
-        latency = r.get("latency_ms") or {}
-        rate = "failed" if r.get("error") else _fmt(r.get("jobs_per_s"), ",.1f")
-        if r["name"] == "baseline":
-            ratio = "1.00 (ref)" if r.get("jobs_per_s") and not r.get("error") else "-"
-        else:
-            ratio = _fmt(r.get("vs_baseline"), ".2f")
-            ratio = ratio if ratio == "-" else f"{ratio}x"
+def _ratio_cell(r: Mapping[str, Any], base_name: str) -> str:
+    if r["name"] == base_name:
+        return "1.00 (ref)" if _ok(r) else "-"
+    ratio = _fmt(r.get(f"vs_{base_name}"), ".2f")
+    return ratio if ratio == "-" else f"{ratio}x"
+
+
+def _jobs_cell(completed: int, jobs: int) -> str:
+    return f"{completed:,}/{jobs:,}" if completed != jobs else f"{jobs:,}"
+
+
+def _table_rows(r: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """A scenario's row, then one row per job type when it mixes them (rate and latency only:
+    CPU and memory belong to the process, not to one type)."""
+    latency = r.get("latency_ms") or {}
+    cpu = r.get("cpu") or {}
+    rss = r.get("rss_mb") or {}
+    rows = [
+        (
+            r["name"],
+            str(r["replicas"]),
+            _fmt(r.get("concurrency"), "d"),
+            _jobs_cell(r.get("completed") or 0, r["jobs"]),
+            "failed" if r.get("error") else _fmt(r.get("jobs_per_s"), ",.1f"),
+            _fmt(latency.get("p50"), ",.0f"),
+            _fmt(latency.get("p99"), ",.0f"),
+            _fmt(cpu.get("consumer_cpu_ms_per_job"), ".2f"),
+            _fmt(rss.get("max"), ",.0f"),
+            *(_ratio_cell(r, b) for b in BASELINES),
+            _fmt(r["vs_ceiling"] * 100 if r.get("vs_ceiling") is not None else None, ".0f"),
+        )
+    ]
+    for job_type, part in (r.get("by_type") or {}).items():
+        lat = part.get("latency_ms") or {}
         rows.append(
             (
-                r["name"],
-                str(r["replicas"]),
-                _fmt(r.get("concurrency"), "d"),
-                f"{r.get('completed', 0):,}/{r['jobs']:,}"
-                if r.get("completed", 0) != r["jobs"]
-                else f"{r['jobs']:,}",
-                rate,
-                _fmt(latency.get("p50"), ",.0f"),
-                _fmt(latency.get("p99"), ",.0f"),
-                ratio,
+                f"  {r['name']} {job_type}",
+                "",
+                "",
+                _jobs_cell(part.get("completed") or 0, part["jobs"]),
+                _fmt(part.get("jobs_per_s"), ",.1f"),
+                _fmt(lat.get("p50"), ",.0f"),
+                _fmt(lat.get("p99"), ",.0f"),
+                *([""] * (len(TABLE_HEADER) - 7)),
             )
         )
+    return rows
+
+
+def render_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """The Markdown table printed at the end (and pasted into reports)."""
+    rows: list[tuple[str, ...]] = [TABLE_HEADER]
+    for r in results:
+        rows.extend(_table_rows(r))
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
     lines = []
     for k, row in enumerate(rows):
@@ -267,28 +488,49 @@ def render_table(results: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _ceiling_note(r: Mapping[str, Any]) -> str | None:
+    if r.get("vs_ceiling") is None:
+        return None
+    why = f"{r['expected_jobs_s']:g}/s by concurrency"
+    if r["ceiling_jobs_s"] != r["expected_jobs_s"]:
+        why = f"{r['ceiling_jobs_s']:g}/s the fake server sustained alone, below {why}"
+    return f"{r['vs_ceiling']:.0%} of its ceiling ({why})"
+
+
 def render_notes(results: Sequence[Mapping[str, Any]]) -> str:
     """What the table cannot show but a reader needs before trusting it: how busy the machine
-    was, CPU per job, and whether the publisher or the upstream was the limit."""
+    was, whether the publisher or the upstream was the limit, what a second replica adds."""
     lines = []
     for r in results:
         cpu = r.get("cpu") or {}
         parts = []
-        if cpu.get("consumer_cpu_ms_per_job") is not None:
-            parts.append(f"{cpu['consumer_cpu_ms_per_job']:.2f} CPU ms/job")
+        if r.get("kind") == "upstream" and cpu.get("consumer_cpu_ms_per_job") is not None:
+            parts.append("CPU and RSS are the fake server's")
         if cpu.get("machine_busy") is not None:
             parts.append(f"machine {cpu['machine_busy']:.0%} busy")
         if r.get("publisher_bound"):
             parts.append("kept up with the publisher (rate is the publisher's)")
-        if r.get("vs_expected") is not None:
-            parts.append(f"{r['vs_expected']:.0%} of the {r['expected_jobs_s']:g}/s ceiling")
+        ceiling = _ceiling_note(r)
+        if ceiling:
+            parts.append(ceiling)
+        if r.get("slow_bound_jobs_s"):
+            parts.append(f"the sleep jobs alone bound the mix at {r['slow_bound_jobs_s']:g} jobs/s")
         upstream = r.get("upstream") or {}
         if upstream.get("max_in_flight") is not None:
             parts.append(f"upstream max in flight {upstream['max_in_flight']}")
+        profile = r.get("profile") or {}
+        if profile.get("error"):
+            parts.append(f"no profile: {profile['error']}")
         if r.get("error"):
             parts.append(f"error: {r['error'].splitlines()[0][:200]}")
         if parts:
             lines.append(f"- {r['name']}: " + "; ".join(parts))
+    scaling = ratio_of(results, "echo-2", "echo-1")
+    if scaling is not None:
+        lines.append(
+            f"- echo-2 / echo-1 = {scaling:.2f} (both replicas share the machine's cores with"
+            " the broker, PostgreSQL and the benchmark's own publisher and reader)"
+        )
     return "\n".join(lines)
 
 
@@ -296,9 +538,11 @@ RESULT_KEYS: tuple[str, ...] = (
     "name", "kind", "job_type", "summary", "replicas", "concurrency", "partitions",
     "worker_settings", "jobs", "completed", "warmup_jobs", "topic_prefix", "started_at",
     "jobs_per_s", "duration_s", "publish_s", "publish_jobs_per_s", "publisher_bound",
-    "latency_ms", "finished_latency_ms", "handler_ms", "statuses",
-    "expected_jobs_s", "vs_expected", "vs_baseline",
-    "outputs", "rows", "exit_codes", "cpu", "upstream", "worker_metrics", "logs", "error",
+    "latency_ms", "finished_latency_ms", "handler_ms", "statuses", "by_type",
+    "expected_jobs_s", "slow_bound_jobs_s", "ceiling_jobs_s", "vs_ceiling",
+    "vs_faust", "vs_aiokafka", "rss_mb",
+    "outputs", "rows", "exit_codes", "cpu", "upstream", "worker_metrics", "profile", "logs",
+    "error",
 )  # fmt: skip
 """Every scenario result has exactly these keys, in this order, failed or not."""
 REPORT_KEYS = frozenset(
@@ -322,6 +566,8 @@ def empty_result(spec: Scenario, *, jobs: int, warmup: int, partitions: int) -> 
         completed=0,
         warmup_jobs=warmup,
         expected_jobs_s=spec.expected_jobs_s,
+        slow_bound_jobs_s=spec.slow_bound_jobs_s,
+        rss_mb={},
         latency_ms=latency_summary([]),
         finished_latency_ms=latency_summary([]),
         handler_ms=latency_summary([]),
@@ -340,7 +586,22 @@ METHOD = {
     " all jobs published at once, so it includes queueing",
     "finished_latency": "jobs.finished_at (taken before the row write) - created_at",
     "warmup": "warm-up jobs are published and waited for before the timed part, then excluded",
-    "baseline": "streams.dev.bench.baseline: 1 process, aiokafka consume -> produce -> commit",
+    "aiokafka": "streams.dev.bench.baseline: 1 process, aiokafka consume -> produce -> commit",
+    "faust": "streams.dev.bench.faust_baseline: 1 faust worker, one agent at concurrency 1"
+    " iterating stream.events() and counting; it prints the wall time of the first and the"
+    " n-th event it is told to expect, and throughput runs from the first publish to that n-th"
+    " event (no output topic, so no latency per job)",
+    "upstream": "the fake OpenRouter process alone, driven from the benchmark process by one"
+    " aiohttp session at the llm-500 concurrency with requests shaped like llm.chat's;"
+    " requests/s = N / (last answer - first request)",
+    "ceiling": "min(replicas x concurrency / upstream latency, the upstream row's requests/s)",
+    "cpu_ms_per_job": "user+system CPU of the consuming processes (replicas or baseline) over"
+    " the timed window, divided by the jobs completed",
+    "rss": "resident set size of each consuming process, sampled every 0.2 s with psutil during"
+    " the timed window; the table shows the highest replica's peak (MB = 10^6 bytes)",
+    "profile": "--profile: py-spy record --rate 100 --format raw of the first replica over the"
+    " timed window (idle threads not sampled); self = samples whose innermost frame is the"
+    " function, inclusive = samples with the function anywhere on the stack",
     "rate_limit": "llm.chat uses a per-run limiter key (policy file) with an unreachable rate"
     " and the production lease size (unless --lease), so the limiter runs but does not limit,"
     " and the shared 'openrouter' bucket of other users is untouched",

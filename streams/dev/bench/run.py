@@ -22,15 +22,26 @@ What the numbers are:
   time spent queued: it is latency under full load, not the latency of an idle system.
   ``finished_latency_ms`` (the row's ``finished_at`` minus ``created_at``, taken before the
   row write) and ``handler_ms`` (the handler alone) are in the JSON too.
-* the baseline is :mod:`streams.dev.bench.baseline`, one process of bare aiokafka
-  consume-produce-commit over the same kind of echo events; each jobstream scenario's
-  ``vs baseline`` is its jobs/s divided by the baseline's, measured in the same run.
+* CPU ms/job = user+system CPU of the replicas over the timed window / jobs; peak RSS = the
+  highest resident memory of any replica, sampled every 0.2 s over the window.
+* two baselines run in the same run, over the same kind of echo events on the same number of
+  partitions, each in its own process: ``faust`` (:mod:`streams.dev.bench.faust_baseline`, a
+  bare faust agent that only counts, the ceiling of anything built on faust) and ``aiokafka``
+  (:mod:`streams.dev.bench.baseline`, a bare consume-produce-commit loop); ``vs faust`` and
+  ``vs aiokafka`` are a scenario's jobs/s divided by theirs.
+* ``upstream`` is the fake OpenRouter alone (:mod:`streams.dev.bench.upstream`); an llm
+  scenario's ceiling is the lower of that and replicas x concurrency / latency.
+* ``mixed-1`` publishes a 2 s ``sleep`` job every 20th among echo jobs and reports each type's
+  rate and latency on its own row: with no head-of-line blocking the echo jobs do not wait
+  for the sleeps.
+* ``--profile`` samples the first replica of each jobstream scenario with py-spy over the
+  timed window and prints its top frames (the collapsed stacks are saved next to the JSON).
 
 The machine is usually shared and small, so the JSON also records the load average and the CPU
 used by each process (workers, fake upstream, this process) and by the whole machine during the
 timed window: a low ratio with the machine at 100 % says "CPU-bound", not "slow design".
 
-Usage: ``python -m streams.dev.bench [--quick] [--scenarios echo-1,llm] [--jobs N] [--out PATH]``;
+Usage: ``python -m streams.dev.bench [--quick] [--scenarios echo-1,llm] [--profile] [--out PATH]``;
 ``--list`` shows the scenarios, ``--help`` the rest. Other ``JOBSTREAM_*`` variables in the
 environment reach the workers, so ``JOBSTREAM_BATCH_MAX_DELAY_MS=2 make bench`` is an experiment.
 """
@@ -60,6 +71,7 @@ from typing import Any
 
 import psutil
 
+from streams.dev.bench import faust_baseline
 from streams.dev.bench.report import (
     FAKE_LATENCY_MS,
     SCENARIOS,
@@ -67,13 +79,19 @@ from streams.dev.bench.report import (
     Scenario,
     add_ratios,
     build_report,
+    cpu_ms_per_job,
     empty_result,
+    latency_summary,
     parse_scenarios,
+    peak_rss_mb,
     render_notes,
+    render_profile,
     render_table,
     summarize,
+    summarize_count,
     write_report,
 )
+from streams.dev.bench.sampling import Profiler, RssSampler
 from streams.dev.process import Child
 from streams.dev.replicas import free_port
 from streams.kafka.reader import TopicReader
@@ -120,6 +138,10 @@ def worker_settings(env: Mapping[str, str]) -> dict[str, str]:
 
 
 # -- processes -------------------------------------------------------------------------------
+
+
+def load_avg() -> list[float] | None:
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -272,13 +294,24 @@ def _say(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def payload_for(job_type: str, i: int) -> dict[str, Any]:
-    if job_type == "llm.chat":
-        return {
-            "messages": [{"role": "user", "content": f"benchmark job {i}: say hello back"}],
-            "max_tokens": 16,
-        }
-    return {"n": i, "text": "benchmark"}
+def _type_figures(
+    created: Mapping[str, float], done: Mapping[str, Done], *, started: float, published: float
+) -> dict[str, Any]:
+    """One job type's share of a mixed run: its own rate (its jobs over the time until its last
+    one was done) and latency."""
+    full = summarize(created, done, started=started, published=published)
+    return {k: full[k] for k in ("jobs", "completed", "duration_s", "jobs_per_s", "latency_ms")}
+
+
+@dataclass
+class Published:
+    """One batch as it was sent: ids in order, each job's ``created_at`` and type."""
+
+    ids: list[str]
+    created: dict[str, float]
+    types: dict[str, str]
+    started: float
+    finished: float
 
 
 @dataclass
@@ -297,6 +330,9 @@ class Bench:
     lease: int | None
     log_dir: Path
     state_dir: Path
+    profile_dir: Path | None = None
+    """Where ``--profile`` writes each scenario's collapsed stacks; None: no profile."""
+    profile_stem: str = "bench"
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     pool: Any = None
     admin: Any = None
@@ -342,11 +378,18 @@ class Bench:
         collector: OutputCollector | None = None
         extra_cleanup: list[Callable[[], Awaitable[None]]] = []
         try:
-            collector = await self._start_processes(spec, prefix, result, children, extra_cleanup)
-            result["logs"] = [str(c.log_path) for c in children]
-            timed_ids = await self._measure(spec, prefix, jobs, warmup, collector, children, result)
-            if spec.kind == "jobstream":
-                await self._check_jobstream(jobs, timed_ids, children, result)
+            if spec.kind == "upstream":
+                await self._run_upstream(spec, prefix, jobs, warmup, children, result)
+            else:
+                collector = await self._start_processes(
+                    spec, prefix, jobs, warmup, result, children, extra_cleanup
+                )
+                result["logs"] = [str(c.log_path) for c in children]
+                timed_ids = await self._measure(
+                    spec, prefix, jobs, warmup, collector, children, result
+                )
+                if spec.kind == "jobstream":
+                    await self._check_jobstream(jobs, timed_ids, children, result)
         except asyncio.CancelledError:
             result["error"] = "interrupted"
             raise
@@ -368,12 +411,21 @@ class Bench:
         self,
         spec: Scenario,
         prefix: str,
+        jobs: int,
+        warmup: int,
         result: dict[str, Any],
         children: list[Child],
         extra_cleanup: list[Callable[[], Awaitable[None]]],
-    ) -> OutputCollector:
+    ) -> OutputCollector | None:
         """The scenario's topics and processes (appended to ``children`` as each starts), then the
-        collector of their outputs once the group has settled."""
+        collector of their outputs once the group has settled (None for the faust baseline,
+        which reports its own count instead)."""
+        if spec.name == "faust":
+            await self._ensure_topics([prefix])
+            sizes = [n for n in (warmup, jobs) if n]
+            children.append(self._start_faust(prefix, sizes))
+            await self._wait_assigned(prefix, children, marker="Worker ready", web_ports=[])
+            return None
         if spec.kind == "baseline":
             out_topic = f"{prefix}.out"
             await self._ensure_topics([prefix, out_topic])
@@ -403,13 +455,46 @@ class Bench:
             self.bootstrap, topics.outcomes, parse_outcome, self.kafka_options
         ).start()
 
+    async def _wait_done(
+        self,
+        published: Published,
+        collector: OutputCollector | None,
+        children: Sequence[Child],
+        *,
+        batch: int,
+        within_s: float,
+        progress: Progress | None = None,
+    ) -> dict[str, Any] | None:
+        """Until every job of ``published`` has its output, or (faust baseline) until the
+        consumer has printed the count of ``batch``, which is then returned."""
+        if collector is not None:
+            await collector.wait_all(published.ids, within_s=within_s, progress=progress)
+            return None
+        (child,) = children
+        seen: dict[str, Any] = {}
+
+        async def counted() -> bool:
+            if not child.alive:
+                raise RuntimeError(f"{child.name} exited early:\n{child.tail()}")
+            seen["report"] = faust_baseline.read_report(child.log_text(), batch)
+            return seen["report"] is not None
+
+        try:
+            await wait_until(counted, within_s=within_s, interval_s=0.05, what="the count")
+        except TimeoutError:
+            raise TimeoutError(
+                f"timed out after {within_s:g}s waiting for {child.name} to count batch {batch}"
+            ) from None
+        report: dict[str, Any] = seen["report"]
+        return report
+
     async def _measure(
         self,
         spec: Scenario,
         prefix: str,
         jobs: int,
         warmup: int,
-        collector: OutputCollector,
+        collector: OutputCollector | None,
         children: list[Child],
         result: dict[str, Any],
     ) -> list[str]:
@@ -417,44 +502,125 @@ class Bench:
         Returns the ids of the timed jobs."""
         from streams.producer.client import JobClient
 
+        consumers = [c for c in children if not c.name.startswith("fake")]
         async with JobClient(
             self.bootstrap, topic_prefix=prefix, options=self.kafka_options
         ) as client:
             if warmup:
                 _say(f"{spec.name}: warm-up, {warmup} jobs")
-                warm_ids, _, _, _ = await self._publish(
-                    client, spec.job_type, f"{prefix}-warm", warmup
+                warm = await self._publish(client, spec, f"{prefix}-warm", warmup)
+                await self._wait_done(
+                    warm, collector, consumers, batch=0, within_s=min(self.timeout_s, 180)
                 )
-                await collector.wait_all(warm_ids, within_s=min(self.timeout_s, 180))
             _say(f"{spec.name}: timed part, {jobs} jobs")
             cpu_before = self._cpu_snapshot(children)
-            timed_ids, created, started, published = await self._publish(
-                client, spec.job_type, prefix, jobs
-            )
-            result["publish_s"] = round(published - started, 3)
-
+            rss = RssSampler({c.name: c.pid for c in consumers}).start()
+            profiler = self._start_profiler(spec, consumers)
+            timed = await self._publish(client, spec, prefix, jobs)
+            result["publish_s"] = round(timed.finished - timed.started, 3)
+            counted: dict[str, Any] | None = None
             try:
                 # a live bar on a terminal, a line every 5 s in a pipe or a log
                 with Progress(jobs, f"[bench] {spec.name}: done", file=sys.stderr) as progress:
-                    await collector.wait_all(timed_ids, within_s=self.timeout_s, progress=progress)
+                    counted = await self._wait_done(
+                        timed,
+                        collector,
+                        consumers,
+                        batch=1 if warmup else 0,
+                        within_s=self.timeout_s,
+                        progress=progress,
+                    )
             finally:
                 result["cpu"] = self._cpu_usage(
-                    cpu_before, self._cpu_snapshot(children), children, time.time() - started
+                    cpu_before, self._cpu_snapshot(children), children, time.time() - timed.started
                 )
-                result.update(
-                    summarize(created, collector.done, started=started, published=published)
-                )
-                spent = result["cpu"].get("consumer_cpu_s")
-                if spent is not None and result["completed"]:
-                    result["cpu"]["consumer_cpu_ms_per_job"] = round(
-                        spent * 1000 / result["completed"], 3
+                result["rss_mb"] = peak_rss_mb(await rss.stop())
+                if profiler is not None:
+                    result["profile"] = await profiler.stop()
+                self._figures(spec, timed, collector, counted, result)
+        return timed.ids
+
+    def _figures(
+        self,
+        spec: Scenario,
+        timed: Published,
+        collector: OutputCollector | None,
+        counted: dict[str, Any] | None,
+        result: dict[str, Any],
+    ) -> None:
+        """Throughput, latency (per job type when the scenario mixes them), CPU per job."""
+        at = {"started": timed.started, "published": timed.finished}
+        if collector is None:
+            result.update(summarize_count(len(timed.ids), counted, **at))
+        else:
+            result.update(summarize(timed.created, collector.done, **at))
+            result["outputs"] = {
+                "duplicates": collector.duplicates,
+                "reemitted": sum(1 for d in collector.done.values() if d.reemitted),
+                "unparsable": collector.unparsable,
+            }
+            if spec.slow_every:
+                order = sorted(set(timed.types.values()), key=lambda t: (t != spec.job_type, t))
+                result["by_type"] = {
+                    job_type: _type_figures(
+                        {j: t for j, t in timed.created.items() if timed.types[j] == job_type},
+                        collector.done,
+                        **at,
                     )
-                result["outputs"] = {
-                    "duplicates": collector.duplicates,
-                    "reemitted": sum(1 for d in collector.done.values() if d.reemitted),
-                    "unparsable": collector.unparsable,
+                    for job_type in order
                 }
-        return timed_ids
+        result["cpu"]["consumer_cpu_ms_per_job"] = cpu_ms_per_job(
+            result["cpu"].get("consumer_cpu_s"), result["completed"]
+        )
+
+    async def _run_upstream(
+        self,
+        spec: Scenario,
+        prefix: str,
+        jobs: int,
+        warmup: int,
+        children: list[Child],
+        result: dict[str, Any],
+    ) -> None:
+        """The fake server alone, started as for llm-500 and driven from this process."""
+        from streams.dev.bench.upstream import drive
+        from streams.settings import Settings
+
+        assert spec.concurrency is not None
+        fake, env = await self._start_fake(spec, prefix)
+        children.append(fake)
+        result["logs"] = [str(fake.log_path)]
+        base_url = env["JOBSTREAM_OPENROUTER_BASE_URL"]
+        model = Settings().openrouter_model
+        key = env["JOBSTREAM_OPENROUTER_API_KEY"]
+        if warmup:
+            _say(f"{spec.name}: warm-up, {warmup} requests")
+            await drive(base_url, warmup, spec.concurrency, model=model, api_key=key)
+        _say(f"{spec.name}: timed part, {jobs} requests at concurrency {spec.concurrency}")
+        before = self._cpu_snapshot(children)
+        rss = RssSampler({fake.name: fake.pid}).start()
+        driven = await drive(base_url, jobs, spec.concurrency, model=model, api_key=key)
+        after = self._cpu_snapshot(children)
+        result["rss_mb"] = peak_rss_mb(await rss.stop())
+        result["cpu"] = self._cpu_usage(before, after, children, driven.finished - driven.started)
+        fake_cpu = after["children"].get(fake.name), before["children"].get(fake.name)
+        answered = driven.statuses.get("200", 0)
+        if None not in fake_cpu:
+            result["cpu"]["consumer_cpu_s"] = round(fake_cpu[0] - fake_cpu[1], 3)
+            result["cpu"]["consumer_cpu_ms_per_job"] = cpu_ms_per_job(
+                fake_cpu[0] - fake_cpu[1], answered
+            )
+        duration = max(driven.finished - driven.started, 1e-6)
+        result.update(
+            completed=answered,
+            duration_s=round(duration, 3),
+            jobs_per_s=round(answered / duration, 1),
+            latency_ms=latency_summary(driven.latencies_ms),
+            statuses=dict(sorted(driven.statuses.items())),
+        )
+        result["upstream"] = await self._fake_stats(fake)
+        if answered != jobs:
+            raise RuntimeError(f"{answered}/{jobs} requests answered 200: {result['statuses']}")
 
     async def _check_jobstream(
         self, jobs: int, timed_ids: list[str], children: list[Child], result: dict[str, Any]
@@ -493,7 +659,13 @@ class Bench:
     def _start_baseline(self, prefix: str, out_topic: str) -> Child:
         argv = [sys.executable, "-m", "streams.dev.bench.baseline", "--bootstrap", self.bootstrap,
                 "--in-topic", prefix, "--out-topic", out_topic, "--group", prefix]  # fmt: skip
-        return Child("baseline", argv, self._base_env(), self.log_dir / f"{prefix}.log").start()
+        return Child("aiokafka", argv, self._base_env(), self.log_dir / f"{prefix}.log").start()
+
+    def _start_faust(self, prefix: str, sizes: Sequence[int]) -> Child:
+        argv = [sys.executable, "-m", "streams.dev.bench.faust_baseline",
+                "--bootstrap", self.bootstrap, "--topic", prefix, "--group", prefix,
+                "--expect", ",".join(str(n) for n in sizes)]  # fmt: skip
+        return Child("faust", argv, self._base_env(), self.log_dir / f"{prefix}.log").start()
 
     def worker_env(
         self, spec: Scenario, prefix: str, index: int, port: int, extra: Mapping[str, str]
@@ -593,23 +765,33 @@ class Bench:
 
     # ---- publishing
 
-    async def _publish(
-        self, client: Any, job_type: str, id_prefix: str, n: int
-    ) -> tuple[list[str], dict[str, float], float, float]:
+    async def _publish(self, client: Any, spec: Scenario, id_prefix: str, n: int) -> Published:
         """Publish ``n`` jobs in chunks; each chunk is built just before it is sent, so a job's
         ``created_at`` is its publish time and not the time the whole batch was prepared."""
         ids: list[str] = []
         created: dict[str, float] = {}
+        types: dict[str, str] = {}
         started = time.time()
         for first in range(0, n, self.chunk):
-            events = [
-                client.build(job_type, payload_for(job_type, i), job_id=f"{id_prefix}-{i:07d}")
-                for i in range(first, min(n, first + self.chunk))
-            ]
+            events = []
+            for i in range(first, min(n, first + self.chunk)):
+                job_type, payload = spec.job_at(i)
+                events.append(client.build(job_type, payload, job_id=f"{id_prefix}-{i:07d}"))
             for e in events:
                 created[e.id] = e.created_at.timestamp()
+                types[e.id] = e.type
             ids.extend(await client.submit_many(events))
-        return ids, created, started, time.time()
+        return Published(ids, created, types, started, time.time())
+
+    def _start_profiler(self, spec: Scenario, consumers: Sequence[Child]) -> Profiler | None:
+        """py-spy on the first replica of a jobstream scenario, when ``--profile`` asked."""
+        if self.profile_dir is None or spec.kind != "jobstream" or not consumers:
+            return None
+        first = consumers[0]
+        out = self.profile_dir / f"{self.profile_stem}-{spec.name}.collapsed.txt"
+        log = self.log_dir / f"{spec.name}-py-spy.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        return Profiler(first.pid, out, log, max_s=self.timeout_s + 60).start()
 
     # ---- measurements around the run
 
@@ -644,7 +826,7 @@ class Bench:
         m0, m1 = before["machine"], after["machine"]
         if m0 and m1 and m1[1] > m0[1]:
             usage["machine_busy"] = round((m1[0] - m0[0]) / (m1[1] - m0[1]), 3)
-        usage["load_avg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        usage["load_avg"] = load_avg()
         return usage
 
     async def _row_statuses(self, ids: Sequence[str]) -> dict[str, int]:
@@ -740,6 +922,23 @@ class Bench:
 # -- machine description ---------------------------------------------------------------------
 
 
+def cpu_model(cpuinfo: str) -> str | None:
+    """The first ``model name`` of /proc/cpuinfo (x86 and most ARM kernels print one)."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("model name", "Model", "Hardware") and value.strip():
+            return value.strip()
+    return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor() or None
+    return cpu_model(text) or platform.processor() or None
+
+
 def machine_info() -> dict[str, Any]:
     versions: dict[str, str | None] = {}
     for dist in ("faust-streaming", "aiokafka", "asyncpg", "aiohttp", "pydantic"):
@@ -749,11 +948,14 @@ def machine_info() -> dict[str, Any]:
             versions[dist] = None
     return {
         "cores": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_total_mb": round(psutil.virtual_memory().total / 1e6),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
-        "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_avg_at_start": load_avg(),
+        "load_avg_at_end": None,
         "packages": versions,
     }
 
@@ -799,10 +1001,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scenarios",
         default="all",
-        help="comma-separated: baseline, echo-1, echo-2, llm-25, llm-500, or echo, llm, all, 1-5"
-        " (default all; the baseline is added for the ratios unless --no-baseline)",
+        help="comma-separated: faust, aiokafka, upstream, echo-1, echo-2, mixed-1, echo-c2000,"
+        " llm-25, llm-500, or baseline (both bare consumers), echo, llm, all, 1-5 (default all;"
+        " faust and aiokafka are added for the ratios, upstream for an llm scenario's ceiling,"
+        " unless --no-baseline)",
     )
-    p.add_argument("--no-baseline", action="store_true", help="do not add the baseline")
+    p.add_argument(
+        "--no-baseline", action="store_true", help="do not add the baselines and upstream"
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the first replica of each jobstream scenario over its timed window",
+    )
     p.add_argument("--jobs", type=int, help="timed jobs per scenario (default: per scenario)")
     p.add_argument("--warmup", type=int, help="warm-up jobs per scenario (default: per scenario)")
     p.add_argument("--out", type=Path, help="result JSON (default bench-results/bench-<ts>.json)")
@@ -885,6 +1096,7 @@ async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
         "rate_limit_lease": args.lease or "default",
         "worker_env_passthrough": passthrough_env(os.environ, owned),
         "logs": str(log_dir),
+        "profile": args.profile,
     }
     bench = Bench(
         bootstrap=bootstrap,
@@ -899,6 +1111,8 @@ async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
         lease=args.lease,
         log_dir=log_dir,
         state_dir=state_dir,
+        profile_dir=out.parent if args.profile else None,
+        profile_stem=out.stem,
         kafka_options=client_options(settings),
     )
     results: list[dict[str, Any]] = []
@@ -915,6 +1129,7 @@ async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
     finally:
         await bench.close()
         shutil.rmtree(state_dir, ignore_errors=True)
+        machine["load_avg_at_end"] = load_avg()
         if results:
             add_ratios(results)
             report = build_report(
@@ -934,6 +1149,10 @@ async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
             if notes:
                 print(notes)
                 print()
+            for r in results:
+                if r.get("profile"):
+                    print(render_profile(r["name"], r["profile"]))
+                    print()
             note = "" if complete else " (interrupted: partial results)"
             print(f"results: {', '.join(str(p) for p in written)}{note}")
     return 0 if all(not r["error"] for r in results) else 1

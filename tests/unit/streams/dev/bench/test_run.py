@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from types import SimpleNamespace
 
+import psutil
 import pytest
 
 from models.job import JobOutcome, JobStatus
 from streams.dev.bench import run as bench
+from streams.dev.bench import sampling
 from streams.dev.bench.run import parse_outcome, passthrough_env
 
 
@@ -74,3 +78,47 @@ def test_worker_settings_keep_the_knobs_and_drop_plumbing_and_secrets() -> None:
         "openrouter_api_key": "***",
         "rate_limit_lease": "500",
     }
+
+
+def test_cpu_model_is_the_first_model_name() -> None:
+    cpuinfo = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) CPU\n"
+    assert bench.cpu_model(cpuinfo + "processor\t: 1\nmodel name\t: other\n") == (
+        "Intel(R) Xeon(R) CPU"
+    )
+    assert bench.cpu_model("processor\t: 0\nModel\t\t: Raspberry Pi 4\n") == "Raspberry Pi 4"
+    assert bench.cpu_model("processor\t: 0\n") is None
+
+
+def test_machine_facts_sit_beside_the_figures() -> None:
+    info = bench.machine_info()
+    assert info["cores"] >= 1
+    assert info["memory_total_mb"] > 0
+    assert "faust-streaming" in info["packages"]
+    assert "aiokafka" in info["packages"]
+    assert set(info) >= {"cpu_model", "load_avg_at_start", "load_avg_at_end", "python"}
+
+
+def test_py_spy_error_names_the_reason_not_the_backtrace() -> None:
+    out = (
+        "Error: Failed to get process executable name. Check that the process is running.\n\n"
+        "Caused by:\n    0: No such file or directory (os error 2)\n\nStack backtrace:\n"
+        "   0: <E as anyhow::context::ext::StdError>::ext_context\n"
+    )
+    assert sampling.py_spy_error(out) == (
+        "Error: Failed to get process executable name. Check that the process is running."
+    )
+    denied = "Error: Permission denied (os error 1)\n"
+    assert sampling.py_spy_error(denied).startswith("Error: Permission denied (os error 1) (")
+    assert "CAP_SYS_PTRACE" in sampling.py_spy_error(denied)
+    assert sampling.py_spy_error("") == "no output"
+
+
+async def test_rss_sampler_keeps_every_reading_and_survives_a_gone_process() -> None:
+    gone = psutil.Popen(["true"])
+    gone.wait()
+    sampler = sampling.RssSampler({"me": os.getpid(), "gone": gone.pid}, interval_s=0.01).start()
+    await asyncio.sleep(0.05)
+    samples = await sampler.stop()
+    assert len(samples["me"]) >= 2
+    assert all(v > 0 for v in samples["me"])
+    assert samples["gone"] == []
