@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -73,6 +73,14 @@ class Collector(Generic[T]):
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.max_delay_s, self.flush_now)
 
+    def take_all(self) -> list[T]:
+        """The items waiting, taken out unflushed."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        items, self._items = self._items, []
+        return items
+
     def flush_now(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -89,6 +97,9 @@ class _Job:
     job_type: JobType
     done: Done
     ran: Ran | None = None
+    prior: StoredState | None = None
+    """Its row as it was before this execution's claim (None: there was none), to give the
+    claim back at a drain."""
 
 
 ABANDONED = "abandoned"
@@ -96,16 +107,17 @@ ABANDONED = "abandoned"
 
 
 class BatchPath:
-    """Records wait, already decoded, for a handler slot in a queue (no task, no future each);
-    a record that gets a slot joins the next claim batch. So a job's claim is taken only when
-    it can start at once: the row says ``running`` only for jobs that are, and a drain drops the
-    records still waiting without leaving claims behind for the next owner to wait out."""
+    """Claimed jobs wait for a handler slot in a queue (no task, no future each), so claims are
+    taken in batches as large as the arrivals allow while at most ``concurrency`` handlers run.
+    A drain gives the claims of the jobs that have not started back (one statement), so the
+    next owner of their partitions runs them at once instead of waiting their leases out."""
 
     def __init__(self, pipeline: Pipeline, *, max_size: int, max_delay_s: float) -> None:
         self.pipeline = pipeline
         self.concurrency = pipeline.settings.concurrency
         self._free = self.concurrency
-        self._waiting: deque[_Job] = deque()
+        self._ready: deque[_Job] = deque()
+        self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._claims: Collector[_Job] = Collector(
             self._start, max_size=max_size, max_delay_s=max_delay_s, spawn=self._spawn
@@ -116,12 +128,13 @@ class BatchPath:
 
     @property
     def running(self) -> int:
-        """Jobs holding a handler slot: being claimed, running, or routing their failure."""
+        """Jobs holding a handler slot: running, or routing their failure."""
         return self.concurrency - self._free
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        """Claimed jobs waiting for a handler slot."""
+        return len(self._ready)
 
     def submit(self, rec: Record, done: Done) -> None:
         """Take a record of the main topic; ``done`` is called once it may be acknowledged."""
@@ -130,43 +143,57 @@ class BatchPath:
         try:
             job = p.decode(att)
         except InvalidJobError:
-            self._general(rec, done, slot=False)  # dead-lettered there, under its readable id
+            self._general(rec, done)  # dead-lettered there, under its readable id
             return
         job_type = p.registry.get(job.type)
         if job_type is None:
-            self._general(rec, done, slot=False)
+            self._general(rec, done)
             return
         p.metrics.for_type(job_type.name).received.inc()
         p.metrics.in_flight.inc()
-        self._waiting.append(_Job(att, job, job_type, done))
-        self._pump()
+        self._claims.add(_Job(att, job, job_type, done))
 
-    def drop_waiting(self) -> int:
-        """At a drain: the records whose jobs have not started end unacked (their next owner
-        runs them); returns how many."""
-        dropped = 0
-        while self._waiting:
-            j = self._waiting.popleft()
+    async def drain(self) -> int:
+        """Start no more jobs: records not yet claimed end unacked, claims of jobs not started
+        are given back, and those records end unacked too (their next owner runs them).
+        Running jobs go on. Returns how many records were left."""
+        self._draining = True
+        left = self._claims.take_all()
+        ready, self._ready = list(self._ready), deque()
+        await self._give_back(ready)
+        for j in left + ready:
             self._end(j.done, ABANDONED)
-            dropped += 1
-        return dropped
+        return len(left) + len(ready)
 
     async def close(self) -> None:
         """Stop: what is still running is cancelled, its records stay unacknowledged (the
         partition's next owner runs them; their claims lapse and are taken over)."""
-        self.drop_waiting()
-        self._claims.flush_now()
+        if not self._draining:
+            await self.drain()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def _give_back(self, jobs: Sequence[_Job]) -> None:
+        if not jobs:
+            return
+        p = self.pipeline
+        try:
+            await p.store.unclaim_many(
+                [(j.att.job_id, j.att.token, j.prior) for j in jobs if j.att.claimed]
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the leases lapse instead: a takeover, later
+            log.warning("could not give back %d claims at the drain: %s", len(jobs), describe(exc))
+        for j in jobs:
+            p.release(j.att)
+
     def _pump(self) -> None:
-        while self._free and self._waiting:
+        while self._free and self._ready:
             self._free -= 1
-            self._claims.add(self._waiting.popleft())
-        if not self._free:
-            self._claims.flush_now()  # no slot left: nothing else can join this batch soon
+            self._spawn(self._run(self._ready.popleft()))
 
     def _release_slot(self) -> None:
         self._free += 1
@@ -181,17 +208,11 @@ class BatchPath:
         self.pipeline.metrics.in_flight.dec()
         done(label)
 
-    def _general(self, rec: Record, done: Done, *, slot: bool) -> None:
-        """A record off the common path: the per-record pipeline takes it from the start
-        (in the slot it holds, if any: it may run the job)."""
+    def _general(self, rec: Record, done: Done) -> None:
+        """A record off the common path: the per-record pipeline takes it from the start."""
 
         async def run() -> None:
-            try:
-                label = await self.pipeline.handle(rec)
-            finally:
-                if slot:
-                    self._release_slot()
-            done(label)
+            done(await self.pipeline.handle(rec))
 
         self._spawn(run())
 
@@ -209,17 +230,28 @@ class BatchPath:
             for j in jobs:
                 self._off_path(j)
             return
+        won: list[_Job] = []
         for j, claim in zip(jobs, claims, strict=True):
             if claim.won:
                 p.hold(j.att, claim, j.job_type.name)
-                self._spawn(self._run(j))
+                j.prior = claim.existing
+                won.append(j)
+            elif self._draining:
+                self._end(j.done, ABANDONED)
             else:
                 # done, running elsewhere, or a redelivery: the per-record path decides
                 self._off_path(j)
+        if self._draining:  # the drain began while this batch was being claimed
+            await self._give_back(won)
+            for j in won:
+                self._end(j.done, ABANDONED)
+            return
+        self._ready.extend(won)
+        self._pump()
 
     def _off_path(self, j: _Job) -> None:
         self.pipeline.metrics.in_flight.dec()  # handle() counts it while it runs
-        self._general(j.att.rec, j.done, slot=True)
+        self._general(j.att.rec, j.done)
 
     # -- the handler, one task per job -------------------------------------------------------
 

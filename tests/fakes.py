@@ -196,6 +196,25 @@ class FakeStore:
             out.append(result)
         return out
 
+    async def unclaim_many(self, claims: Sequence[tuple[str, str, StoredState | None]]) -> None:
+        """``_UNCLAIM``: rows still held under the token get back their state, or go."""
+        self.calls.tick("unclaim")
+        self.faults.check("unclaim")
+        for job_id, token, prior in claims:
+            row = self.rows.get(job_id)
+            self.release(job_id, token)
+            if row is None or row.claim_token != token or row.status is not JobStatus.RUNNING:
+                continue
+            self.journal.append(f"unclaim {job_id}")
+            if prior is None:
+                if row.executions == 0:
+                    del self.rows[job_id]
+                continue
+            if prior.status is JobStatus.RUNNING:
+                row.takeovers = max(row.takeovers - 1, 0)
+            row.status, row.attempt, row.worker = prior.status, prior.attempt, prior.worker
+            row.claim_token, row.lease_until = prior.claim_token, prior.lease_until
+
     async def write_many(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:
         self.calls.tick("write")
         self.faults.check("write")

@@ -112,6 +112,35 @@ RETURNING j.job_id
 """
 
 
+_UNCLAIM = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
+                         $7::timestamptz[])
+        AS t(job_id, token, status, attempt, worker, prior_token, lease_until)
+), restored AS (
+    UPDATE jobs AS j SET
+        status      = i.status,
+        attempt     = i.attempt,
+        worker      = i.worker,
+        claim_token = i.prior_token,
+        lease_until = i.lease_until,
+        takeovers   = CASE WHEN i.status = 'running' THEN greatest(j.takeovers - 1, 0)
+                           ELSE j.takeovers END,
+        updated_at  = now()
+    FROM input i
+    WHERE i.status IS NOT NULL AND j.job_id = i.job_id AND j.claim_token = i.token
+      AND j.status = 'running'
+    RETURNING j.job_id
+)
+DELETE FROM jobs AS j USING input i
+WHERE i.status IS NULL AND j.job_id = i.job_id AND j.claim_token = i.token
+  AND j.status = 'running' AND j.executions = 0
+"""
+"""Claims given back at a drain, by jobs that never started: a row the claim created is
+deleted, any other gets back the state the claim found (``_CLAIM`` changes only these
+columns). Only rows still held under the given token are touched."""
+
+
 async def fetch_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:
     """One job's whole row, for status queries (the API, ``jobstream status``)."""
     row = await pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job_id)
@@ -216,6 +245,31 @@ class ResultStore:
                     self.held[req.job_id] = req.token
             out.extend(results)
         return out
+
+    async def unclaim_many(self, claims: Sequence[tuple[str, str, StoredState | None]]) -> None:
+        """See ``_UNCLAIM``; the claims are no longer renewed."""
+        if not claims:
+            return
+        cols: list[list[Any]] = [[] for _ in range(7)]
+        for job_id, token, prior in claims:
+            values = (
+                (job_id, token, None, None, None, None, None)
+                if prior is None
+                else (
+                    job_id, token, prior.status.value, prior.attempt, prior.worker,
+                    prior.claim_token, prior.lease_until,
+                )
+            )  # fmt: skip
+            for col, value in zip(cols, values, strict=True):
+                col.append(value)
+        try:
+            await self._pool.execute(_UNCLAIM, *cols)
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.db_errors.labels(op="unclaim").inc()
+            raise
+        for job_id, token, _ in claims:
+            self.release(job_id, token)
 
     async def write_many(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:
         """The batch path's writes: one statement per ``max_size`` rows, no future each."""

@@ -237,9 +237,9 @@ class Runtime:
         """Stop taking work and wait for in-flight jobs; True when all finished in time."""
         self.draining.set()
         if self.batch is not None:
-            dropped = self.batch.drop_waiting()
-            if dropped:
-                log.info("drain: %d records not started are left to the next owner", dropped)
+            left = await self.batch.drain()
+            if left:
+                log.info("drain: %d records not started are left to the next owner", left)
         started = time.monotonic()
         try:
             await asyncio.wait_for(self._idle.wait(), grace_s)

@@ -199,10 +199,16 @@ async def test_sigterm_drains_in_flight_jobs_and_exits_zero(
         "SELECT count(*) FROM jobs WHERE job_id = ANY($1) AND worker = 'first'", ids
     )
     assert done_by_first >= in_flight  # what was running finished before the exit
+    # the jobs it had claimed but not started were given back, not left running for a lease
+    held = await pg_pool.fetchval(
+        "SELECT count(*) FROM jobs WHERE job_id = ANY($1) AND status = 'running'", ids
+    )
+    assert held == 0
 
     second = workers.start("second", **env)
     await second.wait_assigned()
     await wait_terminal(pg_pool, ids, timeout=90)
-    rows = await pg_pool.fetch("SELECT executions FROM jobs WHERE job_id = ANY($1)", ids)
+    rows = await pg_pool.fetch("SELECT executions, takeovers FROM jobs WHERE job_id = ANY($1)", ids)
     assert len(rows) == len(ids)
     assert {r["executions"] for r in rows} == {1}
+    assert {r["takeovers"] for r in rows} == {0}

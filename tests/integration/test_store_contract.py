@@ -24,8 +24,12 @@ from tests.fakes import FakeStore
 
 
 class Backend(Protocol):
+    @property
+    def store(self) -> FakeStore | ResultStore: ...
+
     async def claim(self, request: ClaimRequest) -> ClaimResult: ...
     async def write(self, row: JobRow) -> StoredState: ...
+    async def exists(self, job_id: str) -> bool: ...
     async def expire(self, job_id: str) -> None: ...
     async def counts(self, job_id: str) -> tuple[int, int]: ...
 
@@ -39,6 +43,9 @@ class Fake:
 
     async def write(self, row: JobRow) -> StoredState:
         return await self.store.write(row)
+
+    async def exists(self, job_id: str) -> bool:
+        return job_id in self.store.rows
 
     async def expire(self, job_id: str) -> None:
         self.store.clock.advance(self.store.lease_s + 1)
@@ -58,6 +65,9 @@ class Pg:
 
     async def write(self, row: JobRow) -> StoredState:
         return await self.store.write(row)
+
+    async def exists(self, job_id: str) -> bool:
+        return bool(await self.pool.fetchval("SELECT count(*) FROM jobs WHERE job_id = $1", job_id))
 
     async def expire(self, job_id: str) -> None:
         await self.pool.execute(
@@ -194,3 +204,39 @@ async def test_a_write_without_a_claim_inserts_the_row(backend: Backend) -> None
         "a",
     )
     assert await backend.counts(job) == (1, 0)
+
+
+async def test_a_batch_is_claimed_and_written_like_its_jobs_one_by_one(backend: Backend) -> None:
+    new, held = fresh(), fresh()
+    await backend.claim(ask(held, "x"))
+    claims = await backend.store.claim_many([ask(new, "a"), ask(held, "b")])
+    assert [c.won for c in claims] == [True, False]
+    assert backend.store.held.get(new) == "a"
+    stored = await backend.store.write_many(
+        [row(new, "a", JobStatus.SUCCEEDED, result=1), row(held, "b", JobStatus.SUCCEEDED)]
+    )
+    assert [s.status for s in stored if isinstance(s, StoredState)] == [
+        JobStatus.SUCCEEDED,
+        JobStatus.RUNNING,  # fenced: "b" never held it
+    ]
+
+
+async def test_a_claim_given_back_leaves_the_row_as_the_claim_found_it(backend: Backend) -> None:
+    new, retrying, expired = fresh(), fresh(), fresh()
+    await backend.claim(ask(retrying, "r1"))
+    await backend.write(row(retrying, "r1", JobStatus.RETRYING, error="e"))
+    await backend.claim(ask(expired, "dead"))
+    await backend.expire(expired)
+    requests = [ask(new, "a"), ask(retrying, "b", attempt=2), ask(expired, "c")]
+    claims = await backend.store.claim_many(requests)
+    assert [c.won for c in claims] == [True, True, True]
+    await backend.store.unclaim_many(
+        [(r.job_id, r.token, c.existing) for r, c in zip(requests, claims, strict=True)]
+    )
+    assert not await backend.exists(new)  # the claim had created it
+    again = await backend.claim(ask(retrying, "d", attempt=2))
+    assert again.won
+    assert again.existing is not None
+    assert (again.existing.status, again.existing.attempt) == (JobStatus.RETRYING, 1)
+    assert await backend.counts(expired) == (0, 0)  # the given-back takeover is not counted
+    assert not backend.store.held.get(new)
