@@ -74,6 +74,7 @@ format: venv
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
+# e.g. BENCH_ARGS="--quick --scenarios echo-1,mixed-1 --profile"; --help lists the options
 bench: stack-up
 	$(PY) -m streams.dev.bench $(BENCH_ARGS)
 

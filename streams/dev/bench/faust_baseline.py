@@ -91,6 +91,11 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def run(bootstrap: str, topic_name: str, group: str, sizes: Sequence[int]) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"{group}-faust-") as datadir:
+        _run(bootstrap, topic_name, group, sizes, datadir)
+
+
+def _run(bootstrap: str, topic_name: str, group: str, sizes: Sequence[int], datadir: str) -> None:
     import faust
 
     from streams.kafka.security import broker_credentials
@@ -102,7 +107,7 @@ def run(bootstrap: str, topic_name: str, group: str, sizes: Sequence[int]) -> No
         broker=f"kafka://{bootstrap}",
         broker_credentials=broker_credentials(Settings()),  # TLS/SASL like a worker's
         store="memory://",
-        datadir=tempfile.mkdtemp(prefix=f"{group}-faust-"),
+        datadir=datadir,
         autodiscover=False,
         key_serializer="raw",
         value_serializer="raw",

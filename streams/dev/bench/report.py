@@ -26,7 +26,8 @@ BASELINES = ("faust", "aiokafka")
 @dataclass(frozen=True)
 class Scenario:
     """One measured configuration. N is per scenario because an llm.chat job lasts 500 ms: the
-    N that makes an echo run long enough to be stable would keep llm-25 busy for minutes."""
+    N that makes an echo run long enough to be stable would keep llm-25 busy for minutes, and
+    the bare consumers need five times an echo run's N to run for more than a second or two."""
 
     name: str
     kind: str  # "jobstream", "baseline" (a bare consumer) or "upstream" (the fake server alone)
@@ -85,11 +86,11 @@ def payload_for(job_type: str, i: int) -> dict[str, Any]:
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
-        "faust", "baseline", "echo", 1, 1, 20_000, 2_000, 500, 100,
+        "faust", "baseline", "echo", 1, 1, 100_000, 10_000, 500, 100,
         summary="bare faust agent (kafka:// transport, raw serializers): consume and count only",
     ),
     Scenario(
-        "aiokafka", "baseline", "echo", 1, None, 20_000, 2_000, 500, 100,
+        "aiokafka", "baseline", "echo", 1, None, 100_000, 10_000, 500, 100,
         summary="bare aiokafka consume-produce-commit loop, no PostgreSQL",
     ),
     Scenario(
@@ -295,7 +296,8 @@ def add_ratios(results: list[dict[str, Any]]) -> None:
         for base_name in BASELINES:
             base = by_name.get(base_name)
             key = f"vs_{base_name}"
-            if _ok(r) and base is not None and _ok(base):
+            consumer = r.get("kind") != "upstream"  # requests/s of a server: not comparable
+            if consumer and _ok(r) and base is not None and _ok(base):
                 r[key] = round(r["jobs_per_s"] / base["jobs_per_s"], 3)
             else:
                 r[key] = None
@@ -521,6 +523,8 @@ def render_notes(results: Sequence[Mapping[str, Any]]) -> str:
         profile = r.get("profile") or {}
         if profile.get("error"):
             parts.append(f"no profile: {profile['error']}")
+        elif profile:
+            parts.append("profiled (py-spy pauses it for each sample)")
         if r.get("error"):
             parts.append(f"error: {r['error'].splitlines()[0][:200]}")
         if parts:
@@ -600,8 +604,10 @@ METHOD = {
     "rss": "resident set size of each consuming process, sampled every 0.2 s with psutil during"
     " the timed window; the table shows the highest replica's peak (MB = 10^6 bytes)",
     "profile": "--profile: py-spy record --rate 100 --format raw of the first replica over the"
-    " timed window (idle threads not sampled); self = samples whose innermost frame is the"
-    " function, inclusive = samples with the function anywhere on the stack",
+    " timed window (idle threads not sampled; py-spy pauses the process for each sample, so"
+    " a profiled run's figures are a little lower than an unprofiled one's); self = samples"
+    " whose innermost frame is the function, inclusive = samples with the function anywhere"
+    " on the stack (the event loop's trunk left out)",
     "rate_limit": "llm.chat uses a per-run limiter key (policy file) with an unreachable rate"
     " and the production lease size (unless --lease), so the limiter runs but does not limit,"
     " and the shared 'openrouter' bucket of other users is untouched",

@@ -1045,7 +1045,7 @@ def describe_scenarios(*, quick: bool) -> str:
         n = s.job_count(quick=quick, override=None)
         conc = "-" if s.concurrency is None else s.concurrency
         lines.append(
-            f"{s.name:9} replicas={s.replicas} concurrency={conc} jobs={n} "
+            f"{s.name:10} replicas={s.replicas} concurrency={conc} jobs={n} "
             f"warmup={s.warmup_count(quick=quick)}  {s.summary}"
         )
     return "\n".join(lines)
@@ -1124,7 +1124,8 @@ async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
             _say(f"--- {spec.name}: {spec.summary}")
             r = await bench.run(spec, results)
             if not r["error"]:
-                _say(f"{spec.name}: {r['jobs_per_s']} jobs/s, p50 {r['latency_ms']['p50']} ms")
+                p50 = r["latency_ms"]["p50"]
+                _say(f"{spec.name}: {r['jobs_per_s']} jobs/s" + (f", p50 {p50} ms" if p50 else ""))
         complete = True
     finally:
         await bench.close()

@@ -177,6 +177,14 @@ def test_ceiling_is_the_fake_server_alone_when_it_is_lower() -> None:
     assert failed[1]["vs_ceiling"] == 0.6
 
 
+def test_the_fake_server_alone_is_not_compared_to_the_consumers() -> None:
+    results = [_result("faust", 4000.0), _result("aiokafka", 8000.0), _result("upstream", 800.0)]
+    add_ratios(results)
+    assert results[2]["vs_faust"] is None
+    assert results[2]["vs_aiokafka"] is None
+    assert results[2]["vs_ceiling"] == 0.8  # of what its 500 connections allow at 500 ms
+
+
 def test_no_ratio_without_a_usable_baseline() -> None:
     failed = [_result("faust", 2000.0, error="boom"), _result("echo-1", 500.0)]
     add_ratios(failed)
@@ -423,6 +431,7 @@ def test_notes_say_what_limits_each_number() -> None:
     mixed = _result("mixed-1", 200.0)
     llm25 = _result("llm-25", 45.0)
     llm25["profile"] = {"error": "py-spy exited with 1: Permission denied"}
+    llm["profile"] = {"file": "x.txt", "samples": 10, "self": [], "inclusive": []}
     results = [base, upstream, failed, mixed, llm25, llm]
     add_ratios(results)
     notes = bench_report.render_notes(results).splitlines()
@@ -434,7 +443,8 @@ def test_notes_say_what_limits_each_number() -> None:
         "- llm-25: 90% of its ceiling (50/s by concurrency);"
         " no profile: py-spy exited with 1: Permission denied",
         "- llm-500: machine 100% busy; 50% of its ceiling (800/s the fake server sustained"
-        " alone, below 1000/s by concurrency); upstream max in flight 500",
+        " alone, below 1000/s by concurrency); upstream max in flight 500;"
+        " profiled (py-spy pauses it for each sample)",
     ]
 
 
