@@ -119,6 +119,14 @@ COMMENT ON TABLE console_minutes IS
 """
 
 
+LEAN_INDEXES_SCHEMA = """
+DROP INDEX IF EXISTS jobs_status_idx;
+"""
+"""Every row write updates every index of ``jobs`` (its status changes, so no update is HOT):
+an index that another one already serves is pure cost. ``jobs_status_finished_idx`` starts
+with ``status``, so it serves everything ``jobs_status_idx`` did."""
+
+
 def _migrations() -> Sequence[tuple[str, str]]:
     return (
         ("0001_jobs", JOBS_SCHEMA),
@@ -128,6 +136,7 @@ def _migrations() -> Sequence[tuple[str, str]]:
         ("0005_execution_claims", CLAIMS_SCHEMA),
         ("0010_console_indexes", CONSOLE_SCHEMA),
         ("0011_console_minutes", CONSOLE_MINUTES_SCHEMA),
+        ("0012_drop_redundant_status_index", LEAN_INDEXES_SCHEMA),
     )
 
 

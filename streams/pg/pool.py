@@ -21,15 +21,31 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 PoolerMode = Literal["none", "transaction"]
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset query on release (see ``create_pool(reset=False)``)."""
+
+
 async def create_pool(
-    dsn: str, *, min_size: int = 2, max_size: int = 10, pooler_mode: PoolerMode = "none"
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    pooler_mode: PoolerMode = "none",
+    reset: bool = True,
 ) -> asyncpg.Pool:
     """``pooler_mode="transaction"``: the server connection may change between transactions
     (PgBouncer, Supabase's pooler), so a statement prepared under a name on one would be
-    missing on the next; asyncpg then prepares only unnamed statements."""
+    missing on the next; asyncpg then prepares only unnamed statements.
+
+    ``reset=False``: a released connection is not reset (asyncpg's default sends
+    ``RESET ALL``, ``UNLISTEN *``, ... on every release, one more round trip per statement).
+    Only for a pool whose users run single statements and leave no session state behind:
+    the result store's batches."""
     extra: dict[str, Any] = {}
     if pooler_mode == "transaction":
         extra["statement_cache_size"] = 0
+    if not reset:
+        extra["reset"] = _keep_session
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,

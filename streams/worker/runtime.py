@@ -22,6 +22,7 @@ from streams.kafka.publisher import Publisher
 from streams.kafka.record import Record
 from streams.kafka.security import client_options
 from streams.metrics import Metrics
+from streams.pg.pool import create_pool
 from streams.pg.results import ResultStore
 from streams.pg.retention import Sweeper, worker_sweeper
 from streams.settings import Settings
@@ -110,8 +111,13 @@ class Runtime:
             listen=s.db_pooler_mode == "none",  # a pooler does not keep LISTEN between queries
         )
         teardown.push_async_callback(self.limiter.close)
+        # the result store's batches on connections of their own, never reset on release
+        batch_pool = await create_pool(
+            self.dsn, min_size=2, max_size=4, pooler_mode=s.db_pooler_mode, reset=False
+        )
+        teardown.push_async_callback(batch_pool.close)
         self.store = ResultStore(
-            self.pool,
+            batch_pool,
             max_size=s.batch_max_size,
             max_delay_s=s.batch_max_delay_ms / 1000,
             metrics=self.metrics,
