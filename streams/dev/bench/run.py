@@ -50,14 +50,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import importlib.metadata
 import json
 import os
-import platform
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -69,9 +65,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from streams.dev.bench import faust_baseline
+from streams.dev.bench.machine import load_avg, machine_cpu, machine_info, service_info
+from streams.dev.bench.outputs import OutputCollector, parse_baseline, parse_outcome
 from streams.dev.bench.report import (
     FAKE_LATENCY_MS,
     SCENARIOS,
@@ -94,7 +90,6 @@ from streams.dev.bench.report import (
 from streams.dev.bench.sampling import Profiler, RssSampler
 from streams.dev.process import Child
 from streams.dev.replicas import free_port
-from streams.kafka.reader import TopicReader
 from streams.output import Progress
 from streams.polling import wait_until
 
@@ -140,19 +135,6 @@ def worker_settings(env: Mapping[str, str]) -> dict[str, str]:
 # -- processes -------------------------------------------------------------------------------
 
 
-def load_avg() -> list[float] | None:
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds over all cores since boot: two readings give the busy
-    fraction."""
-    times = psutil.cpu_times()
-    total = float(sum(times))
-    idle = times.idle + getattr(times, "iowait", 0.0)
-    return total - idle, total
-
-
 async def http_status(url: str) -> int | None:
     import aiohttp
 
@@ -189,102 +171,6 @@ async def group_state(admin: Any, group: str) -> tuple[str, int]:
             if g[1] == group:
                 return str(g[2]), len(g[5])
     return "Dead", 0
-
-
-OutputParser = Callable[[Any], tuple[str, Done] | None]
-
-
-def parse_outcome(record: Any) -> tuple[str, Done] | None:
-    """A :class:`JobOutcome` record; plain ``json`` because pydantic would cost the benchmark
-    process more CPU than the workers it measures, on a 2-core machine."""
-    doc = json.loads(record.value)
-    finished = doc.get("finished_at")
-    return doc["job_id"], Done(
-        at=record.timestamp / 1000,
-        status=str(doc.get("status")),
-        finished_at=datetime.fromisoformat(finished).timestamp() if finished else None,
-        handler_ms=doc.get("duration_ms"),
-        reemitted=bool(doc.get("reemitted")),
-    )
-
-
-def parse_baseline(record: Any) -> tuple[str, Done] | None:
-    doc = json.loads(record.value)
-    return doc["job_id"], Done(
-        at=record.timestamp / 1000, status=doc["status"], finished_at=doc.get("finished_at")
-    )
-
-
-class OutputCollector:
-    """Reads an output topic from the beginning, outside any group (so it never joins the
-    group being measured), and keeps the first record per job id: a later one is a duplicate
-    delivery (counted), and the first is when the job's result became durable."""
-
-    def __init__(
-        self,
-        bootstrap: str,
-        topic: str,
-        parse: OutputParser,
-        options: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.options = dict(options or {})  # TLS/SASL (kafka_security.client_options)
-        self.topic = topic
-        self.parse = parse
-        self.done: dict[str, Done] = {}
-        self.duplicates = 0
-        self.unparsable = 0
-        self._reader = TopicReader(bootstrap, topic, self.options)
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> OutputCollector:
-        await self._reader.start()
-        self._task = asyncio.create_task(self._run(), name=f"collect-{self.topic}")
-        return self
-
-    async def _run(self) -> None:
-        while True:
-            for rec in await self._reader.read(max_records=20_000):
-                try:
-                    parsed = self.parse(rec)
-                except (ValueError, KeyError, TypeError):
-                    self.unparsable += 1
-                    continue
-                if parsed is None:
-                    continue
-                job_id, done = parsed
-                if job_id in self.done:
-                    self.duplicates += 1
-                else:
-                    self.done[job_id] = done
-
-    async def wait_all(
-        self, ids: Sequence[str], *, within_s: float, progress: Progress | None = None
-    ) -> None:
-        wanted = set(ids)
-
-        async def all_in() -> bool:
-            nonlocal wanted
-            if self._task is not None and self._task.done():
-                self._task.result()  # the reader died: say why
-            wanted = {i for i in wanted if i not in self.done}
-            if progress is not None:
-                progress.update(len(ids) - len(wanted))
-            return not wanted
-
-        try:
-            await wait_until(all_in, within_s=within_s, interval_s=0.05, what="the outputs")
-        except TimeoutError:
-            raise TimeoutError(
-                f"timed out after {within_s:g}s: {len(ids) - len(wanted)}/{len(ids)} outputs"
-            ) from None
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        await self._reader.stop()
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -917,76 +803,6 @@ class Bench:
 
     async def _drop_bucket(self, key: str) -> None:
         await self.pool.execute("DELETE FROM rate_limit_buckets WHERE key = $1", key)
-
-
-# -- machine description ---------------------------------------------------------------------
-
-
-def cpu_model(cpuinfo: str) -> str | None:
-    """The first ``model name`` of /proc/cpuinfo (x86 and most ARM kernels print one)."""
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() in ("model name", "Model", "Hardware") and value.strip():
-            return value.strip()
-    return None
-
-
-def _cpu_model() -> str | None:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return platform.processor() or None
-    return cpu_model(text) or platform.processor() or None
-
-
-def machine_info() -> dict[str, Any]:
-    versions: dict[str, str | None] = {}
-    for dist in ("faust-streaming", "aiokafka", "asyncpg", "aiohttp", "pydantic"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
-    return {
-        "cores": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "memory_total_mb": round(psutil.virtual_memory().total / 1e6),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "hostname": socket.gethostname(),
-        "load_avg_at_start": load_avg(),
-        "load_avg_at_end": None,
-        "packages": versions,
-    }
-
-
-async def service_info(bootstrap: str, dsn: str, state_dir: Path) -> dict[str, Any]:
-    """Versions of the services, where they can be known: Kafka does not report its version
-    over the wire (and aiokafka >= 0.13 no longer guesses it), so it comes from the local
-    devstack's record when that is the broker used."""
-    info: dict[str, Any] = {"kafka_bootstrap": bootstrap}
-    try:
-        stack = json.loads((state_dir / "stack.json").read_text())
-    except (OSError, ValueError):
-        stack = {}
-    kafka = stack.get("kafka") or {}
-    if kafka.get("bootstrap") == bootstrap and kafka.get("version"):
-        info["kafka_version"] = kafka["version"]
-        info["kafka_version_source"] = "devstack stack.json"
-    else:
-        info["kafka_version"] = None
-        info["kafka_version_source"] = "unknown: not the devstack broker"
-    try:
-        import asyncpg
-
-        conn = await asyncpg.connect(dsn)
-        try:
-            info["postgres_version"] = await conn.fetchval("SHOW server_version")
-        finally:
-            await conn.close()
-    except Exception as exc:  # noqa: BLE001 - diagnostics only: the version is reported as unknown
-        info["postgres_version"] = f"unknown ({type(exc).__name__})"
-    return info
 
 
 # -- command line ----------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 
 from models.job import JobEvent
-from streams.dev.bench import run as bench
 from streams.dev.bench.baseline import output_for
 from streams.dev.bench.faust_baseline import (
     BatchCounter,
@@ -18,6 +17,7 @@ from streams.dev.bench.faust_baseline import (
     read_report,
 )
 from streams.dev.bench.faust_baseline import main as faust_main
+from streams.dev.bench.outputs import parse_baseline
 from streams.dev.bench.report import payload_for
 from streams.dev.bench.upstream import chat_request
 
@@ -29,7 +29,7 @@ def test_baseline_output_names_the_job() -> None:
     assert doc["status"] == "succeeded"
     assert isinstance(doc["finished_at"], float)
     record = SimpleNamespace(value=output_for(event.to_bytes()), timestamp=1_000)
-    parsed = bench.parse_baseline(record)
+    parsed = parse_baseline(record)
     assert parsed is not None
     assert parsed[0] == "abc"
     assert parsed[1].at == 1.0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from streams.dev.bench import report as bench_report
-from streams.dev.bench import run as bench
+from streams.dev.bench.machine import machine_info
 from streams.dev.bench.report import (
     REPORT_KEYS,
     RESULT_KEYS,
@@ -349,7 +349,7 @@ def test_report_shape_and_round_trip(tmp_path: Path) -> None:
         started_at="2025-01-01T00:00:00+00:00",
         finished_at="2025-01-01T00:01:00+00:00",
         complete=True,
-        machine=bench.machine_info(),
+        machine=machine_info(),
         services={"kafka_bootstrap": "127.0.0.1:9092", "kafka_version": None},
         options={"quick": True},
         results=results,

@@ -10,9 +10,10 @@ import psutil
 import pytest
 
 from models.job import JobOutcome, JobStatus
+from streams.dev.bench import machine, sampling
 from streams.dev.bench import run as bench
-from streams.dev.bench import sampling
-from streams.dev.bench.run import parse_outcome, passthrough_env
+from streams.dev.bench.outputs import parse_outcome
+from streams.dev.bench.run import passthrough_env
 
 
 def test_passthrough_env_masks_secrets_and_skips_what_the_bench_sets() -> None:
@@ -82,15 +83,15 @@ def test_worker_settings_keep_the_knobs_and_drop_plumbing_and_secrets() -> None:
 
 def test_cpu_model_is_the_first_model_name() -> None:
     cpuinfo = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) CPU\n"
-    assert bench.cpu_model(cpuinfo + "processor\t: 1\nmodel name\t: other\n") == (
+    assert machine.cpu_model(cpuinfo + "processor\t: 1\nmodel name\t: other\n") == (
         "Intel(R) Xeon(R) CPU"
     )
-    assert bench.cpu_model("processor\t: 0\nModel\t\t: Raspberry Pi 4\n") == "Raspberry Pi 4"
-    assert bench.cpu_model("processor\t: 0\n") is None
+    assert machine.cpu_model("processor\t: 0\nModel\t\t: Raspberry Pi 4\n") == "Raspberry Pi 4"
+    assert machine.cpu_model("processor\t: 0\n") is None
 
 
 def test_machine_facts_sit_beside_the_figures() -> None:
-    info = bench.machine_info()
+    info = machine.machine_info()
     assert info["cores"] >= 1
     assert info["memory_total_mb"] > 0
     assert "faust-streaming" in info["packages"]
