@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import psutil
@@ -123,3 +124,19 @@ async def test_rss_sampler_keeps_every_reading_and_survives_a_gone_process() -> 
     assert len(samples["me"]) >= 2
     assert all(v > 0 for v in samples["me"])
     assert samples["gone"] == []
+
+
+async def test_a_profiler_that_cannot_attach_says_why_instead_of_raising(tmp_path: Path) -> None:
+    gone = psutil.Popen(["true"])
+    gone.wait()
+    out, log = tmp_path / "p.collapsed.txt", tmp_path / "py-spy.log"
+    profiler = sampling.Profiler(gone.pid, out, log, max_s=5).start()
+    if profiler.proc is not None:
+        await asyncio.to_thread(profiler.proc.wait, 30)  # it gives up on its own, as on EPERM
+    profile = await profiler.stop()
+    assert set(profile) == {"error"}
+    if sampling.py_spy_path() is None:
+        assert "not installed" in profile["error"]
+    else:
+        assert profile["error"].startswith("py-spy exited with 1: Error: ")
+        assert "backtrace" not in profile["error"].lower()
