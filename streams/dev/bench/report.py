@@ -366,10 +366,12 @@ def _without_line(frame: str) -> str:
 
 
 TRUNK = ("<frozen runpy>", "click/core.py", "asyncio/runners.py", "asyncio/base_events.py",
-         "asyncio/events.py", "mode/worker.py", "streams/cli.py", "streams/command.py")  # fmt: skip
-"""Files of the frames under nearly every sample (interpreter start, the command line, the event
-loop's dispatch of a callback): at the top of an inclusive ranking they would hide the frames
-that tell where the time goes, so they are ranked by self time only."""
+         "asyncio/events.py", "threading.py", "mode/worker.py", "mode/threads.py",
+         "streams/cli.py", "streams/command.py", "streams/worker/service.py")  # fmt: skip
+"""Files of the frames under nearly every sample of their thread (interpreter and thread start,
+the command line, the worker's entry, the event loop's dispatch of a callback): at the top of
+an inclusive ranking they would hide the frames that tell where the time goes, so they are
+ranked by self time only."""
 
 
 def _in_trunk(frame: str) -> bool:
