@@ -43,6 +43,8 @@ class Scenario:
     slow_every: int | None = None
     """Every this many jobs one is a ``sleep`` of ``slow_s`` instead of ``job_type``."""
     slow_s: float = 2.0
+    publish_rate: float | None = None
+    """Jobs per second the timed part is published at (open loop); None: all at once."""
 
     @property
     def expected_jobs_s(self) -> float | None:
@@ -66,12 +68,30 @@ class Scenario:
         return self.job_type, payload_for(self.job_type, i)
 
     @property
+    def slow_slots(self) -> float | None:
+        """Slots the slow jobs hold on average when published at ``publish_rate`` (Little's
+        law); below the concurrency, an echo job never waits for a free slot, so any wait it
+        shows is head-of-line blocking behind a slow job."""
+        if not self.slow_every or not self.publish_rate:
+            return None
+        return self.publish_rate / self.slow_every * self.slow_s
+
+    @property
     def slow_bound_jobs_s(self) -> float | None:
         """What the slow jobs alone allow: each holds a slot for ``slow_s`` once every
         ``slow_every`` jobs, so even with instant fast jobs the whole mix cannot go faster."""
         if not self.slow_every or self.concurrency is None:
             return None
         return self.replicas * self.concurrency * self.slow_every / self.slow_s
+
+
+def pace_wait(started: float, sent: int, rate: float | None, now: float) -> float:
+    """Seconds to wait before sending job number ``sent`` (0-based) of a batch published at
+    ``rate`` jobs/s from ``started``: the schedule is fixed in advance (open loop), so a late
+    send is not made up for by sending the next ones later too."""
+    if not rate:
+        return 0.0
+    return max(0.0, started + sent / rate - now)
 
 
 def payload_for(job_type: str, i: int) -> dict[str, Any]:
@@ -107,9 +127,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         summary="echo, 2 replicas",
     ),
     Scenario(
-        "mixed-1", "jobstream", "echo", 1, 25, 10_000, 2_000, 500, 100,
-        slow_every=20, slow_s=2.0,
-        summary="echo with a 2 s sleep job every 20th, 1 replica: do slow jobs hold back echo?",
+        "mixed-1", "jobstream", "echo", 1, 25, 4_500, 1_500, 500, 100,
+        slow_every=20, slow_s=2.0, publish_rate=150.0,
+        summary="echo, a 2 s sleep every 20th, published at 150/s: do sleeps hold back echo?",
     ),
     Scenario(
         "echo-c2000", "jobstream", "echo", 1, 2000, 20_000, 3_000, 500, 100,
@@ -501,6 +521,18 @@ def _ceiling_note(r: Mapping[str, Any]) -> str | None:
     return f"{r['vs_ceiling']:.0%} of its ceiling ({why})"
 
 
+def _mix_note(r: Mapping[str, Any]) -> str | None:
+    if r.get("slow_slots"):
+        return (
+            f"published at {r['publish_rate']:g}/s, the sleep jobs hold {r['slow_slots']:g}"
+            f" of the {r['replicas'] * r['concurrency']} slots: an echo job that waits"
+            " seconds waits behind a sleep, not for a slot"
+        )
+    if r.get("slow_bound_jobs_s"):
+        return f"the sleep jobs alone bound the mix at {r['slow_bound_jobs_s']:g} jobs/s"
+    return None
+
+
 def render_notes(results: Sequence[Mapping[str, Any]]) -> str:
     """What the table cannot show but a reader needs before trusting it: how busy the machine
     was, whether the publisher or the upstream was the limit, what a second replica adds."""
@@ -517,16 +549,17 @@ def render_notes(results: Sequence[Mapping[str, Any]]) -> str:
         ceiling = _ceiling_note(r)
         if ceiling:
             parts.append(ceiling)
-        if r.get("slow_bound_jobs_s"):
-            parts.append(f"the sleep jobs alone bound the mix at {r['slow_bound_jobs_s']:g} jobs/s")
+        mix = _mix_note(r)
+        if mix:
+            parts.append(mix)
         upstream = r.get("upstream") or {}
         if upstream.get("max_in_flight") is not None:
             parts.append(f"upstream max in flight {upstream['max_in_flight']}")
-        profile = r.get("profile") or {}
-        if profile.get("error"):
-            parts.append(f"no profile: {profile['error']}")
-        elif profile:
-            parts.append("profiled (py-spy pauses it for each sample)")
+        if r.get("profile"):
+            error = r["profile"].get("error")
+            parts.append(
+                f"no profile: {error}" if error else "profiled (py-spy pauses it for each sample)"
+            )
         if r.get("error"):
             parts.append(f"error: {r['error'].splitlines()[0][:200]}")
         if parts:
@@ -544,8 +577,8 @@ RESULT_KEYS: tuple[str, ...] = (
     "name", "kind", "job_type", "summary", "replicas", "concurrency", "partitions",
     "worker_settings", "jobs", "completed", "warmup_jobs", "topic_prefix", "started_at",
     "jobs_per_s", "duration_s", "publish_s", "publish_jobs_per_s", "publisher_bound",
-    "latency_ms", "finished_latency_ms", "handler_ms", "statuses", "by_type",
-    "expected_jobs_s", "slow_bound_jobs_s", "ceiling_jobs_s", "vs_ceiling",
+    "latency_ms", "finished_latency_ms", "handler_ms", "statuses", "by_type", "publish_rate",
+    "expected_jobs_s", "slow_slots", "slow_bound_jobs_s", "ceiling_jobs_s", "vs_ceiling",
     "vs_faust", "vs_aiokafka", "rss_mb",
     "outputs", "rows", "exit_codes", "cpu", "upstream", "worker_metrics", "profile", "logs",
     "error",
@@ -572,6 +605,8 @@ def empty_result(spec: Scenario, *, jobs: int, warmup: int, partitions: int) -> 
         completed=0,
         warmup_jobs=warmup,
         expected_jobs_s=spec.expected_jobs_s,
+        publish_rate=spec.publish_rate,
+        slow_slots=spec.slow_slots,
         slow_bound_jobs_s=spec.slow_bound_jobs_s,
         rss_mb={},
         latency_ms=latency_summary([]),

@@ -78,6 +78,7 @@ from streams.dev.bench.report import (
     cpu_ms_per_job,
     empty_result,
     latency_summary,
+    pace_wait,
     parse_scenarios,
     peak_rss_mb,
     render_notes,
@@ -394,7 +395,7 @@ class Bench:
         ) as client:
             if warmup:
                 _say(f"{spec.name}: warm-up, {warmup} jobs")
-                warm = await self._publish(client, spec, f"{prefix}-warm", warmup)
+                warm = await self._publish(client, spec, f"{prefix}-warm", warmup, paced=False)
                 await self._wait_done(
                     warm, collector, consumers, batch=0, within_s=min(self.timeout_s, 180)
                 )
@@ -651,16 +652,22 @@ class Bench:
 
     # ---- publishing
 
-    async def _publish(self, client: Any, spec: Scenario, id_prefix: str, n: int) -> Published:
+    async def _publish(
+        self, client: Any, spec: Scenario, id_prefix: str, n: int, *, paced: bool = True
+    ) -> Published:
         """Publish ``n`` jobs in chunks; each chunk is built just before it is sent, so a job's
-        ``created_at`` is its publish time and not the time the whole batch was prepared."""
+        ``created_at`` is its publish time and not the time the whole batch was prepared. A
+        scenario with a ``publish_rate`` sends a chunk every 50 ms on a fixed schedule."""
         ids: list[str] = []
         created: dict[str, float] = {}
         types: dict[str, str] = {}
+        rate = spec.publish_rate if paced else None
+        chunk = max(1, round(rate / 20)) if rate else self.chunk
         started = time.time()
-        for first in range(0, n, self.chunk):
+        for first in range(0, n, chunk):
+            await asyncio.sleep(pace_wait(started, first, rate, time.time()))
             events = []
-            for i in range(first, min(n, first + self.chunk)):
+            for i in range(first, min(n, first + chunk)):
                 job_type, payload = spec.job_at(i)
                 events.append(client.build(job_type, payload, job_id=f"{id_prefix}-{i:07d}"))
             for e in events:

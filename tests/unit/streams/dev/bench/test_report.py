@@ -221,8 +221,29 @@ def test_mixed_scenario_puts_a_sleep_job_every_twentieth() -> None:
     assert plan[0] == ("echo", {"n": 0, "text": "benchmark"})
     # 25 slots, each sleep holds one for 2 s once every 20 jobs: 250 jobs/s at best
     assert mixed.slow_bound_jobs_s == 250.0
+    # published at 150/s: 7.5 sleeps a second, each 2 s, hold 15 slots on average
+    assert mixed.slow_slots == 15.0
+    assert mixed.slow_slots < (mixed.concurrency or 0)  # so echo jobs never wait for a slot
     assert bench_report.BY_NAME["echo-1"].slow_bound_jobs_s is None
+    assert bench_report.BY_NAME["echo-1"].slow_slots is None
     assert all(t == "echo" for t, _ in map(bench_report.BY_NAME["echo-1"].job_at, range(40)))
+
+
+def test_a_paced_batch_follows_a_fixed_schedule() -> None:
+    pace = bench_report.pace_wait
+    assert pace(100.0, 0, 150.0, now=100.0) == 0.0
+    assert pace(100.0, 300, 150.0, now=100.5) == pytest.approx(1.5)  # job 300 is due at 102
+    assert pace(100.0, 300, 150.0, now=103.0) == 0.0  # late: sent at once, not rescheduled
+    assert pace(100.0, 10_000, None, now=100.0) == 0.0  # unpaced: all at once
+
+
+def test_a_mix_published_all_at_once_notes_the_bound_its_sleeps_set() -> None:
+    r = _result("echo-1", 1000.0)
+    r.update(slow_slots=None, slow_bound_jobs_s=250.0)
+    add_ratios([r])
+    assert bench_report.render_notes([r]) == (
+        "- echo-1: the sleep jobs alone bound the mix at 250 jobs/s"
+    )
 
 
 def test_llm_jobs_carry_a_chat_request() -> None:
@@ -439,7 +460,8 @@ def test_notes_say_what_limits_each_number() -> None:
         "- aiokafka: kept up with the publisher (rate is the publisher's)",
         "- upstream: CPU and RSS are the fake server's; 80% of its ceiling (1000/s by concurrency)",
         "- echo-1: error: TimeoutError: timed out",
-        "- mixed-1: the sleep jobs alone bound the mix at 250 jobs/s",
+        "- mixed-1: published at 150/s, the sleep jobs hold 15 of the 25 slots: an echo job that"
+        " waits seconds waits behind a sleep, not for a slot",
         "- llm-25: 90% of its ceiling (50/s by concurrency);"
         " no profile: py-spy exited with 1: Permission denied",
         "- llm-500: machine 100% busy; 50% of its ceiling (800/s the fake server sustained"
