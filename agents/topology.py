@@ -87,5 +87,5 @@ def register_agents(app: faust.App, runtime: AgentHost) -> None:
         app.agent(
             tier_topic,
             name=f"jobstream.retry.{tier.label}",
-            concurrency=settings.concurrency,
+            concurrency=settings.retry_forwarders,
         )(make_forward())

@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     # processing
     concurrency: int = Field(default=25, ge=1, le=5000)
     """jobs run at once per replica"""
+    retry_forwarders: int = Field(
+        default=64,
+        ge=1,
+        le=5000,
+        description="events each retry tier holds at once until they are due (each in an agent"
+        " of its own): a tier's events share one delay, so they come due in order",
+    )
     max_in_flight: int = Field(
         default=0,
         ge=0,
