@@ -27,7 +27,9 @@ BASELINES = ("faust", "aiokafka")
 class Scenario:
     """One measured configuration. N is per scenario because an llm.chat job lasts 500 ms: the
     N that makes an echo run long enough to be stable would keep llm-25 busy for minutes, and
-    the bare consumers need five times an echo run's N to run for more than a second or two."""
+    the bare consumers need five times an echo run's N to run for more than a second or two
+    (and so that faust's one stall of ~1.2 s per run, when the publisher stops and its fetch
+    waits out ``fetch_max_wait_ms=1500`` on idle partitions, weighs less)."""
 
     name: str
     kind: str  # "jobstream", "baseline" (a bare consumer) or "upstream" (the fake server alone)
@@ -106,11 +108,11 @@ def payload_for(job_type: str, i: int) -> dict[str, Any]:
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
-        "faust", "baseline", "echo", 1, 1, 100_000, 10_000, 500, 100,
+        "faust", "baseline", "echo", 1, 1, 100_000, 30_000, 500, 100,
         summary="bare faust agent (kafka:// transport, raw serializers): consume and count only",
     ),
     Scenario(
-        "aiokafka", "baseline", "echo", 1, None, 100_000, 10_000, 500, 100,
+        "aiokafka", "baseline", "echo", 1, None, 100_000, 30_000, 500, 100,
         summary="bare aiokafka consume-produce-commit loop, no PostgreSQL",
     ),
     Scenario(
