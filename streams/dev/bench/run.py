@@ -693,6 +693,7 @@ class Bench:
             "children": {c.name: c.cpu_s() for c in children},
             "self": time.process_time(),
             "machine": machine_cpu(),
+            "load_avg": load_avg(),
         }
 
     @staticmethod
@@ -719,7 +720,8 @@ class Bench:
         m0, m1 = before["machine"], after["machine"]
         if m0 and m1 and m1[1] > m0[1]:
             usage["machine_busy"] = round((m1[0] - m0[0]) / (m1[1] - m0[1]), 3)
-        usage["load_avg"] = load_avg()
+        usage["load_avg_before"] = before.get("load_avg")
+        usage["load_avg"] = after.get("load_avg")
         return usage
 
     async def _row_statuses(self, ids: Sequence[str]) -> dict[str, int]:
