@@ -403,10 +403,11 @@ class Bench:
             cpu_before = self._cpu_snapshot(children)
             rss = RssSampler({c.name: c.pid for c in consumers}).start()
             profiler = self._start_profiler(spec, consumers)
-            timed = await self._publish(client, spec, prefix, jobs)
-            result["publish_s"] = round(timed.finished - timed.started, 3)
+            timed: Published | None = None
             counted: dict[str, Any] | None = None
             try:
+                timed = await self._publish(client, spec, prefix, jobs)
+                result["publish_s"] = round(timed.finished - timed.started, 3)
                 # a live bar on a terminal, a line every 5 s in a pipe or a log
                 with Progress(jobs, f"[bench] {spec.name}: done", file=sys.stderr) as progress:
                     counted = await self._wait_done(
@@ -418,13 +419,15 @@ class Bench:
                         progress=progress,
                     )
             finally:
-                result["cpu"] = self._cpu_usage(
-                    cpu_before, self._cpu_snapshot(children), children, time.time() - timed.started
-                )
+                cpu_after, ended = self._cpu_snapshot(children), time.time()
+                # stopped whatever happened: a failed publish must not leave py-spy attached
                 result["rss_mb"] = peak_rss_mb(await rss.stop())
                 if profiler is not None:
                     result["profile"] = await profiler.stop()
-                self._figures(spec, timed, collector, counted, result)
+                if timed is not None:
+                    wall = ended - timed.started
+                    result["cpu"] = self._cpu_usage(cpu_before, cpu_after, children, wall)
+                    self._figures(spec, timed, collector, counted, result)
         return timed.ids
 
     def _figures(
