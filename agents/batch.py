@@ -97,6 +97,9 @@ class _Job:
     job_type: JobType
     done: Done
     ran: Ran | None = None
+    started: bool = False
+    """Its handler task owns it (until it hands the job to the finishing stage)."""
+    ended: bool = False
     prior: StoredState | None = None
     """Its row as it was before this execution's claim (None: there was none), to give the
     claim back at a drain."""
@@ -120,10 +123,16 @@ class BatchPath:
         self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._claims: Collector[_Job] = Collector(
-            self._start, max_size=max_size, max_delay_s=max_delay_s, spawn=self._spawn
+            lambda jobs: self._stage(jobs, self._start(jobs)),
+            max_size=max_size,
+            max_delay_s=max_delay_s,
+            spawn=self._spawn,
         )
         self._finished: Collector[_Job] = Collector(
-            self._finish, max_size=max_size, max_delay_s=max_delay_s, spawn=self._spawn
+            lambda jobs: self._stage(jobs, self._finish(jobs)),
+            max_size=max_size,
+            max_delay_s=max_delay_s,
+            spawn=self._spawn,
         )
 
     @property
@@ -162,7 +171,7 @@ class BatchPath:
         ready, self._ready = list(self._ready), deque()
         await self._give_back(ready)
         for j in left + ready:
-            self._end(j.done, ABANDONED)
+            self._end(j, ABANDONED)
         return len(left) + len(ready)
 
     async def close(self) -> None:
@@ -204,9 +213,12 @@ class BatchPath:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _end(self, done: Done, label: str) -> None:
+    def _end(self, j: _Job, label: str) -> None:
+        if j.ended:
+            return
+        j.ended = True
         self.pipeline.metrics.in_flight.dec()
-        done(label)
+        j.done(label)
 
     def _general(self, rec: Record, done: Done) -> None:
         """A record off the common path: the per-record pipeline takes it from the start."""
@@ -237,26 +249,54 @@ class BatchPath:
                 j.prior = claim.existing
                 won.append(j)
             elif self._draining:
-                self._end(j.done, ABANDONED)
+                self._end(j, ABANDONED)
             else:
                 # done, running elsewhere, or a redelivery: the per-record path decides
                 self._off_path(j)
         if self._draining:  # the drain began while this batch was being claimed
             await self._give_back(won)
             for j in won:
-                self._end(j.done, ABANDONED)
+                self._end(j, ABANDONED)
             return
         self._ready.extend(won)
         self._pump()
 
     def _off_path(self, j: _Job) -> None:
+        j.ended = True  # the per-record path ends it
         self.pipeline.metrics.in_flight.dec()  # handle() counts it while it runs
         self._general(j.att.rec, j.done)
+
+    def _hand_off(self, j: _Job, route: Awaitable[None]) -> None:
+        """A job of a batch stage goes its own way: the task owns it from now on."""
+        j.started = True
+        self._spawn(route)
+
+    async def _stage(self, jobs: list[_Job], stage: Awaitable[None]) -> None:
+        """A batch stage that fails by a bug of its own still ends each of its records: on
+        the dead-letter route (``internal_error``), never left unacked to block a partition."""
+        try:
+            await stage
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - routed per record below
+            log.error("batch stage failed: %s", describe(exc))
+            for j in jobs:
+                if not j.ended and not j.started:
+                    self._spawn(self._internal_error(j, exc))
+
+    async def _internal_error(self, j: _Job, exc: Exception) -> None:
+        p = self.pipeline
+        try:
+            label = await p.internal_error(j.att, exc)
+        finally:
+            p.release(j.att)
+        self._end(j, label)
 
     # -- the handler, one task per job -------------------------------------------------------
 
     async def _run(self, j: _Job) -> None:
         p = self.pipeline
+        j.started = True
         try:
             with p.scope(j.att, j.job):
                 ran = await p.attempt(j.att, j.job, j.job_type)
@@ -266,14 +306,15 @@ class BatchPath:
             label = await p.internal_error(j.att, exc)
             p.release(j.att)
             self._release_slot()
-            self._end(j.done, label)
+            self._end(j, label)
             return
         self._release_slot()
         if isinstance(ran, str):  # routed: retried or dead-lettered
             p.release(j.att)
-            self._end(j.done, ran)
+            self._end(j, ran)
             return
         j.ran = ran
+        j.started = False  # from here on the finishing stage owns it
         self._finished.add(j)
 
     # -- finish: rows, outcomes, acks of a batch ---------------------------------------------
@@ -289,16 +330,16 @@ class BatchPath:
         except Exception as exc:  # noqa: BLE001 - not transient: each row takes its own route
             log.warning("batch write failed, writing one by one: %s", describe(exc))
             for j in jobs:
-                self._spawn(self._succeed_alone(j))
+                self._hand_off(j, self._succeed_alone(j))
             return
         sending: list[tuple[_Job, StoredState, bool]] = []
         for j, row, state in zip(jobs, rows, stored, strict=True):
             if isinstance(state, Exception):
-                self._spawn(self._refused(j, state))
+                self._hand_off(j, self._refused(j, state))
             elif state.status is JobStatus.RUNNING:
                 label = p.claim_lost(j.att, j.job_type.name)
                 p.release(j.att)
-                self._end(j.done, label)
+                self._end(j, label)
             else:
                 sending.append((j, state, state.finished_at != row.finished_at))
         if not sending:
@@ -310,13 +351,13 @@ class BatchPath:
         except Exception as exc:  # noqa: BLE001 - not transient: each outcome on its own route
             log.warning("batch outcome publish failed, one by one: %s", describe(exc))
             for j, state, reemitted in sending:
-                self._spawn(self._emit_alone(j, state, reemitted))
+                self._hand_off(j, self._emit_alone(j, state, reemitted))
             return
         durable_at = now()
         for j, _state, reemitted in sending:
             label = p.count_success(j.job, j.job_type, reemitted, durable_at)
             p.release(j.att)
-            self._end(j.done, label)
+            self._end(j, label)
 
     async def _publish(self, sending: list[tuple[_Job, StoredState, bool]]) -> None:
         """Queue every outcome, then wait for them together. A retry (DurableSteps) sends
@@ -338,7 +379,7 @@ class BatchPath:
 
     async def _succeed_alone(self, j: _Job) -> None:
         label = await self._guarded(j, lambda: self._per_record_success(j))
-        self._end(j.done, label)
+        self._end(j, label)
 
     async def _per_record_success(self, j: _Job) -> str:
         ran = j.ran or Ran(None, 0.0)
@@ -350,7 +391,7 @@ class BatchPath:
         label = await self._guarded(
             j, lambda: p.dead_letter(j.att, refused, DeadLetterReason.UNSTORABLE)
         )
-        self._end(j.done, label)
+        self._end(j, label)
 
     async def _emit_alone(self, j: _Job, state: StoredState, reemitted: bool) -> None:
         p = self.pipeline
@@ -364,7 +405,7 @@ class BatchPath:
             return p.count_success(j.job, j.job_type, reemitted, now())
 
         label = await self._guarded(j, emit)
-        self._end(j.done, label)
+        self._end(j, label)
 
     async def _guarded(self, j: _Job, step: Callable[[], Awaitable[str]]) -> str:
         """A per-record route for a job of this path; a bug in it still ends the record."""

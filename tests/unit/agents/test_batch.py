@@ -257,3 +257,24 @@ async def test_a_drain_gives_back_the_claims_of_jobs_not_started(
     await acks.until(6)
     assert sorted(acks.labels.values()) == [ABANDONED] * 4 + ["succeeded"] * 2
     await batch.close()
+
+
+async def test_a_bug_in_a_batch_stage_still_ends_every_record_of_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.job_type("ok", echo)
+
+    def broken(*args: Any) -> JobRow:
+        raise RuntimeError("a bug in the finishing stage")
+
+    monkeypatch.setattr(world.pipeline, "success_row", broken)
+    batch, acks = path(world), Acks()
+    for i in range(3):
+        submit(world, batch, acks, event(f"j{i}"))
+    await acks.until(3)
+
+    assert set(acks.labels.values()) == {"dead_lettered"}
+    assert {letter.reason for letter in world.letters()} == {DeadLetterReason.INTERNAL_ERROR}
+    assert {world.store.row(f"j{i}").status for i in range(3)} == {JobStatus.DEAD_LETTERED}
+    assert world.store.held == {}
+    await batch.close()
