@@ -473,25 +473,31 @@ class Bench:
         result: dict[str, Any],
     ) -> None:
         """The fake server alone, started as for llm-500 and driven from this process."""
-        from streams.dev.bench.upstream import drive
+        from streams.dev.bench.upstream import UpstreamClient
         from streams.settings import Settings
 
         assert spec.concurrency is not None
         fake, env = await self._start_fake(spec, prefix)
         children.append(fake)
         result["logs"] = [str(fake.log_path)]
-        base_url = env["JOBSTREAM_OPENROUTER_BASE_URL"]
-        model = Settings().openrouter_model
-        key = env["JOBSTREAM_OPENROUTER_API_KEY"]
-        if warmup:
-            _say(f"{spec.name}: warm-up, {warmup} requests")
-            await drive(base_url, warmup, spec.concurrency, model=model, api_key=key)
-        _say(f"{spec.name}: timed part, {jobs} requests at concurrency {spec.concurrency}")
-        before = self._cpu_snapshot(children)
-        rss = RssSampler({fake.name: fake.pid}).start()
-        driven = await drive(base_url, jobs, spec.concurrency, model=model, api_key=key)
-        after = self._cpu_snapshot(children)
-        result["rss_mb"] = peak_rss_mb(await rss.stop())
+        client = UpstreamClient(
+            env["JOBSTREAM_OPENROUTER_BASE_URL"],
+            spec.concurrency,
+            model=Settings().openrouter_model,
+            api_key=env["JOBSTREAM_OPENROUTER_API_KEY"],
+        )
+        async with client:
+            if warmup:
+                _say(f"{spec.name}: warm-up, {warmup} requests")
+                await client.drive(warmup)
+            _say(f"{spec.name}: timed part, {jobs} requests at concurrency {spec.concurrency}")
+            before = self._cpu_snapshot(children)
+            rss = RssSampler({fake.name: fake.pid}).start()
+            try:
+                driven = await client.drive(jobs)
+            finally:
+                after = self._cpu_snapshot(children)
+                result["rss_mb"] = peak_rss_mb(await rss.stop())
         result["cpu"] = self._cpu_usage(before, after, children, driven.finished - driven.started)
         fake_cpu = after["children"].get(fake.name), before["children"].get(fake.name)
         answered = driven.statuses.get("200", 0)
