@@ -17,7 +17,9 @@ record on the dead-letter route (``unpublishable``, ``unstorable``, ``internal_e
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import time
 import traceback
 import uuid
@@ -76,6 +78,26 @@ class RowRefusedError(JobstreamError):
     """Raised when PostgreSQL refuses a job's row for what it holds (not for an outage)."""
 
 
+_token_prefix = uuid.uuid4().hex[:16]
+_token_serial = itertools.count()
+
+
+def _new_token_prefix() -> None:
+    global _token_prefix, _token_serial
+    _token_prefix, _token_serial = uuid.uuid4().hex[:16], itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_token_prefix)  # a forked child must not reuse them
+
+
+def new_token() -> str:
+    """A claim token unique to one execution: a random prefix per process and a counter.
+
+    Not ``uuid4()`` per job: that reads ``os.urandom`` (a system call) for every job, and the
+    token only has to differ from every other execution's, not be unguessable."""
+    return f"{_token_prefix}{next(_token_serial):x}"
+
+
 @dataclass(slots=True)
 class Ran:
     """A handler that returned: its result, and how long it took (seconds)."""
@@ -94,7 +116,7 @@ class Attempt:
     attempt: int = 1
     created_at: datetime | None = None
     replay_of: str | None = None
-    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    token: str = field(default_factory=lambda: new_token())
     claimed: bool = False
     takeovers: int = 0
     history: list[FailureRecord] = field(default_factory=list)
