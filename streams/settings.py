@@ -142,8 +142,10 @@ class Settings(BaseSettings):
     # results: group commit
     batch_max_size: int = Field(default=500, ge=1)
     """rows written to PostgreSQL per group commit, at most"""
-    batch_max_delay_ms: float = Field(default=5.0, ge=0)
-    """a row waits at most this long for others to join its group commit"""
+    batch_max_delay_ms: float = Field(default=15.0, ge=0)
+    """a record waits at most this long for others to join its claim batch, a finished job
+    for others to join its row write (measured on 2 cores: 15 ms gave 8 % more echo jobs/s at
+    7 % less CPU per job than 5 ms, for at most 2 x 10 ms more latency at low load)"""
 
     @property
     def in_flight_limit(self) -> int:
