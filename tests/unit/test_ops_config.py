@@ -366,6 +366,8 @@ def test_grafana_dashboard_and_provisioning() -> None:
         "histogram_quantile(0.5, sum by (type, le) (rate(jobstream_handler_duration_seconds",
         "histogram_quantile(0.99, sum by (type, le) (rate(jobstream_handler_duration_seconds",
         "jobstream_in_flight_jobs",
+        "jobstream_running_jobs",
+        "jobstream_waiting_jobs",
         "sum by (tier) (rate(jobstream_retries_total",
         "sum by (reason) (rate(jobstream_dead_letters_total",
         "kafka_consumergroup_lag",
