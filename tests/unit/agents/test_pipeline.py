@@ -702,3 +702,24 @@ async def test_a_non_transient_store_error_is_not_retried(world: World) -> None:
     [letter] = world.letters()
     assert letter.reason is DeadLetterReason.INTERNAL_ERROR
     assert world.store.calls.count["claim"] == 2  # the failed one, then the dead letter's
+
+
+def test_claim_tokens_differ_within_a_process_and_in_a_forked_child() -> None:
+    import multiprocessing
+
+    from agents.pipeline import new_token
+
+    tokens = {new_token() for _ in range(10_000)}
+    assert len(tokens) == 10_000
+    fork = multiprocessing.get_context("fork")
+    with fork.Pool(1) as pool:
+        child = set(pool.starmap(_tokens, [(1_000,)])[0])
+    assert len(child) == 1_000
+    assert not child & tokens  # the child does not repeat the parent's sequence
+    assert not child & {new_token() for _ in range(1_000)}
+
+
+def _tokens(n: int) -> list[str]:
+    from agents.pipeline import new_token
+
+    return [new_token() for _ in range(n)]
