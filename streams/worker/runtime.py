@@ -166,10 +166,6 @@ class Runtime:
 
     # -- called by the agents ----------------------------------------------------------------
 
-    async def process(self, rec: Record) -> str:
-        assert self.pipeline is not None
-        return await self._tracked(rec, self.pipeline.handle(rec))
-
     async def admit(self) -> None:
         """Before taking a record for :meth:`submit`: wait while the in-flight limit is
         reached (the records wait in faust's buffer, which pauses the partition when full)."""

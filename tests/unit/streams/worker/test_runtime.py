@@ -9,9 +9,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agents.batch import BatchPath
 from agents.registry import JobContext
 from agents.retry import RetryForwarder
-from models.job import JobEvent
+from models.job import JobEvent, JobStatus
 from streams.settings import Settings
 from streams.worker.runtime import Runtime
 from tests.fakes import World
@@ -49,7 +50,16 @@ def runtime(world: World) -> Runtime:
         metrics=world.metrics,
     )
     rt.pipeline = world.pipeline
+    rt.batch = BatchPath(world.pipeline, max_size=500, max_delay_s=0.001)
     return rt
+
+
+async def take(runtime: Runtime, rec: Any) -> asyncio.Event:
+    """What the main topic's agent does with a record; the event is set when it is acked."""
+    acked = asyncio.Event()
+    await runtime.admit()
+    runtime.submit(rec, acked.set)
+    return acked
 
 
 async def settle() -> None:
@@ -109,7 +119,7 @@ async def test_drain_returns_true_when_in_flight_jobs_finish_within_grace(
     world.job_type("ok", handler)
     rec = world.record(JobEvent(id="j1", type="ok"))
     runtime.ready.set()
-    process = asyncio.create_task(runtime.process(rec))
+    acked = await take(runtime, rec)
     await handler.started.wait()
     assert runtime.in_flight == 1
     assert runtime.in_flight_records == {(rec.topic, rec.partition): {rec.offset: None}}
@@ -121,7 +131,8 @@ async def test_drain_returns_true_when_in_flight_jobs_finish_within_grace(
     handler.release.set()
 
     assert await asyncio.wait_for(drain, 5) is True
-    assert await process == "succeeded"
+    assert acked.is_set()
+    assert world.store.row("j1").status is JobStatus.SUCCEEDED
     assert runtime.in_flight == 0
     assert runtime.in_flight_records == {(rec.topic, rec.partition): {}}
 
@@ -132,14 +143,15 @@ async def test_drain_returns_false_when_jobs_outlast_the_grace(
     handler = Blocking()
     world.job_type("ok", handler)
     runtime.ready.set()
-    process = asyncio.create_task(runtime.process(world.record(JobEvent(id="j1", type="ok"))))
+    acked = await take(runtime, world.record(JobEvent(id="j1", type="ok")))
     await handler.started.wait()
 
     assert await runtime.drain(0.05) is False
     assert runtime.in_flight == 1
     # the job still ends (faust cancels it or it finishes); either way nothing is left behind
     handler.release.set()
-    assert await asyncio.wait_for(process, 5) == "succeeded"
+    await asyncio.wait_for(acked.wait(), 5)
+    assert world.store.row("j1").status is JobStatus.SUCCEEDED
     assert runtime.in_flight == 0
 
 
