@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -25,6 +25,7 @@ from streams.metrics import Metrics
 from streams.pg.batching import Batcher
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _UPSERT = """
 WITH input AS (
@@ -152,6 +153,16 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd") if value else value
 
 
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows of values as one list per column: the arrays the statements ``unnest``."""
+    return [list(col) for col in zip(*rows, strict=True)] or [[] for _ in range(width)]
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for at in range(0, len(items), size):
+        yield items[at : at + size]
+
+
 def _merge(rows: Sequence[JobRow]) -> tuple[list[JobRow], list[int], dict[str, int]]:
     """One row per job id per statement (Postgres refuses to update a row twice in one).
 
@@ -235,10 +246,8 @@ class ResultStore:
 
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
         """The batch path's claims: one statement per ``max_size`` requests, no future each."""
-        size = self._claims.max_size
         out: list[ClaimResult] = []
-        for at in range(0, len(requests), size):
-            chunk = requests[at : at + size]
+        for chunk in _chunks(requests, self._claims.max_size):
             results = await self._claim_batch(chunk)
             for req, result in zip(chunk, results, strict=True):
                 if result.won:
@@ -250,18 +259,18 @@ class ResultStore:
         """See ``_UNCLAIM``; the claims are no longer renewed."""
         if not claims:
             return
-        cols: list[list[Any]] = [[] for _ in range(7)]
-        for job_id, token, prior in claims:
-            values = (
+        cols = _columns(
+            [
                 (job_id, token, None, None, None, None, None)
                 if prior is None
                 else (
                     job_id, token, prior.status.value, prior.attempt, prior.worker,
                     prior.claim_token, prior.lease_until,
                 )
-            )  # fmt: skip
-            for col, value in zip(cols, values, strict=True):
-                col.append(value)
+                for job_id, token, prior in claims
+            ],
+            7,
+        )  # fmt: skip
         try:
             await self._pool.execute(_UNCLAIM, *cols)
         except Exception:
@@ -273,11 +282,9 @@ class ResultStore:
 
     async def write_many(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:
         """The batch path's writes: one statement per ``max_size`` rows, no future each."""
-        size = self._writes.max_size
         out: list[StoredState | Exception] = []
-        for at in range(0, len(rows), size):
+        for chunk in _chunks(rows, self._writes.max_size):
             started = time.perf_counter()
-            chunk = rows[at : at + size]
             out.extend(await self._write_batch(chunk))
             self._observe(len(chunk), time.perf_counter() - started)
         return out
@@ -313,16 +320,18 @@ class ResultStore:
     async def _upsert(
         self, rows: Sequence[JobRow], counts: Sequence[int]
     ) -> dict[str, StoredState | Exception]:
-        cols: list[list[Any]] = [[] for _ in range(14)]
-        for row, n in zip(rows, counts, strict=True):
-            values = (
-                row.job_id, _text(row.type), row.status.value, row.attempt, row.result,
-                _text(row.error), _text(row.error_class), _text(row.source),
-                _text(row.replay_of), _text(row.worker), row.created_at, row.finished_at, n,
-                row.claim_token,
-            )  # fmt: skip
-            for col, value in zip(cols, values, strict=True):
-                col.append(value)
+        cols = _columns(
+            [
+                (
+                    row.job_id, _text(row.type), row.status.value, row.attempt, row.result,
+                    _text(row.error), _text(row.error_class), _text(row.source),
+                    _text(row.replay_of), _text(row.worker), row.created_at, row.finished_at,
+                    n, row.claim_token,
+                )
+                for row, n in zip(rows, counts, strict=True)
+            ],
+            14,
+        )  # fmt: skip
         try:
             records = await self._pool.fetch(_UPSERT, *cols)
         except Exception:
