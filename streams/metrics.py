@@ -54,7 +54,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("jobstream_in_flight_jobs", "Jobs being processed now", registry=r)
+        self.in_flight = Gauge(
+            "jobstream_in_flight_jobs",
+            "Records taken and not finished: waiting for a handler slot, running, being written",
+            registry=r,
+        )
         # read when scraped (set_function), so the hot path pays nothing for them
         self.running_jobs = Gauge(
             "jobstream_running_jobs",
@@ -63,7 +67,7 @@ class Metrics:
         )
         self.waiting_jobs = Gauge(
             "jobstream_waiting_jobs",
-            "Records taken from the main topic, decoded, waiting for a handler slot",
+            "Claimed jobs waiting for a handler slot",
             registry=r,
         )
         self.handler_timeouts = Counter(
