@@ -90,13 +90,17 @@ class Collector(Generic[T]):
             self._spawn(self._flush(items))
 
 
+NOT_RUN = Ran(None, 0.0)
+
+
 @dataclass(slots=True)
 class _Job:
     att: Attempt
     job: JobEvent
     job_type: JobType
     done: Done
-    ran: Ran | None = None
+    ran: Ran = NOT_RUN
+    """What its handler returned, once it has."""
     started: bool = False
     """Its handler task owns it (until it hands the job to the finishing stage)."""
     ended: bool = False
@@ -322,7 +326,7 @@ class BatchPath:
     async def _finish(self, jobs: list[_Job]) -> None:
         p = self.pipeline
         at = now()  # one clock read for the batch: its jobs finished within max_delay_s
-        rows = [p.success_row(j.att, j.ran.result if j.ran else None, at) for j in jobs]
+        rows = [p.success_row(j.att, j.ran.result, at) for j in jobs]
         try:
             stored = await p.durably("write", lambda: p.store.write_many(rows))
         except asyncio.CancelledError:
@@ -365,8 +369,7 @@ class BatchPath:
         p = self.pipeline
         pending: list[asyncio.Future[Any]] = []
         for j, state, reemitted in sending:
-            elapsed = j.ran.elapsed if j.ran else 0.0
-            key, value = p.outcome_record(j.att, state, reemitted, duration_ms=elapsed * 1000)
+            key, value = p.outcome_record(j.att, state, reemitted, duration_ms=j.ran.elapsed * 1000)
             try:
                 pending.append(await p.publisher.send(p.topics.outcomes, value, key=key))
             except RecordTooLargeError:
@@ -378,12 +381,11 @@ class BatchPath:
                     raise result
 
     async def _succeed_alone(self, j: _Job) -> None:
-        label = await self._guarded(j, lambda: self._per_record_success(j))
+        p = self.pipeline
+        label = await self._guarded(
+            j, lambda: p.succeed(j.att, j.job, j.job_type, j.ran.result, j.ran.elapsed)
+        )
         self._end(j, label)
-
-    async def _per_record_success(self, j: _Job) -> str:
-        ran = j.ran or Ran(None, 0.0)
-        return await self.pipeline.succeed(j.att, j.job, j.job_type, ran.result, ran.elapsed)
 
     async def _refused(self, j: _Job, exc: Exception) -> None:
         p = self.pipeline
@@ -395,7 +397,7 @@ class BatchPath:
 
     async def _emit_alone(self, j: _Job, state: StoredState, reemitted: bool) -> None:
         p = self.pipeline
-        elapsed = j.ran.elapsed if j.ran else 0.0
+        elapsed = j.ran.elapsed
 
         async def emit() -> str:
             await p.durably(

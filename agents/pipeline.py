@@ -98,7 +98,7 @@ def new_token() -> str:
     return f"{_token_prefix}{next(_token_serial):x}"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Ran:
     """A handler that returned: its result, and how long it took (seconds)."""
 
