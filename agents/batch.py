@@ -2,12 +2,17 @@
 
 Why it exists: one record at a time through claim → handler → row write → outcome → ack costs
 several round trips of waiting and a handful of futures per job, so with a bounded number of
-records in flight the waiting, not the CPU, capped a replica (Little's law). Here the records
-that arrive within a few milliseconds are decoded together and claimed in one statement; each
-won job's handler then runs in its own task under the replica's concurrency limit, so a slow job
-never holds back the fast ones of its batch. Finished jobs are collected again: their rows are
-written in one statement, their outcomes sent without awaiting each and awaited together, and
-only then are their records acknowledged, together.
+records in flight the waiting, not the CPU, capped a replica (Little's law). Here decoded
+records wait for one of the replica's handler slots; the jobs that got a slot are claimed
+together in one statement (sent at once when no claim is under way, else with the next one),
+and each won job's handler then runs in its own task, so a slow job never holds back the fast
+ones of its batch. Finished jobs are collected again: their rows are written in one statement,
+their outcomes sent without awaiting each and awaited together, and only then are their records
+acknowledged, together.
+
+A job is claimed only once it has a slot, so the claim is the start of its run: it counts the
+run in ``executions`` in the same statement, a row says ``running`` only for a job that runs,
+and a drain has no claims to give back (the records waiting for a slot are left unacked).
 
 The guarantees are the per-record path's: a record is acknowledged (and so committed) only once
 its row and outcome are durable, a job runs only under its claim, and a write is fenced by the
@@ -21,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -44,7 +49,9 @@ Done = Callable[[str], None]
 
 class Collector(Generic[T]):
     """Items gathered until ``max_size`` of them wait or ``max_delay_s`` after the first one,
-    then handed to ``flush`` in a task of their own.
+    then handed to ``flush`` in a task of their own. With ``max_delay_s`` 0 the items are
+    flushed at the next turn of the event loop when no flush is under way, else with the items
+    that arrive until it ends.
 
     Hand-written because what it saves is the point: the group-commit ``Batcher`` gives every
     item a future of its own to await; here one timer and one task serve a whole batch, and the
@@ -64,13 +71,19 @@ class Collector(Generic[T]):
         self.max_delay_s = max_delay_s
         self._spawn = spawn
         self._items: list[T] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._flushing = 0
 
     def add(self, item: T) -> None:
         self._items.append(item)
         if len(self._items) >= self.max_size:
             self.flush_now()
-        elif self._timer is None:
+        elif self._timer is not None:
+            return
+        elif self.max_delay_s <= 0:
+            if not self._flushing:  # the items added in this turn of the loop go together
+                self._timer = asyncio.get_running_loop().call_soon(self.flush_now)
+        else:
             self._timer = asyncio.get_running_loop().call_later(self.max_delay_s, self.flush_now)
 
     def take_all(self) -> list[T]:
@@ -87,7 +100,16 @@ class Collector(Generic[T]):
             self._timer = None
         items, self._items = self._items, []
         if items:
-            self._spawn(self._flush(items))
+            self._flushing += 1
+            self._spawn(self._flush_batch(items))
+
+    async def _flush_batch(self, items: list[T]) -> None:
+        try:
+            await self._flush(items)
+        finally:
+            self._flushing -= 1
+            if self.max_delay_s <= 0 and not self._flushing and self._items:
+                self.flush_now()
 
 
 NOT_RUN = Ran(None, 0.0)
@@ -98,15 +120,16 @@ class _Job:
     att: Attempt
     job: JobEvent
     job_type: JobType
+    payload: Any
+    """Validated against the type's model (see ``Pipeline.payload``)."""
     done: Done
     ran: Ran = NOT_RUN
     """What its handler returned, once it has."""
+    slot: bool = False
+    """It holds one of the handler slots: from its claim until its handler returned."""
     started: bool = False
     """Its handler task owns it (until it hands the job to the finishing stage)."""
     ended: bool = False
-    prior: StoredState | None = None
-    """Its row as it was before this execution's claim (None: there was none), to give the
-    claim back at a drain."""
 
 
 ABANDONED = "abandoned"
@@ -114,10 +137,10 @@ ABANDONED = "abandoned"
 
 
 class BatchPath:
-    """Claimed jobs wait for a handler slot in a queue (no task, no future each), so claims are
-    taken in batches as large as the arrivals allow while at most ``concurrency`` handlers run.
-    A drain gives the claims of the jobs that have not started back (one statement), so the
-    next owner of their partitions runs them at once instead of waiting their leases out."""
+    """Decoded jobs wait for a handler slot in a queue (no task, no future each); the jobs
+    that got one are claimed in batches, so at most ``concurrency`` jobs are claimed and not
+    yet done running. A drain leaves the jobs still waiting unclaimed and their records
+    unacked: the next owner of their partitions runs them at once."""
 
     def __init__(self, pipeline: Pipeline, *, max_size: int, max_delay_s: float) -> None:
         self.pipeline = pipeline
@@ -126,10 +149,11 @@ class BatchPath:
         self._ready: deque[_Job] = deque()
         self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # claims go out as soon as jobs have slots: a delay here would hold the slots idle
         self._claims: Collector[_Job] = Collector(
             lambda jobs: self._stage(jobs, self._start(jobs)),
             max_size=max_size,
-            max_delay_s=max_delay_s,
+            max_delay_s=0,
             spawn=self._spawn,
         )
         self._finished: Collector[_Job] = Collector(
@@ -146,7 +170,7 @@ class BatchPath:
 
     @property
     def waiting(self) -> int:
-        """Claimed jobs waiting for a handler slot."""
+        """Decoded jobs waiting for a handler slot (not claimed yet)."""
         return len(self._ready)
 
     def submit(self, rec: Record, done: Done) -> None:
@@ -159,24 +183,25 @@ class BatchPath:
             self._general(rec, done)  # dead-lettered there, under its readable id
             return
         job_type = p.registry.get(job.type)
-        if job_type is None:
-            self._general(rec, done)
+        payload = p.payload(job, job_type)
+        if job_type is None or isinstance(payload, InvalidJobError):
+            self._general(rec, done)  # dead-lettered there
             return
         p.metrics.for_type(job_type.name).received.inc()
         p.metrics.in_flight.inc()
-        self._claims.add(_Job(att, job, job_type, done))
+        self._ready.append(_Job(att, job, job_type, payload, done))
+        self._pump()
 
     async def drain(self) -> int:
-        """Start no more jobs: records not yet claimed end unacked, claims of jobs not started
-        are given back, and those records end unacked too (their next owner runs them).
-        Running jobs go on. Returns how many records were left."""
+        """Start no more jobs: records of jobs waiting for a slot or for their claim batch end
+        unacked (their next owner runs them). Claims under way and running jobs go on.
+        Returns how many records were left."""
         self._draining = True
-        left = self._claims.take_all()
-        ready, self._ready = list(self._ready), deque()
-        await self._give_back(ready)
-        for j in left + ready:
+        left = self._claims.take_all() + list(self._ready)
+        self._ready.clear()
+        for j in left:
             self._end(j, ABANDONED)
-        return len(left) + len(ready)
+        return len(left)
 
     async def close(self) -> None:
         """Stop: what is still running is cancelled, its records stay unacknowledged (the
@@ -188,29 +213,19 @@ class BatchPath:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _give_back(self, jobs: Sequence[_Job]) -> None:
-        if not jobs:
-            return
-        p = self.pipeline
-        try:
-            await p.store.unclaim_many(
-                [(j.att.job_id, j.att.token, j.prior) for j in jobs if j.att.claimed]
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the leases lapse instead: a takeover, later
-            log.warning("could not give back %d claims at the drain: %s", len(jobs), describe(exc))
-        for j in jobs:
-            p.release(j.att)
-
     def _pump(self) -> None:
-        while self._free and self._ready:
+        """Give free slots to waiting jobs; each is claimed with the next claim batch."""
+        while self._free and self._ready and not self._draining:
             self._free -= 1
-            self._spawn(self._run(self._ready.popleft()))
+            j = self._ready.popleft()
+            j.slot = True
+            self._claims.add(j)
 
-    def _release_slot(self) -> None:
-        self._free += 1
-        self._pump()
+    def _release_slot(self, j: _Job) -> None:
+        if j.slot:
+            j.slot = False
+            self._free += 1
+            self._pump()
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(work)
@@ -221,6 +236,7 @@ class BatchPath:
         if j.ended:
             return
         j.ended = True
+        self._release_slot(j)
         self.pipeline.metrics.in_flight.dec()
         j.done(label)
 
@@ -236,7 +252,7 @@ class BatchPath:
 
     async def _start(self, jobs: list[_Job]) -> None:
         p = self.pipeline
-        requests = [p.claim_request(j.att) for j in jobs]
+        requests = [p.claim_request(j.att, j.job_type, j.payload) for j in jobs]
         try:
             claims = await p.durably("claim", lambda: p.store.claim_many(requests))
         except asyncio.CancelledError:
@@ -246,26 +262,19 @@ class BatchPath:
             for j in jobs:
                 self._off_path(j)
             return
-        won: list[_Job] = []
         for j, claim in zip(jobs, claims, strict=True):
             if claim.won:
+                # the claim counted the run: it runs, even when a drain began meanwhile
                 p.hold(j.att, claim, j.job_type.name)
-                j.prior = claim.existing
-                won.append(j)
+                self._hand_off(j, self._run(j))
             elif self._draining:
                 self._end(j, ABANDONED)
             else:
                 # done, running elsewhere, or a redelivery: the per-record path decides
                 self._off_path(j)
-        if self._draining:  # the drain began while this batch was being claimed
-            await self._give_back(won)
-            for j in won:
-                self._end(j, ABANDONED)
-            return
-        self._ready.extend(won)
-        self._pump()
 
     def _off_path(self, j: _Job) -> None:
+        self._release_slot(j)
         j.ended = True  # the per-record path ends it
         self.pipeline.metrics.in_flight.dec()  # handle() counts it while it runs
         self._general(j.att.rec, j.done)
@@ -300,19 +309,17 @@ class BatchPath:
 
     async def _run(self, j: _Job) -> None:
         p = self.pipeline
-        j.started = True
         try:
             with p.scope(j.att, j.job):
-                ran = await p.attempt(j.att, j.job, j.job_type)
+                ran = await p.attempt(j.att, j.job, j.job_type, j.payload)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug of the pipeline's own: the record still ends
             label = await p.internal_error(j.att, exc)
             p.release(j.att)
-            self._release_slot()
             self._end(j, label)
             return
-        self._release_slot()
+        self._release_slot(j)
         if isinstance(ran, str):  # routed: retried or dead-lettered
             p.release(j.att)
             self._end(j, ran)

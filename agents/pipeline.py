@@ -218,11 +218,23 @@ class Pipeline:
         job_type = self.registry.get(job.type)
         type_label = job_type.name if job_type else "unknown"
         self.metrics.for_type(type_label).received.inc()
+        payload = self.payload(job, job_type)
         with self.scope(att, job):
-            waited = await self._claim(att, type_label)
+            waited = await self._claim(att, type_label, self.claim_request(att, job_type, payload))
             if waited is not None:
                 return waited
-            return await self._run(att, job, job_type)
+            return await self._run(att, job, job_type, payload)
+
+    @staticmethod
+    def payload(job: JobEvent, job_type: JobType | None) -> Any:
+        """The job's payload as its type's model, or the ``InvalidJobError`` that dead-letters
+        it; known before the claim, so a job that cannot run never counts as a run."""
+        if job_type is None:
+            return InvalidJobError(DeadLetterReason.UNKNOWN_TYPE, f"unknown job type {job.type!r}")
+        try:
+            return job_type.payload_model.model_validate(job.payload)
+        except ValidationError as exc:
+            return InvalidJobError(DeadLetterReason.INVALID_PAYLOAD, payload_error(exc))
 
     def decode(self, att: Attempt) -> JobEvent:
         """The record's job, its facts copied onto ``att``; raises InvalidJobError."""
@@ -255,10 +267,9 @@ class Pipeline:
 
     # -- claims ------------------------------------------------------------------------------
 
-    async def _claim(self, att: Attempt, type_label: str) -> str | None:
+    async def _claim(self, att: Attempt, type_label: str, request: ClaimRequest) -> str | None:
         """Hold the job's claim (None), or end this copy: its outcome label when the job is
         already done or this attempt is a redelivery of one whose result is durable."""
-        request = self.claim_request(att)
         waits = 0
         while True:
             claim = await self.durably("claim", lambda: self.store.claim(request))
@@ -274,7 +285,10 @@ class Pipeline:
             await self._wait_for_holder(att.job_id, waits)
 
     @staticmethod
-    def claim_request(att: Attempt) -> ClaimRequest:
+    def claim_request(att: Attempt, job_type: JobType | None, payload: Any) -> ClaimRequest:
+        """The claim of a decoded job: one that will run its handler (a known type and a valid
+        payload) counts the run when won, unless the claim stalled (see ``attempt``)."""
+        run = job_type is not None and not isinstance(payload, InvalidJobError)
         return ClaimRequest(
             job_id=att.job_id,
             type=att.job_type,
@@ -282,6 +296,8 @@ class Pipeline:
             token=att.token,
             created_at=att.created_at,
             replay=att.replay_of is not None,
+            run=run,
+            max_takeovers=job_type.policy.max_attempts if job_type is not None else 0,
         )
 
     def hold(self, att: Attempt, claim: ClaimResult, type_label: str) -> None:
@@ -331,33 +347,32 @@ class Pipeline:
 
     # -- running the claimed job ---------------------------------------------------------------
 
-    async def _run(self, att: Attempt, job: JobEvent, job_type: JobType | None) -> str:
-        ran = await self.attempt(att, job, job_type)
+    async def _run(
+        self, att: Attempt, job: JobEvent, job_type: JobType | None, payload: Any
+    ) -> str:
+        ran = await self.attempt(att, job, job_type, payload)
         if isinstance(ran, str):
             return ran
         assert job_type is not None
         return await self.succeed(att, job, job_type, ran.result, ran.elapsed)
 
-    async def attempt(self, att: Attempt, job: JobEvent, job_type: JobType | None) -> str | Ran:
-        """Run a claimed job's handler. A failure is routed here (retry event or dead letter:
-        its outcome label is returned); a success is returned to be written by the caller,
-        alone (``succeed``) or with its batch (:mod:`agents.batch`)."""
-        if job_type is None:
-            unknown = InvalidJobError(
-                DeadLetterReason.UNKNOWN_TYPE, f"unknown job type {job.type!r}"
-            )
-            return await self.dead_letter(att, unknown, DeadLetterReason.UNKNOWN_TYPE)
+    async def attempt(
+        self, att: Attempt, job: JobEvent, job_type: JobType | None, payload: Any
+    ) -> str | Ran:
+        """Run a claimed job's handler on its validated ``payload`` (see ``payload``). A
+        failure is routed here (retry event or dead letter: its outcome label is returned); a
+        success is returned to be written by the caller, alone (``succeed``) or with its batch
+        (:mod:`agents.batch`)."""
+        if isinstance(payload, InvalidJobError):
+            return await self.dead_letter(att, payload, DeadLetterReason(payload.reason))
+        assert job_type is not None
+        # the claim counted no run for this (``ClaimRequest.max_takeovers``)
         if att.takeovers >= job_type.policy.max_attempts:
             stalled = JobTimeoutError(
                 f"its claim expired {att.takeovers} times (max_attempts"
                 f" {job_type.policy.max_attempts}): every execution died or stalled"
             )
             return await self.dead_letter(att, stalled, DeadLetterReason.STALLED, retryable=True)
-        try:
-            payload = job_type.payload_model.model_validate(job.payload)
-        except ValidationError as exc:
-            invalid = InvalidJobError(DeadLetterReason.INVALID_PAYLOAD, payload_error(exc))
-            return await self.dead_letter(att, invalid, DeadLetterReason.INVALID_PAYLOAD)
 
         started = time.perf_counter()
         result, failure = await self._execute(job, job_type, payload)

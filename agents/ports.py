@@ -36,11 +36,6 @@ class JobStore(Protocol):
         """``claim`` for a whole batch in one round trip, results in request order."""
         ...
 
-    async def unclaim_many(self, claims: Sequence[tuple[str, str, StoredState | None]]) -> None:
-        """Give back claims (job id, token, the row as it was before the claim) of jobs that
-        did not start: each row is as it was, or gone when the claim created it."""
-        ...
-
     async def write_many(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:
         """``write`` for a whole batch in one statement, in row order; a row PostgreSQL refuses
         for its content gets its exception in its place, the others are still written. Raises

@@ -77,6 +77,13 @@ class ClaimRequest:
     created_at: datetime | None = None
     replay: bool = False
     """A replay of a dead letter may take a ``dead_lettered`` row."""
+    run: bool = False
+    """The claim starts a handler run: a won claim counts it in ``executions`` before the
+    handler is called, so a run whose process dies before writing the row is still counted.
+    A claim that only ends the job (a dead letter of bad input) counts nothing."""
+    max_takeovers: int = 0
+    """With ``run``: a takeover that brings the row's ``takeovers`` to this is not run (the
+    job is dead-lettered as stalled) and so not counted. 0: no such limit."""
 
 
 @dataclass(frozen=True)

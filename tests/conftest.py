@@ -8,6 +8,7 @@ skip on a laptop without the services, and fail when ``CI`` is set.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -37,8 +38,14 @@ def services() -> tuple[str, str]:
     from streams.settings import Settings
 
     settings = Settings(state_dir=Path(os.environ.get("JOBSTREAM_STATE_DIR", ROOT / ".state")))
-    try:
+
+    def resolve() -> tuple[str, str]:
         return asyncio.run(asyncio.wait_for(resolve_services(settings), timeout=240))
+
+    try:
+        # in a thread of its own: the first test to ask may be an async one, inside a loop
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(resolve).result()
     except Exception as exc:  # any failure to reach a service is the same verdict here
         _unavailable(f"Kafka/PostgreSQL not available: {exc!r}")
         raise

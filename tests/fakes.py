@@ -196,25 +196,6 @@ class FakeStore:
             out.append(result)
         return out
 
-    async def unclaim_many(self, claims: Sequence[tuple[str, str, StoredState | None]]) -> None:
-        """``_UNCLAIM``: rows still held under the token get back their state, or go."""
-        self.calls.tick("unclaim")
-        self.faults.check("unclaim")
-        for job_id, token, prior in claims:
-            row = self.rows.get(job_id)
-            self.release(job_id, token)
-            if row is None or row.claim_token != token or row.status is not JobStatus.RUNNING:
-                continue
-            self.journal.append(f"unclaim {job_id}")
-            if prior is None:
-                if row.executions == 0:
-                    del self.rows[job_id]
-                continue
-            if prior.status is JobStatus.RUNNING:
-                row.takeovers = max(row.takeovers - 1, 0)
-            row.status, row.attempt, row.worker = prior.status, prior.attempt, prior.worker
-            row.claim_token, row.lease_until = prior.claim_token, prior.lease_until
-
     async def write_many(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:
         self.calls.tick("write")
         self.faults.check("write")
@@ -259,6 +240,7 @@ class FakeStore:
                 claim_token=req.token,
                 lease_until=self._lease(),
                 created_at=req.created_at,
+                executions=int(req.run),
             )
             return ClaimResult(won=True, takeovers=0, existing=None)
         before = row.state()
@@ -274,6 +256,8 @@ class FakeStore:
             row.takeovers += 1
         elif row.status is JobStatus.DEAD_LETTERED:
             row.takeovers = 0
+        if req.run and (req.max_takeovers == 0 or row.takeovers < req.max_takeovers):
+            row.executions += 1
         row.status = JobStatus.RUNNING
         row.attempt = req.attempt
         row.worker = self.worker
@@ -302,7 +286,6 @@ class FakeStore:
                 job_id=new.job_id,
                 type=_text(new.type),
                 created_at=new.created_at,
-                executions=1,
                 claim_token=new.claim_token,
                 **fields,
             )
@@ -315,7 +298,6 @@ class FakeStore:
             row.lease_until = None
         row.type = row.type if row.type is not None else _text(new.type)
         row.created_at = row.created_at if row.created_at is not None else new.created_at
-        row.executions += 1
         return row.state()
 
 

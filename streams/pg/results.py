@@ -3,8 +3,12 @@
 Exactly one terminal row per job id, and no job run by two executions at once: a job runs only
 after its execution claimed the row (``running``, its ``claim_token``, a ``lease_until`` renewed
 while it runs), and only the claim's holder may then write the row. A terminal row (succeeded,
-dead_lettered) is never claimed again, except a dead-lettered one by a replay. Every write still
-counts in ``executions``, so duplicate handler executions stay visible.
+dead_lettered) is never claimed again, except a dead-lettered one by a replay.
+
+``executions`` counts handler runs: a won claim that starts one adds it in the same statement,
+before the handler is called, so a run whose process dies before its row is written is still
+counted, and a write never counts (a late write of a run that lost its claim was counted by
+that run's claim already).
 """
 
 from __future__ import annotations
@@ -52,13 +56,11 @@ ON CONFLICT (job_id) DO UPDATE SET
     lease_until = CASE WHEN {writable} THEN NULL                 ELSE j.lease_until END,
     type        = coalesce(j.type, EXCLUDED.type),
     created_at  = coalesce(j.created_at, EXCLUDED.created_at),
-    executions  = j.executions + EXCLUDED.executions,
     updated_at  = now()
 RETURNING {returned}
 """.format(
     # Fencing: only the execution that holds the claim writes the job's state. A late write
-    # of an execution whose lease expired and was taken over changes nothing (but still counts
-    # in ``executions``, so the duplicate run stays visible).
+    # of an execution whose lease expired and was taken over changes nothing.
     writable="(j.status = 'running' AND j.claim_token = EXCLUDED.claim_token)",
     returned="job_id, status, attempt, result, error, error_class, worker, finished_at,"
     " claim_token, lease_until, source",
@@ -67,13 +69,13 @@ RETURNING {returned}
 _CLAIM = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[],
-                         $6::bool[])
-        AS t(job_id, type, attempt, token, created_at, replay)
+                         $6::bool[], $9::bool[], $10::int[])
+        AS t(job_id, type, attempt, token, created_at, replay, run, max_takeovers)
 ), claimed AS (
     INSERT INTO jobs AS j (job_id, type, status, attempt, worker, claim_token, lease_until,
                            created_at, executions, takeovers)
     SELECT job_id, type, 'running', attempt, $7, token, now() + make_interval(secs => $8),
-           created_at, 0, 0
+           created_at, run::int, 0
     FROM input
     ON CONFLICT (job_id) DO UPDATE SET
         status      = 'running',
@@ -81,9 +83,11 @@ WITH input AS (
         worker      = EXCLUDED.worker,
         claim_token = EXCLUDED.claim_token,
         lease_until = EXCLUDED.lease_until,
-        takeovers   = CASE WHEN j.status = 'running' THEN j.takeovers + 1
-                           WHEN j.status = 'dead_lettered' THEN 0
-                           ELSE j.takeovers END,
+        takeovers   = {takeovers},
+        executions  = j.executions + (
+            SELECT (i.run AND (i.max_takeovers = 0 OR {takeovers} < i.max_takeovers))::int
+            FROM input i WHERE i.job_id = j.job_id
+        ),
         type        = coalesce(j.type, EXCLUDED.type),
         created_at  = coalesce(j.created_at, EXCLUDED.created_at),
         updated_at  = now()
@@ -99,10 +103,16 @@ SELECT i.job_id, c.job_id IS NOT NULL AS won, c.takeovers,
 FROM input i
 LEFT JOIN claimed c ON c.job_id = i.job_id
 LEFT JOIN jobs o ON o.job_id = i.job_id
-"""
+""".format(
+    # the row's takeovers once claimed: one more when an expired claim is taken over, none
+    # after a replay of a dead letter
+    takeovers="CASE WHEN j.status = 'running' THEN j.takeovers + 1"
+    " WHEN j.status = 'dead_lettered' THEN 0 ELSE j.takeovers END",
+)
 """One round trip claims a batch: a new job gets a ``running`` row; an existing one is taken
 when its next attempt arrives (``retrying``), when its lease expired (the worker died: a
-takeover), or when a replay of a dead letter arrives. The outer select reads the statement's
+takeover), or when a replay of a dead letter arrives. A claim that starts a handler run counts
+it in ``executions`` (see ``ClaimRequest.run``). The outer select reads the statement's
 snapshot, i.e. the row as it was before: for a claim not won, that is the state to act on."""
 
 _RENEW = """
@@ -111,35 +121,6 @@ FROM unnest($1::text[], $2::text[]) AS t(job_id, token)
 WHERE j.job_id = t.job_id AND j.claim_token = t.token AND j.status = 'running'
 RETURNING j.job_id
 """
-
-
-_UNCLAIM = """
-WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
-                         $7::timestamptz[])
-        AS t(job_id, token, status, attempt, worker, prior_token, lease_until)
-), restored AS (
-    UPDATE jobs AS j SET
-        status      = i.status,
-        attempt     = i.attempt,
-        worker      = i.worker,
-        claim_token = i.prior_token,
-        lease_until = i.lease_until,
-        takeovers   = CASE WHEN i.status = 'running' THEN greatest(j.takeovers - 1, 0)
-                           ELSE j.takeovers END,
-        updated_at  = now()
-    FROM input i
-    WHERE i.status IS NOT NULL AND j.job_id = i.job_id AND j.claim_token = i.token
-      AND j.status = 'running'
-    RETURNING j.job_id
-)
-DELETE FROM jobs AS j USING input i
-WHERE i.status IS NULL AND j.job_id = i.job_id AND j.claim_token = i.token
-  AND j.status = 'running' AND j.executions = 0
-"""
-"""Claims given back at a drain, by jobs that never started: a row the claim created is
-deleted, any other gets back the state the claim found (``_CLAIM`` changes only these
-columns). Only rows still held under the given token are touched."""
 
 
 async def fetch_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:
@@ -163,26 +144,22 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[at : at + size]
 
 
-def _merge(rows: Sequence[JobRow]) -> tuple[list[JobRow], list[int], dict[str, int]]:
+def _merge(rows: Sequence[JobRow]) -> tuple[list[JobRow], dict[str, int]]:
     """One row per job id per statement (Postgres refuses to update a row twice in one).
 
-    Returns the rows to write, executions per row, and the index of each input's winner.
-    A terminal row beats a retrying one; among equals the first wins.
+    Returns the rows to write and the index of each input's winner. A terminal row beats a
+    retrying one; among equals the first wins.
     """
     chosen: dict[str, int] = {}
     out: list[JobRow] = []
-    counts: list[int] = []
     for row in rows:
         at = chosen.get(row.job_id)
         if at is None:
             chosen[row.job_id] = len(out)
             out.append(row)
-            counts.append(1)
-            continue
-        counts[at] += 1
-        if not out[at].status.terminal and row.status.terminal:
+        elif not out[at].status.terminal and row.status.terminal:
             out[at] = row
-    return out, counts, chosen
+    return out, chosen
 
 
 class ResultStore:
@@ -255,31 +232,6 @@ class ResultStore:
             out.extend(results)
         return out
 
-    async def unclaim_many(self, claims: Sequence[tuple[str, str, StoredState | None]]) -> None:
-        """See ``_UNCLAIM``; the claims are no longer renewed."""
-        if not claims:
-            return
-        cols = _columns(
-            [
-                (job_id, token, None, None, None, None, None)
-                if prior is None
-                else (
-                    job_id, token, prior.status.value, prior.attempt, prior.worker,
-                    prior.claim_token, prior.lease_until,
-                )
-                for job_id, token, prior in claims
-            ],
-            7,
-        )  # fmt: skip
-        try:
-            await self._pool.execute(_UNCLAIM, *cols)
-        except Exception:
-            if self._metrics is not None:
-                self._metrics.db_errors.labels(op="unclaim").inc()
-            raise
-        for job_id, token, _ in claims:
-            self.release(job_id, token)
-
     async def write_many(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:
         """The batch path's writes: one statement per ``max_size`` rows, no future each."""
         out: list[StoredState | Exception] = []
@@ -303,32 +255,30 @@ class ResultStore:
             self._metrics.batch_flush.observe(seconds)
 
     async def _write_batch(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:
-        merged, counts, winner = _merge(rows)
+        merged, winner = _merge(rows)
         try:
-            by_id = await self._upsert(merged, counts)
+            by_id = await self._upsert(merged)
         except asyncpg.DataError:
             # One row PostgreSQL refuses must not fail the others sharing its batch: write
             # them one by one, so only the bad row's caller gets the error.
             by_id = {}
-            for row, n in zip(merged, counts, strict=True):
+            for row in merged:
                 try:
-                    by_id.update(await self._upsert([row], [n]))
+                    by_id.update(await self._upsert([row]))
                 except asyncpg.DataError as exc:
                     by_id[row.job_id] = exc
         return [by_id[merged[winner[row.job_id]].job_id] for row in rows]
 
-    async def _upsert(
-        self, rows: Sequence[JobRow], counts: Sequence[int]
-    ) -> dict[str, StoredState | Exception]:
+    async def _upsert(self, rows: Sequence[JobRow]) -> dict[str, StoredState | Exception]:
         cols = _columns(
             [
                 (
                     row.job_id, _text(row.type), row.status.value, row.attempt, row.result,
                     _text(row.error), _text(row.error_class), _text(row.source),
                     _text(row.replay_of), _text(row.worker), row.created_at, row.finished_at,
-                    n, row.claim_token,
+                    0, row.claim_token,
                 )
-                for row, n in zip(rows, counts, strict=True)
+                for row in rows
             ],
             14,
         )  # fmt: skip
@@ -358,6 +308,8 @@ class ResultStore:
                 [r.replay for r in unique],
                 self.worker,
                 self.lease_s,
+                [r.run for r in unique],
+                [r.max_takeovers for r in unique],
             )
         except Exception:
             if self._metrics is not None:

@@ -199,7 +199,7 @@ async def test_sigterm_drains_in_flight_jobs_and_exits_zero(
         "SELECT count(*) FROM jobs WHERE job_id = ANY($1) AND worker = 'first'", ids
     )
     assert done_by_first >= in_flight  # what was running finished before the exit
-    # the jobs it had claimed but not started were given back, not left running for a lease
+    # the jobs waiting for a slot were never claimed: no row is left running for a lease
     held = await pg_pool.fetchval(
         "SELECT count(*) FROM jobs WHERE job_id = ANY($1) AND status = 'running'", ids
     )

@@ -99,8 +99,24 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         await pool.close()
 
 
-def ask(job_id: str, token: str, attempt: int = 1, *, replay: bool = False) -> ClaimRequest:
-    return ClaimRequest(job_id=job_id, type="ok", attempt=attempt, token=token, replay=replay)
+def ask(
+    job_id: str,
+    token: str,
+    attempt: int = 1,
+    *,
+    replay: bool = False,
+    run: bool = False,
+    max_takeovers: int = 0,
+) -> ClaimRequest:
+    return ClaimRequest(
+        job_id=job_id,
+        type="ok",
+        attempt=attempt,
+        token=token,
+        replay=replay,
+        run=run,
+        max_takeovers=max_takeovers,
+    )
 
 
 def row(job_id: str, token: str, status: JobStatus, attempt: int = 1, **fields: Any) -> JobRow:
@@ -152,11 +168,11 @@ async def test_an_expired_claim_is_taken_over_and_counted(backend: Backend) -> N
     assert await backend.counts(job) == (0, 2)
 
 
-async def test_writes_are_fenced_by_the_claim_token_and_all_counted(backend: Backend) -> None:
+async def test_writes_are_fenced_by_the_claim_token_and_never_counted(backend: Backend) -> None:
     job = fresh()
-    await backend.claim(ask(job, "a"))
+    await backend.claim(ask(job, "a", run=True))
     await backend.expire(job)
-    await backend.claim(ask(job, "b"))
+    await backend.claim(ask(job, "b", run=True))
     late = await backend.write(row(job, "a", JobStatus.SUCCEEDED, result="late"))
     assert (late.status, late.result, late.claim_token) == (JobStatus.RUNNING, None, "b")
     done = await backend.write(row(job, "b", JobStatus.SUCCEEDED, result="mine", worker="w2"))
@@ -165,7 +181,7 @@ async def test_writes_are_fenced_by_the_claim_token_and_all_counted(backend: Bac
     # a terminal row is not running any more: even its own token changes nothing
     after = await backend.write(row(job, "b", JobStatus.DEAD_LETTERED, error="x"))
     assert (after.status, after.result) == (JobStatus.SUCCEEDED, "mine")
-    assert await backend.counts(job) == (3, 1)
+    assert await backend.counts(job) == (2, 1)  # the two runs, counted by their claims
 
 
 async def test_a_dead_lettered_row_is_claimed_only_by_a_replay(backend: Backend) -> None:
@@ -203,7 +219,7 @@ async def test_a_write_without_a_claim_inserts_the_row(backend: Backend) -> None
         "t:0:1",
         "a",
     )
-    assert await backend.counts(job) == (1, 0)
+    assert await backend.counts(job) == (0, 0)  # no claim started a run
 
 
 async def test_a_batch_is_claimed_and_written_like_its_jobs_one_by_one(backend: Backend) -> None:
@@ -221,22 +237,23 @@ async def test_a_batch_is_claimed_and_written_like_its_jobs_one_by_one(backend: 
     ]
 
 
-async def test_a_claim_given_back_leaves_the_row_as_the_claim_found_it(backend: Backend) -> None:
-    new, retrying, expired = fresh(), fresh(), fresh()
-    await backend.claim(ask(retrying, "r1"))
-    await backend.write(row(retrying, "r1", JobStatus.RETRYING, error="e"))
-    await backend.claim(ask(expired, "dead"))
-    await backend.expire(expired)
-    requests = [ask(new, "a"), ask(retrying, "b", attempt=2), ask(expired, "c")]
-    claims = await backend.store.claim_many(requests)
-    assert [c.won for c in claims] == [True, True, True]
-    await backend.store.unclaim_many(
-        [(r.job_id, r.token, c.existing) for r, c in zip(requests, claims, strict=True)]
-    )
-    assert not await backend.exists(new)  # the claim had created it
-    again = await backend.claim(ask(retrying, "d", attempt=2))
-    assert again.won
-    assert again.existing is not None
-    assert (again.existing.status, again.existing.attempt) == (JobStatus.RETRYING, 1)
-    assert await backend.counts(expired) == (0, 0)  # the given-back takeover is not counted
-    assert not backend.store.held.get(new)
+async def test_a_claim_counts_a_run_only_when_it_starts_one(backend: Backend) -> None:
+    ended, ran, stalled = fresh(), fresh(), fresh()
+    await backend.claim(ask(ended, "a"))  # a claim that only ends the job (bad input)
+    assert await backend.counts(ended) == (0, 0)
+    claims = await backend.store.claim_many([ask(ran, "b", run=True)])
+    assert claims[0].won
+    assert await backend.counts(ran) == (1, 0)
+    await backend.write(row(ran, "b", JobStatus.RETRYING, error="e"))
+    await backend.claim(ask(ran, "c", attempt=2, run=True))
+    assert await backend.counts(ran) == (2, 0)
+    # takeovers up to the limit count their run; the one that reaches it is not run
+    await backend.claim(ask(stalled, "d", run=True, max_takeovers=2))
+    await backend.expire(stalled)
+    first = await backend.claim(ask(stalled, "e", run=True, max_takeovers=2))
+    assert (first.won, first.takeovers) == (True, 1)
+    assert await backend.counts(stalled) == (2, 1)
+    await backend.expire(stalled)
+    second = await backend.claim(ask(stalled, "f", run=True, max_takeovers=2))
+    assert (second.won, second.takeovers) == (True, 2)
+    assert await backend.counts(stalled) == (2, 2)

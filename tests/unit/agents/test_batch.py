@@ -89,8 +89,9 @@ def submit(world: World, batch: BatchPath, acks: Acks, value: JobEvent | bytes) 
 
 
 async def test_a_batch_is_claimed_once_written_once_and_acked_after_its_outcomes(
-    world: World,
+    http: aiohttp.ClientSession,
 ) -> None:
+    world = World(http=http, settings=settings(concurrency=50))
     world.job_type("ok", echo)
     batch, acks = path(world), Acks()
     acks.journal = world.journal
@@ -155,7 +156,10 @@ async def test_no_more_handlers_run_at_once_than_the_concurrency(
     for i in range(10):
         submit(world, batch, acks, event(f"j{i}"))
     await until(lambda: running == 3)
-    assert (batch.running, batch.waiting) == (3, 7)  # all claimed, 7 wait for a slot
+    assert (batch.running, batch.waiting) == (3, 7)
+    # only the jobs with a slot are claimed: their rows say running, the others have none yet
+    assert sorted(world.store.rows) == ["j0", "j1", "j2"]
+    assert {r.executions for r in world.store.rows.values()} == {1}  # counted as they start
     release.set()
     await acks.until(10)
     assert peak == 3
@@ -231,13 +235,16 @@ async def test_outcomes_that_fail_to_send_are_sent_again_before_the_ack(world: W
     await batch.close()
 
 
-async def test_a_drain_gives_back_the_claims_of_jobs_not_started(
+async def test_a_drain_leaves_the_jobs_waiting_for_a_slot_unclaimed_and_unacked(
     http: aiohttp.ClientSession,
 ) -> None:
     world = World(http=http, settings=settings(concurrency=2))
     release = asyncio.Event()
+    started = 0
 
     async def held(payload: Any, ctx: JobContext) -> str:
+        nonlocal started
+        started += 1
         await release.wait()
         return "done"
 
@@ -245,13 +252,12 @@ async def test_a_drain_gives_back_the_claims_of_jobs_not_started(
     batch, acks = path(world), Acks()
     for i in range(6):
         submit(world, batch, acks, event(f"j{i}"))
-    await until(lambda: batch.running == 2)
+    await until(lambda: started == 2)
 
     left = await batch.drain()
     assert left == 4
     assert sorted(label for label in acks.labels.values()) == [ABANDONED] * 4
-    running = {job_id for job_id, row in world.store.rows.items()}
-    assert len(running) == 2  # the 4 rows the claims had created are gone again
+    assert len(world.store.rows) == 2  # the 4 left were never claimed
     assert len(world.store.held) == 2
     release.set()
     await acks.until(6)

@@ -451,7 +451,7 @@ async def test_a_copy_in_the_same_process_waits_for_the_running_one(world: World
 async def test_an_expired_claim_is_taken_over(world: World) -> None:
     handler = Calls()
     world.job_type("ok", handler)
-    await world.store.claim(ClaimRequest(job_id="j1", type="ok", attempt=1, token="dead"))
+    await world.store.claim(ClaimRequest(job_id="j1", type="ok", attempt=1, token="dead", run=True))
     world.clock.advance(world.settings.claim_lease_s + 1)  # its worker died: no renewal
 
     assert await world.pipeline.handle(world.record(event())) == "succeeded"
@@ -459,7 +459,9 @@ async def test_an_expired_claim_is_taken_over(world: World) -> None:
     row = world.store.row("j1")
     assert (row.status, row.takeovers) == (JobStatus.SUCCEEDED, 1)
     assert world.metrics.claim_takeovers.labels(type="ok")._value.get() == 1
-    # the late write of the execution whose claim lapsed changes nothing, but is counted
+    assert row.executions == 2  # the run that died and the one that took over
+    # the late write of the execution whose claim lapsed changes nothing, nor the count: its
+    # claim counted its run already
     late = JobRow(job_id="j1", type="ok", status=JobStatus.SUCCEEDED, attempt=1, claim_token="dead")
     stored = await world.store.write(late)
     assert stored.result == row.result
@@ -485,11 +487,13 @@ async def test_a_job_whose_claim_expired_max_attempts_times_is_stalled(world: Wo
     handler = Calls()
     world.job_type("ok", handler, max_attempts=2)
     lease = world.settings.claim_lease_s
-    await world.store.claim(ClaimRequest(job_id="j1", type="ok", attempt=1, token="died-1"))
-    world.clock.advance(lease + 1)
-    taken = await world.store.claim(ClaimRequest(job_id="j1", type="ok", attempt=1, token="died-2"))
-    assert (taken.won, taken.takeovers) == (True, 1)
-    world.clock.advance(lease + 1)
+    for token in ("died-1", "died-2"):  # two runs whose processes died
+        claim = await world.store.claim(
+            ClaimRequest(job_id="j1", type="ok", attempt=1, token=token, run=True)
+        )
+        assert claim.won
+        world.clock.advance(lease + 1)
+    assert world.store.row("j1").takeovers == 1
 
     assert await world.pipeline.handle(world.record(event())) == "dead_lettered"
     assert handler.runs == []
@@ -499,6 +503,7 @@ async def test_a_job_whose_claim_expired_max_attempts_times_is_stalled(world: Wo
     assert letter.history[-1].retryable is True
     row = world.store.row("j1")
     assert (row.status, row.takeovers) == (JobStatus.DEAD_LETTERED, 2)
+    assert row.executions == 2  # the two that died; the stalled claim ran nothing
 
 
 async def test_a_replayed_dead_letter_claims_the_row_again(world: World) -> None:

@@ -78,10 +78,9 @@ def test_merge_keeps_one_row_per_job_and_prefers_the_terminal_one() -> None:
         row("a", JobStatus.SUCCEEDED),
         row("b", JobStatus.DEAD_LETTERED),
     ]
-    merged, counts, winner = _merge(rows)
+    merged, winner = _merge(rows)
     assert [(r.job_id, r.status) for r in merged] == [
         ("a", JobStatus.SUCCEEDED),
         ("b", JobStatus.SUCCEEDED),  # the first terminal row wins
     ]
-    assert counts == [2, 2]
     assert winner == {"a": 0, "b": 1}
