@@ -44,16 +44,16 @@ ops-tools:
 	scripts/install-ops-tools.sh
 
 stack-up: prereqs
-	$(PY) -m streams.dev.stack up
+	$(PY) -m jobstream.streams.dev.stack up
 
 stack-down:
-	@if [ -x $(PY) ]; then $(PY) -m streams.dev.stack down; fi
+	@if [ -x $(PY) ]; then $(PY) -m jobstream.streams.dev.stack down; fi
 
 stack-status: venv
-	$(PY) -m streams.dev.stack status
+	$(PY) -m jobstream.streams.dev.stack status
 
 demo: stack-up
-	$(PY) -m streams.cli demo --jobs $${JOBS:-2000} --replicas $${REPLICAS:-1}
+	$(PY) -m jobstream demo --jobs $${JOBS:-2000} --replicas $${REPLICAS:-1}
 
 test: stack-up ops-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -76,7 +76,7 @@ format: venv
 
 # e.g. BENCH_ARGS="--quick --scenarios echo-1,mixed-1 --profile"; --help lists the options
 bench: stack-up
-	$(PY) -m streams.dev.bench $(BENCH_ARGS)
+	$(PY) -m jobstream.streams.dev.bench $(BENCH_ARGS)
 
 clean: stack-down
 	rm -rf .state bench-results .pytest_cache .mypy_cache .ruff_cache

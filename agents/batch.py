@@ -18,7 +18,8 @@ The guarantees are the per-record path's: a record is acknowledged (and so commi
 its row and outcome are durable, a job runs only under its claim, and a write is fenced by the
 claim's token. Anything off the common path (undecodable input, a claim that is not won, a
 handler failure, a row PostgreSQL refuses, an outcome Kafka refuses) goes to the per-record
-routes of :class:`~agents.pipeline.Pipeline`, which stay the one place those cases are decided.
+routes of :class:`~jobstream.agents.pipeline.Pipeline`, which stay the one place those cases
+are decided.
 """
 
 from __future__ import annotations
@@ -30,15 +31,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from agents.pipeline import Attempt, Pipeline, Ran, RowRefusedError
-from agents.registry import JobType
-from models.deadletter import DeadLetterReason
-from models.errors import InvalidJobError
-from models.job import JobEvent, JobStatus
-from models.job import utcnow as now
-from models.rows import StoredState
-from streams.failures import RecordTooLargeError, describe
-from streams.kafka.record import Record
+from jobstream.agents.pipeline import Attempt, Pipeline, Ran, RowRefusedError
+from jobstream.agents.registry import JobType
+from jobstream.models.deadletter import DeadLetterReason
+from jobstream.models.errors import InvalidJobError
+from jobstream.models.job import JobEvent, JobStatus
+from jobstream.models.job import utcnow as now
+from jobstream.models.rows import StoredState
+from jobstream.streams.failures import RecordTooLargeError, describe
+from jobstream.streams.kafka.record import Record
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agents.handlers import llm, webhook
-from agents.handlers.basic import echo_type, sleep_type
-from agents.policy import RetryPolicy
-from agents.registry import JobType, Registry
-from models.errors import ConfigurationError
-from streams.settings import Settings
+from jobstream.agents.handlers import llm, webhook
+from jobstream.agents.handlers.basic import echo_type, sleep_type
+from jobstream.agents.policy import RetryPolicy
+from jobstream.agents.registry import JobType, Registry
+from jobstream.models.errors import ConfigurationError
+from jobstream.streams.settings import Settings
 
 _POLICY_KEYS = {"max_attempts", "fatal_errors", "retry_unexpected", "jitter"}
 _TYPE_KEYS = {"timeout_s", "rate_limit_key"}

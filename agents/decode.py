@@ -9,9 +9,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from models.deadletter import DeadLetterReason
-from models.errors import InvalidJobError
-from models.job import SCHEMA_VERSION, JobEvent, derived_job_id
+from jobstream.models.deadletter import DeadLetterReason
+from jobstream.models.errors import InvalidJobError
+from jobstream.models.job import SCHEMA_VERSION, JobEvent, derived_job_id
 
 
 def decode_event(raw: bytes | None, *, max_bytes: int, id_source: str | None = None) -> JobEvent:

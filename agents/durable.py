@@ -16,10 +16,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from agents.policy import compute_backoff
-from streams import observability
-from streams.failures import describe, is_transient
-from streams.metrics import Metrics
+from jobstream.agents.policy import compute_backoff
+from jobstream.streams import observability
+from jobstream.streams.failures import describe, is_transient
+from jobstream.streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

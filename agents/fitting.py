@@ -17,8 +17,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
-from models.deadletter import DeadLetter
-from models.job import FailureRecord, JobEvent, JobOutcome
+from jobstream.models.deadletter import DeadLetter
+from jobstream.models.job import FailureRecord, JobEvent, JobOutcome
 
 HISTORY_KEPT = 3
 """Failure records a shrunk event or letter keeps: the first and the last ones."""

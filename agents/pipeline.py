@@ -32,14 +32,14 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic import ValidationError
 
-from agents.decode import decode_event, payload_error, readable_id, storable
-from agents.durable import DurableSteps
-from agents.fitting import fit_dead_letter, fit_event, fit_outcome, original_facts
-from agents.policy import RetryPolicy, compute_backoff
-from agents.ports import JobStore, Limiter, RecordPublisher
-from agents.registry import JobContext, JobType, Registry
-from models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
-from models.errors import (
+from jobstream.agents.decode import decode_event, payload_error, readable_id, storable
+from jobstream.agents.durable import DurableSteps
+from jobstream.agents.fitting import fit_dead_letter, fit_event, fit_outcome, original_facts
+from jobstream.agents.policy import RetryPolicy, compute_backoff
+from jobstream.agents.ports import JobStore, Limiter, RecordPublisher
+from jobstream.agents.registry import JobContext, JobType, Registry
+from jobstream.models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
+from jobstream.models.errors import (
     FatalError,
     InvalidJobError,
     JobError,
@@ -47,15 +47,15 @@ from models.errors import (
     JobTimeoutError,
     RateLimitedError,
 )
-from models.job import FailureRecord, JobEvent, JobOutcome, JobStatus
-from models.job import utcnow as now
-from models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
-from streams import observability
-from streams.failures import RecordTooLargeError, describe, is_transient
-from streams.kafka.record import Record
-from streams.metrics import Metrics
-from streams.settings import Settings
-from streams.topics import TopicNames
+from jobstream.models.job import FailureRecord, JobEvent, JobOutcome, JobStatus
+from jobstream.models.job import utcnow as now
+from jobstream.models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
+from jobstream.streams import observability
+from jobstream.streams.failures import RecordTooLargeError, describe, is_transient
+from jobstream.streams.kafka.record import Record
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ class Pipeline:
         """Run a claimed job's handler on its validated ``payload`` (see ``payload``). A
         failure is routed here (retry event or dead letter: its outcome label is returned); a
         success is returned to be written by the caller, alone (``succeed``) or with its batch
-        (:mod:`agents.batch`)."""
+        (:mod:`jobstream.agents.batch`)."""
         if isinstance(payload, InvalidJobError):
             return await self.dead_letter(att, payload, DeadLetterReason(payload.reason))
         assert job_type is not None

@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
-from streams.kafka.publisher import Headers
+from jobstream.models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
+from jobstream.streams.kafka.publisher import Headers
 
 
 class JobStore(Protocol):

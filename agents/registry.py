@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from agents.policy import RetryPolicy
+from jobstream.agents.policy import RetryPolicy
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from models.job import JobEvent
-    from streams.settings import Settings
+    from jobstream.models.job import JobEvent
+    from jobstream.streams.settings import Settings
 
 
 @dataclass

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from agents.decode import decode_event
-from agents.fitting import wire
-from agents.pipeline import Pipeline
-from models.deadletter import DeadLetterReason
-from models.errors import InvalidJobError
-from streams.failures import RecordTooLargeError
-from streams.kafka.record import Record
-from streams.topics import RetryTier
+from jobstream.agents.decode import decode_event
+from jobstream.agents.fitting import wire
+from jobstream.agents.pipeline import Pipeline
+from jobstream.models.deadletter import DeadLetterReason
+from jobstream.models.errors import InvalidJobError
+from jobstream.streams.failures import RecordTooLargeError
+from jobstream.streams.kafka.record import Record
+from jobstream.streams.topics import RetryTier
 
 
 class RetryForwarder:

@@ -10,14 +10,14 @@ from typing import Any, Protocol, cast
 
 import faust
 
-from streams.kafka.record import Record
-from streams.settings import Settings
-from streams.topics import RetryTier, TopicNames
+from jobstream.streams.kafka.record import Record
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import RetryTier, TopicNames
 
 
 class AgentHost(Protocol):
     """What the agents hand their records to: the replica's runtime
-    (:class:`streams.worker.runtime.Runtime`), which sits above this package."""
+    (:class:`jobstream.streams.worker.runtime.Runtime`), which sits above this package."""
 
     settings: Settings
     topics: TopicNames

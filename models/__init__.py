@@ -1,7 +1,7 @@
 """Wire and row models shared by producers, workers and the DLQ tool."""
 
-from models.deadletter import DeadLetter, DeadLetterReason
-from models.errors import (
+from jobstream.models.deadletter import DeadLetter, DeadLetterReason
+from jobstream.models.errors import (
     ConfigurationError,
     FatalError,
     InvalidJobError,
@@ -12,7 +12,7 @@ from models.errors import (
     RetryableError,
     StackError,
 )
-from models.job import (
+from jobstream.models.job import (
     SCHEMA_VERSION,
     FailureRecord,
     JobEvent,

@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.job import FailureRecord, utcnow
+from jobstream.models.job import FailureRecord, utcnow
 
 REPLAY_HEADER = "jobstream-replayed-from"
 """Header on an event republished by ``jobstream dlq replay``: the dead letter it came from."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from models.job import JobStatus
+from jobstream.models.job import JobStatus
 
 
 class Columns(Protocol):

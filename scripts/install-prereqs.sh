@@ -5,7 +5,7 @@
 #
 # Usage: scripts/install-prereqs.sh [PYTHON]
 #   PYTHON (or $JOBSTREAM_PYTHON), e.g. .venv/bin/python, also pre-fetches the Kafka jars into
-#   ~/.cache/jobstream so the first `python -m streams.dev.stack up` needs no network.
+#   ~/.cache/jobstream so the first `python -m jobstream.streams.dev.stack up` needs no network.
 #   Without it the jars are fetched on first use.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -102,7 +102,7 @@ fi
 
 if [ -n "$PY" ]; then
     log "pre-fetching the Kafka jars with $PY"
-    (cd "$REPO_ROOT" && "$PY" -m streams.dev.stack fetch)
+    (cd "$REPO_ROOT" && "$PY" -m jobstream.streams.dev.stack fetch)
 else
-    log "no PYTHON given: the Kafka jars will be fetched on the first 'python -m streams.dev.stack up'"
+    log "no PYTHON given: the Kafka jars will be fetched on the first 'python -m jobstream.streams.dev.stack up'"
 fi

@@ -3,8 +3,8 @@
 The commands are click commands; each role's module declares its own (``dlq``, ``console``,
 ``api``, ``doctor``, ``backup``/``restore``/``prune``) and this module mounts them. The
 development commands (``dev``, ``demo``, ``fake-openrouter``) are loaded from
-:mod:`streams.dev.cli` only when one of them (or the command list) is asked for, so a
-production command never imports :mod:`streams.dev`.
+:mod:`jobstream.streams.dev.cli` only when one of them (or the command list) is asked for, so a
+production command never imports :mod:`jobstream.streams.dev`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from streams.command import (
+from jobstream.streams.command import (
     JOB_TYPES,
     KAFKA,
     LOGS,
@@ -30,15 +30,15 @@ from streams.command import (
     names,
     with_settings,
 )
-from streams.console.server import console_command
-from streams.dlq.cli import dlq_group
-from streams.exits import Exit
-from streams.ops.backup import backup_command, prune_command, restore_command
-from streams.ops.doctor import doctor_command
-from streams.output import print_json
-from streams.producer.server import api_command
-from streams.services import database_url, kafka_bootstrap, resolve
-from streams.settings import Settings
+from jobstream.streams.console.server import console_command
+from jobstream.streams.dlq.cli import dlq_group
+from jobstream.streams.exits import Exit
+from jobstream.streams.ops.backup import backup_command, prune_command, restore_command
+from jobstream.streams.ops.doctor import doctor_command
+from jobstream.streams.output import print_json
+from jobstream.streams.producer.server import api_command
+from jobstream.streams.services import database_url, kafka_bootstrap, resolve
+from jobstream.streams.settings import Settings
 
 WORKER_VARIABLES = names(
     KAFKA,
@@ -87,7 +87,7 @@ SUBMIT_VARIABLES = names(KAFKA, ("topic_prefix", "max_event_bytes"), JOB_TYPES)
 
 def _preflight(settings: Settings, bootstrap: str, dsn: str) -> None:
     """A refused handshake ends the command with one line, before faust starts retrying it."""
-    from streams.services import preflight
+    from jobstream.streams.services import preflight
 
     asyncio.run(preflight(settings, bootstrap=bootstrap, dsn=dsn))
 
@@ -102,9 +102,9 @@ def _preflight(settings: Settings, bootstrap: str, dsn: str) -> None:
 )
 @with_settings
 def cmd_worker(settings: Settings) -> int:
-    from agents.catalog import default_registry
-    from streams.observability import configure_logging
-    from streams.worker.service import run_worker
+    from jobstream.agents.catalog import default_registry
+    from jobstream.streams.observability import configure_logging
+    from jobstream.streams.worker.service import run_worker
 
     configure_logging(settings.log_level)
     default_registry(settings)  # a bad policy file is one line now, not a crash inside faust
@@ -123,8 +123,8 @@ def cmd_worker(settings: Settings) -> int:
 )
 @with_settings
 def cmd_migrate(settings: Settings) -> int:
-    from streams.pg.migrations import migrate
-    from streams.pg.pool import create_pool
+    from jobstream.streams.pg.migrations import migrate
+    from jobstream.streams.pg.pool import create_pool
 
     dsn = database_url(settings)
 
@@ -171,10 +171,10 @@ def _payload(text: str) -> dict[str, Any]:
 def cmd_submit(
     settings: Settings, job_type: str, payload: str, job_id: str | None, count: int
 ) -> int:
-    from agents.catalog import default_registry
-    from streams.kafka.security import client_options
-    from streams.producer.api import ApiError, error_line, validate_job
-    from streams.producer.client import JobClient
+    from jobstream.agents.catalog import default_registry
+    from jobstream.streams.kafka.security import client_options
+    from jobstream.streams.producer.api import ApiError, error_line, validate_job
+    from jobstream.streams.producer.client import JobClient
 
     body = _payload(payload)
     registry = default_registry(settings)
@@ -212,8 +212,8 @@ def cmd_submit(
 @click.argument("job_id")
 @with_settings
 def cmd_status(settings: Settings, job_id: str) -> int:
-    from streams.pg.pool import create_pool
-    from streams.pg.results import fetch_job
+    from jobstream.streams.pg.pool import create_pool
+    from jobstream.streams.pg.results import fetch_job
 
     dsn = database_url(settings)
 
@@ -241,14 +241,17 @@ DEV_COMMANDS = {
 
 
 class Jobstream(click.Group):
-    """The root group; the development commands come from :mod:`streams.dev.cli` when asked."""
+    """The root group; the development commands come from :mod:`jobstream.streams.dev.cli`
+    when asked."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*self.commands, *DEV_COMMANDS])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in DEV_COMMANDS:
-            from streams.dev.cli import commands  # development only, never loaded by the others
+            from jobstream.streams.dev.cli import (
+                commands,  # development only, never loaded by the others
+            )
 
             return commands()[cmd_name]
         return super().get_command(ctx, cmd_name)
@@ -303,8 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _one_line(exc: Exception) -> int:
     """A refused or missing service, or settings that cannot work together: one line naming
     what to set; anything else is a bug and keeps its traceback."""
-    from models.errors import ConfigurationError
-    from streams.services import explain
+    from jobstream.models.errors import ConfigurationError
+    from jobstream.streams.services import explain
 
     try:
         settings = Settings()

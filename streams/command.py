@@ -1,10 +1,10 @@
 """What every ``jobstream`` command shares: click commands whose help lists the ``JOBSTREAM_*``
 variables the command reads, and the settings handed to it.
 
-Each command names the :class:`~streams.settings.Settings` fields it reads (``variables=``);
-its ``--help`` renders them as ``JOBSTREAM_<NAME>`` with the field's description and default,
-so the help cannot drift from the settings class (a unit test checks every name is a field).
-The groups below are the sets several commands read together.
+Each command names the :class:`~jobstream.streams.settings.Settings` fields it reads
+(``variables=``); its ``--help`` renders them as ``JOBSTREAM_<NAME>`` with the field's
+description and default, so the help cannot drift from the settings class (a unit test checks
+every name is a field). The groups below are the sets several commands read together.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import click
 from pydantic import ValidationError
 from pydantic_core import PydanticUndefined
 
-from streams.exits import Exit
-from streams.settings import Settings
+from jobstream.streams.exits import Exit
+from jobstream.streams.settings import Settings
 
 KAFKA = (
     "kafka_bootstrap",
@@ -138,7 +138,7 @@ def command(
 
 class CommandError(click.ClickException):
     """Ends a command with its message as the one line on stderr and an exit code from
-    :class:`streams.exits.Exit`."""
+    :class:`jobstream.streams.exits.Exit`."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncpg
 from aiokafka import errors as kafka_errors
 
-from models.errors import JobstreamError
+from jobstream.models.errors import JobstreamError
 
 
 class RecordTooLargeError(JobstreamError):

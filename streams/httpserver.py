@@ -43,7 +43,7 @@ from yarl import URL
 if TYPE_CHECKING:
     from aiohttp.streams import StreamReader
 
-    from streams.settings import Settings
+    from jobstream.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

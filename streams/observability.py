@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import BaseModel, SecretStr
 
-from streams.settings import Settings
+from jobstream.streams.settings import Settings
 
 REDACTED = "[redacted]"
 PAYLOAD = "[payload]"

@@ -3,8 +3,8 @@ line that names the service, the address tried and the variable to set.
 
 Production commands never look for or start a local stack: a missing
 ``JOBSTREAM_KAFKA_BOOTSTRAP`` or ``JOBSTREAM_DATABASE_URL`` is one line and an exit code (see
-:mod:`streams.exits`). Only ``jobstream dev``, the demo, the tests and the benchmark start local
-services (:func:`streams.dev.stack.resolve_services`).
+:mod:`jobstream.streams.exits`). Only ``jobstream dev``, the demo, the tests and the benchmark
+start local services (:func:`jobstream.streams.dev.stack.resolve_services`).
 
 A wrong password or an untrusted certificate otherwise surfaces as a traceback several frames
 deep in aiokafka or asyncpg, or (for Kafka) as a bare "Unable to bootstrap", and a worker would
@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 import asyncpg
 from aiokafka import errors as kafka_errors
 
-from models.errors import ConfigurationError, JobstreamError
-from streams.kafka.security import KafkaAccessError, bootstrap_servers, check_access
-from streams.settings import Settings
+from jobstream.models.errors import ConfigurationError, JobstreamError
+from jobstream.streams.kafka.security import KafkaAccessError, bootstrap_servers, check_access
+from jobstream.streams.settings import Settings
 
 DSN_SETTING = "JOBSTREAM_DATABASE_URL"
 BOOTSTRAP_SETTING = "JOBSTREAM_KAFKA_BOOTSTRAP"

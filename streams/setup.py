@@ -6,12 +6,12 @@ import logging
 
 import asyncpg
 
-from streams.kafka.admin import ensure_topics
-from streams.kafka.security import client_options
-from streams.pg.migrations import migrate
-from streams.pg.pool import create_pool
-from streams.settings import Settings
-from streams.topics import TopicNames, topic_configs
+from jobstream.streams.kafka.admin import ensure_topics
+from jobstream.streams.kafka.security import client_options
+from jobstream.streams.pg.migrations import migrate
+from jobstream.streams.pg.pool import create_pool
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import TopicNames, topic_configs
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from streams.settings import Settings
+    from jobstream.streams.settings import Settings
 
 # Room for a record's key, headers and batch framing on top of its value.
 RECORD_OVERHEAD_BYTES = 64 * 1024

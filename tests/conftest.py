@@ -34,8 +34,8 @@ def services() -> tuple[str, str]:
     dsn = os.environ.get("JOBSTREAM_DATABASE_URL")
     if bootstrap and dsn:
         return bootstrap, dsn
-    from streams.dev.stack import resolve_services
-    from streams.settings import Settings
+    from jobstream.streams.dev.stack import resolve_services
+    from jobstream.streams.settings import Settings
 
     settings = Settings(state_dir=Path(os.environ.get("JOBSTREAM_STATE_DIR", ROOT / ".state")))
 
@@ -69,8 +69,8 @@ def prefix() -> str:
 
 @pytest.fixture
 async def pg_pool(database_url: str) -> AsyncIterator[object]:
-    from streams.pg.migrations import migrate
-    from streams.pg.pool import create_pool
+    from jobstream.streams.pg.migrations import migrate
+    from jobstream.streams.pg.pool import create_pool
 
     pool = await create_pool(database_url, min_size=1, max_size=10)
     async with pool.acquire() as conn:

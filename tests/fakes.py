@@ -21,19 +21,19 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, ConfigDict
 
-from agents.durable import DurableSteps
-from agents.pipeline import Pipeline
-from agents.policy import RetryPolicy
-from agents.registry import Handler, JobType, Registry
-from models.deadletter import DeadLetter
-from models.job import JobEvent, JobOutcome, JobStatus
-from models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
-from streams.failures import RecordTooLargeError
-from streams.kafka.publisher import Headers, Publisher
-from streams.kafka.record import Record
-from streams.metrics import Metrics
-from streams.settings import Settings
-from streams.topics import TopicNames, topic_names
+from jobstream.agents.durable import DurableSteps
+from jobstream.agents.pipeline import Pipeline
+from jobstream.agents.policy import RetryPolicy
+from jobstream.agents.registry import Handler, JobType, Registry
+from jobstream.models.deadletter import DeadLetter
+from jobstream.models.job import JobEvent, JobOutcome, JobStatus
+from jobstream.models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
+from jobstream.streams.failures import RecordTooLargeError
+from jobstream.streams.kafka.publisher import Headers, Publisher
+from jobstream.streams.kafka.record import Record
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import TopicNames, topic_names
 
 
 class FakeClock:

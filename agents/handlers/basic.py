@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.policy import RetryPolicy
-from agents.registry import JobContext, JobType
-from models.errors import FatalError, RetryableError
+from jobstream.agents.policy import RetryPolicy
+from jobstream.agents.registry import JobContext, JobType
+from jobstream.models.errors import FatalError, RetryableError
 
 
 class EchoPayload(BaseModel):

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from agents.policy import RetryPolicy
-from agents.registry import JobContext, JobType
-from models.errors import FatalError, JobError, RateLimitedError, RetryableError
+from jobstream.agents.policy import RetryPolicy
+from jobstream.agents.registry import JobContext, JobType
+from jobstream.models.errors import FatalError, JobError, RateLimitedError, RetryableError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from streams.settings import Settings
+    from jobstream.streams.settings import Settings
 
 JOB_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 110.0

@@ -32,14 +32,14 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 from yarl import URL
 
-from agents.policy import RetryPolicy
-from agents.registry import JobContext, JobType
-from models.errors import FatalError, JobError, RetryableError
+from jobstream.agents.policy import RetryPolicy
+from jobstream.agents.registry import JobContext, JobType
+from jobstream.models.errors import FatalError, JobError, RetryableError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from streams.settings import Settings
+    from jobstream.streams.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -33,7 +33,7 @@ from enum import StrEnum
 from aiohttp import web
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from streams.settings import Settings
+from jobstream.streams.settings import Settings
 
 COOKIE = "jobstream_console"
 CSRF_HEADER = "X-CSRF-Token"

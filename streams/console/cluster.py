@@ -19,7 +19,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from streams.topics import TopicNames
+from jobstream.streams.topics import TopicNames
 
 TIMEOUT_S = 5.0
 CACHE_S = 2.0

@@ -9,16 +9,16 @@ from typing import Any
 import asyncpg
 import jinja2
 
-from streams.console.cluster import ClusterView
-from streams.console.dlq_tail import DeadLetterTail
-from streams.console.queries import JobsSchema, discover
-from streams.settings import Settings
-from streams.topics import TopicNames, topic_names
+from jobstream.streams.console.cluster import ClusterView
+from jobstream.streams.console.dlq_tail import DeadLetterTail
+from jobstream.streams.console.queries import JobsSchema, discover
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import TopicNames, topic_names
 
 
 def template_env() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("streams.console", "templates"),
+        loader=jinja2.PackageLoader("jobstream.streams.console", "templates"),
         autoescape=jinja2.select_autoescape(("html",)),
         undefined=jinja2.StrictUndefined,
     )
@@ -39,7 +39,7 @@ class Console:
 
     @classmethod
     async def open(cls, settings: Settings, *, bootstrap: str, pool: asyncpg.Pool) -> Console:
-        from streams.kafka.security import client_options
+        from jobstream.streams.kafka.security import client_options
 
         names = topic_names(settings.topic_prefix, settings.retry_tiers_s)
         options = client_options(settings)

@@ -1,7 +1,7 @@
 """Dead letters for the console: the CLI's filters and stats, and what each role may see.
 
-The letters themselves come from :mod:`streams.console.dlq_tail`; replay goes through
-:func:`streams.dlq.replay.replay_matching`, the function ``jobstream dlq replay`` runs.
+The letters themselves come from :mod:`jobstream.streams.console.dlq_tail`; replay goes through
+:func:`jobstream.streams.dlq.replay.replay_matching`, the function ``jobstream dlq replay`` runs.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from models.deadletter import DeadLetter, unb64
-from streams.dlq.filters import DeadLetterFilter, FilterError, decoded_key
-from streams.dlq.replay import Action, PlanItem, decode_event
+from jobstream.models.deadletter import DeadLetter, unb64
+from jobstream.streams.dlq.filters import DeadLetterFilter, FilterError, decoded_key
+from jobstream.streams.dlq.replay import Action, PlanItem, decode_event
 
 FILTER_FIELDS = ("type", "reason", "error_class", "since", "until", "key")
 

@@ -9,7 +9,7 @@ never show. Records the broker has deleted (retention) are dropped; past :data:`
 oldest are dropped too, and the console says so.
 
 Replay never uses this: it takes the DLQ tool's own fresh snapshot (see
-:func:`streams.dlq.replay.replay_matching`).
+:func:`jobstream.streams.dlq.replay.replay_matching`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from pydantic import ValidationError
 
-from models.deadletter import DeadLetter
-from streams.dlq.snapshot import UnreachableError, first_line
+from jobstream.models.deadletter import DeadLetter
+from jobstream.streams.dlq.snapshot import UnreachableError, first_line
 
 FRESH_S = 1.0
 """Answers are at most this old; within it, a page load costs no broker round trip."""

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from streams.console.queries import MAX_PAGE, CursorError, JobFilter, decode_cursor
-from streams.console.rollup import WINDOWS
-from streams.dlq.filters import FilterError, parse_time
+from jobstream.streams.console.queries import MAX_PAGE, CursorError, JobFilter, decode_cursor
+from jobstream.streams.console.rollup import WINDOWS
+from jobstream.streams.dlq.filters import FilterError, parse_time
 
 MAX_ID_LENGTH = 200  # JobEvent.id's own limit
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from streams.pg.pool import Connection
+from jobstream.streams.pg.pool import Connection
 
 WINDOWS = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
 SETTLE = timedelta(minutes=2)

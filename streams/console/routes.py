@@ -13,9 +13,9 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from models.deadletter import DeadLetter
-from streams.console import params, queries, rollup
-from streams.console.access import (
+from jobstream.models.deadletter import DeadLetter
+from jobstream.streams.console import params, queries, rollup
+from jobstream.streams.console.access import (
     BASE_KEY,
     POLICY_KEY,
     SESSION_KEY,
@@ -27,11 +27,11 @@ from streams.console.access import (
     session_of,
     set_cookie_if_fresh,
 )
-from streams.console.context import Console
-from streams.console.deadletters import detail, parse_filter, plan_json, stats, summary
-from streams.dlq.filters import DeadLetterFilter, FilterError
-from streams.dlq.replay import ReplayOptions, replay_matching
-from streams.dlq.snapshot import TopicMissingError, UnreachableError
+from jobstream.streams.console.context import Console
+from jobstream.streams.console.deadletters import detail, parse_filter, plan_json, stats, summary
+from jobstream.streams.dlq.filters import DeadLetterFilter, FilterError
+from jobstream.streams.dlq.replay import ReplayOptions, replay_matching
+from jobstream.streams.dlq.snapshot import TopicMissingError, UnreachableError
 
 CONSOLE_KEY = web.AppKey("console", Console)
 MAX_DEAD_LETTERS_SHOWN = 500

@@ -15,9 +15,9 @@ import asyncpg
 import click
 from aiohttp import web
 
-from streams.command import CONSOLE, HTTP, KAFKA, POSTGRES, command, names, with_settings
-from streams.console import params, rollup
-from streams.console.access import (
+from jobstream.streams.command import CONSOLE, HTTP, KAFKA, POSTGRES, command, names, with_settings
+from jobstream.streams.console import params, rollup
+from jobstream.streams.console.access import (
     BASE_KEY,
     POLICY_KEY,
     AccessPolicy,
@@ -25,12 +25,12 @@ from streams.console.access import (
     json_error,
     wants_json,
 )
-from streams.console.context import Console
-from streams.console.routes import CONSOLE_KEY, render, routes
-from streams.exits import Exit
-from streams.httpserver import HttpLimits, start_http_server
-from streams.services import ServiceUnavailable, resolve
-from streams.settings import Settings
+from jobstream.streams.console.context import Console
+from jobstream.streams.console.routes import CONSOLE_KEY, render, routes
+from jobstream.streams.exits import Exit
+from jobstream.streams.httpserver import HttpLimits, start_http_server
+from jobstream.streams.services import ServiceUnavailable, resolve
+from jobstream.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,8 @@ async def start(
     settings: Settings, *, bootstrap: str, dsn: str, host: str, port: int
 ) -> tuple[web.AppRunner, asyncpg.Pool]:
     """Pool, schema (the console's indexes are a migration), app, listening socket."""
-    from streams.pg.migrations import migrate
-    from streams.pg.pool import create_pool
+    from jobstream.streams.pg.migrations import migrate
+    from jobstream.streams.pg.pool import create_pool
 
     pool = await create_pool(dsn, min_size=1, max_size=max(2, settings.db_pool_max))
     try:
@@ -202,7 +202,7 @@ async def serve(settings: Settings, bootstrap: str, dsn: str, host: str, port: i
 )
 @with_settings
 def console_command(settings: Settings, host: str | None, port: int | None) -> int:
-    from streams.observability import configure_logging
+    from jobstream.streams.observability import configure_logging
 
     configure_logging(settings.log_level)
     host = host if host is not None else settings.console_host

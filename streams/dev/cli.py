@@ -1,8 +1,8 @@
 """The development commands of ``jobstream``: ``dev``, ``demo`` and ``fake-openrouter``.
 
-:mod:`streams.cli` loads this module only when one of them (or the command list) is asked
+:mod:`jobstream.streams.cli` loads this module only when one of them (or the command list) is asked
 for, and this module loads the dev tooling only inside the commands, so no production command
-ever imports :mod:`streams.dev`.
+ever imports :mod:`jobstream.streams.dev`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from streams.command import KAFKA, SettingsCommand, command, names, with_settings
-from streams.settings import Settings
+from jobstream.streams.command import KAFKA, SettingsCommand, command, names, with_settings
+from jobstream.streams.settings import Settings
 
 STACK_VARIABLES = ("state_dir",)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -31,7 +31,7 @@ def dev_group() -> None:
 
 
 def _stack(action: str, settings: Settings, state_dir: Path | None, *extra: str) -> int:
-    from streams.dev.stack import main as stack_main
+    from jobstream.streams.dev.stack import main as stack_main
 
     return stack_main([action, "--state-dir", str(state_dir or settings.state_dir), *extra])
 
@@ -91,8 +91,8 @@ _simple("fetch", "Download the Kafka jars (broker and tools) into the cache, not
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @with_settings
 def dev_kafka_tool(settings: Settings, name: str, args: tuple[str, ...]) -> int:
-    from streams.dev.kafka_tools import main as tool_main
-    from streams.dev.stack import local_bootstrap
+    from jobstream.streams.dev.kafka_tools import main as tool_main
+    from jobstream.streams.dev.stack import local_bootstrap
 
     return tool_main([name, *args], find_bootstrap=lambda: local_bootstrap(settings.state_dir))
 
@@ -116,14 +116,14 @@ DEMO_VARIABLES = names(("state_dir", "console_port", "log_level"), KAFKA, ("data
 @click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True)
 @with_settings
 def demo_command(settings: Settings, jobs: int, job_type: str, replicas: int) -> int:
-    from streams.dev.demo import run_demo
+    from jobstream.streams.dev.demo import run_demo
 
     return run_demo(settings, jobs=jobs, job_type=job_type, replicas=replicas)
 
 
 @cache
 def commands() -> dict[str, click.Command]:
-    """The development commands by name, for :mod:`streams.cli`."""
-    from streams.dev.fake_openrouter import fake_openrouter_command
+    """The development commands by name, for :mod:`jobstream.streams.cli`."""
+    from jobstream.streams.dev.fake_openrouter import fake_openrouter_command
 
     return {"dev": dev_group, "demo": demo_command, "fake-openrouter": fake_openrouter_command}

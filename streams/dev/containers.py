@@ -39,8 +39,8 @@ def stop_containers() -> None:
 
 
 def start_containers(need_kafka: bool, need_pg: bool) -> tuple[str | None, str | None]:
-    from streams.dev import kafka
-    from streams.dev import postgres as pg
+    from jobstream.streams.dev import kafka
+    from jobstream.streams.dev import postgres as pg
 
     atexit.register(stop_containers)  # registering twice is harmless: the list is emptied
     bootstrap = dsn = None

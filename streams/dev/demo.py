@@ -18,15 +18,15 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from streams.console.server import start as start_console
-from streams.console.server import url_of
-from streams.dev.fake_openrouter import FakeConfig, FakeOpenRouter
-from streams.dev.replicas import Replica, free_port, replica_env
-from streams.dev.stack import resolve_services
-from streams.output import Progress
-from streams.polling import wait_until
-from streams.producer.client import JobClient
-from streams.settings import Settings
+from jobstream.streams.console.server import start as start_console
+from jobstream.streams.console.server import url_of
+from jobstream.streams.dev.fake_openrouter import FakeConfig, FakeOpenRouter
+from jobstream.streams.dev.replicas import Replica, free_port, replica_env
+from jobstream.streams.dev.stack import resolve_services
+from jobstream.streams.output import Progress
+from jobstream.streams.polling import wait_until
+from jobstream.streams.producer.client import JobClient
+from jobstream.streams.settings import Settings
 
 
 async def _demo(settings: Settings, jobs: int, job_type: str, replicas: int) -> int:

@@ -1,7 +1,7 @@
 """The Kafka half of the local dev stack: jars, config files, start, stop, probe.
 
 Rendering and command building are pure functions, so they are unit-tested without a JVM; the
-process plumbing they rely on is shared with PostgreSQL in :mod:`streams.dev.stack`.
+process plumbing they rely on is shared with PostgreSQL in :mod:`jobstream.streams.dev.stack`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from models.errors import StackError
-from streams.dev.process import (
+from jobstream.models.errors import StackError
+from jobstream.streams.dev.process import (
     REPLACE_GRACE_S,
     locked,
     owns,
@@ -31,7 +31,7 @@ from streams.dev.process import (
     terminate,
     wait_ready,
 )
-from streams.dev.state import StackPaths, Tools, prerequisite_message
+from jobstream.streams.dev.state import StackPaths, Tools, prerequisite_message
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,14 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from models.errors import StackError
-from streams.dev.kafka import KAFKA_VERSION, LOG4J_VERSION, SCALA_VERSION, fetch_artifacts, jars_dir
+from jobstream.models.errors import StackError
+from jobstream.streams.dev.kafka import (
+    KAFKA_VERSION,
+    LOG4J_VERSION,
+    SCALA_VERSION,
+    fetch_artifacts,
+    jars_dir,
+)
 
 TOOLS_MAIN_JAR = f"kafka-tools-{KAFKA_VERSION}.jar"
 TOOLS_DEPS: tuple[tuple[str, str, str], ...] = (
@@ -94,7 +100,7 @@ async def prepare(
 ) -> list[str]:
     """The tool's command line; ``find_bootstrap`` is asked for the broker only when the
     arguments name none."""
-    from streams.dev.state import find_java
+    from jobstream.streams.dev.state import find_java
 
     java = find_java()
     if java is None:

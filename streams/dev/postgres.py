@@ -1,7 +1,7 @@
 """The PostgreSQL half of the local dev stack: binaries, where the data may live, start, stop.
 
 Location and command building are pure functions, so they are unit-tested without a server;
-the process plumbing they rely on is shared with Kafka in :mod:`streams.dev.stack`.
+the process plumbing they rely on is shared with Kafka in :mod:`jobstream.streams.dev.stack`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 import asyncpg
 
-from models.errors import StackError
-from streams.dev.process import (
+from jobstream.models.errors import StackError
+from jobstream.streams.dev.process import (
     REPLACE_GRACE_S,
     group_members,
     kill_hard,
@@ -34,7 +34,7 @@ from streams.dev.process import (
     wait_gone,
     wait_ready,
 )
-from streams.dev.state import StackPaths, Tools
+from jobstream.streams.dev.state import StackPaths, Tools
 
 log = logging.getLogger(__name__)
 

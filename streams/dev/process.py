@@ -20,8 +20,8 @@ from typing import Any, ClassVar, Self
 import psutil
 from filelock import AsyncFileLock
 
-from models.errors import StackError
-from streams.polling import wait_until
+from jobstream.models.errors import StackError
+from jobstream.streams.polling import wait_until
 
 log = logging.getLogger(__name__)
 

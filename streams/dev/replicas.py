@@ -1,6 +1,6 @@
 """Worker replicas as child processes: for the demo, the benchmark and the tests.
 
-A replica is ``python -m streams.cli worker`` with its own ``JOBSTREAM_*`` environment; it is
+A replica is ``python -m jobstream worker`` with its own ``JOBSTREAM_*`` environment; it is
 ready when its ``GET /ready`` answers 200, and it is stopped with SIGTERM (drain) or SIGKILL.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import aiohttp
 
-from streams.dev.process import Child
-from streams.dev.state import pick_port
-from streams.polling import wait_until
+from jobstream.streams.dev.process import Child
+from jobstream.streams.dev.state import pick_port
+from jobstream.streams.polling import wait_until
 
 free_port = pick_port
 """A free TCP port on 127.0.0.1 (the dev stack's one port helper), for a replica's web port."""
@@ -40,7 +40,7 @@ def replica_env(
 
 
 class Replica(Child):
-    """``python -m streams.cli worker`` as a child process, serving ``/ready`` on ``web_port``.
+    """``python -m jobstream worker`` as a child process, serving ``/ready`` on ``web_port``.
 
     It shares its owner's session: a Ctrl-C in the terminal reaches it too, and it drains."""
 
@@ -52,7 +52,7 @@ class Replica(Child):
         web_port: int,
         cwd: Path | None = None,
     ) -> None:
-        argv = [sys.executable, "-m", "streams.cli", "worker"]
+        argv = [sys.executable, "-m", "jobstream", "worker"]
         super().__init__(name, argv, env, log_path, cwd=cwd, port=web_port, new_session=False)
         self.web_port = web_port
 

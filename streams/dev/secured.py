@@ -3,8 +3,8 @@
 The shared dev stack is plaintext and other work runs on it, so TLS and SASL are tried on
 instances of their own: own state dir, own free ports, stopped by whoever started them (the
 test fixtures). They are built from the same jars, binaries and command builders as the dev
-stack (:mod:`streams.dev.kafka`, :mod:`streams.dev.postgres`); only the configuration
-differs:
+stack (:mod:`jobstream.streams.dev.kafka`, :mod:`jobstream.streams.dev.postgres`); only the
+configuration differs:
 
 - Kafka: one KRaft node with two client listeners, ``SASL_SSL`` (``SCRAM-SHA-512`` and
   ``PLAIN``) and ``SSL`` that requires a client certificate signed by the CA (mutual TLS). The
@@ -32,13 +32,19 @@ from typing import Any
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 
-from models.errors import StackError
-from streams.dev import kafka
-from streams.dev import postgres as pg
-from streams.dev.process import STOP_GRACE_S, run_tool, spawn_detached, terminate, wait_ready
-from streams.dev.stack import check_prereqs
-from streams.dev.state import StackPaths, pick_port
-from streams.dev.tls import CertificateAuthority, ServerCert, issue, make_ca
+from jobstream.models.errors import StackError
+from jobstream.streams.dev import kafka
+from jobstream.streams.dev import postgres as pg
+from jobstream.streams.dev.process import (
+    STOP_GRACE_S,
+    run_tool,
+    spawn_detached,
+    terminate,
+    wait_ready,
+)
+from jobstream.streams.dev.stack import check_prereqs
+from jobstream.streams.dev.state import StackPaths, pick_port
+from jobstream.streams.dev.tls import CertificateAuthority, ServerCert, issue, make_ca
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,9 @@ machine class (CI runners, sandboxes) often has no Docker. So the default is a r
 ``<state>/stack.json`` so the next command finds them again instead of starting a second copy.
 
 This module holds the public API (up, down, status, the dev resolver) and the CLI;
-:mod:`streams.dev.process` and :mod:`streams.dev.state` the plumbing, :mod:`streams.dev.kafka`
-and :mod:`streams.dev.postgres` know their service, :mod:`streams.dev.containers` the Docker path.
+:mod:`jobstream.streams.dev.process` and :mod:`jobstream.streams.dev.state` the plumbing,
+:mod:`jobstream.streams.dev.kafka` and :mod:`jobstream.streams.dev.postgres` know their service,
+:mod:`jobstream.streams.dev.containers` the Docker path.
 
 Usage: ``python -m streams.dev.stack up|down|status|env|fetch [--state-dir D]
 [--kafka-port N] [--pg-port N]``.
@@ -28,10 +29,10 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.errors import StackError
-from streams.dev.containers import docker_answers, start_containers
-from streams.dev.process import REPLACE_GRACE_S, STOP_GRACE_S, locked, run_tool
-from streams.dev.state import (
+from jobstream.models.errors import StackError
+from jobstream.streams.dev.containers import docker_answers, start_containers
+from jobstream.streams.dev.process import REPLACE_GRACE_S, STOP_GRACE_S, locked, run_tool
+from jobstream.streams.dev.state import (
     MIN_JAVA,
     STATE_FILE,
     StackInfo,
@@ -48,7 +49,7 @@ from streams.dev.state import (
 )
 
 if TYPE_CHECKING:
-    from streams.settings import Settings
+    from jobstream.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ log = logging.getLogger(__name__)
 
 
 async def check_prereqs(*, need_kafka: bool, need_pg: bool, pg_data: Path | None) -> Tools:
-    from streams.dev import kafka
-    from streams.dev import postgres as pg
+    from jobstream.streams.dev import kafka
+    from jobstream.streams.dev import postgres as pg
 
     tools = Tools()
     missing: list[str] = []
@@ -102,8 +103,8 @@ async def stack_up(
 ) -> StackInfo:
     """Start whatever is not answering; a service that answers is left alone, so calling this
     from every test session and every ``make`` target is cheap after the first time."""
-    from streams.dev import kafka
-    from streams.dev import postgres as pg
+    from jobstream.streams.dev import kafka
+    from jobstream.streams.dev import postgres as pg
 
     paths = StackPaths.of(state_dir)
     paths.state.mkdir(parents=True, exist_ok=True)
@@ -163,8 +164,8 @@ async def stack_up(
 async def stack_down(state_dir: Path) -> None:
     """Stops both services but keeps their data and ports, so the next ``up`` is warm and an
     exported environment stays valid."""
-    from streams.dev import kafka
-    from streams.dev import postgres as pg
+    from jobstream.streams.dev import kafka
+    from jobstream.streams.dev import postgres as pg
 
     paths = StackPaths.of(state_dir)
     if not paths.state.is_dir():
@@ -188,8 +189,8 @@ async def stack_down(state_dir: Path) -> None:
 
 async def stack_status(state_dir: Path) -> StackInfo | None:
     """None unless both services answer a real request; a live pid alone proves nothing."""
-    from streams.dev import kafka
-    from streams.dev import postgres as pg
+    from jobstream.streams.dev import kafka
+    from jobstream.streams.dev import postgres as pg
 
     paths = StackPaths.of(state_dir)
     state = read_state(paths.state)
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     # a broker that is still booting makes aiokafka log connection errors we expect
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     if args.state_dir is None:
-        from streams.settings import Settings
+        from jobstream.streams.settings import Settings
 
         args.state_dir = Settings().state_dir
     try:
@@ -273,8 +274,8 @@ async def _command(args: argparse.Namespace) -> int:
         print("stopped")
         return 0
     if args.command == "fetch":
-        from streams.dev import kafka
-        from streams.dev.kafka_tools import fetch_tool_jars
+        from jobstream.streams.dev import kafka
+        from jobstream.streams.dev.kafka_tools import fetch_tool_jars
 
         print(await kafka.fetch_jars())
         print(await fetch_tool_jars())  # kafka-topics, kafka-consumer-groups, kafka-configs

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.errors import StackError
+from jobstream.models.errors import StackError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from streams.pg.pool import Connection
+from jobstream.streams.pg.pool import Connection
 
 
 def replayed_by() -> str:

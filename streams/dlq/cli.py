@@ -21,24 +21,24 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import click
 
-from models.deadletter import DeadLetter, DeadLetterReason, unb64
-from streams.command import KAFKA, command, with_settings
-from streams.command import names as settings_names
-from streams.dlq.filters import DeadLetterFilter, FilterError, decoded_key
-from streams.dlq.replay import Action, ReplayCounts, ReplayOptions, replay_matching
-from streams.dlq.snapshot import (
+from jobstream.models.deadletter import DeadLetter, DeadLetterReason, unb64
+from jobstream.streams.command import KAFKA, command, with_settings
+from jobstream.streams.command import names as settings_names
+from jobstream.streams.dlq.filters import DeadLetterFilter, FilterError, decoded_key
+from jobstream.streams.dlq.replay import Action, ReplayCounts, ReplayOptions, replay_matching
+from jobstream.streams.dlq.snapshot import (
     Snapshot,
     TopicMissingError,
     UnreachableError,
     first_line,
     read_snapshot,
 )
-from streams.exits import Exit
-from streams.kafka.security import client_options
-from streams.output import Progress, print_table
-from streams.services import ServiceUnavailable, database_url, kafka_bootstrap
-from streams.settings import Settings
-from streams.topics import topic_names
+from jobstream.streams.exits import Exit
+from jobstream.streams.kafka.security import client_options
+from jobstream.streams.output import Progress, print_table
+from jobstream.streams.services import ServiceUnavailable, database_url, kafka_bootstrap
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import topic_names
 
 EPILOG = """\
 exit codes:

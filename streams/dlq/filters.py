@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from models.deadletter import DeadLetter, DeadLetterReason, unb64
-from models.errors import JobstreamError
+from jobstream.models.deadletter import DeadLetter, DeadLetterReason, unb64
+from jobstream.models.errors import JobstreamError
 
 
 class DlqError(JobstreamError):

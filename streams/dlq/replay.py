@@ -20,13 +20,19 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from models.deadletter import REPLAY_HEADER, DeadLetter, unb64
-from models.job import JobEvent
-from streams.dlq import audit as dlq_audit
-from streams.dlq.snapshot import Snapshot, UnreachableError, first_line, read_snapshot, start_client
-from streams.metrics import Metrics
-from streams.pg.migrations import migrate
-from streams.pg.pool import Connection
+from jobstream.models.deadletter import REPLAY_HEADER, DeadLetter, unb64
+from jobstream.models.job import JobEvent
+from jobstream.streams.dlq import audit as dlq_audit
+from jobstream.streams.dlq.snapshot import (
+    Snapshot,
+    UnreachableError,
+    first_line,
+    read_snapshot,
+    start_client,
+)
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.pg.migrations import migrate
+from jobstream.streams.pg.pool import Connection
 
 PUBLISH_TIMEOUT_S = 30.0
 MAX_CONSECUTIVE_FAILURES = 3

@@ -14,9 +14,9 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from pydantic import ValidationError
 
-from models.deadletter import DeadLetter
-from models.errors import StackError
-from streams.dlq.filters import DlqError, as_aware
+from jobstream.models.deadletter import DeadLetter
+from jobstream.models.errors import StackError
+from jobstream.streams.dlq.filters import DlqError, as_aware
 
 CONNECT_TIMEOUT_S = 15.0
 

@@ -14,7 +14,7 @@ from aiokafka.errors import (
     for_code,
 )
 
-from streams.polling import wait_until
+from jobstream.streams.polling import wait_until
 
 
 async def ensure_topics(

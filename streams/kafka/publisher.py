@@ -18,7 +18,7 @@ from aiokafka.errors import (
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata
 
-from streams.failures import ProducerResetError, RecordTooLargeError
+from jobstream.streams.failures import ProducerResetError, RecordTooLargeError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, Self
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.polling import wait_until
+from jobstream.streams.polling import wait_until
 
 
 async def topic_partitions(admin: AIOKafkaAdminClient, topic: str) -> list[int] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from models.deadletter import DeadLetter
+from jobstream.models.deadletter import DeadLetter
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,12 @@ from aiokafka import errors as kafka_errors
 from aiokafka.conn import create_conn
 from aiokafka.helpers import create_ssl_context
 
-from models.errors import ConfigurationError
+from jobstream.models.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
 
-    from streams.settings import Settings
+    from jobstream.streams.settings import Settings
 
 ENV = "JOBSTREAM_"
 

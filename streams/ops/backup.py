@@ -34,11 +34,11 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import asyncpg
 import click
 
-from models.errors import JobstreamError
-from streams.command import KAFKA, RETENTION, command, names, with_settings
-from streams.exits import Exit
-from streams.services import database_url, kafka_bootstrap
-from streams.settings import Settings
+from jobstream.models.errors import JobstreamError
+from jobstream.streams.command import KAFKA, RETENTION, command, names, with_settings
+from jobstream.streams.exits import Exit
+from jobstream.streams.services import database_url, kafka_bootstrap
+from jobstream.streams.settings import Settings
 
 MANIFEST_FORMAT = 1
 DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
@@ -349,7 +349,7 @@ async def _resolve(settings: Settings, url: str | None) -> tuple[str, str | None
 
 
 def _kafka_options(settings: Settings) -> dict[str, Any]:
-    from streams.kafka.security import client_options
+    from jobstream.streams.kafka.security import client_options
 
     return client_options(settings)
 
@@ -474,9 +474,9 @@ def prune_command(
 ) -> int:
     from functools import partial
 
-    from streams.pg.pool import create_pool
-    from streams.pg.retention import RetentionPolicy, Sweeper, dead_letter_horizon
-    from streams.topics import topic_names
+    from jobstream.streams.pg.pool import create_pool
+    from jobstream.streams.pg.retention import RetentionPolicy, Sweeper, dead_letter_horizon
+    from jobstream.streams.topics import topic_names
 
     async def run() -> Any:
         dsn, _ = await _resolve(settings, None)

@@ -31,9 +31,17 @@ from urllib.parse import urlsplit
 
 import click
 
-from streams.command import JOB_TYPES, KAFKA, POSTGRES, TOPICS, command, names, with_settings
-from streams.settings import Settings
-from streams.topics import TopicNames, topic_configs, topic_names
+from jobstream.streams.command import (
+    JOB_TYPES,
+    KAFKA,
+    POSTGRES,
+    TOPICS,
+    command,
+    names,
+    with_settings,
+)
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import TopicNames, topic_configs, topic_names
 
 ENV = "JOBSTREAM_"
 TIMEOUT_S = 10.0
@@ -353,8 +361,8 @@ def check_sentry(settings: Settings) -> Check:
 
 def check_policy(settings: Settings) -> tuple[Check, dict[str, str]]:
     """The policy file loads into the registry; also returns each job type's rate-limit key."""
-    from agents.catalog import default_registry
-    from models.errors import ConfigurationError
+    from jobstream.agents.catalog import default_registry
+    from jobstream.models.errors import ConfigurationError
 
     try:
         registry = default_registry(settings)
@@ -402,7 +410,7 @@ async def _bounded(what: str, work: Awaitable[Any]) -> Any:
 
 
 def _reason(exc: BaseException, secrets: Iterable[str] = ()) -> str:
-    from streams.observability import scrub_text
+    from jobstream.streams.observability import scrub_text
 
     return scrub_text(f"{type(exc).__name__}: {exc}", secrets)
 
@@ -413,8 +421,8 @@ async def kafka_checks(settings: Settings, names: TopicNames, *, probe: bool) ->
     from aiokafka.errors import KafkaError
     from aiokafka.protocol.admin import ApiVersionRequest
 
-    from models.errors import ConfigurationError
-    from streams.kafka.security import check_access, client_options
+    from jobstream.models.errors import ConfigurationError
+    from jobstream.streams.kafka.security import check_access, client_options
 
     bootstrap = settings.kafka_bootstrap
     assert bootstrap
@@ -564,7 +572,7 @@ async def postgres_checks(
 ) -> list[Check]:
     import asyncpg
 
-    from streams.pg.migrations import _migrations
+    from jobstream.streams.pg.migrations import _migrations
 
     assert settings.database_url is not None
     dsn = settings.database_url.get_secret_value()

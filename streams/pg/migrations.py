@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from streams.pg.pool import Connection
+from jobstream.streams.pg.pool import Connection
 
 JOBS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

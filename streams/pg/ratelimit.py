@@ -75,9 +75,9 @@ from typing import Any
 
 import asyncpg
 
-from models.errors import ConfigurationError, RetryableError
-from streams.metrics import Metrics
-from streams.settings import RateLimit
+from jobstream.models.errors import ConfigurationError, RetryableError
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.settings import RateLimit
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from models.job import JobStatus
-from models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
-from streams.failures import describe
-from streams.metrics import Metrics
-from streams.pg.batching import Batcher
+from jobstream.models.job import JobStatus
+from jobstream.models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
+from jobstream.streams.failures import describe
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.pg.batching import Batcher
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -37,10 +37,10 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from models.job import JobStatus
-from streams.kafka.reader import partitions_of
-from streams.metrics import Metrics
-from streams.settings import Settings
+from jobstream.models.job import JobStatus
+from jobstream.streams.kafka.reader import partitions_of
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

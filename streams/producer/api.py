@@ -1,8 +1,8 @@
 """The producer HTTP API: ``POST /jobs`` publishes job events, ``GET /jobs/{id}`` reads results.
 
 It exists for producers that cannot (or should not) speak Kafka: they get the same wire event
-as :class:`streams.producer.client.JobClient` would publish, validated *before* it reaches the
-topic, so a typo in a job type or payload is a 400 now instead of a dead letter later.
+as :class:`jobstream.streams.producer.client.JobClient` would publish, validated *before* it
+reaches the topic, so a typo in a job type or payload is a 400 now instead of a dead letter later.
 
 The routes are mounted twice over: in every worker replica's web server (next to /health,
 /ready, /metrics) and in ``jobstream api``, a standalone server with its own producer and pool
@@ -34,14 +34,14 @@ from urllib.parse import quote
 from aiohttp import web
 from pydantic import ValidationError
 
-from models.job import JobEvent
-from streams.httpserver import CLIENT_CLOSED, RequestBodyTimeout, client_gone
-from streams.metrics import Metrics
-from streams.settings import Settings
-from streams.topics import TopicNames
+from jobstream.models.job import JobEvent
+from jobstream.streams.httpserver import CLIENT_CLOSED, RequestBodyTimeout, client_gone
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import TopicNames
 
 if TYPE_CHECKING:
-    from agents.registry import JobType
+    from jobstream.agents.registry import JobType
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ ROW_FIELDS = (
 
 
 class EventSender(Protocol):
-    """The slice of :class:`streams.kafka.publisher.Publisher` the API uses: queue now, await
-    durability."""
+    """The slice of :class:`jobstream.streams.kafka.publisher.Publisher` the API uses: queue
+    now, await durability."""
 
     async def send(
         self,
@@ -90,7 +90,7 @@ class JobTypes(Protocol):
 
 
 class ApiRuntime(Protocol):
-    """Satisfied by :class:`streams.worker.runtime.Runtime` and by :class:`ApiServer`.
+    """Satisfied by :class:`jobstream.streams.worker.runtime.Runtime` and by :class:`ApiServer`.
 
     Read-only properties, so a host whose attributes are narrower (``ResultStore | None``)
     still matches; ``store`` is read per request because a host may set it after mounting.

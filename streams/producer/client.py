@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any, Self
 
-from models.job import JobEvent
-from streams.kafka.publisher import Publisher
-from streams.topics import topic_names
+from jobstream.models.job import JobEvent
+from jobstream.streams.kafka.publisher import Publisher
+from jobstream.streams.topics import topic_names
 
 
 class JobClient:

@@ -19,7 +19,7 @@ import click
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams.command import (
+from jobstream.streams.command import (
     API,
     HTTP,
     JOB_TYPES,
@@ -32,21 +32,21 @@ from streams.command import (
     names,
     with_settings,
 )
-from streams.exits import Exit
-from streams.httpserver import HttpLimits, start_http_server
-from streams.metrics import Metrics
-from streams.pg.results import fetch_job
-from streams.producer.api import JobTypes, api_routes
-from streams.services import ServiceUnavailable, resolve
-from streams.settings import Settings
-from streams.topics import TopicNames, topic_names
+from jobstream.streams.exits import Exit
+from jobstream.streams.httpserver import HttpLimits, start_http_server
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.pg.results import fetch_job
+from jobstream.streams.producer.api import JobTypes, api_routes
+from jobstream.streams.services import ServiceUnavailable, resolve
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import TopicNames, topic_names
 
 log = logging.getLogger(__name__)
 
 
 class PgJobLookup:
     """``get(job_id)`` straight from the pool: the API reads single rows and never writes, so
-    it needs none of :class:`streams.pg.results.ResultStore`'s batching."""
+    it needs none of :class:`jobstream.streams.pg.results.ResultStore`'s batching."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -72,9 +72,9 @@ class ApiServer:
         registry: JobTypes | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        from agents.catalog import default_registry
-        from streams.kafka.publisher import Publisher
-        from streams.kafka.security import client_options
+        from jobstream.agents.catalog import default_registry
+        from jobstream.streams.kafka.publisher import Publisher
+        from jobstream.streams.kafka.security import client_options
 
         self.settings = settings
         self.bootstrap = bootstrap
@@ -94,7 +94,7 @@ class ApiServer:
 
     async def connect(self) -> None:
         """Topics, schema, producer."""
-        from streams.setup import prepare
+        from jobstream.streams.setup import prepare
 
         try:
             self.pool = await prepare(
@@ -103,7 +103,7 @@ class ApiServer:
             self.store = PgJobLookup(self.pool)
             await self.publisher.start()
         except Exception as exc:
-            from streams.services import explain
+            from jobstream.streams.services import explain
 
             line = await explain(exc, self.settings, self.bootstrap)  # names the setting
             raise ServiceUnreachable(line or f"{type(exc).__name__}: {exc}") from exc
@@ -113,7 +113,7 @@ class ApiServer:
         app.add_routes(self.health_routes())
         app.add_routes(api_routes(self))
         if self.settings.console_enabled and self.pool is not None:
-            from streams.console.server import console_app  # tokens required when mounted
+            from jobstream.streams.console.server import console_app  # tokens required when mounted
 
             console = console_app(
                 self.settings, bootstrap=self.bootstrap, pool=self.pool, host=None, base="/console"
@@ -169,7 +169,7 @@ def _url(addr: Any) -> str:
 
 async def serve(settings: Settings, bootstrap: str, dsn: str, host: str, port: int) -> int:
     """Runs until SIGTERM or SIGINT, then shuts down cleanly and returns the exit code."""
-    from models.errors import ConfigurationError
+    from jobstream.models.errors import ConfigurationError
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -254,7 +254,7 @@ API_VARIABLES = names(
 )
 @with_settings
 def api_command(settings: Settings, host: str | None, port: int | None) -> int:
-    from streams.observability import configure_logging, init_sentry
+    from jobstream.streams.observability import configure_logging, init_sentry
 
     configure_logging(settings.log_level)
     init_sentry(settings)

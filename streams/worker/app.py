@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import faust
 
-from streams.kafka.security import broker_credentials
-from streams.settings import Settings
+from jobstream.streams.kafka.security import broker_credentials
+from jobstream.streams.settings import Settings
 
 
 def create_app(settings: Settings, bootstrap: str) -> faust.App:

@@ -8,13 +8,13 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams.httpserver import HttpLimits, start_http_server
-from streams.producer.api import ApiRuntime, api_routes
+from jobstream.streams.httpserver import HttpLimits, start_http_server
+from jobstream.streams.producer.api import ApiRuntime, api_routes
 
 
 class Replica(ApiRuntime, Protocol):
     """What the health routes read of a replica: satisfied by
-    :class:`streams.worker.runtime.Runtime`, which starts this server."""
+    :class:`jobstream.streams.worker.runtime.Runtime`, which starts this server."""
 
     @property
     def ready(self) -> asyncio.Event: ...

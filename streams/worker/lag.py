@@ -24,8 +24,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.metrics import Metrics
-from streams.topics import TopicNames
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
 

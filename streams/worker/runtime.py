@@ -13,26 +13,26 @@ from typing import TYPE_CHECKING
 import aiohttp
 import asyncpg
 
-from agents.batch import ABANDONED, BatchPath
-from agents.catalog import default_registry
-from agents.pipeline import Pipeline
-from agents.registry import Registry
-from agents.retry import RetryForwarder
-from streams.kafka.publisher import Publisher
-from streams.kafka.record import Record
-from streams.kafka.security import client_options
-from streams.metrics import Metrics
-from streams.pg.pool import create_pool
-from streams.pg.results import ResultStore
-from streams.pg.retention import Sweeper, worker_sweeper
-from streams.settings import Settings
-from streams.setup import prepare
-from streams.topics import RetryTier, TopicNames, topic_names
+from jobstream.agents.batch import ABANDONED, BatchPath
+from jobstream.agents.catalog import default_registry
+from jobstream.agents.pipeline import Pipeline
+from jobstream.agents.registry import Registry
+from jobstream.agents.retry import RetryForwarder
+from jobstream.streams.kafka.publisher import Publisher
+from jobstream.streams.kafka.record import Record
+from jobstream.streams.kafka.security import client_options
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.pg.pool import create_pool
+from jobstream.streams.pg.results import ResultStore
+from jobstream.streams.pg.retention import Sweeper, worker_sweeper
+from jobstream.streams.settings import Settings
+from jobstream.streams.setup import prepare
+from jobstream.streams.topics import RetryTier, TopicNames, topic_names
 
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from streams.pg.ratelimit import PgRateLimiter
+    from jobstream.streams.pg.ratelimit import PgRateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ class Runtime:
         self.in_flight_records: dict[tuple[str, int], dict[int, int | None]] = {}
 
     async def start(self) -> None:
-        from streams.pg.ratelimit import PgRateLimiter
-        from streams.worker.health import start_web
+        from jobstream.streams.pg.ratelimit import PgRateLimiter
+        from jobstream.streams.worker.health import start_web
 
         s = self.settings
         # each resource is handed to the teardown as soon as it exists: stop() releases them in

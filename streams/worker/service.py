@@ -15,14 +15,14 @@ from typing import Any
 
 import faust
 
-from agents.topology import register_agents
-from streams.kafka.security import client_options
-from streams.observability import init_sentry, quiet_protocol_loggers
-from streams.settings import Settings
-from streams.worker.app import create_app
-from streams.worker.consumer import SafeOffsetConsumer
-from streams.worker.lag import LagMonitor
-from streams.worker.runtime import Runtime
+from jobstream.agents.topology import register_agents
+from jobstream.streams.kafka.security import client_options
+from jobstream.streams.observability import init_sentry, quiet_protocol_loggers
+from jobstream.streams.settings import Settings
+from jobstream.streams.worker.app import create_app
+from jobstream.streams.worker.consumer import SafeOffsetConsumer
+from jobstream.streams.worker.lag import LagMonitor
+from jobstream.streams.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams.dev.kafka import (
+from jobstream.streams.dev.kafka import (
     fetch_jars,
     format_command,
     kafka_answers,
@@ -28,7 +28,7 @@ from streams.dev.kafka import (
     render_server_properties,
     server_command,
 )
-from streams.dev.replicas import free_port
+from jobstream.streams.dev.replicas import free_port
 from tests.integration.harness import wait_for
 
 PRODUCE = 0

@@ -18,8 +18,8 @@ import aiohttp
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.console.server import start, url_of
-from streams.settings import Settings
+from jobstream.streams.console.server import start, url_of
+from jobstream.streams.settings import Settings
 
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 VIEWER_TOKEN = "viewer-token-for-tests-0123456789"
@@ -34,7 +34,7 @@ def _with_database(dsn: str, name: str) -> str:
 @contextlib.asynccontextmanager
 async def private_database(dsn: str) -> AsyncIterator[str]:
     """A new database on the server of ``dsn``, migrated; dropped afterwards."""
-    from streams.pg.migrations import migrate
+    from jobstream.streams.pg.migrations import migrate
 
     name = f"console_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(dsn)

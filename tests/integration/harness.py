@@ -1,6 +1,6 @@
 """Worker processes, topic readers and database waits for the integration tests.
 
-Workers run as real processes (``python -m streams.cli worker``) so tests can SIGKILL and
+Workers run as real processes (``python -m jobstream worker``) so tests can SIGKILL and
 SIGTERM them. Every wait polls a condition with a deadline; nothing sleeps a fixed time.
 """
 
@@ -21,11 +21,11 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.dev.replicas import Replica, free_port, replica_env
-from streams.kafka.reader import TopicReader as Reader
-from streams.kafka.reader import partitions_of
-from streams.polling import wait_until
-from streams.topics import topic_names
+from jobstream.streams.dev.replicas import Replica, free_port, replica_env
+from jobstream.streams.kafka.reader import TopicReader as Reader
+from jobstream.streams.kafka.reader import partitions_of
+from jobstream.streams.polling import wait_until
+from jobstream.streams.topics import topic_names
 
 ROOT = Path(__file__).resolve().parents[2]
 TIERS_S = (1.0, 2.0, 3.0)
@@ -40,8 +40,8 @@ async def wait_for(
     interval: float = 0.2,
     what: str = "",
 ) -> T:
-    """Poll ``check`` until it returns a truthy value (:func:`streams.polling.wait_until`);
-    the deadline fails the test with ``what``."""
+    """Poll ``check`` until it returns a truthy value
+    (:func:`jobstream.streams.polling.wait_until`); the deadline fails the test with ``what``."""
     return await wait_until(
         check, within_s=timeout, interval_s=interval, what=what, error=AssertionError
     )
@@ -228,7 +228,7 @@ async def wait_terminal(pool: asyncpg.Pool, job_ids: list[str], timeout: float =
 async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
     """``jobstream <args>`` as a process; returns its exit code and combined output."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streams.cli", *args,
+        sys.executable, "-m", "jobstream", *args,
         cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from streams.dev.replicas import free_port
-from streams.polling import wait_until
+from jobstream.streams.dev.replicas import free_port
+from jobstream.streams.polling import wait_until
 from tests.conftest import IN_CI
 
 

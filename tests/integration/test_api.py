@@ -18,10 +18,10 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from streams.dev.replicas import free_port
-from streams.producer.server import ApiServer
-from streams.settings import Settings
-from streams.worker.runtime import Runtime
+from jobstream.streams.dev.replicas import free_port
+from jobstream.streams.producer.server import ApiServer
+from jobstream.streams.settings import Settings
+from jobstream.streams.worker.runtime import Runtime
 from tests.integration.harness import ROOT, topic_reader, wait_for
 
 pytestmark = pytest.mark.integration
@@ -259,7 +259,7 @@ async def test_jobstream_api_serves_and_exits_0_on_sigterm(
     env = api_env(kafka_bootstrap, database_url, prefix, tmp_path)
     env["JOBSTREAM_WEB_PORT"] = "1"  # the flag must win over the setting
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "streams.cli", "api", "--host", "127.0.0.1", "--port", str(port)),
+        *(sys.executable, "-m", "jobstream", "api", "--host", "127.0.0.1", "--port", str(port)),
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -314,7 +314,7 @@ def api_env(bootstrap: str, database_url: str, prefix: str, tmp_path: Path) -> d
 
 async def run_api(env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "streams.cli", "api", "--host", "127.0.0.1", "--port", "0"),
+        *(sys.executable, "-m", "jobstream", "api", "--host", "127.0.0.1", "--port", "0"),
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,

@@ -10,10 +10,10 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.ops.backup import find_tool
-from streams.pg.migrations import migrate
-from streams.pg.pool import create_pool
-from streams.producer.client import JobClient
+from jobstream.streams.ops.backup import find_tool
+from jobstream.streams.pg.migrations import migrate
+from jobstream.streams.pg.pool import create_pool
+from jobstream.streams.producer.client import JobClient
 from tests.integration.harness import WorkerFactory, run_cli, wait_for
 from tests.integration.pgtools import fresh_database
 

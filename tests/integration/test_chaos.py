@@ -28,8 +28,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from streams.producer.client import JobClient
-from streams.topics import topic_names
+from jobstream.streams.producer.client import JobClient
+from jobstream.streams.topics import topic_names
 from tests.integration.harness import WorkerFactory, quiescent, topic_reader, wait_for
 
 pytestmark = pytest.mark.slow

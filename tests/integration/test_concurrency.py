@@ -6,7 +6,7 @@ import asyncio
 
 import asyncpg
 
-from streams.producer.client import JobClient
+from jobstream.streams.producer.client import JobClient
 from tests.integration.harness import WorkerFactory, wait_terminal
 
 CONCURRENCY = 500

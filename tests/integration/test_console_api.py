@@ -17,10 +17,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from yarl import URL
 
-from models.deadletter import DeadLetter, DeadLetterReason, b64
-from models.job import FailureRecord, JobEvent
-from streams.console.server import serve
-from streams.topics import topic_names
+from jobstream.models.deadletter import DeadLetter, DeadLetterReason, b64
+from jobstream.models.job import FailureRecord, JobEvent
+from jobstream.streams.console.server import serve
+from jobstream.streams.topics import topic_names
 from tests.integration.console_support import (
     OPERATOR_TOKEN,
     VIEWER_TOKEN,
@@ -517,7 +517,7 @@ async def test_replay_preview_confirm_audit_and_idempotence(world: World) -> Non
 async def test_mounted_in_the_api_server(
     kafka_bootstrap: str, database_url: str, prefix: str
 ) -> None:
-    from streams.producer.server import ApiServer
+    from jobstream.streams.producer.server import ApiServer
 
     async with private_database(database_url) as dsn:
         for tokens, expect in [(True, 200), (False, 403)]:
@@ -563,7 +563,7 @@ async def test_jobstream_console_command(
 
     async def console(extra: dict[str, str]) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "streams.cli", "console", "--port", "0",
+            sys.executable, "-m", "jobstream", "console", "--port", "0",
             cwd=ROOT, env=env | extra,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip

@@ -20,8 +20,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from streams.dev.replicas import free_port
-from streams.producer.client import JobClient
+from jobstream.streams.dev.replicas import free_port
+from jobstream.streams.producer.client import JobClient
 from tests.conftest import IN_CI, ROOT
 from tests.integration.console_support import (
     OPERATOR_TOKEN,

@@ -22,10 +22,10 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.dev import postgres as pg
-from streams.dev import process
-from streams.dev import stack as devstack
-from streams.dev import state as stack_state
+from jobstream.streams.dev import postgres as pg
+from jobstream.streams.dev import process
+from jobstream.streams.dev import stack as devstack
+from jobstream.streams.dev import state as stack_state
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,7 @@ async def _assert_answers(info: stack_state.StackInfo) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streams.dev.stack", *args],
+        [sys.executable, "-m", "jobstream.streams.dev.stack", *args],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

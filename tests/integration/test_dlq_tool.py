@@ -23,11 +23,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
-from models.job import FailureRecord, JobEvent
-from streams.dlq.cli import parse_args, run_dlq_async
-from streams.dlq.snapshot import read_snapshot
-from streams.settings import Settings
+from jobstream.models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
+from jobstream.models.job import FailureRecord, JobEvent
+from jobstream.streams.dlq.cli import parse_args, run_dlq_async
+from jobstream.streams.dlq.snapshot import read_snapshot
+from jobstream.streams.settings import Settings
 from tests.integration.harness import wait_for
 
 pytestmark = pytest.mark.integration
@@ -591,7 +591,7 @@ async def test_unreachable_database_exit_3(env: Env, capsys: pytest.CaptureFixtu
 
 async def test_main_as_a_process_exit_3_without_traceback(env: Env) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streams.dlq.cli", "stats",
+        sys.executable, "-m", "jobstream.streams.dlq.cli", "stats",
         env={**os.environ, "JOBSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

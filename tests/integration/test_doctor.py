@@ -20,12 +20,12 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.dev.replicas import free_port
-from streams.kafka.admin import ensure_topics
-from streams.pg.migrations import _migrations
-from streams.producer.client import JobClient
-from streams.settings import Settings
-from streams.topics import topic_configs, topic_names
+from jobstream.streams.dev.replicas import free_port
+from jobstream.streams.kafka.admin import ensure_topics
+from jobstream.streams.pg.migrations import _migrations
+from jobstream.streams.producer.client import JobClient
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import topic_configs, topic_names
 from tests.integration.harness import WorkerFactory, run_cli
 
 TIERS = "[1, 2, 3]"
@@ -92,7 +92,7 @@ async def create_topics(bootstrap: str, prefix: str) -> None:
 
 
 async def migrate_fully(dsn: str) -> None:
-    from streams.pg.migrations import migrate
+    from jobstream.streams.pg.migrations import migrate
 
     conn = await asyncpg.connect(dsn)
     try:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 
-from models.job import JobOutcome
-from streams.producer.client import JobClient
-from streams.topics import topic_names
+from jobstream.models.job import JobOutcome
+from jobstream.streams.producer.client import JobClient
+from jobstream.streams.topics import topic_names
 from tests.integration.harness import WorkerFactory, topic_reader, wait_terminal
 
 

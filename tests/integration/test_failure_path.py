@@ -11,10 +11,10 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from models.deadletter import DeadLetter, DeadLetterReason
-from models.job import JobEvent
-from streams.producer.client import JobClient
-from streams.topics import topic_names
+from jobstream.models.deadletter import DeadLetter, DeadLetterReason
+from jobstream.models.job import JobEvent
+from jobstream.streams.producer.client import JobClient
+from jobstream.streams.topics import topic_names
 from tests.integration.harness import WorkerFactory, topic_reader, wait_for, wait_terminal
 
 TIERS = (1.0, 2.0, 3.0)  # the harness's JOBSTREAM_RETRY_TIERS_S

@@ -20,11 +20,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from models.deadletter import DeadLetter
-from models.job import JobEvent, JobOutcome, derived_job_id
-from streams.failures import RecordTooLargeError
-from streams.kafka.publisher import Publisher, topic_limits
-from streams.topics import topic_names
+from jobstream.models.deadletter import DeadLetter
+from jobstream.models.job import JobEvent, JobOutcome, derived_job_id
+from jobstream.streams.failures import RecordTooLargeError
+from jobstream.streams.kafka.publisher import Publisher, topic_limits
+from jobstream.streams.topics import topic_names
 from tests.integration.blackhole import broker_behind_blackhole
 from tests.integration.harness import (
     WorkerFactory,

@@ -11,9 +11,9 @@ import os
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from streams.kafka.admin import ensure_topics
-from streams.settings import Settings
-from streams.topics import topic_configs, topic_names
+from jobstream.streams.kafka.admin import ensure_topics
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import topic_configs, topic_names
 from tests.integration.harness import run_cli
 
 

@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.producer.client import JobClient
-from streams.topics import topic_names
+from jobstream.streams.producer.client import JobClient
+from jobstream.streams.topics import topic_names
 from tests.integration.harness import WorkerFactory, wait_for
 
 BACKLOG = 12

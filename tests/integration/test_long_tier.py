@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.producer.client import JobClient
+from jobstream.streams.producer.client import JobClient
 from tests.integration.harness import WorkerFactory, wait_for, wait_terminal
 
 HOLD_S = 15

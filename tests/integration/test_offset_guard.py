@@ -12,7 +12,7 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.producer.client import JobClient
+from jobstream.streams.producer.client import JobClient
 from tests.integration.harness import WorkerFactory, wait_for, wait_terminal
 
 

@@ -15,11 +15,11 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.pg.migrations import migrate
-from streams.pg.pool import PoolerMode, create_pool
-from streams.pg.ratelimit import PgRateLimiter
-from streams.producer.client import JobClient
-from streams.settings import RateLimit
+from jobstream.streams.pg.migrations import migrate
+from jobstream.streams.pg.pool import PoolerMode, create_pool
+from jobstream.streams.pg.ratelimit import PgRateLimiter
+from jobstream.streams.producer.client import JobClient
+from jobstream.streams.settings import RateLimit
 from tests.integration.harness import WorkerFactory, wait_for, wait_terminal
 from tests.integration.pgtools import PgBouncer, fresh_database, with_database
 

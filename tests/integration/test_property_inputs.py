@@ -34,12 +34,12 @@ from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from agents.decode import decode_event, readable_id
-from models.deadletter import DeadLetter, DeadLetterReason
-from models.errors import InvalidJobError
-from models.job import JobOutcome
-from streams.producer.client import JobClient
-from streams.topics import topic_names
+from jobstream.agents.decode import decode_event, readable_id
+from jobstream.models.deadletter import DeadLetter, DeadLetterReason
+from jobstream.models.errors import InvalidJobError
+from jobstream.models.job import JobOutcome
+from jobstream.streams.producer.client import JobClient
+from jobstream.streams.topics import topic_names
 from tests.integration.harness import (
     WorkerFactory,
     settled,

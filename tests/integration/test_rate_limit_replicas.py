@@ -12,8 +12,8 @@ from pathlib import Path
 
 import asyncpg
 
-from streams.dev.fake_openrouter import FakeConfig, FakeOpenRouter
-from streams.producer.client import JobClient
+from jobstream.streams.dev.fake_openrouter import FakeConfig, FakeOpenRouter
+from jobstream.streams.producer.client import JobClient
 from tests.integration.harness import WorkerFactory, wait_terminal
 
 RATE = 20.0

@@ -24,11 +24,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from streams.metrics import Metrics
-from streams.pg.pool import create_pool
-from streams.pg.ratelimit import PgRateLimiter, max_lease
-from streams.polling import wait_until
-from streams.settings import RateLimit
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.pg.pool import create_pool
+from jobstream.streams.pg.ratelimit import PgRateLimiter, max_lease
+from jobstream.streams.polling import wait_until
+from jobstream.streams.settings import RateLimit
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # children) for `duration` seconds, and print the wall-clock time of every token it got.
 REPLICA = """
 import asyncio, json, sys, time
-from streams.pg.pool import create_pool
-from streams.pg.ratelimit import PgRateLimiter
-from streams.settings import RateLimit
+from jobstream.streams.pg.pool import create_pool
+from jobstream.streams.pg.ratelimit import PgRateLimiter
+from jobstream.streams.settings import RateLimit
 
 async def main(dsn, key, rate, start, duration):
     pool = await create_pool(dsn, min_size=1, max_size=4)

@@ -8,8 +8,8 @@ import json
 import asyncpg
 from aiohttp import web
 
-from streams.dev.replicas import free_port
-from streams.producer.client import JobClient
+from jobstream.streams.dev.replicas import free_port
+from jobstream.streams.producer.client import JobClient
 from tests.integration.harness import WorkerFactory, wait_for, wait_terminal
 
 

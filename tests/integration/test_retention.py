@@ -17,13 +17,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from models.job import JobStatus
-from models.rows import ClaimRequest, JobRow
-from streams.metrics import Metrics
-from streams.pg.migrations import migrate
-from streams.pg.pool import create_pool
-from streams.pg.results import ResultStore
-from streams.pg.retention import (
+from jobstream.models.job import JobStatus
+from jobstream.models.rows import ClaimRequest, JobRow
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.pg.migrations import migrate
+from jobstream.streams.pg.pool import create_pool
+from jobstream.streams.pg.results import ResultStore
+from jobstream.streams.pg.retention import (
     SWEEP_LOCK,
     RetentionPolicy,
     StatusRule,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.dev.secured import (
+from jobstream.streams.dev.secured import (
     SecuredKafka,
     SecuredPostgres,
     start_kafka,
@@ -26,11 +26,11 @@ from streams.dev.secured import (
     stop_kafka,
     stop_postgres,
 )
-from streams.dev.tls import CertificateAuthority, make_ca
-from streams.kafka.security import client_options
-from streams.pg.pool import create_pool
-from streams.settings import Settings
-from streams.topics import topic_names
+from jobstream.streams.dev.tls import CertificateAuthority, make_ca
+from jobstream.streams.kafka.security import client_options
+from jobstream.streams.pg.pool import create_pool
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import topic_names
 from tests.integration.harness import (
     TopicReader,
     WorkerFactory,
@@ -128,7 +128,7 @@ async def test_jobs_end_to_end_over_sasl_ssl_and_tls_postgres(
         worker = factory.start()
         await worker.wait_assigned()
 
-        from streams.producer.client import JobClient
+        from jobstream.streams.producer.client import JobClient
 
         options = client_options(secured.settings())
         async with JobClient(secured.kafka.bootstrap, topic_prefix=prefix, options=options) as c:
@@ -298,8 +298,8 @@ async def test_the_broker_refuses_plaintext(secured: Secured, prefix: str, tmp_p
 async def test_mutual_tls(secured: Secured, prefix: str, tmp_path: Path) -> None:
     """SSL with a client certificate: topic creation, a publisher and a reader; without the
     certificate the broker refuses, and the line names the certificate settings."""
-    from streams.kafka.admin import ensure_topics
-    from streams.kafka.publisher import Publisher
+    from jobstream.streams.kafka.admin import ensure_topics
+    from jobstream.streams.kafka.publisher import Publisher
 
     env = secured.kafka.mtls_env()
     settings = Settings(

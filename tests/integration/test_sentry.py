@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from streams.producer.client import JobClient
+from jobstream.streams.producer.client import JobClient
 from tests.integration.fake_sentry import FakeSentry, tags_of
 from tests.integration.harness import WorkerFactory, wait_for, wait_terminal
 

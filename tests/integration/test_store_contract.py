@@ -15,11 +15,11 @@ from typing import Any, Protocol
 import asyncpg
 import pytest
 
-from models.job import JobStatus
-from models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
-from streams.pg.migrations import migrate
-from streams.pg.pool import create_pool
-from streams.pg.results import ResultStore
+from jobstream.models.job import JobStatus
+from jobstream.models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
+from jobstream.streams.pg.migrations import migrate
+from jobstream.streams.pg.pool import create_pool
+from jobstream.streams.pg.results import ResultStore
 from tests.fakes import FakeStore
 
 

@@ -7,9 +7,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-from streams.kafka.admin import ensure_topics
-from streams.settings import Settings
-from streams.topics import topic_configs, topic_names
+from jobstream.streams.kafka.admin import ensure_topics
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import topic_configs, topic_names
 
 
 async def described(bootstrap: str, topic: str) -> dict[str, str]:

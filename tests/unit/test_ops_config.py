@@ -21,8 +21,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from streams.metrics import Metrics
-from streams.settings import Settings
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"

@@ -1,5 +1,5 @@
 """``python -m streams.dev.bench``: run the benchmark."""
 
-from streams.dev.bench.run import main
+from jobstream.streams.dev.bench.run import main
 
 raise SystemExit(main())

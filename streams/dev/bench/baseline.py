@@ -24,9 +24,9 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from streams.kafka.publisher import Publisher
-from streams.kafka.security import client_options
-from streams.settings import Settings
+from jobstream.streams.kafka.publisher import Publisher
+from jobstream.streams.kafka.security import client_options
+from jobstream.streams.settings import Settings
 
 
 class _Announce(ConsumerRebalanceListener):  # type: ignore[misc]

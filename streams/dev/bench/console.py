@@ -23,8 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 
-from streams.console.queries import JobFilter, decode_cursor, jobs_page_sql
-from streams.settings import Settings
+from jobstream.streams.console.queries import JobFilter, decode_cursor, jobs_page_sql
+from jobstream.streams.settings import Settings
 
 FILL = """
 INSERT INTO jobs (job_id, type, status, attempt, result, error, error_class, source, worker,
@@ -64,12 +64,12 @@ async def _timed(session: aiohttp.ClientSession, url: str, repeat: int) -> tuple
 
 
 async def run(rows: int, hours: float, repeat: int, keep: bool) -> int:
-    from streams.console.server import start, url_of
-    from streams.pg.migrations import migrate
+    from jobstream.streams.console.server import start, url_of
+    from jobstream.streams.pg.migrations import migrate
 
     settings = Settings()
     if settings.database_url is None or settings.kafka_bootstrap is None:
-        from streams.dev.stack import resolve_services
+        from jobstream.streams.dev.stack import resolve_services
 
         bootstrap, dsn = await resolve_services(settings)
     else:
@@ -101,7 +101,7 @@ async def run(rows: int, hours: float, repeat: int, keep: bool) -> int:
             rows // 2,
         )
         assert deep is not None, "the benchmark's jobs table is empty"
-        from streams.console.queries import encode_cursor
+        from jobstream.streams.console.queries import encode_cursor
 
         middle = encode_cursor(deep["updated_at"], deep["job_id"])
         since = (now - timedelta(hours=hours / 2)).isoformat()

@@ -104,8 +104,8 @@ def run(bootstrap: str, topic_name: str, group: str, sizes: Sequence[int]) -> No
 def _run(bootstrap: str, topic_name: str, group: str, sizes: Sequence[int], datadir: str) -> None:
     import faust
 
-    from streams.kafka.security import broker_credentials
-    from streams.settings import Settings
+    from jobstream.streams.kafka.security import broker_credentials
+    from jobstream.streams.settings import Settings
 
     counter = BatchCounter(sizes)
     app = faust.App(

@@ -10,10 +10,10 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from streams.dev.bench.report import Done
-from streams.kafka.reader import TopicReader
-from streams.output import Progress
-from streams.polling import wait_until
+from jobstream.streams.dev.bench.report import Done
+from jobstream.streams.kafka.reader import TopicReader
+from jobstream.streams.output import Progress
+from jobstream.streams.polling import wait_until
 
 OutputParser = Callable[[Any], tuple[str, Done] | None]
 

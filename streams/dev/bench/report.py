@@ -1,7 +1,7 @@
 """The benchmark's scenarios and its arithmetic: percentiles, ratios, the table, the JSON.
 
-Pure functions, kept apart from :mod:`streams.dev.bench` (which runs processes and measures) so the
-numbers and their presentation are unit-tested without Kafka.
+Pure functions, kept apart from :mod:`jobstream.streams.dev.bench` (which runs processes and
+measures) so the numbers and their presentation are unit-tested without Kafka.
 """
 
 from __future__ import annotations
@@ -629,8 +629,10 @@ METHOD = {
     " all jobs published at once, so it includes queueing",
     "finished_latency": "jobs.finished_at (taken before the row write) - created_at",
     "warmup": "warm-up jobs are published and waited for before the timed part, then excluded",
-    "aiokafka": "streams.dev.bench.baseline: 1 process, aiokafka consume -> produce -> commit",
-    "faust": "streams.dev.bench.faust_baseline: 1 faust worker, one agent at concurrency 1"
+    "aiokafka": "jobstream.streams.dev.bench.baseline: 1 process, aiokafka consume -> produce"
+    " -> commit",
+    "faust": "jobstream.streams.dev.bench.faust_baseline: 1 faust worker, one agent at"
+    " concurrency 1"
     " iterating stream.events() and counting; it prints the wall time of the first and the"
     " n-th event it is told to expect, and throughput runs from the first publish to that n-th"
     " event (no output topic, so no latency per job)",

@@ -2,7 +2,7 @@
 
 Why end to end: what a user of jobstream waits for is a durable result, so every number here
 runs from the first publish to the last job whose row is committed and whose outcome record was
-handed to Kafka. Workers are real ``python -m streams.cli worker`` processes, exactly as
+handed to Kafka. Workers are real ``python -m jobstream worker`` processes, exactly as
 deployed, and each scenario gets its own topic prefix and consumer group (a fresh uuid), so runs
 and scenarios never read each other's events.
 
@@ -25,11 +25,12 @@ What the numbers are:
 * CPU ms/job = user+system CPU of the replicas over the timed window / jobs; peak RSS = the
   highest resident memory of any replica, sampled every 0.2 s over the window.
 * two baselines run in the same run, over the same kind of echo events on the same number of
-  partitions, each in its own process: ``faust`` (:mod:`streams.dev.bench.faust_baseline`, a
-  bare faust agent that only counts, the ceiling of anything built on faust) and ``aiokafka``
-  (:mod:`streams.dev.bench.baseline`, a bare consume-produce-commit loop); ``vs faust`` and
-  ``vs aiokafka`` are a scenario's jobs/s divided by theirs.
-* ``upstream`` is the fake OpenRouter alone (:mod:`streams.dev.bench.upstream`); an llm
+  partitions, each in its own process: ``faust``
+  (:mod:`jobstream.streams.dev.bench.faust_baseline`, a bare faust agent that only counts, the
+  ceiling of anything built on faust) and ``aiokafka`` (:mod:`jobstream.streams.dev.bench.baseline`,
+  a bare consume-produce-commit loop); ``vs faust`` and ``vs aiokafka`` are a scenario's jobs/s
+  divided by theirs.
+* ``upstream`` is the fake OpenRouter alone (:mod:`jobstream.streams.dev.bench.upstream`); an llm
   scenario's ceiling is the lower of that and replicas x concurrency / latency.
 * ``mixed-1`` publishes a 2 s ``sleep`` job every 20th among echo jobs and reports each type's
   rate and latency on its own row: with no head-of-line blocking the echo jobs do not wait
@@ -65,10 +66,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from streams.dev.bench import faust_baseline
-from streams.dev.bench.machine import load_avg, machine_cpu, machine_info, service_info
-from streams.dev.bench.outputs import OutputCollector, parse_baseline, parse_outcome
-from streams.dev.bench.report import (
+from jobstream.streams.dev.bench import faust_baseline
+from jobstream.streams.dev.bench.machine import load_avg, machine_cpu, machine_info, service_info
+from jobstream.streams.dev.bench.outputs import OutputCollector, parse_baseline, parse_outcome
+from jobstream.streams.dev.bench.report import (
     FAKE_LATENCY_MS,
     SCENARIOS,
     Done,
@@ -88,11 +89,11 @@ from streams.dev.bench.report import (
     summarize_count,
     write_report,
 )
-from streams.dev.bench.sampling import Profiler, RssSampler
-from streams.dev.process import Child
-from streams.dev.replicas import free_port
-from streams.output import Progress
-from streams.polling import wait_until
+from jobstream.streams.dev.bench.sampling import Profiler, RssSampler
+from jobstream.streams.dev.process import Child
+from jobstream.streams.dev.replicas import free_port
+from jobstream.streams.output import Progress
+from jobstream.streams.polling import wait_until
 
 DEFAULT_OUT_DIR = Path("bench-results")
 PUBLISH_CHUNK = 1000
@@ -230,8 +231,8 @@ class Bench:
     async def start(self) -> None:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        from streams.pg.migrations import migrate
-        from streams.pg.pool import create_pool
+        from jobstream.streams.pg.migrations import migrate
+        from jobstream.streams.pg.pool import create_pool
 
         self.pool = await create_pool(self.dsn, min_size=1, max_size=2)
         async with self.pool.acquire() as conn:
@@ -321,7 +322,7 @@ class Bench:
             return await OutputCollector(
                 self.bootstrap, out_topic, parse_baseline, self.kafka_options
             ).start()
-        from streams.topics import topic_names
+        from jobstream.streams.topics import topic_names
 
         topics = topic_names(prefix)
         await self._ensure_topics(topics.all())
@@ -387,7 +388,7 @@ class Bench:
     ) -> list[str]:
         """The warm-up, then the timed part; its figures go into ``result`` even when it fails.
         Returns the ids of the timed jobs."""
-        from streams.producer.client import JobClient
+        from jobstream.streams.producer.client import JobClient
 
         consumers = [c for c in children if not c.name.startswith("fake")]
         async with JobClient(
@@ -473,8 +474,8 @@ class Bench:
         result: dict[str, Any],
     ) -> None:
         """The fake server alone, started as for llm-500 and driven from this process."""
-        from streams.dev.bench.upstream import UpstreamClient
-        from streams.settings import Settings
+        from jobstream.streams.dev.bench.upstream import UpstreamClient
+        from jobstream.streams.settings import Settings
 
         assert spec.concurrency is not None
         fake, env = await self._start_fake(spec, prefix)
@@ -553,12 +554,13 @@ class Bench:
         return env
 
     def _start_baseline(self, prefix: str, out_topic: str) -> Child:
-        argv = [sys.executable, "-m", "streams.dev.bench.baseline", "--bootstrap", self.bootstrap,
+        argv = [sys.executable, "-m", "jobstream.streams.dev.bench.baseline",
+                "--bootstrap", self.bootstrap,
                 "--in-topic", prefix, "--out-topic", out_topic, "--group", prefix]  # fmt: skip
         return Child("aiokafka", argv, self._base_env(), self.log_dir / f"{prefix}.log").start()
 
     def _start_faust(self, prefix: str, sizes: Sequence[int]) -> Child:
-        argv = [sys.executable, "-m", "streams.dev.bench.faust_baseline",
+        argv = [sys.executable, "-m", "jobstream.streams.dev.bench.faust_baseline",
                 "--bootstrap", self.bootstrap, "--topic", prefix, "--group", prefix,
                 "--expect", ",".join(str(n) for n in sizes)]  # fmt: skip
         return Child("faust", argv, self._base_env(), self.log_dir / f"{prefix}.log").start()
@@ -588,7 +590,7 @@ class Bench:
     def _start_worker(
         self, spec: Scenario, prefix: str, index: int, port: int, extra: Mapping[str, str]
     ) -> Child:
-        argv = [sys.executable, "-m", "streams.cli", "worker"]
+        argv = [sys.executable, "-m", "jobstream", "worker"]
         env = self.worker_env(spec, prefix, index, port, extra)
         log = self.log_dir / f"{prefix}-w{index + 1}.log"
         return Child(f"worker-{index + 1}", argv, env, log, port=port).start()
@@ -601,7 +603,7 @@ class Bench:
         ``openrouter`` key would change the limit under anyone else's tests.
         """
         port = free_port()
-        argv = [sys.executable, "-m", "streams.dev.fake_openrouter", "--port", str(port),
+        argv = [sys.executable, "-m", "jobstream.streams.dev.fake_openrouter", "--port", str(port),
                 "--latency-ms", f"{spec.upstream_latency_ms:g}"]  # fmt: skip
         log = self.log_dir / f"{prefix}-fake.log"
         fake = Child("fake-openrouter", argv, self._base_env(), log, port=port).start()
@@ -795,7 +797,7 @@ class Bench:
     # ---- topics and cleanup
 
     async def _ensure_topics(self, names: Sequence[str]) -> None:
-        from streams.kafka.admin import ensure_topics
+        from jobstream.streams.kafka.admin import ensure_topics
 
         await ensure_topics(
             self.bootstrap, names, partitions=self.partitions, options=self.kafka_options
@@ -886,9 +888,9 @@ def describe_scenarios(*, quick: bool) -> str:
 
 
 async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
-    from streams.dev.stack import resolve_services
-    from streams.kafka.security import client_options
-    from streams.settings import Settings
+    from jobstream.streams.dev.stack import resolve_services
+    from jobstream.streams.kafka.security import client_options
+    from jobstream.streams.settings import Settings
 
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from streams.dev.bench.report import parse_collapsed, top_frames
+from jobstream.streams.dev.bench.report import parse_collapsed, top_frames
 
 RSS_INTERVAL_S = 0.2
 PROFILE_RATE_HZ = 100

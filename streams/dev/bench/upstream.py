@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from streams.dev.bench.report import payload_for
+from jobstream.streams.dev.bench.report import payload_for
 
 
 @dataclass

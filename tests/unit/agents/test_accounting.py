@@ -14,9 +14,9 @@ from typing import Any
 
 import aiohttp
 
-from agents.registry import JobContext
-from models.errors import FatalError, RetryableError
-from models.job import JobEvent, JobStatus
+from jobstream.agents.registry import JobContext
+from jobstream.models.errors import FatalError, RetryableError
+from jobstream.models.job import JobEvent, JobStatus
 from tests.fakes import World
 
 

@@ -12,16 +12,16 @@ import aiohttp
 import asyncpg
 import pytest
 
-from agents.batch import ABANDONED, BatchPath
-from agents.registry import JobContext
-from models.deadletter import DeadLetterReason
-from models.errors import FatalError
-from models.job import JobEvent, JobStatus
-from models.rows import JobRow
-from streams.failures import ProducerResetError
-from streams.kafka.record import Record
-from streams.polling import wait_until
-from streams.settings import Settings
+from jobstream.agents.batch import ABANDONED, BatchPath
+from jobstream.agents.registry import JobContext
+from jobstream.models.deadletter import DeadLetterReason
+from jobstream.models.errors import FatalError
+from jobstream.models.job import JobEvent, JobStatus
+from jobstream.models.rows import JobRow
+from jobstream.streams.failures import ProducerResetError
+from jobstream.streams.kafka.record import Record
+from jobstream.streams.polling import wait_until
+from jobstream.streams.settings import Settings
 from tests.fakes import World
 
 BATCH_DELAY_S = 0.01

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from agents.catalog import default_registry
-from models.errors import (
+from jobstream.agents.catalog import default_registry
+from jobstream.models.errors import (
     ConfigurationError,
 )
-from streams.settings import Settings
+from jobstream.streams.settings import Settings
 
 
 def test_the_default_registry_has_the_four_job_types() -> None:

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from agents.decode import decode_event, readable_id
-from models.deadletter import DeadLetterReason
-from models.errors import InvalidJobError
-from models.job import derived_job_id
+from jobstream.agents.decode import decode_event, readable_id
+from jobstream.models.deadletter import DeadLetterReason
+from jobstream.models.errors import InvalidJobError
+from jobstream.models.job import derived_job_id
 
 
 def reason_of(raw: bytes | None, max_bytes: int = 10_000) -> str:
@@ -71,7 +71,7 @@ def test_a_literal_backslash_u_is_not_a_nul() -> None:
 
 
 def test_storable_names_what_jsonb_would_refuse() -> None:
-    from agents.decode import storable
+    from jobstream.agents.decode import storable
 
     assert storable({"ok": [1, "two", None]}) is None
     assert storable({"x": float("nan")}) is not None

@@ -7,9 +7,9 @@ import asyncio
 import asyncpg
 import pytest
 
-from agents.durable import DurableSteps
-from streams import observability
-from streams.metrics import Metrics
+from jobstream.agents.durable import DurableSteps
+from jobstream.streams import observability
+from jobstream.streams.metrics import Metrics
 
 
 def steps(metrics: Metrics, *, timeout: float = 5.0, deadline: float = 10.0) -> DurableSteps:

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agents.fitting import fit_dead_letter, fit_event, fit_outcome, original_facts, wire
-from models.deadletter import DeadLetter, DeadLetterReason, b64
-from models.job import FailureRecord, JobEvent, JobOutcome, JobStatus
+from jobstream.agents.fitting import fit_dead_letter, fit_event, fit_outcome, original_facts, wire
+from jobstream.models.deadletter import DeadLetter, DeadLetterReason, b64
+from jobstream.models.job import FailureRecord, JobEvent, JobOutcome, JobStatus
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -16,14 +16,14 @@ import asyncpg
 import pytest
 from pydantic import BaseModel
 
-from agents.durable import DurableSteps
-from agents.pipeline import TIER_HEADER
-from agents.registry import JobContext, JobType, Registry
-from models.deadletter import REPLAY_HEADER, DeadLetterReason
-from models.errors import FatalError, RateLimitedError, RetryableError
-from models.job import FailureRecord, JobEvent, JobStatus, derived_job_id
-from models.rows import ClaimRequest, JobRow
-from streams.metrics import Metrics
+from jobstream.agents.durable import DurableSteps
+from jobstream.agents.pipeline import TIER_HEADER
+from jobstream.agents.registry import JobContext, JobType, Registry
+from jobstream.models.deadletter import REPLAY_HEADER, DeadLetterReason
+from jobstream.models.errors import FatalError, RateLimitedError, RetryableError
+from jobstream.models.job import FailureRecord, JobEvent, JobStatus, derived_job_id
+from jobstream.models.rows import ClaimRequest, JobRow
+from jobstream.streams.metrics import Metrics
 from tests.fakes import World
 
 
@@ -712,7 +712,7 @@ async def test_a_non_transient_store_error_is_not_retried(world: World) -> None:
 def test_claim_tokens_differ_within_a_process_and_in_a_forked_child() -> None:
     import multiprocessing
 
-    from agents.pipeline import new_token
+    from jobstream.agents.pipeline import new_token
 
     tokens = {new_token() for _ in range(10_000)}
     assert len(tokens) == 10_000
@@ -725,6 +725,6 @@ def test_claim_tokens_differ_within_a_process_and_in_a_forked_child() -> None:
 
 
 def _tokens(n: int) -> list[str]:
-    from agents.pipeline import new_token
+    from jobstream.agents.pipeline import new_token
 
     return [new_token() for _ in range(n)]

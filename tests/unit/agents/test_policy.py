@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from agents.pipeline import classify
-from agents.policy import RetryPolicy, compute_backoff
-from models.errors import (
+from jobstream.agents.pipeline import classify
+from jobstream.agents.policy import RetryPolicy, compute_backoff
+from jobstream.models.errors import (
     FatalError,
     JobTimeoutError,
     RateLimitedError,

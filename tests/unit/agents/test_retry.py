@@ -9,13 +9,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agents.pipeline import TIER_HEADER
-from agents.registry import JobContext
-from agents.retry import RetryForwarder
-from models.deadletter import DeadLetterReason
-from models.errors import RetryableError
-from models.job import JobEvent, JobStatus
-from streams.kafka.record import Record
+from jobstream.agents.pipeline import TIER_HEADER
+from jobstream.agents.registry import JobContext
+from jobstream.agents.retry import RetryForwarder
+from jobstream.models.deadletter import DeadLetterReason
+from jobstream.models.errors import RetryableError
+from jobstream.models.job import JobEvent, JobStatus
+from jobstream.streams.kafka.record import Record
 from tests.fakes import World
 
 

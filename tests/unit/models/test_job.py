@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agents.decode import decode_event
-from models.job import JobEvent
+from jobstream.agents.decode import decode_event
+from jobstream.models.job import JobEvent
 
 
 def test_a_job_event_round_trips_through_bytes() -> None:

@@ -20,12 +20,12 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
-from agents.catalog import default_registry
-from streams.cli import cli, main
-from streams.command import SettingsCommand, variable, walk
-from streams.exits import Exit
-from streams.producer.server import ApiServer
-from streams.settings import Settings
+from jobstream.agents.catalog import default_registry
+from jobstream.streams.cli import cli, main
+from jobstream.streams.command import SettingsCommand, variable, walk
+from jobstream.streams.exits import Exit
+from jobstream.streams.producer.server import ApiServer
+from jobstream.streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -243,7 +243,7 @@ def test_the_compose_fake_openrouter_command_parses() -> None:
 
 async def test_fake_openrouter_runs_with_the_readme_options_until_sigterm() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streams.cli", "fake-openrouter",
+        sys.executable, "-m", "jobstream", "fake-openrouter",
         "--latency-ms", "500", "--rate-limit", "50", "--port", "0",
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -261,9 +261,9 @@ async def test_fake_openrouter_runs_with_the_readme_options_until_sigterm() -> N
 
 def test_production_commands_do_not_load_the_dev_tooling() -> None:
     code = (
-        "import sys; from streams.cli import main; "
+        "import sys; from jobstream.streams.cli import main; "
         "main(['submit', '--help']); "
-        "assert not [m for m in sys.modules if m.startswith('streams.dev')], 'dev loaded'"
+        "assert not [m for m in sys.modules if m.startswith('jobstream.streams.dev')], 'dev loaded'"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False

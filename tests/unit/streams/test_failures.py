@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 from aiokafka import errors as kafka_errors
 
-from streams.failures import ProducerResetError, RecordTooLargeError, is_transient
+from jobstream.streams.failures import ProducerResetError, RecordTooLargeError, is_transient
 
 
 @pytest.mark.parametrize(

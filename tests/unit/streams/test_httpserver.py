@@ -21,15 +21,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from agents.handlers.basic import echo_type
-from agents.registry import Registry
-from streams.httpserver import HttpLimits, start_http_server
-from streams.metrics import Metrics
-from streams.polling import wait_until
-from streams.producer.api import api_routes
-from streams.producer.server import ApiServer
-from streams.settings import Settings
-from streams.topics import TopicNames, topic_names
+from jobstream.agents.handlers.basic import echo_type
+from jobstream.agents.registry import Registry
+from jobstream.streams.httpserver import HttpLimits, start_http_server
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.polling import wait_until
+from jobstream.streams.producer.api import api_routes
+from jobstream.streams.producer.server import ApiServer
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import TopicNames, topic_names
 
 FAST = HttpLimits(header_timeout_s=0.5, body_timeout_s=0.5, keepalive_timeout_s=5.0)
 HEADERS_1000 = (

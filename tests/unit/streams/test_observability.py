@@ -11,8 +11,8 @@ import pytest
 import sentry_sdk
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
-from streams import observability as obs
-from streams.settings import Settings
+from jobstream.streams import observability as obs
+from jobstream.streams.settings import Settings
 from tests.integration.fake_sentry import FakeSentry, tags_of
 
 PASSWORD = "Pw0rdPlanted71"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from streams.output import Progress, print_json, print_table
+from jobstream.streams.output import Progress, print_json, print_table
 
 
 class Terminal(io.StringIO):

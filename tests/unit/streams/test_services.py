@@ -6,10 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from streams.cli import main
-from streams.exits import Exit
-from streams.services import ServiceUnavailable, database_url, dsn_address, kafka_bootstrap
-from streams.settings import Settings
+from jobstream.streams.cli import main
+from jobstream.streams.exits import Exit
+from jobstream.streams.services import (
+    ServiceUnavailable,
+    database_url,
+    dsn_address,
+    kafka_bootstrap,
+)
+from jobstream.streams.settings import Settings
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.settings import Settings
-from streams.topics import RECORD_OVERHEAD_BYTES, tier_label, topic_configs, topic_names
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import RECORD_OVERHEAD_BYTES, tier_label, topic_configs, topic_names
 
 
 def test_every_topic_gets_retention_and_a_size_limit_from_the_settings() -> None:

@@ -15,13 +15,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
-from agents.handlers import llm
-from agents.handlers.llm import ChatPayload, OpenRouterClient, handle_chat, parse_retry_after
-from agents.registry import JobContext
-from models.errors import FatalError, RateLimitedError, RetryableError
-from models.job import JobEvent
-from streams.dev.fake_openrouter import FakeConfig, FakeOpenRouter
-from streams.settings import Settings
+from jobstream.agents.handlers import llm
+from jobstream.agents.handlers.llm import (
+    ChatPayload,
+    OpenRouterClient,
+    handle_chat,
+    parse_retry_after,
+)
+from jobstream.agents.registry import JobContext
+from jobstream.models.errors import FatalError, RateLimitedError, RetryableError
+from jobstream.models.job import JobEvent
+from jobstream.streams.dev.fake_openrouter import FakeConfig, FakeOpenRouter
+from jobstream.streams.settings import Settings
 
 KEY = "sk-or-v1-secret-test-key"
 PAYLOAD = {"messages": [{"role": "user", "content": "say the magic words please"}]}

@@ -21,8 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agents.handlers import webhook
-from agents.handlers.webhook import (
+from jobstream.agents.handlers import webhook
+from jobstream.agents.handlers.webhook import (
     WebhookPayload,
     deliver,
     dns_error,
@@ -30,10 +30,10 @@ from agents.handlers.webhook import (
     is_allowed_host,
     is_forbidden_address,
 )
-from agents.registry import JobContext
-from models.errors import FatalError, RetryableError
-from models.job import JobEvent
-from streams.settings import Settings
+from jobstream.agents.registry import JobContext
+from jobstream.models.errors import FatalError, RetryableError
+from jobstream.models.job import JobEvent
+from jobstream.streams.settings import Settings
 
 
 @dataclass

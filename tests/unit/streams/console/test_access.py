@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from itsdangerous import URLSafeTimedSerializer
 
-from streams.console.access import (
+from jobstream.streams.console.access import (
     FAILED_LOGIN_WINDOW_S,
     MAX_FAILED_LOGINS,
     OFF_MESSAGE,
@@ -21,15 +21,21 @@ from streams.console.access import (
     is_loopback,
     refusal,
 )
-from streams.console.params import BadInput, ReplayRequest, job_filter, limit, replay_request
-from streams.console.queries import (
+from jobstream.streams.console.params import (
+    BadInput,
+    ReplayRequest,
+    job_filter,
+    limit,
+    replay_request,
+)
+from jobstream.streams.console.queries import (
     CursorError,
     JobFilter,
     decode_cursor,
     encode_cursor,
     jobs_page_sql,
 )
-from streams.settings import Settings
+from jobstream.streams.settings import Settings
 
 STATUSES = ("running", "retrying", "succeeded", "dead_lettered")
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from streams.console.rollup import BOUNDS, BUCKETS, STEP, Minute, percentile
+from jobstream.streams.console.rollup import BOUNDS, BUCKETS, STEP, Minute, percentile
 
 
 def histogram(values: list[float]) -> list[int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.dev import containers
+from jobstream.streams.dev import containers
 
 
 async def test_docker_answers_only_when_the_daemon_does(

@@ -16,14 +16,14 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
-from streams.dev.fake_openrouter import (
+from jobstream.streams.dev.fake_openrouter import (
     FakeConfig,
     FakeOpenRouter,
     TokenBucket,
     main,
     sample_latency_ms,
 )
-from streams.polling import wait_until
+from jobstream.streams.polling import wait_until
 
 KEY = "sk-or-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -340,7 +340,7 @@ async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "streams.dev.fake_openrouter",
+        "jobstream.streams.dev.fake_openrouter",
         "--port",
         "0",
         "--rate-limit",

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from models.errors import StackError
-from streams.dev import kafka
-from streams.settings import Settings
+from jobstream.models.errors import StackError
+from jobstream.streams.dev import kafka
+from jobstream.streams.settings import Settings
 
 
 def _props(text: str) -> dict[str, str]:

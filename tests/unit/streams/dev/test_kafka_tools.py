@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from models.errors import StackError
-from streams.dev.kafka import KAFKA_VERSION, render_pom
-from streams.dev.kafka_tools import TOOLS, TOOLS_DEPS, tool_command, tools_dir
+from jobstream.models.errors import StackError
+from jobstream.streams.dev.kafka import KAFKA_VERSION, render_pom
+from jobstream.streams.dev.kafka_tools import TOOLS, TOOLS_DEPS, tool_command, tools_dir
 
 JARS, LOG4J = Path("/cache/tools"), Path("/cache/tools-log4j2.properties")
 

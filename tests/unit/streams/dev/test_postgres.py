@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.dev import postgres as pg
+from jobstream.streams.dev import postgres as pg
 
 
 def _fake_pg_root(root: Path, majors: list[str]) -> None:

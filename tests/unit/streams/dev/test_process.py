@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from models.errors import StackError
-from streams.dev import process
+from jobstream.models.errors import StackError
+from jobstream.streams.dev import process
 
 
 def _sleeper(tmp_path: Path, *, ignore_term: bool = False) -> int:

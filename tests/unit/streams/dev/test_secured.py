@@ -9,8 +9,8 @@ import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from streams.dev.secured import SCRAM, sasl_ssl_properties, scram_args
-from streams.dev.tls import issue, make_ca
+from jobstream.streams.dev.secured import SCRAM, sasl_ssl_properties, scram_args
+from jobstream.streams.dev.tls import issue, make_ca
 
 
 def test_broker_listens_for_clients_on_tls_only(tmp_path: Path) -> None:

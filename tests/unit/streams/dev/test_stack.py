@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from models.errors import StackError
-from streams.dev import kafka, state
-from streams.dev import postgres as pg
-from streams.dev import stack as devstack
-from streams.settings import Settings
+from jobstream.models.errors import StackError
+from jobstream.streams.dev import kafka, state
+from jobstream.streams.dev import postgres as pg
+from jobstream.streams.dev import stack as devstack
+from jobstream.streams.settings import Settings
 
 # --- Kafka rendering ----------------------------------------------------------------------
 
@@ -223,7 +223,9 @@ def test_cli_default_state_dir_comes_from_settings(
 
 def test_module_runs_as_a_script() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "streams.dev.stack", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "jobstream.streams.dev.stack", "--help"],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0
     assert "up,down,status,env,fetch" in out.stdout

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from models.errors import StackError
-from streams.dev import state
+from jobstream.models.errors import StackError
+from jobstream.streams.dev import state
 
 
 class _Scripted(random.Random):

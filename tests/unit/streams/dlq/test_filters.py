@@ -8,17 +8,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
-from models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
-from models.job import FailureRecord, JobEvent
-from streams.dlq.cli import DlqArgs, main, parse_args, run_dlq_async
-from streams.dlq.filters import DeadLetterFilter, FilterError, parse_time
-from streams.dlq.replay import (
+from jobstream.models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
+from jobstream.models.job import FailureRecord, JobEvent
+from jobstream.streams.dlq.cli import DlqArgs, main, parse_args, run_dlq_async
+from jobstream.streams.dlq.filters import DeadLetterFilter, FilterError, parse_time
+from jobstream.streams.dlq.replay import (
     Action,
     ReplayOptions,
     build_record,
     plan,
 )
-from streams.settings import Settings
+from jobstream.streams.settings import Settings
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

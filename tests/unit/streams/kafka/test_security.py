@@ -11,10 +11,10 @@ import faust
 import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from models.errors import ConfigurationError
-from streams.dev.tls import issue, make_ca
-from streams.kafka.security import broker_credentials, client_options, describe
-from streams.settings import Settings
+from jobstream.models.errors import ConfigurationError
+from jobstream.streams.dev.tls import issue, make_ca
+from jobstream.streams.kafka.security import broker_credentials, client_options, describe
+from jobstream.streams.settings import Settings
 
 SECRET = "s3cret-value-for-tests"
 
@@ -172,7 +172,7 @@ def test_aiokafka_debug_lines_never_carry_the_sasl_password(
 
 
 def test_bootstrap_lists_are_split_like_kafka_does() -> None:
-    from streams.kafka.security import bootstrap_servers
+    from jobstream.streams.kafka.security import bootstrap_servers
 
     assert bootstrap_servers("a:1, b:2,") == [("a", 1), ("b", 2)]
     assert bootstrap_servers("broker") == [("broker", 9092)]

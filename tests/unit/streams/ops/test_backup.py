@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.ops.backup import BackupError, dump_path, find_tool, libpq_target, redacted
+from jobstream.streams.ops.backup import BackupError, dump_path, find_tool, libpq_target, redacted
 
 
 def test_the_password_goes_to_the_environment_not_the_command_line() -> None:
@@ -36,7 +36,7 @@ def test_a_directory_gets_a_timestamped_dump(tmp_path: Path) -> None:
 
 
 def test_keep_deletes_the_oldest_dumps_with_their_manifests(tmp_path: Path) -> None:
-    from streams.ops.backup import prune_dumps
+    from jobstream.streams.ops.backup import prune_dumps
 
     names = [f"jobstream-2026010{d}T000000Z.dump" for d in range(1, 6)]
     for name in names:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from streams.ops.doctor import (
+from jobstream.streams.ops.doctor import (
     Bucket,
     Check,
     GroupState,
@@ -31,7 +31,7 @@ from streams.ops.doctor import (
     is_local,
     render,
 )
-from streams.settings import Settings
+from jobstream.streams.settings import Settings
 
 CONFIGS = {"retention.ms": "1000", "max.message.bytes": "2000"}
 
@@ -214,8 +214,8 @@ def test_outputs() -> None:
 
 
 async def test_kafka_settings_that_cannot_work_fail_before_connecting() -> None:
-    from streams.ops.doctor import kafka_checks
-    from streams.topics import topic_names
+    from jobstream.streams.ops.doctor import kafka_checks
+    from jobstream.streams.topics import topic_names
 
     s = Settings(kafka_bootstrap="127.0.0.1:1", kafka_security_protocol="SASL_SSL")
     [c] = await kafka_checks(s, topic_names("jobs"), probe=False)
@@ -224,9 +224,9 @@ async def test_kafka_settings_that_cannot_work_fail_before_connecting() -> None:
 
 
 async def test_an_unreachable_broker_fails_naming_the_setting() -> None:
-    from streams.dev.replicas import free_port
-    from streams.ops.doctor import kafka_checks
-    from streams.topics import topic_names
+    from jobstream.streams.dev.replicas import free_port
+    from jobstream.streams.ops.doctor import kafka_checks
+    from jobstream.streams.topics import topic_names
 
     s = Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}")  # nothing listens there
     [c] = await kafka_checks(s, topic_names("jobs"), probe=True)

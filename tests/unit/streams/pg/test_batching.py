@@ -5,10 +5,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from models.job import JobStatus
-from models.rows import JobRow
-from streams.pg.batching import Batcher
-from streams.pg.results import _merge
+from jobstream.models.job import JobStatus
+from jobstream.models.rows import JobRow
+from jobstream.streams.pg.batching import Batcher
+from jobstream.streams.pg.results import _merge
 
 
 async def test_concurrent_submits_share_one_flush_and_get_their_own_result() -> None:

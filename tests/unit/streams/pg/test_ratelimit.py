@@ -17,10 +17,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-import streams.pg.ratelimit as rl
-from models.errors import ConfigurationError, RetryableError
-from streams.metrics import Metrics
-from streams.pg.ratelimit import (
+import jobstream.streams.pg.ratelimit as rl
+from jobstream.models.errors import ConfigurationError, RetryableError
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.pg.ratelimit import (
     NOTIFY_CHANNEL,
     POLL_CAP_S,
     BucketConfig,
@@ -31,7 +31,7 @@ from streams.pg.ratelimit import (
     max_lease,
     ready_offsets,
 )
-from streams.settings import RateLimit
+from jobstream.streams.settings import RateLimit
 
 # -- pure parts ------------------------------------------------------------------------------
 

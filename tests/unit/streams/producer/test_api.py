@@ -20,13 +20,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from pydantic import BaseModel, SecretStr, model_validator
 
-from agents.handlers.basic import echo, echo_type, sleep_type
-from agents.registry import JobType, Registry
-from streams.metrics import Metrics
-from streams.producer import api
-from streams.producer.api import MAX_BATCH, api_routes
-from streams.settings import Settings
-from streams.topics import TopicNames, topic_names
+from jobstream.agents.handlers.basic import echo, echo_type, sleep_type
+from jobstream.agents.registry import JobType, Registry
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.producer import api
+from jobstream.streams.producer.api import MAX_BATCH, api_routes
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import TopicNames, topic_names
 
 TOKEN = "s3cret-token"
 

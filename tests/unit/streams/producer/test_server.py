@@ -6,10 +6,10 @@ import click
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from streams.cli import cli
-from streams.producer import server as api_server
-from streams.producer.server import ApiServer
-from streams.settings import Settings
+from jobstream.streams.cli import cli
+from jobstream.streams.producer import server as api_server
+from jobstream.streams.producer.server import ApiServer
+from jobstream.streams.settings import Settings
 from tests.unit.streams.producer.test_api import TOKEN, post_json, registry
 
 

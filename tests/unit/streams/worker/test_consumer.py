@@ -10,7 +10,7 @@ from faust.transport.drivers.aiokafka import Consumer as StockConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from streams.worker.consumer import SafeOffsetConsumer
+from jobstream.streams.worker.consumer import SafeOffsetConsumer
 
 TP0 = TP("jobs", 0)
 

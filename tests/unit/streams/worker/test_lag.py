@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from streams.metrics import Metrics
-from streams.topics import topic_names
-from streams.worker.lag import LagMonitor, PartitionLag, partition_lag
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.topics import topic_names
+from jobstream.streams.worker.lag import LagMonitor, PartitionLag, partition_lag
 
 TP = ("jobs", 0)
 

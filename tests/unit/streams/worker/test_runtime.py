@@ -9,12 +9,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agents.batch import BatchPath
-from agents.registry import JobContext
-from agents.retry import RetryForwarder
-from models.job import JobEvent, JobStatus
-from streams.settings import Settings
-from streams.worker.runtime import Runtime
+from jobstream.agents.batch import BatchPath
+from jobstream.agents.registry import JobContext
+from jobstream.agents.retry import RetryForwarder
+from jobstream.models.job import JobEvent, JobStatus
+from jobstream.streams.settings import Settings
+from jobstream.streams.worker.runtime import Runtime
 from tests.fakes import World
 
 UNREACHABLE_KAFKA = "127.0.0.1:9"

@@ -8,18 +8,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from models.job import JobEvent
-from streams.dev.bench.baseline import output_for
-from streams.dev.bench.faust_baseline import (
+from jobstream.models.job import JobEvent
+from jobstream.streams.dev.bench.baseline import output_for
+from jobstream.streams.dev.bench.faust_baseline import (
     BatchCounter,
     format_report,
     parse_sizes,
     read_report,
 )
-from streams.dev.bench.faust_baseline import main as faust_main
-from streams.dev.bench.outputs import parse_baseline
-from streams.dev.bench.report import payload_for
-from streams.dev.bench.upstream import chat_request
+from jobstream.streams.dev.bench.faust_baseline import main as faust_main
+from jobstream.streams.dev.bench.outputs import parse_baseline
+from jobstream.streams.dev.bench.report import payload_for
+from jobstream.streams.dev.bench.upstream import chat_request
 
 
 def test_baseline_output_names_the_job() -> None:
@@ -88,7 +88,7 @@ def test_faust_baseline_refuses_bad_sizes_before_starting(
 
 def test_upstream_requests_are_what_the_llm_handler_sends_for_a_bench_job() -> None:
     """The same body ``OpenRouterClient.chat`` builds from the benchmark's llm.chat payload."""
-    from agents.handlers.llm import ChatPayload
+    from jobstream.agents.handlers.llm import ChatPayload
 
     payload = ChatPayload.model_validate(payload_for("llm.chat", 7))
     expected = {

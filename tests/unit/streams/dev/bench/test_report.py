@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.dev.bench import report as bench_report
-from streams.dev.bench.machine import machine_info
-from streams.dev.bench.report import (
+from jobstream.streams.dev.bench import report as bench_report
+from jobstream.streams.dev.bench.machine import machine_info
+from jobstream.streams.dev.bench.report import (
     REPORT_KEYS,
     RESULT_KEYS,
     SCENARIOS,

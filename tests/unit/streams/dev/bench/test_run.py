@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from models.job import JobOutcome, JobStatus
-from streams.dev.bench import machine, sampling
-from streams.dev.bench import run as bench
-from streams.dev.bench.outputs import parse_outcome
-from streams.dev.bench.run import passthrough_env
+from jobstream.models.job import JobOutcome, JobStatus
+from jobstream.streams.dev.bench import machine, sampling
+from jobstream.streams.dev.bench import run as bench
+from jobstream.streams.dev.bench.outputs import parse_outcome
+from jobstream.streams.dev.bench.run import passthrough_env
 
 
 def test_passthrough_env_masks_secrets_and_skips_what_the_bench_sets() -> None:
