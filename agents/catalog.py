@@ -1,41 +1,88 @@
-"""The job types a worker runs, with per-type policy overrides from a file.
+"""Which app a command runs (``--app`` / ``JOBSTREAM_APP``, else the built-in one) and the
+policy file's per-type overrides.
 
 The policy file (``JOBSTREAM_POLICY_FILE``, JSON) maps a job type to overrides::
 
     {"llm.chat": {"max_attempts": 8, "timeout_s": 90, "fatal_errors": ["FatalError"],
                   "rate_limit_key": "openrouter", "retry_unexpected": false, "jitter": 0.2}}
+
+``fatal_errors`` names exception classes; an error whose class or one of its bases has such a
+name is fatal.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jobstream.agents.handlers import llm, webhook
-from jobstream.agents.handlers.basic import echo_type, sleep_type
-from jobstream.agents.policy import RetryPolicy
 from jobstream.agents.registry import JobType, Registry
 from jobstream.models.errors import ConfigurationError
-from jobstream.streams.settings import Settings
+
+if TYPE_CHECKING:
+    from jobstream.agents.app import JobApp
+    from jobstream.streams.settings import Settings
 
 _POLICY_KEYS = {"max_attempts", "fatal_errors", "retry_unexpected", "jitter"}
 _TYPE_KEYS = {"timeout_s", "rate_limit_key"}
 
 
+class AppLoadError(ConfigurationError):
+    """Raised when ``--app`` / ``JOBSTREAM_APP`` does not name a :class:`JobApp`."""
+
+
+def load_app(spec: str) -> JobApp[Any]:
+    """The ``JobApp`` that ``module:attribute`` names (``module`` alone: its ``app``).
+
+    The current directory is importable, as with ``celery -A`` and uvicorn.
+    """
+    from jobstream.agents.app import JobApp
+
+    module_name, _, attribute = spec.strip().partition(":")
+    attribute = attribute or "app"
+    if not module_name or not all(part.isidentifier() for part in module_name.split(".")):
+        raise AppLoadError(f"--app {spec!r}: expected module.path:attribute")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise AppLoadError(f"--app {spec!r}: no module named {exc.name!r}") from None
+        raise AppLoadError(f"--app {spec!r}: importing {module_name} failed: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the team's module failed at import: one line, its cause
+        raise AppLoadError(
+            f"--app {spec!r}: importing {module_name} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    app = module
+    for part in attribute.split("."):
+        try:
+            app = getattr(app, part)
+        except AttributeError:
+            raise AppLoadError(
+                f"--app {spec!r}: module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    if not isinstance(app, JobApp):
+        raise AppLoadError(f"--app {spec!r}: that is a {type(app).__name__}, not a JobApp")
+    return app
+
+
+def app_for(settings: Settings) -> JobApp[Any]:
+    """The app named by ``settings.app``, else :data:`jobstream.agents.builtin.builtin`."""
+    if settings.app:
+        return load_app(settings.app)
+    from jobstream.agents.builtin import builtin
+
+    return builtin
+
+
 def default_registry(settings: Settings) -> Registry:
-    registry = Registry()
-    overrides = load_policy_file(settings.policy_file) if settings.policy_file else {}
-    base = RetryPolicy(max_attempts=settings.max_attempts)
-    for job_type in (echo_type(), sleep_type(), llm.job_type(settings), webhook.job_type(settings)):
-        if job_type.policy == RetryPolicy():
-            job_type = dataclasses.replace(job_type, policy=base)
-        registry.register(apply_overrides(job_type, overrides.get(job_type.name, {})))
-    unknown = set(overrides) - set(registry.names())
-    if unknown:
-        raise ConfigurationError(f"policy file names unknown job types: {sorted(unknown)}")
-    return registry
+    """The job types a worker of ``settings`` runs."""
+    return app_for(settings).registry(settings)
 
 
 def load_policy_file(path: Path) -> dict[str, dict[str, Any]]:

@@ -23,26 +23,25 @@ import os
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import aiohttp
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from jobstream.agents.decode import decode_event, payload_error, readable_id, storable
 from jobstream.agents.durable import DurableSteps
 from jobstream.agents.fitting import fit_dead_letter, fit_event, fit_outcome, original_facts
-from jobstream.agents.policy import RetryPolicy, compute_backoff
+from jobstream.agents.policy import compute_backoff
 from jobstream.agents.ports import JobStore, Limiter, RecordPublisher
 from jobstream.agents.registry import JobContext, JobType, Registry
 from jobstream.models.deadletter import REPLAY_HEADER, DeadLetter, DeadLetterReason, b64
 from jobstream.models.errors import (
     FatalError,
     InvalidJobError,
-    JobError,
     JobstreamError,
     JobTimeoutError,
     RateLimitedError,
@@ -122,15 +121,6 @@ class Attempt:
     history: list[FailureRecord] = field(default_factory=list)
 
 
-def classify(exc: BaseException, policy: RetryPolicy) -> bool:
-    """True when the error may pass on a later attempt."""
-    if type(exc).__name__ in policy.fatal_errors:
-        return False
-    if isinstance(exc, JobError):
-        return exc.retryable
-    return policy.retry_unexpected
-
-
 def trimmed_traceback(exc: BaseException) -> str:
     text = "".join(traceback.format_exception(exc))
     return text if len(text) <= TRACEBACK_LIMIT else "...\n" + text[-TRACEBACK_LIMIT:]
@@ -149,6 +139,7 @@ class Pipeline:
         metrics: Metrics,
         http: aiohttp.ClientSession,
         steps: DurableSteps | None = None,
+        resources: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -158,6 +149,8 @@ class Pipeline:
         self.limiter = limiter
         self.metrics = metrics
         self.http = http
+        self.resources: Mapping[str, Any] = resources or {}
+        """What each app's lifespan yielded, by app name: its handlers' ``ctx.resources``."""
         self.steps = steps or DurableSteps(
             metrics=metrics,
             attempt_timeout_s=settings.durable_step_timeout_s,
@@ -390,7 +383,12 @@ class Pipeline:
         self, job: JobEvent, job_type: JobType, payload: Any
     ) -> tuple[Any, _Failure | None]:
         key = job_type.rate_limit_key
-        ctx = JobContext(job=job, settings=self.settings, http=self.http)
+        ctx = JobContext(
+            job=job,
+            settings=self.settings,
+            http=self.http,
+            resources=self.resources.get(job_type.app),
+        )
         timeout = job_type.timeout_s or self.settings.default_timeout_s
         if key is not None:
             # an unreachable database is not the job's failure: wait for it like every step
@@ -399,6 +397,8 @@ class Pipeline:
             try:
                 async with asyncio.timeout(timeout) as cm:
                     result = await job_type.handler(payload, ctx)
+                if isinstance(result, BaseModel):
+                    result = result.model_dump(mode="json")
             except TimeoutError as exc:
                 if not cm.expired():
                     raise  # the handler's own timeout error, not ours
@@ -414,9 +414,9 @@ class Pipeline:
                 self.metrics.upstream_throttled.labels(key=key).inc()
                 pause_s = exc.retry_after or 1.0
                 await self.durably("pause", lambda: self.limiter.pause(key, pause_s))
-            return None, _Failure(exc, classify(exc, job_type.policy), now())
+            return None, _Failure(exc, job_type.policy.retryable(exc), now())
         except Exception as exc:  # noqa: BLE001 - routed by policy below; nothing escapes the pipeline
-            return None, _Failure(exc, classify(exc, job_type.policy), now())
+            return None, _Failure(exc, job_type.policy.retryable(exc), now())
         finally:
             tokens = ctx.usage.get("tokens")
             if key is not None and tokens:

@@ -1,10 +1,12 @@
-"""Job types: each declares its payload model, handler, timeout, rate-limit key and policy."""
+"""Job types as a worker runs them: each with its payload model, handler, timeout, rate-limit
+key and policy, resolved from the team's :class:`~jobstream.agents.app.JobApp`, the settings and
+the policy file."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -14,21 +16,38 @@ if TYPE_CHECKING:
     import aiohttp
 
     from jobstream.models.job import JobEvent
-    from jobstream.streams.settings import Settings
+    from jobstream.streams.settings import RateLimit, Settings
+
+R = TypeVar("R")
 
 
 @dataclass
-class JobContext:
-    """What a handler may use besides its payload; built once per execution."""
+class JobContext(Generic[R]):
+    """What a handler gets besides its payload; built once per execution.
+
+    ``resources`` is what the job's app's lifespan yielded (``None`` without one): the team's
+    own clients and pools, created once per replica. ``http`` is the worker's shared HTTP
+    session. A handler may record upstream usage in ``usage`` (``tokens``, ``cost``): tokens
+    are charged to the job type's rate limit and counted in the metrics.
+    """
 
     job: JobEvent
     settings: Settings
     http: aiohttp.ClientSession
+    resources: R = None  # type: ignore[assignment]
     usage: dict[str, float] = field(default_factory=dict)
-    """A handler may record upstream usage here (e.g. ``tokens``) for metrics and token limits."""
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first execution, then one more for each retry."""
+        return self.job.attempt
 
 
-Handler = Callable[[Any, JobContext], Awaitable[Any]]
+Handler = Callable[[Any, JobContext[Any]], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -39,13 +58,20 @@ class JobType:
     timeout_s: float | None = None
     rate_limit_key: str | None = None
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    app: str = ""
+    """The name of the app that declared it: its handlers get that app's resources."""
 
 
 class Registry:
-    """Job types keyed by name; unknown names are dead-lettered by the pipeline."""
+    """Job types keyed by name; unknown names are dead-lettered by the pipeline.
 
-    def __init__(self) -> None:
+    ``rate_limits`` are the limits the apps declared in code, with ``JOBSTREAM_RATE_LIMITS``
+    over them key by key.
+    """
+
+    def __init__(self, rate_limits: Mapping[str, RateLimit] | None = None) -> None:
         self._types: dict[str, JobType] = {}
+        self.rate_limits: dict[str, RateLimit] = dict(rate_limits or {})
 
     def register(self, job_type: JobType) -> JobType:
         if job_type.name in self._types:

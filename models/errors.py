@@ -7,6 +7,9 @@ The pipeline acts on three branches: :class:`RetryableError` (goes to a retry ti
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class JobstreamError(Exception):
     """Raised when anything in jobstream fails; the root of every project error."""
@@ -46,6 +49,16 @@ class InvalidJobError(FatalError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class SubmitError(JobstreamError):
+    """Raised when a job is refused before anything is published: an unknown type, a payload
+    its type's model refuses, an event larger than the workers accept; ``errors`` lists each
+    problem (``loc``, ``msg``, ``type``), never the refused values."""
+
+    def __init__(self, message: str, errors: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(message)
+        self.errors = [dict(e) for e in errors]
 
 
 class ConfigurationError(JobstreamError):

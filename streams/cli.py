@@ -26,6 +26,7 @@ from jobstream.streams.command import (
     POSTGRES,
     TOPICS,
     CommandError,
+    app_option,
     command,
     names,
     with_settings,
@@ -100,14 +101,13 @@ def _preflight(settings: Settings, bootstrap: str, dsn: str) -> None:
     "rows, serve /health, /ready, /metrics and the producer API on the web port. Stops "
     "draining on SIGTERM.",
 )
+@app_option
 @with_settings
 def cmd_worker(settings: Settings) -> int:
-    from jobstream.agents.catalog import default_registry
     from jobstream.streams.observability import configure_logging
     from jobstream.streams.worker.service import run_worker
 
     configure_logging(settings.log_level)
-    default_registry(settings)  # a bad policy file is one line now, not a crash inside faust
     bootstrap, dsn = resolve(settings)
     _preflight(settings, bootstrap, dsn)
     run_worker(settings, bootstrap, dsn)
@@ -167,6 +167,7 @@ def _payload(text: str) -> dict[str, Any]:
 @click.option(
     "--count", type=click.IntRange(min=1), default=1, show_default=True, help="publish this many"
 )
+@app_option
 @with_settings
 def cmd_submit(
     settings: Settings, job_type: str, payload: str, job_id: str | None, count: int

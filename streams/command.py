@@ -46,6 +46,7 @@ TOPICS = (
     "max_event_bytes",
 )
 JOB_TYPES = (
+    "app",
     "policy_file",
     "max_attempts",
     "default_timeout_s",
@@ -53,6 +54,7 @@ JOB_TYPES = (
     "openrouter_api_key",
     "openrouter_model",
     "webhook_allow_hosts",
+    "rate_limits",
 )
 HTTP = (
     "http_header_timeout_s",
@@ -163,13 +165,46 @@ def load_settings() -> Settings:
 
 def with_settings(fn: Callable[..., int]) -> Callable[..., int]:
     """Hands the command its settings as the first argument, read only once the arguments
-    parsed (so ``--help`` works whatever the environment holds)."""
+    parsed (so ``--help`` works whatever the environment holds). A command with
+    :func:`app_option` gets ``--app`` in ``settings.app``, and a value that names no
+    ``JobApp`` ends it with one line and exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> int:
-        return fn(load_settings(), *args, **kwargs)
+        settings = load_settings()
+        if APP_OPTION in kwargs:
+            spec = kwargs.pop(APP_OPTION)
+            if spec:
+                settings = settings.model_copy(update={"app": spec})
+            check_app(settings)
+        return fn(settings, *args, **kwargs)
 
     return wrapper
+
+
+APP_OPTION = "app_spec"
+
+
+def app_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--app MODULE:ATTR``, for the commands that need the job types."""
+    return click.option(
+        "--app",
+        APP_OPTION,
+        metavar="MODULE:APP",
+        help="the team's JobApp, e.g. acme_jobs.jobs:app (default: JOBSTREAM_APP, else the"
+        " built-in job types); the current directory is importable",
+    )(fn)
+
+
+def check_app(settings: Settings) -> None:
+    """The app and its job types load (a bad ``--app`` or policy file: one line, exit 2)."""
+    from jobstream.agents.catalog import default_registry
+    from jobstream.models.errors import ConfigurationError
+
+    try:
+        default_registry(settings)
+    except ConfigurationError as exc:
+        raise CommandError(str(exc), Exit.USAGE) from None
 
 
 def walk(group: click.Command, path: tuple[str, ...] = ()) -> Iterable[tuple[str, click.Command]]:

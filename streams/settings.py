@@ -20,10 +20,6 @@ class RateLimit(BaseModel):
     tokens_per_minute: float | None = Field(default=None, gt=0)
 
 
-def _default_rate_limits() -> dict[str, RateLimit]:
-    return {"openrouter": RateLimit(rate=50, per=1.0)}
-
-
 class Settings(BaseSettings):
     # a field's docstring is its description: `jobstream <command> --help` shows it
     model_config = SettingsConfigDict(
@@ -181,6 +177,10 @@ class Settings(BaseSettings):
         default=False, description="also prune dead-lettered rows whose letter is still kept"
     )
 
+    # the job types
+    app: str | None = None
+    """the team's JobApp, module.path:attribute (default: the built-in job types)"""
+
     # failures
     retry_tiers_s: tuple[float, ...] = (10.0, 60.0, 600.0)
     """delays of the retry topics, one topic each, as a JSON list of seconds"""
@@ -190,8 +190,9 @@ class Settings(BaseSettings):
     """JSON file of per-type overrides (max_attempts, timeout_s, fatal_errors, ...)"""
 
     # rate limits, keyed by upstream
-    rate_limits: dict[str, RateLimit] = Field(default_factory=_default_rate_limits)
-    """JSON map of upstream to limit, e.g. {"openrouter": {"rate": 50, "per": 1}}"""
+    rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
+    """JSON map of key to limit, over the ones the app declares (the built-in app: openrouter
+    50/s), e.g. {"openrouter": {"rate": 20, "per": 1}}"""
     rate_limit_lease: int = Field(
         default=100,
         ge=1,

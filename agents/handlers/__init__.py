@@ -1,1 +1,2 @@
-"""Job handlers: one module per job type; each exposes ``job_type(settings) -> JobType``."""
+"""The built-in job types' handlers, one module each; :mod:`jobstream.agents.builtin` declares
+them as an app."""

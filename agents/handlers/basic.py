@@ -11,8 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobstream.agents.policy import RetryPolicy
-from jobstream.agents.registry import JobContext, JobType
+from jobstream.agents.registry import JobContext
 from jobstream.models.errors import FatalError, RetryableError
 
 
@@ -20,7 +19,7 @@ class EchoPayload(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-async def echo(payload: EchoPayload, ctx: JobContext) -> dict[str, Any]:
+async def echo(payload: EchoPayload, ctx: JobContext[None]) -> dict[str, Any]:
     return {"echo": payload.model_dump(), "attempt": ctx.job.attempt}
 
 
@@ -36,7 +35,7 @@ class SleepPayload(BaseModel):
     )
 
 
-async def sleep(payload: SleepPayload, ctx: JobContext) -> dict[str, Any]:
+async def sleep(payload: SleepPayload, ctx: JobContext[None]) -> dict[str, Any]:
     await asyncio.sleep(payload.seconds)
     if payload.fatal:
         raise FatalError("sleep job asked to fail fatally")
@@ -51,17 +50,3 @@ async def sleep(payload: SleepPayload, ctx: JobContext) -> dict[str, Any]:
             f"sleep job asked to fail its first {payload.fail_attempts} attempt(s)"
         )
     return {"slept": payload.seconds, "attempt": ctx.job.attempt}
-
-
-def echo_type(timeout_s: float | None = None) -> JobType:
-    return JobType(name="echo", payload_model=EchoPayload, handler=echo, timeout_s=timeout_s)
-
-
-def sleep_type(timeout_s: float | None = None, policy: RetryPolicy | None = None) -> JobType:
-    return JobType(
-        name="sleep",
-        payload_model=SleepPayload,
-        handler=sleep,
-        timeout_s=timeout_s,
-        policy=policy or RetryPolicy(),
-    )

@@ -18,14 +18,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from jobstream.agents.policy import RetryPolicy
-from jobstream.agents.registry import JobContext, JobType
+from jobstream.agents.registry import JobContext
 from jobstream.models.errors import FatalError, JobError, RateLimitedError, RetryableError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-
-    from jobstream.streams.settings import Settings
 
 JOB_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 110.0
@@ -199,7 +196,7 @@ def _usage(doc: Mapping[str, Any]) -> tuple[dict[str, int], float | None]:
     return usage, float(cost) if isinstance(cost, int | float) and math.isfinite(cost) else None
 
 
-async def handle_chat(payload: ChatPayload, ctx: JobContext) -> dict[str, Any]:
+async def handle_chat(payload: ChatPayload, ctx: JobContext[None]) -> dict[str, Any]:
     """Run one completion; usage tokens and cost go to ``ctx.usage`` for metrics and limits."""
     settings = ctx.settings
     client = OpenRouterClient(
@@ -223,15 +220,3 @@ async def handle_chat(payload: ChatPayload, ctx: JobContext) -> dict[str, Any]:
         "finish_reason": choice.get("finish_reason"),
         "id": doc.get("id"),
     }
-
-
-def job_type(settings: Settings) -> JobType:
-    """``llm.chat``: shares the ``openrouter`` rate limit; a bug in the handler is not retried."""
-    return JobType(
-        name="llm.chat",
-        payload_model=ChatPayload,
-        handler=handle_chat,
-        timeout_s=JOB_TIMEOUT_S,
-        rate_limit_key="openrouter",
-        policy=RetryPolicy(max_attempts=settings.max_attempts, retry_unexpected=False),
-    )

@@ -32,14 +32,11 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 from yarl import URL
 
-from jobstream.agents.policy import RetryPolicy
-from jobstream.agents.registry import JobContext, JobType
+from jobstream.agents.registry import JobContext
 from jobstream.models.errors import FatalError, JobError, RetryableError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-    from jobstream.streams.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -242,19 +239,7 @@ async def deliver(
         raise RetryableError(f"webhook request failed: {type(exc).__name__}: {exc}") from exc
 
 
-async def handle_webhook(payload: WebhookPayload, ctx: JobContext) -> dict[str, Any]:
+async def handle_webhook(payload: WebhookPayload, ctx: JobContext[None]) -> dict[str, Any]:
     return await deliver(
         ctx.http, payload, allow_hosts=ctx.settings.webhook_allow_hosts, job_id=ctx.job.id
-    )
-
-
-def job_type(settings: Settings) -> JobType:
-    """``http.webhook``: no shared rate limit; a bug in the handler is not retried."""
-    return JobType(
-        name="http.webhook",
-        payload_model=WebhookPayload,
-        handler=handle_webhook,
-        timeout_s=JOB_TIMEOUT_S,
-        rate_limit_key=None,
-        policy=RetryPolicy(max_attempts=settings.max_attempts, retry_unexpected=False),
     )

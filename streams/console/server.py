@@ -15,7 +15,16 @@ import asyncpg
 import click
 from aiohttp import web
 
-from jobstream.streams.command import CONSOLE, HTTP, KAFKA, POSTGRES, command, names, with_settings
+from jobstream.streams.command import (
+    CONSOLE,
+    HTTP,
+    KAFKA,
+    POSTGRES,
+    app_option,
+    command,
+    names,
+    with_settings,
+)
 from jobstream.streams.console import params, rollup
 from jobstream.streams.console.access import (
     BASE_KEY,
@@ -200,6 +209,7 @@ async def serve(settings: Settings, bootstrap: str, dsn: str, host: str, port: i
     default=None,
     help="port, 0 for any (default: JOBSTREAM_CONSOLE_PORT)",
 )
+@app_option
 @with_settings
 def console_command(settings: Settings, host: str | None, port: int | None) -> int:
     from jobstream.streams.observability import configure_logging

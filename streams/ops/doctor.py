@@ -36,6 +36,7 @@ from jobstream.streams.command import (
     KAFKA,
     POSTGRES,
     TOPICS,
+    app_option,
     command,
     names,
     with_settings,
@@ -359,18 +360,34 @@ def check_sentry(settings: Settings) -> Check:
     return ok("sentry", f"DSN parses (project {dsn.project_id} at {dsn.host})")
 
 
-def check_policy(settings: Settings) -> tuple[Check, dict[str, str]]:
-    """The policy file loads into the registry; also returns each job type's rate-limit key."""
+@dataclass(frozen=True)
+class JobTypes:
+    """What the app's job types need of the services: each type's rate-limit key, and the keys
+    that have a limit (declared in the app or in JOBSTREAM_RATE_LIMITS)."""
+
+    keys: dict[str, str]
+    limited: frozenset[str]
+
+
+def check_policy(settings: Settings) -> tuple[Check, JobTypes]:
+    """The app loads and its job types resolve with the policy file."""
     from jobstream.agents.catalog import default_registry
     from jobstream.models.errors import ConfigurationError
 
     try:
         registry = default_registry(settings)
     except ConfigurationError as exc:
-        return fail("policy", str(exc), f"fix {ENV}POLICY_FILE"), {}
+        return (
+            fail("policy", str(exc), f"fix {ENV}APP (--app) or {ENV}POLICY_FILE"),
+            JobTypes({}, frozenset()),
+        )
     keys = {t.name: t.rate_limit_key for t in registry if t.rate_limit_key is not None}
-    where = str(settings.policy_file) if settings.policy_file else "defaults (no policy file)"
-    return ok("policy", f"{where}: {len(registry.names())} job types"), keys
+    app = settings.app or "the built-in job types"
+    where = f"policy file {settings.policy_file}" if settings.policy_file else "no policy file"
+    return (
+        ok("policy", f"{app}, {where}: {len(registry.names())} job types"),
+        JobTypes(keys, frozenset(registry.rate_limits)),
+    )
 
 
 def is_local(bootstrap: str | None) -> bool:
@@ -567,9 +584,7 @@ async def _log_offsets(
     return dict(ends), dict(starts)
 
 
-async def postgres_checks(
-    settings: Settings, *, probe: bool, rate_limit_keys: Mapping[str, str]
-) -> list[Check]:
+async def postgres_checks(settings: Settings, *, probe: bool, job_types: JobTypes) -> list[Check]:
     import asyncpg
 
     from jobstream.streams.pg.migrations import _migrations
@@ -611,7 +626,7 @@ async def postgres_checks(
                     " AS paused_s FROM rate_limit_buckets ORDER BY key"
                 )
                 buckets = [Bucket(r["key"], r["paused_s"] or 0.0) for r in rows]
-            checks += check_rate_limits(settings.rate_limits, rate_limit_keys, buckets)
+            checks += check_rate_limits(job_types.limited, job_types.keys, buckets)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         checks.append(fail("postgresql", f"query failed ({_reason(exc, secrets)})", "check it"))
     finally:
@@ -623,15 +638,15 @@ async def run_checks(settings: Settings, *, probe: bool = False) -> list[Check]:
     """All checks (or the probe's subset); never raises for a service being down."""
     names = topic_names(settings.topic_prefix, settings.retry_tiers_s)
     checks = check_configured(settings)
-    rate_limit_keys: dict[str, str] = {}
+    job_types = JobTypes({}, frozenset())
     if not probe:
-        policy, rate_limit_keys = check_policy(settings)
+        policy, job_types = check_policy(settings)
         checks += [policy, check_sentry(settings), *check_retention(settings)]
     work: list[Callable[[], Awaitable[list[Check]]]] = []
     if settings.kafka_bootstrap:
         work.append(lambda: kafka_checks(settings, names, probe=probe))
     if settings.database_url is not None:
-        work.append(lambda: postgres_checks(settings, probe=probe, rate_limit_keys=rate_limit_keys))
+        work.append(lambda: postgres_checks(settings, probe=probe, job_types=job_types))
     for found in await asyncio.gather(*(w() for w in work)):
         checks += found
     if not probe and is_local(settings.kafka_bootstrap):
@@ -699,6 +714,7 @@ DOCTOR_VARIABLES = names(
     is_flag=True,
     help="fast readiness subset (Kafka, topics, PostgreSQL, schema); quiet unless failing",
 )
+@app_option
 @with_settings
 def doctor_command(settings: Settings, as_json_doc: bool, probe: bool) -> int:
     started = time.monotonic()

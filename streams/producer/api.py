@@ -28,20 +28,17 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import date
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from jobstream.models.job import JobEvent
 from jobstream.streams.httpserver import CLIENT_CLOSED, RequestBodyTimeout, client_gone
 from jobstream.streams.metrics import Metrics
 from jobstream.streams.settings import Settings
 from jobstream.streams.topics import TopicNames
-
-if TYPE_CHECKING:
-    from jobstream.agents.registry import JobType
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +80,17 @@ class JobLookup(Protocol):
     async def get(self, job_id: str) -> dict[str, Any] | None: ...
 
 
+class TypedJob(Protocol):
+    """A job type as the validation reads it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def payload_model(self) -> type[BaseModel]: ...
+
+
 class JobTypes(Protocol):
-    def get(self, name: str) -> JobType | None: ...
+    def get(self, name: str) -> TypedJob | None: ...
 
     def names(self) -> list[str]: ...
 

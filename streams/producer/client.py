@@ -1,21 +1,65 @@
-"""The producer side: ``JobClient.submit`` publishes a job event and returns its id."""
+"""The producer side: ``JobClient.submit`` checks a job, publishes it and returns its id."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from typing import Any, Self
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
+from pydantic import BaseModel
+
+from jobstream.models.errors import SubmitError
 from jobstream.models.job import JobEvent
 from jobstream.streams.kafka.publisher import Publisher
+from jobstream.streams.producer.api import ApiError, error_line, validate_job
 from jobstream.streams.topics import topic_names
+
+if TYPE_CHECKING:
+    from jobstream.agents.app import Job, JobApp
+
+P = TypeVar("P", bound=BaseModel)
+DEFAULT_MAX_EVENT_BYTES = 1_000_000
+"""The workers' default ``JOBSTREAM_MAX_EVENT_BYTES``."""
+
+
+@dataclass(frozen=True)
+class _Declared:
+    name: str
+    payload_model: type[BaseModel]
+
+
+class _AppTypes:
+    """The job types of an app, as the validation reads them."""
+
+    def __init__(self, app: JobApp[Any]) -> None:
+        self._jobs = {name: _Declared(name, j.payload_model) for name, j in app.jobs.items()}
+
+    def get(self, name: str) -> _Declared | None:
+        return self._jobs.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._jobs)
 
 
 class JobClient:
-    """Publishes :class:`JobEvent` records to the main topic, keyed by job id (or partition_key).
+    """Publishes jobs to the main topic, keyed by job id (or ``partition_key``).
 
-    ``submit`` waits until the event is durable in Kafka; ``submit_many`` queues all events
-    first and then waits for them together, so a batch costs about one round trip.
+    ``submit`` checks the job as ``POST /jobs`` does (the type is known, the payload fits its
+    model, the event fits the workers' size limit), raises :class:`SubmitError` and publishes
+    nothing when it does not, and returns once the event is durable in Kafka; ``submit_many``
+    queues every event first and then waits for them together, so a batch costs about one
+    round trip.
+
+    :param bootstrap: Kafka bootstrap servers, ``host:port[,host:port]``.
+    :param topic_prefix: the workers' ``JOBSTREAM_TOPIC_PREFIX``.
+    :param app: the team's app: job types named by string are checked against its payload
+        models (a :class:`~jobstream.agents.app.Job` always is); without one, only the
+        built-in types are known by name.
+    :param max_event_bytes: the workers' ``JOBSTREAM_MAX_EVENT_BYTES``.
+    :param linger_ms: how long the producer waits to fill a batch.
+    :param options: aiokafka client arguments for TLS/SASL, e.g.
+        ``jobstream.streams.kafka.security.client_options(Settings())``.
     """
 
     def __init__(
@@ -23,12 +67,18 @@ class JobClient:
         bootstrap: str,
         *,
         topic_prefix: str = "jobs",
+        app: JobApp[Any] | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         linger_ms: int = 5,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        """``options`` are aiokafka client arguments for TLS/SASL, e.g.
-        ``streams.kafka.security.client_options(Settings())``."""
+        if app is None:
+            from jobstream.agents.builtin import builtin
+
+            app = builtin
         self.topic = topic_names(topic_prefix).main
+        self.max_event_bytes = max_event_bytes
+        self._types = _AppTypes(app)
         self._publisher = Publisher(
             bootstrap, linger_ms=linger_ms, client_id="jobstream-client", options=options
         )
@@ -46,45 +96,116 @@ class JobClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    @staticmethod
+    @overload
     def build(
-        type: str,
-        payload: Mapping[str, Any] | None = None,
+        self,
+        job: Job[P],
+        payload: P,
+        *,
+        job_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
+    ) -> JobEvent: ...
+
+    @overload
+    def build(
+        self,
+        job: str,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        job_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
+    ) -> JobEvent: ...
+
+    def build(
+        self,
+        job: Job[Any] | str,
+        payload: Mapping[str, Any] | BaseModel | None = None,
         *,
         job_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         partition_key: str | None = None,
     ) -> JobEvent:
-        fields: dict[str, Any] = {
-            "type": type,
-            "payload": dict(payload or {}),
+        """The checked event of one job, not published; raises :class:`SubmitError`.
+
+        :param job: a job type declared with ``@app.job``, or a type's name.
+        :param payload: the payload: the type's model (or a dict it accepts).
+        :param job_id: the job's id (default: a new uuid); a job id runs at most once.
+        :param metadata: string pairs carried along with the job (its outcome has them).
+        :param partition_key: jobs with one key keep their order of arrival (default: the id).
+        """
+        name = job if isinstance(job, str) else job.name
+        if isinstance(payload, BaseModel):
+            if not isinstance(job, str) and not isinstance(payload, job.payload_model):
+                raise SubmitError(
+                    f"{name}: the payload is a {type(payload).__name__}, not a"
+                    f" {job.payload_model.__name__}"
+                )
+            body: Any = payload.model_dump(mode="json")
+        else:
+            body = dict(payload or {})
+        item: dict[str, Any] = {
+            "type": name,
+            "payload": body,
+            "id": job_id,
             "metadata": dict(metadata or {}),
             "partition_key": partition_key,
         }
-        if job_id is not None:
-            fields["id"] = job_id
-        return JobEvent(**fields)
+        types = self._types if isinstance(job, str) else _Single(job)
+        try:
+            return validate_job(item, types, self.max_event_bytes)
+        except ApiError as exc:
+            raise SubmitError(f"{name}: {error_line(exc)}", exc.body.get("errors", [])) from None
 
     async def publish(self, event: JobEvent) -> asyncio.Future[Any]:
-        """Queue one event; the future resolves when Kafka has it."""
+        """Queue one event as it is (see :meth:`build`); the future resolves when Kafka has it."""
         return await self._publisher.send(self.topic, event.to_bytes(), key=event.key())
+
+    @overload
+    async def submit(
+        self,
+        job: Job[P],
+        payload: P,
+        *,
+        job_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
+    ) -> str: ...
+
+    @overload
+    async def submit(
+        self,
+        job: str,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        job_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
+    ) -> str: ...
 
     async def submit(
         self,
-        type: str,
-        payload: Mapping[str, Any] | None = None,
+        job: Job[Any] | str,
+        payload: Mapping[str, Any] | BaseModel | None = None,
         *,
         job_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         partition_key: str | None = None,
     ) -> str:
+        """Check one job (see :meth:`build`), publish it, and return its id once Kafka has it."""
         event = self.build(
-            type, payload, job_id=job_id, metadata=metadata, partition_key=partition_key
+            job,
+            payload,
+            job_id=job_id,
+            metadata=metadata,
+            partition_key=partition_key,
         )
         await (await self.publish(event))
         return event.id
 
     async def submit_many(self, events: Iterable[JobEvent]) -> list[str]:
+        """Publish events made by :meth:`build`; returns their ids once Kafka has them all."""
         ids: list[str] = []
         futures = []
         for event in events:
@@ -92,3 +213,16 @@ class JobClient:
             ids.append(event.id)
         await asyncio.gather(*futures)
         return ids
+
+
+class _Single:
+    """One declared job type, as the validation reads the known types."""
+
+    def __init__(self, job: Job[Any]) -> None:
+        self._job = _Declared(job.name, job.payload_model)
+
+    def get(self, name: str) -> _Declared | None:
+        return self._job if name == self._job.name else None
+
+    def names(self) -> list[str]:
+        return [self._job.name]

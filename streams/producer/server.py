@@ -28,6 +28,7 @@ from jobstream.streams.command import (
     POOL,
     POSTGRES,
     TOPICS,
+    app_option,
     command,
     names,
     with_settings,
@@ -252,6 +253,7 @@ API_VARIABLES = names(
     default=None,
     help="port, 0 for any free one (default: JOBSTREAM_WEB_PORT)",
 )
+@app_option
 @with_settings
 def api_command(settings: Settings, host: str | None, port: int | None) -> int:
     from jobstream.streams.observability import configure_logging, init_sentry

@@ -8,15 +8,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import asyncpg
 
+from jobstream.agents.app import JobApp
 from jobstream.agents.batch import ABANDONED, BatchPath
-from jobstream.agents.catalog import default_registry
+from jobstream.agents.catalog import app_for
 from jobstream.agents.pipeline import Pipeline
-from jobstream.agents.registry import Registry
 from jobstream.agents.retry import RetryForwarder
 from jobstream.streams.kafka.publisher import Publisher
 from jobstream.streams.kafka.record import Record
@@ -44,14 +44,15 @@ class Runtime:
         *,
         bootstrap: str,
         dsn: str,
-        registry: Registry | None = None,
+        app: JobApp[Any] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.dsn = dsn
         self.topics: TopicNames = topic_names(settings.topic_prefix, settings.retry_tiers_s)
-        self.registry = registry or default_registry(settings)
+        self.app = app or app_for(settings)
+        self.registry = self.app.registry(settings)
         self.metrics = metrics or Metrics()
         self.publisher = Publisher(
             bootstrap,
@@ -105,7 +106,7 @@ class Runtime:
         await self.publisher.load_limits(self.topics.all())
         self.limiter = PgRateLimiter(
             self.pool,
-            s.rate_limits,
+            self.registry.rate_limits,
             lease=s.rate_limit_lease,
             metrics=self.metrics,
             listen=s.db_pooler_mode == "none",  # a pooler does not keep LISTEN between queries
@@ -126,6 +127,11 @@ class Runtime:
         )
         self.store.start()
         teardown.push_async_callback(self.store.close)
+        # the apps' resources: created once, closed after the last job (teardown runs the
+        # batch path's close, which ends every handler, before these)
+        resources: dict[str, Any] = {}
+        for name, lifespan in self.app.lifespans():
+            resources[name] = await teardown.enter_async_context(lifespan(s))
         self.pipeline = Pipeline(
             settings=s,
             topics=self.topics,
@@ -135,6 +141,7 @@ class Runtime:
             limiter=self.limiter,
             metrics=self.metrics,
             http=self.http,
+            resources=resources,
         )
         self.batch = BatchPath(
             self.pipeline, max_size=s.batch_max_size, max_delay_s=s.batch_max_delay_ms / 1000

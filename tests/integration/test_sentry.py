@@ -198,9 +198,7 @@ async def test_a_database_outage_is_reported_once_when_it_starts_and_once_when_i
         async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
             await gate.shut()
             started = time.monotonic()
-            ids = await client.submit_many(
-                JobClient.build("sleep", {"seconds": 0}) for _ in range(20)
-            )
+            ids = await client.submit_many(client.build("sleep", {"seconds": 0}) for _ in range(20))
 
             async def outage_reported() -> bool:
                 return any(tags_of(e).get("outage.phase") == "started" for e in fake_sentry.events)

@@ -26,7 +26,7 @@ async def test_a_run_killed_after_its_retry_event_is_still_counted(
     world = World(http=http)
     runs: list[int] = []
 
-    async def fails_first(payload: Any, ctx: JobContext) -> str:
+    async def fails_first(payload: Any, ctx: JobContext[Any]) -> str:
         runs.append(ctx.job.attempt)
         if ctx.job.attempt == 1:
             raise RetryableError("first attempt fails")
@@ -68,7 +68,7 @@ async def test_a_fatal_run_killed_after_its_dead_letter_runs_again_and_both_are_
     world = World(http=http)
     runs = 0
 
-    async def fatal(payload: Any, ctx: JobContext) -> str:
+    async def fatal(payload: Any, ctx: JobContext[Any]) -> str:
         nonlocal runs
         runs += 1
         raise FatalError("never passes")

@@ -78,7 +78,7 @@ def event(job_id: str, job_type: str = "ok", **payload: Any) -> JobEvent:
     return JobEvent(id=job_id, type=job_type, payload=payload or {"x": 1})
 
 
-async def echo(payload: Any, ctx: JobContext) -> dict[str, Any]:
+async def echo(payload: Any, ctx: JobContext[Any]) -> dict[str, Any]:
     return {"echo": payload.model_dump()}
 
 
@@ -117,7 +117,7 @@ async def test_a_batch_is_claimed_once_written_once_and_acked_after_its_outcomes
 async def test_a_slow_job_does_not_hold_back_the_fast_ones_of_its_batch(world: World) -> None:
     release = asyncio.Event()
 
-    async def slow(payload: Any, ctx: JobContext) -> str:
+    async def slow(payload: Any, ctx: JobContext[Any]) -> str:
         await release.wait()
         return "slow"
 
@@ -144,7 +144,7 @@ async def test_no_more_handlers_run_at_once_than_the_concurrency(
     running, peak = 0, 0
     release = asyncio.Event()
 
-    async def held(payload: Any, ctx: JobContext) -> None:
+    async def held(payload: Any, ctx: JobContext[Any]) -> None:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
@@ -170,7 +170,7 @@ async def test_no_more_handlers_run_at_once_than_the_concurrency(
 async def test_records_off_the_common_path_take_the_per_record_routes(world: World) -> None:
     world.job_type("ok", echo)
 
-    async def broken(payload: Any, ctx: JobContext) -> None:
+    async def broken(payload: Any, ctx: JobContext[Any]) -> None:
         raise FatalError("no")
 
     world.job_type("broken", broken)
@@ -197,7 +197,7 @@ async def test_records_off_the_common_path_take_the_per_record_routes(world: Wor
 async def test_a_row_postgresql_refuses_is_dead_lettered_and_the_others_are_written(
     world: World,
 ) -> None:
-    async def result(payload: Any, ctx: JobContext) -> Any:
+    async def result(payload: Any, ctx: JobContext[Any]) -> Any:
         return payload.model_dump()
 
     world.job_type("ok", result)
@@ -242,7 +242,7 @@ async def test_a_drain_leaves_the_jobs_waiting_for_a_slot_unclaimed_and_unacked(
     release = asyncio.Event()
     started = 0
 
-    async def held(payload: Any, ctx: JobContext) -> str:
+    async def held(payload: Any, ctx: JobContext[Any]) -> str:
         nonlocal started
         started += 1
         await release.wait()

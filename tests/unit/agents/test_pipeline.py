@@ -38,13 +38,13 @@ class Calls:
     def __init__(self) -> None:
         self.runs: list[JobEvent] = []
 
-    async def __call__(self, payload: Any, ctx: JobContext) -> dict[str, Any]:
+    async def __call__(self, payload: Any, ctx: JobContext[Any]) -> dict[str, Any]:
         self.runs.append(ctx.job)
         return {"echo": payload.model_dump(), "attempt": ctx.job.attempt}
 
 
 def failing(exc: BaseException) -> Any:
-    async def handler(payload: Any, ctx: JobContext) -> Any:
+    async def handler(payload: Any, ctx: JobContext[Any]) -> Any:
         raise exc
 
     return handler
@@ -98,7 +98,7 @@ async def test_an_event_without_an_id_gets_the_id_derived_from_its_record(world:
 
 
 async def test_the_rate_limited_key_is_acquired_and_tokens_charged(world: World) -> None:
-    async def counted(payload: Any, ctx: JobContext) -> str:
+    async def counted(payload: Any, ctx: JobContext[Any]) -> str:
         ctx.usage["tokens"] = 12
         return "ok"
 
@@ -150,7 +150,7 @@ async def test_a_retryable_failure_publishes_the_retry_then_writes_the_retrying_
 async def test_the_next_attempt_claims_the_retrying_row_and_can_succeed(world: World) -> None:
     runs: list[int] = []
 
-    async def second_time_lucky(payload: Any, ctx: JobContext) -> int:
+    async def second_time_lucky(payload: Any, ctx: JobContext[Any]) -> int:
         runs.append(ctx.job.attempt)
         if ctx.job.attempt == 1:
             raise RetryableError("not yet")
@@ -190,7 +190,7 @@ async def test_a_later_failure_goes_to_the_next_tier(world: World) -> None:
 
 
 async def test_a_handler_past_its_timeout_is_retried(world: World) -> None:
-    async def hangs(payload: Any, ctx: JobContext) -> None:
+    async def hangs(payload: Any, ctx: JobContext[Any]) -> None:
         await asyncio.Event().wait()
 
     world.job_type("ok", hangs, timeout_s=0.05)
@@ -424,7 +424,7 @@ async def test_a_copy_in_the_same_process_waits_for_the_running_one(world: World
     release = asyncio.Event()
     runs: list[int] = []
 
-    async def slow(payload: Any, ctx: JobContext) -> str:
+    async def slow(payload: Any, ctx: JobContext[Any]) -> str:
         runs.append(ctx.job.attempt)
         started.set()
         await release.wait()
@@ -558,7 +558,7 @@ async def test_an_unstorable_error_text_is_replaced(world: World) -> None:
 
 
 async def test_a_result_the_handler_cannot_store_is_fatal(world: World) -> None:
-    async def nan(payload: Any, ctx: JobContext) -> float:
+    async def nan(payload: Any, ctx: JobContext[Any]) -> float:
         return float("nan")
 
     world.job_type("ok", nan)
@@ -597,7 +597,7 @@ async def test_a_retry_event_the_broker_refuses_is_unpublishable(world: World) -
 
 
 async def test_a_large_result_is_left_out_of_the_outcome_not_the_row(world: World) -> None:
-    async def big(payload: Any, ctx: JobContext) -> str:
+    async def big(payload: Any, ctx: JobContext[Any]) -> str:
         return "z" * 5000
 
     world.job_type("ok", big)

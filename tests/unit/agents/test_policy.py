@@ -6,7 +6,6 @@ import random
 
 import pytest
 
-from jobstream.agents.pipeline import classify
 from jobstream.agents.policy import RetryPolicy, compute_backoff
 from jobstream.models.errors import (
     FatalError,
@@ -35,9 +34,18 @@ def test_backoff_grows_caps_and_jitters_within_bounds() -> None:
         (KeyError("bug"), RetryPolicy(), True),
         (KeyError("bug"), RetryPolicy(retry_unexpected=False), False),
         (RetryableError("x"), RetryPolicy(fatal_errors=frozenset({"RetryableError"})), False),
+        # a subclass of a fatal class is fatal, by class or by name in the policy file
+        (PermissionError("403"), RetryPolicy(fatal=(OSError,)), False),
+        (PermissionError("403"), RetryPolicy(fatal_errors=frozenset({"OSError"})), False),
+        (RateLimitedError("429"), RetryPolicy(fatal_errors=frozenset({"RetryableError"})), False),
+        # retry_on retries what retry_unexpected would not; fatal wins over it
+        (ConnectionResetError(), RetryPolicy(retry_unexpected=False, retry_on=(OSError,)), True),
+        (ValueError("bad"), RetryPolicy(retry_unexpected=False, retry_on=(OSError,)), False),
+        (PermissionError(), RetryPolicy(fatal=(PermissionError,), retry_on=(OSError,)), False),
+        (FatalError("x"), RetryPolicy(retry_on=(FatalError,)), True),
     ],
 )
 def test_classify_follows_the_error_tree_and_the_policy(
     exc: BaseException, policy: RetryPolicy, retryable: bool
 ) -> None:
-    assert classify(exc, policy) is retryable
+    assert policy.retryable(exc) is retryable

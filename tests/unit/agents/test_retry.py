@@ -24,7 +24,7 @@ def world(http: aiohttp.ClientSession) -> World:
     return World(http=http)
 
 
-async def fails_once(payload: Any, ctx: JobContext) -> str:
+async def fails_once(payload: Any, ctx: JobContext[Any]) -> str:
     if ctx.job.attempt == 1:
         raise RetryableError("503")
     return "ok"

@@ -21,7 +21,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from jobstream.agents.handlers.basic import echo_type
+from jobstream.agents.app import resolve
+from jobstream.agents.builtin import builtin
 from jobstream.agents.registry import Registry
 from jobstream.streams.httpserver import HttpLimits, start_http_server
 from jobstream.streams.metrics import Metrics
@@ -251,7 +252,7 @@ async def test_a_client_leaving_mid_body_is_no_error_and_no_500(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     api = ApiHost(Settings(topic_prefix="thttp"))
-    api.registry.register(echo_type())
+    api.registry.register(resolve(builtin.jobs["echo"], api.settings))
     port = await serve(FAST, small_app(api))
     sample = api.metrics.registry.get_sample_value
 

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
+from jobstream.agents.builtin import builtin
 from jobstream.agents.handlers import llm
 from jobstream.agents.handlers.llm import (
     ChatPayload,
@@ -42,7 +43,7 @@ async def fake() -> AsyncIterator[FakeOpenRouter]:
 
 def make_ctx(
     http: aiohttp.ClientSession, base_url: str | None, api_key: str | None = KEY
-) -> JobContext:
+) -> JobContext[None]:
     settings = Settings(
         openrouter_base_url=base_url or "http://127.0.0.1:1/api/v1",
         openrouter_api_key=SecretStr(api_key) if api_key is not None else None,
@@ -52,7 +53,7 @@ def make_ctx(
     return JobContext(job=JobEvent(type="llm.chat", payload=PAYLOAD), settings=settings, http=http)
 
 
-async def run(ctx: JobContext, payload: dict[str, Any] = PAYLOAD) -> dict[str, Any]:
+async def run(ctx: JobContext[None], payload: dict[str, Any] = PAYLOAD) -> dict[str, Any]:
     return await handle_chat(ChatPayload.model_validate(payload), ctx)
 
 
@@ -345,7 +346,8 @@ def test_payload_defaults() -> None:
 
 
 def test_job_type() -> None:
-    jt = llm.job_type(Settings(max_attempts=4))
+    jt = builtin.registry(Settings(max_attempts=4)).get("llm.chat")
+    assert jt is not None
     assert jt.name == "llm.chat"
     assert jt.rate_limit_key == "openrouter"
     assert jt.payload_model is ChatPayload

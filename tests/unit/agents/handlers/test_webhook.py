@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from jobstream.agents.handlers import webhook
+from jobstream.agents.builtin import builtin
 from jobstream.agents.handlers.webhook import (
     WebhookPayload,
     deliver,
@@ -105,12 +105,12 @@ async def receiver() -> AsyncIterator[Receiver]:
     await runner.cleanup()
 
 
-def make_ctx(http: aiohttp.ClientSession, allow: tuple[str, ...] = ()) -> JobContext:
+def make_ctx(http: aiohttp.ClientSession, allow: tuple[str, ...] = ()) -> JobContext[None]:
     settings = Settings(webhook_allow_hosts=allow)
     return JobContext(job=JobEvent(type="http.webhook"), settings=settings, http=http)
 
 
-async def send(ctx: JobContext, url: str, **fields: Any) -> dict[str, Any]:
+async def send(ctx: JobContext[None], url: str, **fields: Any) -> dict[str, Any]:
     return await handle_webhook(WebhookPayload(url=url, **fields), ctx)
 
 
@@ -332,7 +332,8 @@ def test_payload_defaults() -> None:
 
 
 def test_job_type() -> None:
-    jt = webhook.job_type(Settings(max_attempts=2))
+    jt = builtin.registry(Settings(max_attempts=2)).get("http.webhook")
+    assert jt is not None
     assert (jt.name, jt.rate_limit_key, jt.payload_model) == ("http.webhook", None, WebhookPayload)
     assert jt.timeout_s is not None
     assert jt.timeout_s > 60  # above the largest payload timeout

@@ -174,7 +174,8 @@ def test_sentry_dsn() -> None:
 def test_policy_file(tmp_path: Path) -> None:
     policy, keys = check_policy(Settings())
     assert policy.status is Status.OK
-    assert keys.get("llm.chat") == "openrouter"
+    assert keys.keys.get("llm.chat") == "openrouter"
+    assert "openrouter" in keys.limited
     broken = tmp_path / "policy.json"
     broken.write_text('{"no.such.type": {"max_attempts": 2}}')
     policy, _ = check_policy(Settings(policy_file=broken))

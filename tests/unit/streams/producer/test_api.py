@@ -20,7 +20,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from pydantic import BaseModel, SecretStr, model_validator
 
-from jobstream.agents.handlers.basic import echo, echo_type, sleep_type
+from jobstream.agents.app import resolve
+from jobstream.agents.builtin import builtin
+from jobstream.agents.handlers.basic import echo
 from jobstream.agents.registry import JobType, Registry
 from jobstream.streams.metrics import Metrics
 from jobstream.streams.producer import api
@@ -42,8 +44,8 @@ class Boom(BaseModel):
 
 def registry() -> Registry:
     r = Registry()
-    r.register(echo_type())
-    r.register(sleep_type())
+    for name in ("echo", "sleep"):
+        r.register(resolve(builtin.jobs[name], Settings()))
     r.register(JobType(name="boom", payload_model=Boom, handler=echo))
     return r
 

@@ -28,7 +28,7 @@ class Blocking:
         self.started = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def __call__(self, payload: Any, ctx: JobContext) -> str:
+    async def __call__(self, payload: Any, ctx: JobContext[Any]) -> str:
         self.started.set()
         await self.release.wait()
         return "done"
@@ -46,9 +46,9 @@ def runtime(world: World) -> Runtime:
         world.settings,
         bootstrap=UNREACHABLE_KAFKA,
         dsn=UNREACHABLE_PG,
-        registry=world.registry,
         metrics=world.metrics,
     )
+    rt.registry = world.registry
     rt.pipeline = world.pipeline
     rt.batch = BatchPath(world.pipeline, max_size=500, max_delay_s=0.001)
     return rt

@@ -1,0 +1,296 @@
+"""``JobApp``: how a team declares its job types, rate limits and resources in code.
+
+::
+
+    app = JobApp("acme")
+
+    class Thumb(BaseModel):
+        url: str
+
+    @app.job("thumb.make", timeout_s=30, max_attempts=4, fatal=(ValueError,))
+    async def make_thumb(payload: Thumb, ctx: JobContext[Resources]) -> dict[str, str]:
+        ...
+
+``jobstream worker --app acme.jobs:app`` runs it. The payload model is read from the handler's
+first annotation; the policy file (``JOBSTREAM_POLICY_FILE``) still overrides a type's options.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from jobstream.agents.policy import ExceptionTypes, RetryPolicy
+from jobstream.agents.registry import JobContext, JobType, Registry
+from jobstream.models.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from jobstream.streams.settings import RateLimit, Settings
+
+P = TypeVar("P", bound=BaseModel)
+R = TypeVar("R")
+Lifespan = Callable[["Settings"], AbstractAsyncContextManager[Any]]
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """A job type's options as declared in code; ``None`` takes the settings' default."""
+
+    timeout_s: float | None = None
+    max_attempts: int | None = None
+    rate_limit: str | None = None
+    fatal: ExceptionTypes = ()
+    retry_on: ExceptionTypes = ()
+    retry_unexpected: bool = True
+    jitter: float = 0.1
+
+
+@dataclass(frozen=True)
+class Job(Generic[P]):
+    """A job type declared with :meth:`JobApp.job`. Calling it calls the handler (for tests);
+    ``JobClient.submit(job, payload)`` publishes one."""
+
+    name: str
+    payload_model: type[P]
+    handler: Callable[[P, JobContext[Any]], Awaitable[Any]]
+    options: JobOptions
+    app: str
+
+    async def __call__(self, payload: P, ctx: JobContext[Any]) -> Any:
+        return await self.handler(payload, ctx)
+
+
+class JobApp(Generic[R]):
+    """The job types, rate limits and resources of one team's application.
+
+    :param name: names the app in logs and keeps apps apart when one includes another.
+    :param include: apps whose job types this one runs too (``jobstream.builtin`` holds
+        ``echo``, ``sleep``, ``llm.chat`` and ``http.webhook``).
+    """
+
+    def __init__(self, name: str = "app", *, include: Sequence[JobApp[Any]] = ()) -> None:
+        self.name = name
+        self._jobs: dict[str, Job[Any]] = {}
+        self._rate_limits: dict[str, RateLimit] = {}
+        self._lifespan: Lifespan | None = None
+        self._included: list[JobApp[Any]] = []
+        for other in include:
+            self.include(other)
+
+    def job(
+        self,
+        name: str,
+        *,
+        timeout_s: float | None = None,
+        max_attempts: int | None = None,
+        rate_limit: str | None = None,
+        fatal: ExceptionTypes = (),
+        retry_on: ExceptionTypes = (),
+        retry_unexpected: bool = True,
+        jitter: float = 0.1,
+    ) -> Callable[[Callable[[P, JobContext[R]], Awaitable[Any]]], Job[P]]:
+        """Declare the decorated ``async def handler(payload: Model, ctx: JobContext)`` as the
+        job type ``name``.
+
+        :param name: the type producers submit (``"thumb.make"``), unique across the apps.
+        :param timeout_s: the handler is cancelled after this and the attempt fails as
+            retryable (default ``JOBSTREAM_DEFAULT_TIMEOUT_S``).
+        :param max_attempts: executions before a retryable failure is dead-lettered (default
+            ``JOBSTREAM_MAX_ATTEMPTS``).
+        :param rate_limit: a rate-limit key shared by every replica (see :meth:`rate_limit`
+            and ``JOBSTREAM_RATE_LIMITS``); each execution takes one token first.
+        :param fatal: exception classes (subclasses count) that dead-letter at once.
+        :param retry_on: exception classes (subclasses count) that are retried, whatever
+            ``retry_unexpected`` says.
+        :param retry_unexpected: retry an exception outside jobstream's error tree and
+            ``retry_on`` (``False``: such a bug is dead-lettered at once).
+        :param jitter: spread of the retry delay, as a fraction of it.
+        """
+        if name in self._jobs:
+            raise ConfigurationError(f"app {self.name!r} already has a job type {name!r}")
+        if max_attempts is not None and max_attempts < 1:
+            raise ConfigurationError(f"{name}: max_attempts must be >= 1")
+        options = JobOptions(
+            timeout_s=timeout_s,
+            max_attempts=max_attempts,
+            rate_limit=rate_limit,
+            fatal=tuple(fatal),
+            retry_on=tuple(retry_on),
+            retry_unexpected=retry_unexpected,
+            jitter=jitter,
+        )
+
+        def register(fn: Callable[[P, JobContext[R]], Awaitable[Any]]) -> Job[P]:
+            job = Job(
+                name=name,
+                payload_model=_payload_model(name, fn),
+                handler=fn,
+                options=options,
+                app=self.name,
+            )
+            self._jobs[name] = job
+            return job
+
+        return register
+
+    def rate_limit(
+        self,
+        key: str,
+        *,
+        rate: float,
+        per: float = 1.0,
+        burst: float | None = None,
+        tokens_per_minute: float | None = None,
+    ) -> None:
+        """Declare a rate limit shared by every replica; ``JOBSTREAM_RATE_LIMITS`` overrides it.
+
+        :param key: what job types name as their ``rate_limit``.
+        :param rate: executions allowed per ``per`` seconds, across all replicas.
+        :param per: the window of ``rate``, in seconds.
+        :param burst: the bucket's size (default: ``rate``); keep it below the upstream's own.
+        :param tokens_per_minute: an upstream token budget; handlers report their tokens in
+            ``ctx.usage["tokens"]``.
+        """
+        from jobstream.streams.settings import RateLimit
+
+        self._rate_limits[key] = RateLimit(
+            rate=rate, per=per, burst=burst, tokens_per_minute=tokens_per_minute
+        )
+
+    def lifespan(
+        self, fn: Callable[[Settings], AsyncIterator[R]]
+    ) -> Callable[[Settings], AsyncIterator[R]]:
+        """Decorate an async generator that creates the app's resources, yields them and
+        closes them: it runs once per replica, before the first job and after the last (a
+        drain). Its handlers find what it yielded as ``ctx.resources``.
+
+        ::
+
+            @app.lifespan
+            async def resources(settings: Settings) -> AsyncIterator[Resources]:
+                async with httpx.AsyncClient() as http:
+                    yield Resources(http=http)
+        """
+        if self._lifespan is not None:
+            raise ConfigurationError(f"app {self.name!r} already has a lifespan")
+        self._lifespan = asynccontextmanager(fn)
+        return fn
+
+    def include(self, other: JobApp[Any]) -> None:
+        """Run ``other``'s job types (with its own resources and rate limits) in this app."""
+        if other is self or other in self._included:
+            return
+        self._included.append(other)
+
+    # -- what the worker reads ------------------------------------------------------------------
+
+    def apps(self) -> list[JobApp[Any]]:
+        """This app and every app it includes, each once, included ones first."""
+        seen: list[JobApp[Any]] = []
+
+        def visit(app: JobApp[Any]) -> None:
+            if app in seen:
+                return
+            for inner in app._included:
+                visit(inner)
+            seen.append(app)
+
+        visit(self)
+        return seen
+
+    @property
+    def jobs(self) -> Mapping[str, Job[Any]]:
+        """Every job type this app runs, its own and its included apps'."""
+        out: dict[str, Job[Any]] = {}
+        for app in self.apps():
+            for name, job in app._jobs.items():
+                if name in out and out[name] is not job:
+                    raise ConfigurationError(
+                        f"job type {name!r} is declared by apps {out[name].app!r} and {app.name!r}"
+                    )
+                out[name] = job
+        return out
+
+    def lifespans(self) -> list[tuple[str, Lifespan]]:
+        """(app name, lifespan) of every app that declared one, in start order."""
+        return [(a.name, a._lifespan) for a in self.apps() if a._lifespan is not None]
+
+    def rate_limits(self) -> dict[str, RateLimit]:
+        out: dict[str, RateLimit] = {}
+        for app in self.apps():
+            out.update(app._rate_limits)
+        return out
+
+    def registry(self, settings: Settings) -> Registry:
+        """The job types as a worker runs them: defaults from ``settings``, the policy file's
+        overrides on top, the rate limits of the code with ``JOBSTREAM_RATE_LIMITS`` over them."""
+        from jobstream.agents.catalog import apply_overrides, load_policy_file
+
+        names = [a.name for a in self.apps()]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"two included apps share a name: {sorted(names)}")
+        overrides = load_policy_file(settings.policy_file) if settings.policy_file else {}
+        registry = Registry({**self.rate_limits(), **settings.rate_limits})
+        for job in self.jobs.values():
+            registry.register(apply_overrides(resolve(job, settings), overrides.get(job.name, {})))
+        unknown = set(overrides) - set(registry.names())
+        if unknown:
+            raise ConfigurationError(f"policy file names unknown job types: {sorted(unknown)}")
+        missing = {
+            t.rate_limit_key
+            for t in registry
+            if t.rate_limit_key is not None and t.rate_limit_key not in registry.rate_limits
+        }
+        if missing:
+            raise ConfigurationError(
+                f"rate-limit keys without a limit: {sorted(missing)} (declare them with"
+                " app.rate_limit() or in JOBSTREAM_RATE_LIMITS)"
+            )
+        return registry
+
+
+def resolve(job: Job[Any], settings: Settings) -> JobType:
+    """A declared job type with the settings' defaults filled in."""
+    o = job.options
+    return JobType(
+        name=job.name,
+        payload_model=job.payload_model,
+        handler=job.handler,
+        timeout_s=o.timeout_s,
+        rate_limit_key=o.rate_limit,
+        policy=RetryPolicy(
+            max_attempts=o.max_attempts or settings.max_attempts,
+            retry_unexpected=o.retry_unexpected,
+            jitter=o.jitter,
+            fatal=o.fatal,
+            retry_on=o.retry_on,
+        ),
+        app=job.app,
+    )
+
+
+def _payload_model(name: str, fn: Callable[..., Any]) -> type[Any]:
+    """The pydantic model the handler's first parameter is annotated with."""
+    if not inspect.iscoroutinefunction(fn):
+        raise ConfigurationError(f"{name}: the handler must be an async def")
+    params = list(inspect.signature(fn).parameters)
+    if len(params) != 2:
+        raise ConfigurationError(f"{name}: the handler takes (payload, ctx), not {params}")
+    try:
+        hints = typing.get_type_hints(fn)
+    except NameError as exc:
+        raise ConfigurationError(
+            f"{name}: cannot resolve the handler's annotations: {exc}"
+        ) from None
+    model = hints.get(params[0])
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ConfigurationError(
+            f"{name}: annotate the handler's first parameter with a pydantic model (got {model!r})"
+        )
+    return model
