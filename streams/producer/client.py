@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from jobstream.models.errors import SubmitError
 from jobstream.models.job import JobEvent
 from jobstream.streams.kafka.publisher import Publisher
-from jobstream.streams.producer.api import ApiError, error_line, validate_job
+from jobstream.streams.producer.api import ApiError, JobTypes, error_line, validate_job
 from jobstream.streams.topics import topic_names
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ class _Declared:
     payload_model: type[BaseModel]
 
 
-class _AppTypes:
+class AppTypes:
     """The job types of an app, as the validation reads them."""
 
     def __init__(self, app: JobApp[Any]) -> None:
@@ -78,7 +78,7 @@ class JobClient:
             app = builtin
         self.topic = topic_names(topic_prefix).main
         self.max_event_bytes = max_event_bytes
-        self._types = _AppTypes(app)
+        self._types = AppTypes(app)
         self._publisher = Publisher(
             bootstrap, linger_ms=linger_ms, client_id="jobstream-client", options=options
         )
@@ -135,28 +135,15 @@ class JobClient:
         :param metadata: string pairs carried along with the job (its outcome has them).
         :param partition_key: jobs with one key keep their order of arrival (default: the id).
         """
-        name = job if isinstance(job, str) else job.name
-        if isinstance(payload, BaseModel):
-            if not isinstance(job, str) and not isinstance(payload, job.payload_model):
-                raise SubmitError(
-                    f"{name}: the payload is a {type(payload).__name__}, not a"
-                    f" {job.payload_model.__name__}"
-                )
-            body: Any = payload.model_dump(mode="json")
-        else:
-            body = dict(payload or {})
-        item: dict[str, Any] = {
-            "type": name,
-            "payload": body,
-            "id": job_id,
-            "metadata": dict(metadata or {}),
-            "partition_key": partition_key,
-        }
-        types = self._types if isinstance(job, str) else _Single(job)
-        try:
-            return validate_job(item, types, self.max_event_bytes)
-        except ApiError as exc:
-            raise SubmitError(f"{name}: {error_line(exc)}", exc.body.get("errors", [])) from None
+        return make_event(
+            self._types,
+            job,
+            payload,
+            job_id=job_id,
+            metadata=metadata,
+            partition_key=partition_key,
+            max_event_bytes=self.max_event_bytes,
+        )
 
     async def publish(self, event: JobEvent) -> asyncio.Future[Any]:
         """Queue one event as it is (see :meth:`build`); the future resolves when Kafka has it."""
@@ -226,3 +213,39 @@ class _Single:
 
     def names(self) -> list[str]:
         return [self._job.name]
+
+
+def make_event(
+    types: JobTypes,
+    job: Job[Any] | str,
+    payload: Mapping[str, Any] | BaseModel | None,
+    *,
+    job_id: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+    partition_key: str | None = None,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+) -> JobEvent:
+    """The event of one job, checked as ``POST /jobs`` checks it (``types`` names the known job
+    types; a declared :class:`Job` is always known); raises :class:`SubmitError`."""
+    name = job if isinstance(job, str) else job.name
+    if isinstance(payload, BaseModel):
+        if not isinstance(job, str) and not isinstance(payload, job.payload_model):
+            raise SubmitError(
+                f"{name}: the payload is a {type(payload).__name__}, not a"
+                f" {job.payload_model.__name__}"
+            )
+        body: Any = payload.model_dump(mode="json")
+    else:
+        body = dict(payload or {})
+    item: dict[str, Any] = {
+        "type": name,
+        "payload": body,
+        "id": job_id,
+        "metadata": dict(metadata or {}),
+        "partition_key": partition_key,
+    }
+    known = types if isinstance(job, str) else _Single(job)
+    try:
+        return validate_job(item, known, max_event_bytes)
+    except ApiError as exc:
+        raise SubmitError(f"{name}: {error_line(exc)}", exc.body.get("errors", [])) from None

@@ -1,0 +1,239 @@
+"""Test a team's handlers and policies in memory: no Kafka, no PostgreSQL, no waiting.
+
+``JobTester`` runs a job through the same code a worker runs it with (decode, claim, handler
+under its timeout and rate limit, retry events, dead letters, rows, outcomes), on the in-memory
+stand-ins of :mod:`jobstream.streams.memory`; a retry's delay passes in virtual time::
+
+    from jobstream.testing import JobTester
+
+    async def test_a_bad_url_is_dead_lettered() -> None:
+        async with JobTester(app) as tester:
+            run = await tester.run(make_thumb, Thumb(url="nope"))
+        assert run.status is JobStatus.DEAD_LETTERED
+        assert run.attempts == 1
+        assert run.dead_letter is not None and run.dead_letter.error_class == "ValueError"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Self
+
+import aiohttp
+from pydantic import BaseModel
+
+from jobstream.agents.app import Job, JobApp
+from jobstream.agents.fitting import wire
+from jobstream.agents.pipeline import TIER_HEADER, Pipeline
+from jobstream.models.deadletter import DeadLetter
+from jobstream.models.job import JobEvent, JobOutcome, JobStatus
+from jobstream.streams.kafka.record import Record
+from jobstream.streams.memory import ManualClock, MemoryLimiter, MemoryPublisher, MemoryStore
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.producer.client import AppTypes, make_event
+from jobstream.streams.settings import Settings
+from jobstream.streams.topics import topic_names
+
+__all__ = ["JobRun", "JobTester", "RetryEvent"]
+
+
+@dataclass(frozen=True)
+class RetryEvent:
+    """An attempt that failed and was scheduled again."""
+
+    attempt: int
+    """The attempt that failed (1 = the first execution)."""
+    error_class: str
+    message: str
+    delay_s: float
+    """How long the job waited (in virtual time) before its next attempt."""
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """Everything one job left behind once it ended."""
+
+    job_id: str
+    status: JobStatus
+    """``succeeded`` or ``dead_lettered``."""
+    result: Any
+    """The stored result (JSON), ``None`` unless it succeeded."""
+    error: str | None
+    error_class: str | None
+    attempts: int
+    """Attempts made, counting the one it ended with."""
+    executions: int
+    """Handler runs, as the row counts them."""
+    retries: list[RetryEvent]
+    dead_letter: DeadLetter | None
+    outcome: JobOutcome | None
+    """The record a worker publishes on the outcome topic."""
+    waited_s: float
+    """Virtual seconds spent waiting for retries."""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is JobStatus.SUCCEEDED
+
+
+@dataclass
+class JobTester:
+    """Runs jobs of ``app`` in memory, one at a time, each to its end.
+
+    :param app: the team's app; its lifespans run on ``async with`` (see ``resources``).
+    :param settings: worker settings (default: ``Settings()``: the ``JOBSTREAM_*`` variables,
+        so a policy file applies as in a worker; retry delays pass in virtual time).
+    :param resources: what the handlers of ``app`` get as ``ctx.resources`` instead of what its
+        lifespan would yield (a fake client, say); the lifespan then does not run.
+    """
+
+    app: JobApp[Any]
+    settings: Settings = field(default_factory=lambda: Settings(worker_name="jobstream-testing"))
+    resources: Any = None
+    clock: ManualClock = field(default_factory=ManualClock)
+    store: MemoryStore = field(init=False)
+    publisher: MemoryPublisher = field(init=False)
+    limiter: MemoryLimiter = field(default_factory=MemoryLimiter)
+    metrics: Metrics = field(default_factory=Metrics)
+    _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    _pipeline: Pipeline | None = None
+    _offsets: itertools.count[int] = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        self.topics = topic_names(self.settings.topic_prefix, self.settings.retry_tiers_s)
+        self.registry = self.app.registry(self.settings)
+        self.store = MemoryStore(
+            self.clock, worker=self.settings.worker_name, lease_s=self.settings.claim_lease_s
+        )
+        self.publisher = MemoryPublisher()
+
+    async def __aenter__(self) -> Self:
+        resources: dict[str, Any] = {}
+        for name, lifespan in self.app.lifespans():
+            if name == self.app.name and self.resources is not None:
+                continue
+            resources[name] = await self._stack.enter_async_context(lifespan(self.settings))
+        if self.resources is not None:
+            resources[self.app.name] = self.resources
+        http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        self._stack.push_async_callback(http.close)
+        self._pipeline = Pipeline(
+            settings=self.settings,
+            topics=self.topics,
+            registry=self.registry,
+            store=self.store,
+            publisher=self.publisher,
+            limiter=self.limiter,
+            metrics=self.metrics,
+            http=http,
+            resources=resources,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._pipeline = None
+        await self._stack.aclose()
+
+    async def run(
+        self,
+        job: Job[Any] | str,
+        payload: BaseModel | Mapping[str, Any] | None = None,
+        *,
+        job_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> JobRun:
+        """Submit one job as a producer would (checked like ``JobClient.submit``; an invalid one
+        raises :class:`~jobstream.models.errors.SubmitError`) and run it, with its retries, to
+        its end.
+
+        :param job: a job type declared with ``@app.job``, or a type's name.
+        :param payload: the payload: the type's model (or a dict it accepts).
+        :param job_id: the job's id (default: a new uuid).
+        :param metadata: string pairs carried along with the job.
+        """
+        event = make_event(
+            AppTypes(self.app),
+            job,
+            payload,
+            job_id=job_id,
+            metadata=metadata,
+            max_event_bytes=self.settings.max_event_bytes,
+        )
+        return await self.deliver(event)
+
+    async def deliver(
+        self, event: JobEvent, headers: list[tuple[str, bytes]] | None = None
+    ) -> JobRun:
+        """Run an event as it is (unchecked, as a worker receives it) to its end."""
+        if self._pipeline is None:
+            raise RuntimeError("use the tester as `async with JobTester(app) as tester:`")
+        retries: list[RetryEvent] = []
+        waited = 0.0
+        seen = len(self.publisher.sent)
+        rec = self._record(event, headers or [])
+        while True:
+            await self._pipeline.handle(rec)
+            retry = self._retry_of(event.id, seen)
+            seen = len(self.publisher.sent)
+            if retry is None:
+                break
+            failed = retry.history[-1]
+            delay = _seconds(retry.not_before, failed.at)
+            retries.append(RetryEvent(failed.attempt, failed.error_class, failed.message, delay))
+            waited += delay
+            self.clock.advance(delay)
+            # the retry tier's forwarder: due now, back on the main topic
+            due = retry.model_copy(update={"not_before": None})
+            rec = self._record(due, [(TIER_HEADER, b"virtual")])
+        return self._ended(event.id, retries, waited)
+
+    def _record(self, event: JobEvent, headers: list[tuple[str, bytes]]) -> Record:
+        return Record(
+            topic=self.topics.main,
+            partition=0,
+            offset=next(self._offsets),
+            key=event.key(),
+            value=wire(event),
+            headers=headers,
+        )
+
+    def _retry_of(self, job_id: str, since: int) -> JobEvent | None:
+        tiers = {t.topic for t in self.topics.tiers}
+        for sent in self.publisher.sent[since:]:
+            if sent.topic in tiers:
+                event = JobEvent.model_validate_json(sent.value or b"")
+                if event.id == job_id:
+                    return event
+        return None
+
+    def _ended(self, job_id: str, retries: list[RetryEvent], waited: float) -> JobRun:
+        row = self.store.row(job_id)
+        letters = [
+            DeadLetter.model_validate_json(s.value or b"")
+            for s in self.publisher.on(self.topics.dlq)
+        ]
+        outcomes = [
+            JobOutcome.model_validate_json(s.value or b"")
+            for s in self.publisher.on(self.topics.outcomes)
+        ]
+        return JobRun(
+            job_id=job_id,
+            status=row.status,
+            result=row.result,
+            error=row.error,
+            error_class=row.error_class,
+            attempts=row.attempt,
+            executions=row.executions,
+            retries=retries,
+            dead_letter=next((d for d in reversed(letters) if d.job_id == job_id), None),
+            outcome=next((o for o in reversed(outcomes) if o.job_id == job_id), None),
+            waited_s=waited,
+        )
+
+
+def _seconds(later: datetime | None, earlier: datetime) -> float:
+    return max(0.0, (later - earlier).total_seconds()) if later is not None else 0.0
