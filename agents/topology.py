@@ -10,6 +10,7 @@ from typing import Any, Protocol, cast
 
 import faust
 
+from jobstream.agents.states import Outcome
 from jobstream.streams.kafka.record import Record
 from jobstream.streams.settings import Settings
 from jobstream.streams.topics import RetryTier, TopicNames
@@ -29,7 +30,7 @@ class AgentHost(Protocol):
 
     def submit(self, rec: Record, ack: Callable[[], object]) -> None: ...
 
-    async def forward(self, rec: Record, tier: RetryTier) -> str: ...
+    async def forward(self, rec: Record, tier: RetryTier) -> Outcome | str: ...
 
 
 def to_record(message: Any) -> Record:
@@ -59,7 +60,7 @@ def register_agents(app: faust.App, runtime: AgentHost) -> None:
 
     async def process(stream: faust.StreamT[Any]) -> None:
         # One agent takes every record of the replica's partitions and hands it on without
-        # waiting (runtime.submit: the batch path), so the agent is never the bound; the
+        # waiting (runtime.submit: the lifecycle's machine), so the agent is never the bound; the
         # in-flight limit (admit) and the handler slots (settings.concurrency) are. Acks are
         # manual (noack): a record is acked only once its results are durable, never by
         # faust when the agent moves on or is cancelled.
@@ -77,7 +78,9 @@ def register_agents(app: faust.App, runtime: AgentHost) -> None:
             async def forward(stream: faust.StreamT[Any]) -> None:
                 async for event in stream.events():
                     await runtime.gate()
-                    await runtime.forward(to_record(event.message), t)
+                    ended = await runtime.forward(to_record(event.message), t)
+                    if ended == Outcome.ABANDONED:
+                        await asyncio.Future()  # a drain left it: unacked until faust stops us
                     event.ack()
 
             return forward

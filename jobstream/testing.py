@@ -16,11 +16,13 @@ stand-ins of :mod:`jobstream.streams.memory`; a retry's delay passes in virtual 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Self
 
 import aiohttp
@@ -28,7 +30,9 @@ from pydantic import BaseModel
 
 from jobstream.agents.app import Job, JobApp
 from jobstream.agents.fitting import wire
-from jobstream.agents.pipeline import TIER_HEADER, Pipeline
+from jobstream.agents.intake import TIER_HEADER
+from jobstream.agents.machine import Machine, resolve
+from jobstream.agents.states import Outcome
 from jobstream.models.deadletter import DeadLetter
 from jobstream.models.job import JobEvent, JobOutcome, JobStatus
 from jobstream.streams.kafka.record import Record
@@ -94,13 +98,13 @@ class JobTester:
     app: JobApp[Any]
     settings: Settings = field(default_factory=lambda: Settings(worker_name="jobstream-testing"))
     resources: Any = None
-    clock: ManualClock = field(default_factory=ManualClock)
+    clock: ManualClock = field(default_factory=lambda: ManualClock(datetime.now(UTC)))
     store: MemoryStore = field(init=False)
     publisher: MemoryPublisher = field(init=False)
     limiter: MemoryLimiter = field(default_factory=MemoryLimiter)
     metrics: Metrics = field(default_factory=Metrics)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
-    _pipeline: Pipeline | None = None
+    _machine: Machine | None = None
     _offsets: itertools.count[int] = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
@@ -121,7 +125,7 @@ class JobTester:
             resources[self.app.name] = self.resources
         http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         self._stack.push_async_callback(http.close)
-        self._pipeline = Pipeline(
+        self._machine = Machine(
             settings=self.settings,
             topics=self.topics,
             registry=self.registry,
@@ -131,11 +135,14 @@ class JobTester:
             metrics=self.metrics,
             http=http,
             resources=resources,
+            clock=self.clock.now,
         )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._pipeline = None
+        if self._machine is not None:
+            await self._machine.close()
+        self._machine = None
         await self._stack.aclose()
 
     async def run(
@@ -169,14 +176,14 @@ class JobTester:
         self, event: JobEvent, headers: list[tuple[str, bytes]] | None = None
     ) -> JobRun:
         """Run an event as it is (unchecked, as a worker receives it) to its end."""
-        if self._pipeline is None:
+        if self._machine is None:
             raise RuntimeError("use the tester as `async with JobTester(app) as tester:`")
         retries: list[RetryEvent] = []
         waited = 0.0
         seen = len(self.publisher.sent)
         rec = self._record(event, headers or [])
         while True:
-            await self._pipeline.handle(rec)
+            await self.handle(rec)
             retry = self._retry_of(event.id, seen)
             seen = len(self.publisher.sent)
             if retry is None:
@@ -185,11 +192,19 @@ class JobTester:
             delay = _seconds(retry.not_before, failed.at)
             retries.append(RetryEvent(failed.attempt, failed.error_class, failed.message, delay))
             waited += delay
-            self.clock.advance(delay)
+            self.clock.advance(delay)  # the machine's clock: the retry is due now
             # the retry tier's forwarder: due now, back on the main topic
             due = retry.model_copy(update={"not_before": None})
             rec = self._record(due, [(TIER_HEADER, b"virtual")])
         return self._ended(event.id, retries, waited)
+
+    async def handle(self, rec: Record) -> Outcome:
+        """One record through the worker's machine, as its main-topic agent hands it over;
+        returns how it ended."""
+        assert self._machine is not None
+        ended: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._machine.submit(rec, functools.partial(resolve, ended))
+        return await ended
 
     def _record(self, event: JobEvent, headers: list[tuple[str, bytes]]) -> Record:
         return Record(

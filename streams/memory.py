@@ -134,11 +134,13 @@ class MemoryStore:
         worker: str = "test-worker",
         lease_s: float = 30.0,
         journal: list[str] | None = None,
+        rows: dict[str, MemoryRow] | None = None,
     ) -> None:
+        """``rows``: the table, shared by stores that stand for replicas of one group."""
         self.clock = clock or ManualClock()
         self.worker = worker
         self.lease_s = lease_s
-        self.rows: dict[str, MemoryRow] = {}
+        self.rows: dict[str, MemoryRow] = rows if rows is not None else {}
         self.held: dict[str, str] = {}
         self.faults = Faults()
         self.refuse: Callable[[JobRow], BaseException | None] | None = None

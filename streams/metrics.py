@@ -15,11 +15,20 @@ class TypeMetrics:
     """The children of one job type's per-job metrics, looked up once: ``.labels()`` costs a
     lock and a tuple per call, which the hot path would otherwise pay several times per job."""
 
+    job_type: str
     received: Any
-    succeeded: Any
-    reemitted: Any
     handler_duration: Any
     latency: Any
+    jobs_completed: Any
+    _completed: dict[str, Any]
+    """``jobs_completed`` children of this type by outcome, made on first use."""
+
+    def completed(self, outcome: str) -> Any:
+        child = self._completed.get(outcome)
+        if child is None:
+            child = self.jobs_completed.labels(type=self.job_type, outcome=outcome)
+            self._completed[outcome] = child
+        return child
 
 
 class Metrics:
@@ -253,10 +262,11 @@ class Metrics:
         found = self._by_type.get(job_type)
         if found is None:
             found = self._by_type[job_type] = TypeMetrics(
+                job_type=job_type,
                 received=self.jobs_received.labels(type=job_type),
-                succeeded=self.jobs_completed.labels(type=job_type, outcome="succeeded"),
-                reemitted=self.jobs_completed.labels(type=job_type, outcome="reemitted"),
                 handler_duration=self.handler_duration.labels(type=job_type),
                 latency=self.job_latency.labels(type=job_type),
+                jobs_completed=self.jobs_completed,
+                _completed={},
             )
         return found

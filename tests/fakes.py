@@ -1,17 +1,20 @@
-"""The unit tests' world: a ``Pipeline`` on the in-memory stand-ins of
+"""The unit tests' world: the lifecycle's ``Machine`` on the in-memory stand-ins of
 :mod:`jobstream.streams.memory` (re-exported here under the names the tests use)."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from dataclasses import dataclass, field
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict
 
 from jobstream.agents.durable import DurableSteps
-from jobstream.agents.pipeline import Pipeline
+from jobstream.agents.machine import Machine, resolve
 from jobstream.agents.policy import RetryPolicy
 from jobstream.agents.registry import Handler, JobType, Registry
+from jobstream.agents.states import Outcome
 from jobstream.models.deadletter import DeadLetter
 from jobstream.models.job import JobEvent, JobOutcome
 from jobstream.streams.kafka.publisher import Headers
@@ -35,12 +38,15 @@ class AnyPayload(BaseModel):
 
 @dataclass
 class World:
-    """A pipeline on fakes, and what it wrote, published and asked for."""
+    """The machine on fakes, and what it wrote, published and asked for."""
 
     http: aiohttp.ClientSession
     settings: Settings = field(
         default_factory=lambda: Settings(
-            topic_prefix="jobs", worker_name="test-worker", retry_tiers_s=(10.0, 60.0)
+            topic_prefix="jobs",
+            worker_name="test-worker",
+            retry_tiers_s=(10.0, 60.0),
+            batch_max_delay_ms=1,
         )
     )
     registry: Registry = field(default_factory=Registry)
@@ -51,7 +57,7 @@ class World:
     steps: DurableSteps | None = None
     store: FakeStore = field(init=False)
     publisher: FakePublisher = field(init=False)
-    pipeline: Pipeline = field(init=False)
+    machine: Machine = field(init=False)
     _offset: int = 0
 
     def __post_init__(self) -> None:
@@ -62,7 +68,10 @@ class World:
             journal=self.journal,
         )
         self.publisher = FakePublisher(journal=self.journal)
-        self.pipeline = Pipeline(
+        self.machine = self._machine()
+
+    def _machine(self) -> Machine:
+        return Machine(
             settings=self.settings,
             topics=self.topics,
             registry=self.registry,
@@ -72,7 +81,21 @@ class World:
             metrics=self.metrics,
             http=self.http,
             steps=self.steps,
+            clock=self.clock.now,
         )
+
+    async def handle(self, rec: Record) -> Outcome:
+        """One record through the machine, as the main topic's agent hands it over; returns
+        once it ended, with how."""
+        ended: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.machine.submit(rec, functools.partial(resolve, ended))
+        return await ended
+
+    def new_replica(self) -> Machine:
+        """Another replica on the same rows, topics and clock (one whose process died is
+        replaced by one)."""
+        self.machine = self._machine()
+        return self.machine
 
     @property
     def topics(self) -> TopicNames:

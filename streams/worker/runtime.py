@@ -1,5 +1,6 @@
 """Everything a worker replica holds besides faust: pool, result store, publisher, limiter,
-HTTP session, the pipeline, and the drain logic that SIGTERM runs before faust stops."""
+HTTP session, the job lifecycle's machine, and the drain logic that SIGTERM runs before faust
+stops."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import asyncpg
 
 from jobstream.agents.app import JobApp
-from jobstream.agents.batch import ABANDONED, BatchPath
 from jobstream.agents.catalog import app_for
-from jobstream.agents.pipeline import Pipeline
+from jobstream.agents.machine import Machine
 from jobstream.agents.retry import RetryForwarder
+from jobstream.agents.states import Outcome
 from jobstream.streams.kafka.publisher import Publisher
 from jobstream.streams.kafka.record import Record
 from jobstream.streams.kafka.security import client_options
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from jobstream.streams.pg.ratelimit import PgRateLimiter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Runtime:
@@ -63,8 +65,7 @@ class Runtime:
         self.store: ResultStore | None = None
         self.limiter: PgRateLimiter | None = None
         self.http: aiohttp.ClientSession | None = None
-        self.pipeline: Pipeline | None = None
-        self.batch: BatchPath | None = None
+        self.machine: Machine | None = None
         self.forwarder: RetryForwarder | None = None
         self.sweeper: Sweeper | None = None
         self.web_runner: web.AppRunner | None = None
@@ -128,11 +129,11 @@ class Runtime:
         self.store.start()
         teardown.push_async_callback(self.store.close)
         # the apps' resources: created once, closed after the last job (teardown runs the
-        # batch path's close, which ends every handler, before these)
+        # machine's close, which ends every handler, before these)
         resources: dict[str, Any] = {}
         for name, lifespan in self.app.lifespans():
             resources[name] = await teardown.enter_async_context(lifespan(s))
-        self.pipeline = Pipeline(
+        self.machine = Machine(
             settings=s,
             topics=self.topics,
             registry=self.registry,
@@ -143,14 +144,11 @@ class Runtime:
             http=self.http,
             resources=resources,
         )
-        self.batch = BatchPath(
-            self.pipeline, max_size=s.batch_max_size, max_delay_s=s.batch_max_delay_ms / 1000
-        )
-        teardown.push_async_callback(self.batch.close)  # before the store and the publisher
-        batch = self.batch
-        self.metrics.running_jobs.set_function(lambda: batch.running)
-        self.metrics.waiting_jobs.set_function(lambda: batch.waiting)
-        self.forwarder = RetryForwarder(self.pipeline)
+        teardown.push_async_callback(self.machine.close)  # before the store and the publisher
+        machine = self.machine
+        self.metrics.running_jobs.set_function(lambda: machine.running)
+        self.metrics.waiting_jobs.set_function(lambda: machine.waiting)
+        self.forwarder = RetryForwarder(self.machine, self.publisher)
         self.sweeper = worker_sweeper(
             s,
             self.pool,
@@ -179,20 +177,20 @@ class Runtime:
         await self._room.acquire()
 
     def submit(self, rec: Record, ack: Callable[[], object]) -> None:
-        """The batch path (after :meth:`admit`): ``ack`` is called once the record's results
+        """The job lifecycle (after :meth:`admit`): ``ack`` is called once the record's results
         are durable. Nothing is awaited here, so the agent goes straight to its next record."""
-        assert self.batch is not None
+        assert self.machine is not None
         self._enter(rec)
 
-        def done(label: str) -> None:
+        def done(outcome: Outcome) -> None:
             self._leave(rec)
             self._room.release()
-            if label != ABANDONED:
+            if outcome.acked:
                 ack()
 
-        self.batch.submit(rec, done)
+        self.machine.submit(rec, done)
 
-    async def forward(self, rec: Record, tier: RetryTier) -> str:
+    async def forward(self, rec: Record, tier: RetryTier) -> Outcome | str:
         assert self.forwarder is not None
         return await self._tracked(rec, self.forwarder.handle(rec, tier))
 
@@ -207,7 +205,7 @@ class Runtime:
         if self.draining.is_set():
             await asyncio.Future()  # cancelled when faust stops the agent
 
-    async def _tracked(self, rec: Record, work: Awaitable[str]) -> str:
+    async def _tracked(self, rec: Record, work: Awaitable[T]) -> T:
         self._enter(rec)
         try:
             return await work
@@ -236,17 +234,17 @@ class Runtime:
     @property
     def running(self) -> int:
         """Jobs holding a handler slot now (at most ``settings.concurrency``)."""
-        return self.batch.running if self.batch is not None else 0
+        return self.machine.running if self.machine is not None else 0
 
     def degraded(self) -> dict[str, float]:
         """Durable steps stuck past their deadline, with how long they have been failing."""
-        return self.pipeline.steps.stuck() if self.pipeline is not None else {}
+        return self.machine.steps.stuck() if self.machine is not None else {}
 
     async def drain(self, grace_s: float) -> bool:
         """Stop taking work and wait for in-flight jobs; True when all finished in time."""
         self.draining.set()
-        if self.batch is not None:
-            left = await self.batch.drain()
+        if self.machine is not None:
+            left = await self.machine.drain()
             if left:
                 log.info("drain: %d records not started are left to the next owner", left)
         started = time.monotonic()

@@ -9,11 +9,13 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
+from jobstream.models.job import JobEvent
 from jobstream.streams.producer.client import JobClient
 from tests.integration.fake_sentry import FakeSentry, tags_of
 from tests.integration.harness import WorkerFactory, wait_for, wait_terminal
@@ -23,6 +25,13 @@ TOKEN = "TokPlantedInteg8842"
 API_KEY = "sk-or-v1-KeyPlantedInteg9953aaaaaaaaaaaaaaaa"
 MARKER = "PayloadMarkerInteg6620"
 SECRETS = (PASSWORD, TOKEN, API_KEY, "KeyPlantedInteg9953", MARKER)
+
+
+async def unchecked(client: JobClient, job_type: str, payload: dict[str, Any]) -> str:
+    """Publish a job the client would refuse (as a producer without its checks could)."""
+    event = JobEvent(type=job_type, payload=payload)
+    await (await client.publish(event))
+    return event.id
 
 
 @pytest.fixture
@@ -126,14 +135,14 @@ async def test_one_scrubbed_tagged_event_per_dead_letter_and_none_for_retries(
         dead: dict[str, str] = {}  # job id -> dead-letter reason
         for _ in range(3):
             dead[await client.submit("sleep", {"seconds": 0, "fatal": True})] = "fatal_error"
-        dead[await client.submit("sleep", {"seconds": MARKER})] = "invalid_payload"
+        dead[await unchecked(client, "sleep", {"seconds": MARKER})] = "invalid_payload"
         dead[await client.submit("sleep", {"seconds": 0, "fail_attempts": 10})] = "exhausted"
         # the webhook's 404 is a fatal error whose message quotes the payload's URL
         hook = {"url": f"http://127.0.0.1:{fake_sentry.port}/hook/{MARKER}", "body": {"m": MARKER}}
         dead[await client.submit("http.webhook", hook)] = "fatal_error"
         # a job type is not a payload, but it lands in the message, the tags and the grouping
         for job_type in (f"pg://app:{PASSWORD}@db/x", f"no.such.type {TOKEN} {API_KEY}"):
-            dead[await client.submit(job_type, {"note": MARKER})] = "unknown_type"
+            dead[await unchecked(client, job_type, {"note": MARKER})] = "unknown_type"
         retried = [
             await client.submit("sleep", {"seconds": 0, "fail_attempts": 2}) for _ in range(3)
         ]

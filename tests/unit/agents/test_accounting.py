@@ -17,7 +17,27 @@ import aiohttp
 from jobstream.agents.registry import JobContext
 from jobstream.models.errors import FatalError, RetryableError
 from jobstream.models.job import JobEvent, JobStatus
+from jobstream.streams.kafka.record import Record
 from tests.fakes import World
+
+
+async def die_after(world: World, rec: Record, topic: str) -> None:
+    """The replica handling ``rec`` dies (SIGKILL) once it published to ``topic`` and before
+    its row write; a new replica takes its place once the dead one's lease lapsed."""
+    original = world.store.write_many
+
+    async def never(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.Future()
+
+    world.store.write_many = never  # type: ignore[method-assign]
+    killed = asyncio.create_task(world.handle(rec))
+    await world.publisher.calls.wait(topic, 1)
+    await world.machine.close()  # everything it had in flight is gone
+    killed.cancel()
+    world.store.write_many = original  # type: ignore[method-assign]
+    world.store.held.clear()  # nothing renews its claims any more
+    world.new_replica()
+    world.clock.advance(world.settings.claim_lease_s + 1)
 
 
 async def test_a_run_killed_after_its_retry_event_is_still_counted(
@@ -38,23 +58,11 @@ async def test_a_run_killed_after_its_retry_event_is_still_counted(
 
     # the replica dies between the retry publish and the row write
     retry_topic = world.topics.tiers[0].topic
-    original = world.store.write
-
-    async def never(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.Future()
-
-    world.store.write = never  # type: ignore[method-assign]
-    killed = asyncio.create_task(world.pipeline.handle(rec))
-    await world.publisher.calls.wait(retry_topic, 1)
-    killed.cancel()
-    world.store.write = original  # type: ignore[method-assign]
-    world.store.held.clear()  # the process is gone: nothing renews its claim
-
-    world.clock.advance(world.settings.claim_lease_s + 1)
+    await die_after(world, rec, retry_topic)
     [retry] = world.publisher.on(retry_topic)
     second = JobEvent.model_validate_json(retry.value or b"")
-    assert await world.pipeline.handle(world.record(second)) == "succeeded"
-    assert await world.pipeline.handle(rec) == "reemitted"  # the redelivered attempt 1
+    assert await world.handle(world.record(second)) == "succeeded"
+    assert await world.handle(rec) == "reemitted"  # the redelivered attempt 1
 
     row = world.store.row("j1")
     assert (row.status, row.attempt) == (JobStatus.SUCCEEDED, 2)
@@ -76,19 +84,8 @@ async def test_a_fatal_run_killed_after_its_dead_letter_runs_again_and_both_are_
     world.job_type("doomed", fatal)
     rec = world.record(JobEvent(id="j1", type="doomed", payload={}))
 
-    async def never(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.Future()
-
-    original = world.store.write
-    world.store.write = never  # type: ignore[method-assign]
-    killed = asyncio.create_task(world.pipeline.handle(rec))
-    await world.publisher.calls.wait(world.topics.dlq, 1)
-    killed.cancel()
-    world.store.write = original  # type: ignore[method-assign]
-    world.store.held.clear()
-
-    world.clock.advance(world.settings.claim_lease_s + 1)
-    assert await world.pipeline.handle(rec) == "dead_lettered"  # the redelivery takes over
+    await die_after(world, rec, world.topics.dlq)
+    assert await world.handle(rec) == "dead_lettered"  # the redelivery takes over
 
     row = world.store.row("j1")
     assert (row.status, row.executions, runs) == (JobStatus.DEAD_LETTERED, 2, 2)

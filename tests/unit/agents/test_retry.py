@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from jobstream.agents.pipeline import TIER_HEADER
+from jobstream.agents.intake import TIER_HEADER
 from jobstream.agents.registry import JobContext
 from jobstream.agents.retry import RetryForwarder
 from jobstream.models.deadletter import DeadLetterReason
@@ -35,7 +35,7 @@ async def retried(world: World) -> Record:
     tier's delay is not what these tests are about)."""
     world.job_type("ok", fails_once)
     first = JobEvent(id="j1", type="ok", payload={"x": 1})
-    assert await world.pipeline.handle(world.record(first)) == "retried"
+    assert await world.handle(world.record(first)) == "retried"
     [sent] = world.publisher.on(world.topics.tiers[0].topic)
     due = JobEvent.model_validate_json(sent.value or b"").model_copy(update={"not_before": None})
     return world.record(due.to_bytes(), topic=sent.topic, headers=sent.headers)
@@ -53,7 +53,10 @@ async def test_an_event_is_held_until_due_then_republished_to_the_main_topic(
     event = JobEvent(id="j1", type="ok", attempt=2, not_before=due)
     rec = on_tier(world, event)
 
-    assert await RetryForwarder(world.pipeline).handle(rec, world.topics.tiers[0]) == "republished"
+    assert (
+        await RetryForwarder(world.machine, world.publisher).handle(rec, world.topics.tiers[0])
+        == "republished"
+    )
 
     [sent] = world.publisher.on(world.topics.main)
     assert sent.at >= due
@@ -69,17 +72,23 @@ async def test_an_event_already_due_is_republished_at_once(world: World) -> None
     past = datetime.now(UTC) - timedelta(seconds=60)
     rec = on_tier(world, JobEvent(id="j1", type="ok", attempt=2, not_before=past))
     started = datetime.now(UTC)
-    assert await RetryForwarder(world.pipeline).handle(rec, world.topics.tiers[0]) == "republished"
+    assert (
+        await RetryForwarder(world.machine, world.publisher).handle(rec, world.topics.tiers[0])
+        == "republished"
+    )
     [sent] = world.publisher.on(world.topics.main)
     assert sent.at - started < timedelta(seconds=1)
 
 
 async def test_the_republished_attempt_runs_on_the_main_topic(world: World) -> None:
     rec = await retried(world)
-    assert await RetryForwarder(world.pipeline).handle(rec, world.topics.tiers[0]) == "republished"
+    assert (
+        await RetryForwarder(world.machine, world.publisher).handle(rec, world.topics.tiers[0])
+        == "republished"
+    )
     [sent] = world.publisher.on(world.topics.main)
 
-    assert await world.pipeline.handle(world.record(sent.value)) == "succeeded"
+    assert await world.handle(world.record(sent.value)) == "succeeded"
     row = world.store.row("j1")
     assert (row.status, row.attempt, row.result) == (JobStatus.SUCCEEDED, 2, "ok")
 
@@ -88,7 +97,7 @@ async def test_invalid_input_on_a_retry_topic_is_dead_lettered(world: World) -> 
     tier = world.topics.tiers[0]
     rec = world.record(b"{not json", topic=tier.topic, offset=5)
 
-    assert await RetryForwarder(world.pipeline).handle(rec, tier) == "dead_lettered"
+    assert await RetryForwarder(world.machine, world.publisher).handle(rec, tier) == "dead_lettered"
     assert world.publisher.on(world.topics.main) == []
     [letter] = world.letters()
     assert letter.reason is DeadLetterReason.INVALID_JSON
@@ -100,7 +109,10 @@ async def test_invalid_input_on_a_retry_topic_is_dead_lettered(world: World) -> 
 async def test_a_transient_republish_error_is_retried_in_place(world: World) -> None:
     rec = on_tier(world, JobEvent(id="j1", type="ok", attempt=2))
     world.publisher.fail(world.topics.main, ConnectionResetError("reset"))
-    assert await RetryForwarder(world.pipeline).handle(rec, world.topics.tiers[0]) == "republished"
+    assert (
+        await RetryForwarder(world.machine, world.publisher).handle(rec, world.topics.tiers[0])
+        == "republished"
+    )
     assert len(world.publisher.on(world.topics.main)) == 1
     assert world.metrics.step_retries.labels(step="republish")._value.get() == 1
 
@@ -112,7 +124,8 @@ async def test_an_event_the_main_topic_refuses_as_too_large_is_unpublishable(
     world.publisher.refuse.add(world.topics.main)
 
     assert (
-        await RetryForwarder(world.pipeline).handle(rec, world.topics.tiers[0]) == "dead_lettered"
+        await RetryForwarder(world.machine, world.publisher).handle(rec, world.topics.tiers[0])
+        == "dead_lettered"
     )
     [letter] = world.letters()
     assert (letter.reason, letter.job_id, letter.attempt) == (
@@ -132,7 +145,8 @@ async def test_a_republish_error_that_cannot_pass_is_an_internal_error(world: Wo
     world.publisher.fail(world.topics.main, ValueError("serializer bug"))
 
     assert (
-        await RetryForwarder(world.pipeline).handle(rec, world.topics.tiers[0]) == "dead_lettered"
+        await RetryForwarder(world.machine, world.publisher).handle(rec, world.topics.tiers[0])
+        == "dead_lettered"
     )
     [letter] = world.letters()
     assert (letter.reason, letter.error_class) == (DeadLetterReason.INTERNAL_ERROR, "ValueError")

@@ -1,5 +1,5 @@
 """The runtime's gate and drain, in memory: a Runtime that never started (no Kafka, no
-PostgreSQL) runs its records through a pipeline on fakes."""
+PostgreSQL) runs its records through the lifecycle's machine on fakes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from jobstream.agents.batch import BatchPath
 from jobstream.agents.registry import JobContext
 from jobstream.agents.retry import RetryForwarder
 from jobstream.models.job import JobEvent, JobStatus
@@ -41,7 +40,7 @@ def world(http: aiohttp.ClientSession) -> World:
 
 @pytest.fixture
 def runtime(world: World) -> Runtime:
-    """Constructed, never started: the pipeline it would build is the world's, on fakes."""
+    """Constructed, never started: the machine it would build is the world's, on fakes."""
     rt = Runtime(
         world.settings,
         bootstrap=UNREACHABLE_KAFKA,
@@ -49,8 +48,7 @@ def runtime(world: World) -> Runtime:
         metrics=world.metrics,
     )
     rt.registry = world.registry
-    rt.pipeline = world.pipeline
-    rt.batch = BatchPath(world.pipeline, max_size=500, max_delay_s=0.001)
+    rt.machine = world.machine
     return rt
 
 
@@ -162,7 +160,7 @@ async def test_drain_with_nothing_in_flight_returns_true_at_once(runtime: Runtim
 async def test_records_from_a_retry_tier_are_tracked_too(world: World, runtime: Runtime) -> None:
     tier = world.topics.tiers[0]
     rec = world.record(JobEvent(id="j1", type="ok", attempt=2), topic=tier.topic)
-    runtime.forwarder = RetryForwarder(world.pipeline)
+    runtime.forwarder = RetryForwarder(world.machine, world.publisher)
     assert await runtime.forward(rec, tier) == "republished"
     assert runtime.in_flight == 0
     assert len(world.publisher.on(world.topics.main)) == 1

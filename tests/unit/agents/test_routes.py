@@ -1,6 +1,7 @@
-"""Every route of ``Pipeline.handle``, in memory: the store, publisher and limiter are fakes.
+"""Every route one record can take through the lifecycle's machine, in memory: the store,
+publisher and limiter are fakes.
 
-Each test reads what the pipeline left behind: the row (``FakeStore``), the records it published
+Each test reads what the machine left behind: the row (``FakeStore``), the records it published
 (``FakePublisher``), the order of both (the journal), and the outcome label it returned.
 """
 
@@ -17,7 +18,7 @@ import pytest
 from pydantic import BaseModel
 
 from jobstream.agents.durable import DurableSteps
-from jobstream.agents.pipeline import TIER_HEADER
+from jobstream.agents.intake import TIER_HEADER
 from jobstream.agents.registry import JobContext, JobType, Registry
 from jobstream.models.deadletter import REPLAY_HEADER, DeadLetterReason
 from jobstream.models.errors import FatalError, RateLimitedError, RetryableError
@@ -62,7 +63,7 @@ async def test_a_job_that_succeeds_gets_its_row_then_its_outcome(world: World) -
     handler = Calls()
     world.job_type("ok", handler)
 
-    assert await world.pipeline.handle(world.record(event())) == "succeeded"
+    assert await world.handle(world.record(event())) == "succeeded"
 
     row = world.store.row("j1")
     assert row.status is JobStatus.SUCCEEDED
@@ -89,11 +90,11 @@ async def test_an_event_without_an_id_gets_the_id_derived_from_its_record(world:
     raw = json.dumps({"type": "ok", "payload": {}}).encode()
     rec = world.record(raw, offset=7)
 
-    assert await world.pipeline.handle(rec) == "succeeded"
+    assert await world.handle(rec) == "succeeded"
     derived = derived_job_id("jobs:0:7")
     assert world.store.row(derived).status is JobStatus.SUCCEEDED
     # every delivery of that record gets the same id: a redelivery only re-emits
-    assert await world.pipeline.handle(world.record(raw, offset=7)) == "reemitted"
+    assert await world.handle(world.record(raw, offset=7)) == "reemitted"
     assert [o.job_id for o in world.outcomes()] == [derived, derived]
 
 
@@ -103,7 +104,7 @@ async def test_the_rate_limited_key_is_acquired_and_tokens_charged(world: World)
         return "ok"
 
     world.job_type("llm", counted, rate_limit_key="upstream")
-    assert await world.pipeline.handle(world.record(event(job_type="llm"))) == "succeeded"
+    assert await world.handle(world.record(event(job_type="llm"))) == "succeeded"
     assert world.limiter.acquired == ["upstream"]
     assert world.limiter.charged == [("upstream", 12)]
 
@@ -117,7 +118,7 @@ async def test_a_retryable_failure_publishes_the_retry_then_writes_the_retrying_
     world.job_type("ok", failing(RetryableError("upstream answered 503")))
     rec = world.record(event(metadata={"origin": "test"}), headers=[("trace", b"t-1")])
 
-    assert await world.pipeline.handle(rec) == "retried"
+    assert await world.handle(rec) == "retried"
 
     tier = world.topics.tiers[0]
     [sent] = world.publisher.on(tier.topic)
@@ -157,12 +158,12 @@ async def test_the_next_attempt_claims_the_retrying_row_and_can_succeed(world: W
         return ctx.job.attempt
 
     world.job_type("ok", second_time_lucky)
-    assert await world.pipeline.handle(world.record(event())) == "retried"
+    assert await world.handle(world.record(event())) == "retried"
     [sent] = world.publisher.on(world.topics.tiers[0].topic)
     # the forwarder puts it back on the main topic once due
     again = world.record(sent.value, headers=sent.headers)
 
-    assert await world.pipeline.handle(again) == "succeeded"
+    assert await world.handle(again) == "succeeded"
     assert runs == [1, 2]
     row = world.store.row("j1")
     assert (row.status, row.attempt, row.result, row.executions) == (JobStatus.SUCCEEDED, 2, 2, 2)
@@ -182,7 +183,7 @@ async def test_a_later_failure_goes_to_the_next_tier(world: World) -> None:
     )
 
     rec = world.record(event(attempt=2, history=history))
-    assert await world.pipeline.handle(rec) == "retried"
+    assert await world.handle(rec) == "retried"
     [sent] = world.publisher.on(world.topics.tiers[1].topic)
     retry = JobEvent.model_validate_json(sent.value or b"")
     assert retry.attempt == 3
@@ -194,14 +195,14 @@ async def test_a_handler_past_its_timeout_is_retried(world: World) -> None:
         await asyncio.Event().wait()
 
     world.job_type("ok", hangs, timeout_s=0.05)
-    assert await world.pipeline.handle(world.record(event())) == "retried"
+    assert await world.handle(world.record(event())) == "retried"
     assert world.store.row("j1").error_class == "JobTimeoutError"
     assert world.metrics.handler_timeouts.labels(type="ok")._value.get() == 1
 
 
 async def test_a_rate_limited_failure_pauses_the_key_and_is_retried(world: World) -> None:
     world.job_type("llm", failing(RateLimitedError("429", retry_after=3.0)), rate_limit_key="u")
-    assert await world.pipeline.handle(world.record(event(job_type="llm"))) == "retried"
+    assert await world.handle(world.record(event(job_type="llm"))) == "retried"
     assert world.limiter.paused == [("u", 3.0)]
 
 
@@ -215,7 +216,7 @@ async def test_the_last_attempt_failing_is_exhausted(world: World) -> None:
     )
     rec = world.record(event(attempt=2, history=history))
 
-    assert await world.pipeline.handle(rec) == "dead_lettered"
+    assert await world.handle(rec) == "dead_lettered"
 
     [letter] = world.letters()
     assert letter.reason is DeadLetterReason.EXHAUSTED
@@ -252,7 +253,7 @@ async def test_a_fatal_failure_is_dead_lettered_at_once(
     world: World, error: BaseException, policy: dict[str, Any]
 ) -> None:
     world.job_type("ok", failing(error), **policy)
-    assert await world.pipeline.handle(world.record(event())) == "dead_lettered"
+    assert await world.handle(world.record(event())) == "dead_lettered"
     [letter] = world.letters()
     assert letter.reason is DeadLetterReason.FATAL_ERROR
     assert letter.error_class == type(error).__name__
@@ -265,14 +266,14 @@ async def test_a_fatal_failure_is_dead_lettered_at_once(
 
 async def test_an_unexpected_error_is_retried_by_default(world: World) -> None:
     world.job_type("ok", failing(KeyError("missing")))
-    assert await world.pipeline.handle(world.record(event())) == "retried"
+    assert await world.handle(world.record(event())) == "retried"
 
 
 # -- refused before the handler ----------------------------------------------------------------
 
 
 async def test_an_unknown_type_is_dead_lettered(world: World) -> None:
-    assert await world.pipeline.handle(world.record(event(job_type="nope"))) == "dead_lettered"
+    assert await world.handle(world.record(event(job_type="nope"))) == "dead_lettered"
     [letter] = world.letters()
     assert letter.reason is DeadLetterReason.UNKNOWN_TYPE
     assert letter.job_type == "nope"
@@ -289,7 +290,7 @@ async def test_a_payload_its_handler_refuses_is_dead_lettered(world: World) -> N
     handler = Calls()
     world.job_type("ok", handler, payload=Numbered)
     rec = world.record(event(payload={"n": "many"}))
-    assert await world.pipeline.handle(rec) == "dead_lettered"
+    assert await world.handle(rec) == "dead_lettered"
     [letter] = world.letters()
     assert letter.reason is DeadLetterReason.INVALID_PAYLOAD
     assert "n:" in letter.error_message
@@ -299,7 +300,7 @@ async def test_a_payload_its_handler_refuses_is_dead_lettered(world: World) -> N
 
 async def test_undecodable_bytes_are_dead_lettered_under_their_coordinates(world: World) -> None:
     rec = world.record(b"\xff\xfe not utf-8", offset=3)
-    assert await world.pipeline.handle(rec) == "dead_lettered"
+    assert await world.handle(rec) == "dead_lettered"
 
     [letter] = world.letters()
     assert letter.reason is DeadLetterReason.INVALID_BYTES
@@ -313,37 +314,37 @@ async def test_undecodable_bytes_are_dead_lettered_under_their_coordinates(world
     [outcome] = world.outcomes()
     assert outcome.job_id == "invalid:jobs:0:3"
     # a redelivery of the same record re-emits; no second letter
-    assert await world.pipeline.handle(world.record(rec.value, offset=3)) == "reemitted"
+    assert await world.handle(world.record(rec.value, offset=3)) == "reemitted"
     assert len(world.letters()) == 1
     assert [o.reemitted for o in world.outcomes()] == [False, True]
 
 
 async def test_a_tombstone_is_invalid_input(world: World) -> None:
-    assert await world.pipeline.handle(world.record(None)) == "dead_lettered"
+    assert await world.handle(world.record(None)) == "dead_lettered"
     assert world.letters()[0].reason is DeadLetterReason.INVALID_BYTES
 
 
 async def test_invalid_input_with_a_readable_id_keeps_it(world: World) -> None:
     raw = json.dumps({"id": "j7", "type": 5}).encode()
     first = world.record(raw, offset=1)
-    assert await world.pipeline.handle(first) == "dead_lettered"
+    assert await world.handle(first) == "dead_lettered"
     [letter] = world.letters()
     assert (letter.reason, letter.job_id) == (DeadLetterReason.INVALID_SCHEMA, "j7")
     row = world.store.row("j7")
     assert (row.status, row.source) == (JobStatus.DEAD_LETTERED, "jobs:0:1")
 
     # the same record again: only its outcome again
-    assert await world.pipeline.handle(world.record(raw, offset=1)) == "reemitted"
+    assert await world.handle(world.record(raw, offset=1)) == "reemitted"
     assert len(world.letters()) == 1
     # another record under that id still gets its own letter; the row stays the first one's
-    assert await world.pipeline.handle(world.record(raw, offset=2)) == "dead_lettered"
+    assert await world.handle(world.record(raw, offset=2)) == "dead_lettered"
     assert [x.id for x in world.letters()] == ["jobs:0:1", "jobs:0:2"]
     assert world.store.row("j7").source == "jobs:0:1"
 
 
 async def test_an_oversized_record_is_not_parsed_for_an_id(world: World) -> None:
     big = json.dumps({"id": "j8", "type": "ok", "payload": {"x": "y" * 1_000_001}}).encode()
-    assert await world.pipeline.handle(world.record(big, offset=4)) == "dead_lettered"
+    assert await world.handle(world.record(big, offset=4)) == "dead_lettered"
     [letter] = world.letters()
     assert (letter.reason, letter.job_id) == (DeadLetterReason.OVERSIZE, "invalid:jobs:0:4")
 
@@ -356,9 +357,9 @@ async def test_a_redelivered_terminal_job_re_emits_its_outcome_without_running(
 ) -> None:
     handler = Calls()
     world.job_type("ok", handler)
-    assert await world.pipeline.handle(world.record(event(), offset=0)) == "succeeded"
+    assert await world.handle(world.record(event(), offset=0)) == "succeeded"
 
-    assert await world.pipeline.handle(world.record(event(), offset=0)) == "reemitted"
+    assert await world.handle(world.record(event(), offset=0)) == "reemitted"
     assert len(handler.runs) == 1
     first, again = world.outcomes()
     assert again.reemitted is True
@@ -371,9 +372,9 @@ async def test_a_redelivered_terminal_job_re_emits_its_outcome_without_running(
 async def test_a_redelivered_retrying_attempt_is_a_duplicate(world: World) -> None:
     handler = failing(RetryableError("503"))
     world.job_type("ok", handler)
-    assert await world.pipeline.handle(world.record(event(), offset=0)) == "retried"
+    assert await world.handle(world.record(event(), offset=0)) == "retried"
 
-    redelivered = world.pipeline.handle(world.record(event(), offset=0))
+    redelivered = world.handle(world.record(event(), offset=0))
     assert await asyncio.wait_for(redelivered, 5) == "duplicate"  # not a wait for a holder
     assert len(world.publisher.on(world.topics.tiers[0].topic)) == 1  # no second retry
     assert world.store.row("j1").status is JobStatus.RETRYING
@@ -384,7 +385,7 @@ async def test_an_older_attempt_after_a_newer_one_is_a_duplicate(world: World) -
     handler = Calls()
     world.job_type("ok", handler)
     await world.store.claim(ClaimRequest(job_id="j1", type="ok", attempt=2, token="newer"))
-    older = world.pipeline.handle(world.record(event(attempt=1)))
+    older = world.handle(world.record(event(attempt=1)))
     assert await asyncio.wait_for(older, 5) == "duplicate"
     assert handler.runs == []
 
@@ -397,7 +398,7 @@ async def test_a_claim_held_by_another_replica_is_waited_for_then_re_emitted(
     held = await world.store.claim(ClaimRequest(job_id="j1", type="ok", attempt=1, token="other"))
     assert held.won
 
-    task = asyncio.create_task(world.pipeline.handle(world.record(event())))
+    task = asyncio.create_task(world.handle(world.record(event())))
     await world.store.calls.wait("claim", 3)  # it looked, waited, and looked again
     assert not task.done()
     other = JobRow(
@@ -431,9 +432,9 @@ async def test_a_copy_in_the_same_process_waits_for_the_running_one(world: World
         return "done"
 
     world.job_type("ok", slow)
-    first = asyncio.create_task(world.pipeline.handle(world.record(event(), offset=0)))
+    first = asyncio.create_task(world.handle(world.record(event(), offset=0)))
     await started.wait()
-    second = asyncio.create_task(world.pipeline.handle(world.record(event(), offset=0)))
+    second = asyncio.create_task(world.handle(world.record(event(), offset=0)))
     await world.store.calls.wait("claim", 2)
     # it waits on the local execution, not by polling the store: a poll would come within
     # 0.06 s (the first backoff), and none comes while the holder runs
@@ -454,7 +455,7 @@ async def test_an_expired_claim_is_taken_over(world: World) -> None:
     await world.store.claim(ClaimRequest(job_id="j1", type="ok", attempt=1, token="dead", run=True))
     world.clock.advance(world.settings.claim_lease_s + 1)  # its worker died: no renewal
 
-    assert await world.pipeline.handle(world.record(event())) == "succeeded"
+    assert await world.handle(world.record(event())) == "succeeded"
     assert len(handler.runs) == 1
     row = world.store.row("j1")
     assert (row.status, row.takeovers) == (JobStatus.SUCCEEDED, 1)
@@ -474,7 +475,7 @@ async def test_a_live_claim_is_not_taken_over(world: World) -> None:
     world.clock.advance(world.settings.claim_lease_s - 1)
     await world.store.renew()  # the holder renews: still its claim
 
-    task = asyncio.create_task(world.pipeline.handle(world.record(event())))
+    task = asyncio.create_task(world.handle(world.record(event())))
     await world.store.calls.wait("claim", 3)
     assert not task.done()
     task.cancel()
@@ -495,7 +496,7 @@ async def test_a_job_whose_claim_expired_max_attempts_times_is_stalled(world: Wo
         world.clock.advance(lease + 1)
     assert world.store.row("j1").takeovers == 1
 
-    assert await world.pipeline.handle(world.record(event())) == "dead_lettered"
+    assert await world.handle(world.record(event())) == "dead_lettered"
     assert handler.runs == []
     [letter] = world.letters()
     assert letter.reason is DeadLetterReason.STALLED
@@ -508,17 +509,17 @@ async def test_a_job_whose_claim_expired_max_attempts_times_is_stalled(world: Wo
 
 async def test_a_replayed_dead_letter_claims_the_row_again(world: World) -> None:
     world.job_type("ok", failing(FatalError("bad")))
-    assert await world.pipeline.handle(world.record(event(), offset=0)) == "dead_lettered"
+    assert await world.handle(world.record(event(), offset=0)) == "dead_lettered"
     world.registry = Registry()  # the fix: the handler works now
-    world.pipeline.registry = world.registry
+    world.machine.registry = world.registry
     world.job_type("ok", Calls())
 
     replay = world.record(event(), headers=[(REPLAY_HEADER, b"jobs:0:0")])
-    assert await world.pipeline.handle(replay) == "succeeded"
+    assert await world.handle(replay) == "succeeded"
     row = world.store.row("j1")
     assert (row.status, row.replay_of, row.takeovers) == (JobStatus.SUCCEEDED, "jobs:0:0", 0)
     # without the header, a copy of the same event only re-emits
-    assert await world.pipeline.handle(world.record(event())) == "reemitted"
+    assert await world.handle(world.record(event())) == "reemitted"
 
 
 # -- refused by the services -------------------------------------------------------------------
@@ -534,7 +535,7 @@ async def test_a_result_postgresql_refuses_is_unstorable(world: World) -> None:
         return None
 
     world.store.refuse = refuse
-    assert await world.pipeline.handle(world.record(event())) == "dead_lettered"
+    assert await world.handle(world.record(event())) == "dead_lettered"
     assert len(handler.runs) == 1
     [letter] = world.letters()
     assert letter.reason is DeadLetterReason.UNSTORABLE
@@ -551,7 +552,7 @@ async def test_an_unstorable_error_text_is_replaced(world: World) -> None:
         return next(refused, None) if row.status is JobStatus.DEAD_LETTERED else None
 
     world.store.refuse = refuse_once
-    assert await world.pipeline.handle(world.record(event())) == "dead_lettered"
+    assert await world.handle(world.record(event())) == "dead_lettered"
     row = world.store.row("j1")
     assert row.status is JobStatus.DEAD_LETTERED
     assert row.error == "fatal_error: the row's error text was refused by PostgreSQL"
@@ -562,7 +563,7 @@ async def test_a_result_the_handler_cannot_store_is_fatal(world: World) -> None:
         return float("nan")
 
     world.job_type("ok", nan)
-    assert await world.pipeline.handle(world.record(event())) == "dead_lettered"
+    assert await world.handle(world.record(event())) == "dead_lettered"
     [letter] = world.letters()
     assert letter.reason is DeadLetterReason.FATAL_ERROR
     assert "cannot be stored" in letter.error_message
@@ -574,7 +575,7 @@ async def test_a_retry_event_larger_than_its_tier_allows_is_unpublishable(world:
     world.publisher.limits[tier] = 300  # the payload alone fills it: even a short history
     rec = world.record(event(payload={"x": "y" * 400}))
 
-    assert await world.pipeline.handle(rec) == "dead_lettered"
+    assert await world.handle(rec) == "dead_lettered"
     assert world.publisher.on(tier) == []
     [letter] = world.letters()
     assert letter.reason is DeadLetterReason.UNPUBLISHABLE
@@ -587,7 +588,7 @@ async def test_a_retry_event_the_broker_refuses_is_unpublishable(world: World) -
     tier = world.topics.tiers[0].topic
     world.publisher.refuse.add(tier)  # a limit lowered on the broker after start
 
-    assert await world.pipeline.handle(world.record(event())) == "dead_lettered"
+    assert await world.handle(world.record(event())) == "dead_lettered"
     [letter] = world.letters()
     assert (letter.reason, letter.error_class) == (
         DeadLetterReason.UNPUBLISHABLE,
@@ -602,14 +603,14 @@ async def test_a_large_result_is_left_out_of_the_outcome_not_the_row(world: Worl
 
     world.job_type("ok", big)
     world.publisher.limits[world.topics.outcomes] = 2000
-    assert await world.pipeline.handle(world.record(event())) == "succeeded"
+    assert await world.handle(world.record(event())) == "succeeded"
     [outcome] = world.outcomes()
     assert (outcome.result, outcome.result_truncated) == (None, True)
     assert world.store.row("j1").result == "z" * 5000
 
 
 class BrokenRegistry(Registry):
-    """A bug in the pipeline's own path: the lookup of a handler raises."""
+    """A bug in the machine's own path: the lookup of a handler raises."""
 
     def __init__(self, failures: int) -> None:
         super().__init__()
@@ -622,14 +623,14 @@ class BrokenRegistry(Registry):
         return super().get(name)
 
 
-async def test_a_bug_in_the_pipeline_is_an_internal_error_dead_letter(
+async def test_a_bug_in_the_machine_is_an_internal_error_dead_letter(
     http: aiohttp.ClientSession,
 ) -> None:
     handler = Calls()
     world = World(http=http, registry=BrokenRegistry(failures=1))
     world.job_type("ok", handler)
 
-    assert await world.pipeline.handle(world.record(event())) == "dead_lettered"
+    assert await world.handle(world.record(event())) == "dead_lettered"
     assert handler.runs == []
     [letter] = world.letters()
     assert (letter.reason, letter.error_class) == (DeadLetterReason.INTERNAL_ERROR, "RuntimeError")
@@ -641,9 +642,10 @@ async def test_a_bug_in_the_pipeline_is_an_internal_error_dead_letter(
 async def test_a_record_no_route_can_end_is_unroutable_and_handle_does_not_raise(
     http: aiohttp.ClientSession,
 ) -> None:
-    world = World(http=http, registry=BrokenRegistry(failures=10))
+    world = World(http=http, registry=BrokenRegistry(failures=1))
     world.job_type("ok", Calls())
-    assert await world.pipeline.handle(world.record(event())) == "unroutable"
+    world.publisher.faults.down[world.topics.dlq] = ValueError("the dead-letter route is broken")
+    assert await world.handle(world.record(event())) == "unroutable"
     assert world.metrics.unroutable._value.get() == 1
     assert world.store.held == {}
 
@@ -656,7 +658,7 @@ async def test_a_transient_store_error_is_retried_in_place(world: World) -> None
     world.job_type("ok", handler)
     world.store.fail("write", ConnectionResetError("reset"), ConnectionResetError("reset"))
 
-    assert await world.pipeline.handle(world.record(event())) == "succeeded"
+    assert await world.handle(world.record(event())) == "succeeded"
     assert len(handler.runs) == 1
     assert world.store.calls.count["write"] == 3
     assert world.store.row("j1").executions == 1
@@ -667,7 +669,7 @@ async def test_a_transient_store_error_is_retried_in_place(world: World) -> None
 async def test_a_transient_publish_error_is_retried_in_place(world: World) -> None:
     world.job_type("ok", Calls())
     world.publisher.fail(world.topics.outcomes, ConnectionRefusedError("broker restarting"))
-    assert await world.pipeline.handle(world.record(event())) == "succeeded"
+    assert await world.handle(world.record(event())) == "succeeded"
     assert len(world.outcomes()) == 1
     assert world.metrics.step_retries.labels(step="outcome")._value.get() == 1
 
@@ -681,7 +683,7 @@ async def test_an_outage_past_the_deadline_shows_as_stuck_until_it_passes(
     world.job_type("ok", Calls())
     world.store.faults.down["claim"] = ConnectionRefusedError("database is down")
 
-    task = asyncio.create_task(world.pipeline.handle(world.record(event())))
+    task = asyncio.create_task(world.handle(world.record(event())))
 
     async def until_stuck() -> None:
         tries = 1
@@ -703,7 +705,7 @@ async def test_an_outage_past_the_deadline_shows_as_stuck_until_it_passes(
 async def test_a_non_transient_store_error_is_not_retried(world: World) -> None:
     world.job_type("ok", Calls())
     world.store.fail("claim", ValueError("bug in the driver"))
-    assert await world.pipeline.handle(world.record(event())) == "dead_lettered"
+    assert await world.handle(world.record(event())) == "dead_lettered"
     [letter] = world.letters()
     assert letter.reason is DeadLetterReason.INTERNAL_ERROR
     assert world.store.calls.count["claim"] == 2  # the failed one, then the dead letter's
@@ -712,7 +714,7 @@ async def test_a_non_transient_store_error_is_not_retried(world: World) -> None:
 def test_claim_tokens_differ_within_a_process_and_in_a_forked_child() -> None:
     import multiprocessing
 
-    from jobstream.agents.pipeline import new_token
+    from jobstream.agents.claims import new_token
 
     tokens = {new_token() for _ in range(10_000)}
     assert len(tokens) == 10_000
@@ -725,6 +727,6 @@ def test_claim_tokens_differ_within_a_process_and_in_a_forked_child() -> None:
 
 
 def _tokens(n: int) -> list[str]:
-    from jobstream.agents.pipeline import new_token
+    from jobstream.agents.claims import new_token
 
     return [new_token() for _ in range(n)]

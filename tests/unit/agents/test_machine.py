@@ -1,19 +1,22 @@
-"""The batch path on fakes: records in batches, one claim and one write per batch, handlers side
-by side under the concurrency limit, acks only after the rows and outcomes are durable."""
+"""The lifecycle's machine on fakes, many records at once: claims and writes in batches,
+handlers side by side under the concurrency limit, acks only after the rows and outcomes are
+durable, a drain that starts nothing new."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 
-from jobstream.agents.batch import ABANDONED, BatchPath
+from jobstream.agents.machine import Machine
 from jobstream.agents.registry import JobContext
+from jobstream.agents.states import Outcome, Succeeded
 from jobstream.models.deadletter import DeadLetterReason
 from jobstream.models.errors import FatalError
 from jobstream.models.job import JobEvent, JobStatus
@@ -24,8 +27,6 @@ from jobstream.streams.polling import wait_until
 from jobstream.streams.settings import Settings
 from tests.fakes import World
 
-BATCH_DELAY_S = 0.01
-
 
 def settings(concurrency: int = 25) -> Settings:
     return Settings(
@@ -33,6 +34,7 @@ def settings(concurrency: int = 25) -> Settings:
         worker_name="test-worker",
         retry_tiers_s=(10.0, 60.0),
         concurrency=concurrency,
+        batch_max_delay_ms=10,
     )
 
 
@@ -70,8 +72,8 @@ async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
     await wait_until(checked, within_s=timeout, interval_s=0.002)
 
 
-def path(world: World, *, max_size: int = 500) -> BatchPath:
-    return BatchPath(world.pipeline, max_size=max_size, max_delay_s=BATCH_DELAY_S)
+def path(world: World) -> Machine:
+    return world.machine
 
 
 def event(job_id: str, job_type: str = "ok", **payload: Any) -> JobEvent:
@@ -82,7 +84,7 @@ async def echo(payload: Any, ctx: JobContext[Any]) -> dict[str, Any]:
     return {"echo": payload.model_dump()}
 
 
-def submit(world: World, batch: BatchPath, acks: Acks, value: JobEvent | bytes) -> Record:
+def submit(world: World, batch: Machine, acks: Acks, value: JobEvent | bytes) -> Record:
     rec = world.record(value)
     batch.submit(rec, acks.for_record(rec))
     return rec
@@ -256,12 +258,12 @@ async def test_a_drain_leaves_the_jobs_waiting_for_a_slot_unclaimed_and_unacked(
 
     left = await batch.drain()
     assert left == 4
-    assert sorted(label for label in acks.labels.values()) == [ABANDONED] * 4
+    assert sorted(label for label in acks.labels.values()) == [Outcome.ABANDONED] * 4
     assert len(world.store.rows) == 2  # the 4 left were never claimed
     assert len(world.store.held) == 2
     release.set()
     await acks.until(6)
-    assert sorted(acks.labels.values()) == [ABANDONED] * 4 + ["succeeded"] * 2
+    assert sorted(acks.labels.values()) == [Outcome.ABANDONED] * 4 + ["succeeded"] * 2
     await batch.close()
 
 
@@ -270,10 +272,15 @@ async def test_a_bug_in_a_batch_stage_still_ends_every_record_of_it(
 ) -> None:
     world.job_type("ok", echo)
 
-    def broken(*args: Any) -> JobRow:
-        raise RuntimeError("a bug in the finishing stage")
+    records = world.machine.settler.records
+    real = records.row
 
-    monkeypatch.setattr(world.pipeline, "success_row", broken)
+    def broken(state: Any, at: datetime) -> JobRow | None:
+        if isinstance(state, Succeeded):
+            raise RuntimeError("a bug in the settle stage")
+        return real(state, at)
+
+    monkeypatch.setattr(records, "row", broken)
     batch, acks = path(world), Acks()
     for i in range(3):
         submit(world, batch, acks, event(f"j{i}"))
