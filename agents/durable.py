@@ -20,6 +20,7 @@ from jobstream.agents.policy import compute_backoff
 from jobstream.streams import observability
 from jobstream.streams.failures import describe, is_transient
 from jobstream.streams.metrics import Metrics
+from jobstream.streams.pg.pool import heal_pooler
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,6 +53,7 @@ class DurableSteps:
                 except Exception as exc:  # classified right below: only transient is retried
                     if not is_transient(exc):
                         raise
+                    await heal_pooler(exc)  # a pooler not configured as one: heals for the retry
                     failures += 1
                     self.metrics.step_retries.labels(step=what).inc()
                     elapsed = time.monotonic() - started

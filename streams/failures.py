@@ -63,9 +63,23 @@ TRANSIENT_OS: tuple[type[BaseException], ...] = (
 )
 
 
+def pooler_symptom(exc: BaseException) -> bool:
+    """A named prepared statement missing, already there or of another shape on the server
+    connection: what a transaction-mode pooler in front of PostgreSQL (PgBouncer, Supabase's)
+    does to asyncpg's default statement cache when it was not told of the pooler. It passes
+    once the pools use unnamed statements (``streams.pg.pool.heal_pooler``)."""
+    if isinstance(
+        exc, asyncpg.InvalidSQLStatementNameError | asyncpg.DuplicatePreparedStatementError
+    ):
+        return True  # 26000, 42P05
+    return isinstance(exc, asyncpg.ProtocolViolationError) and "bind message" in str(exc)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when waiting may make ``exc`` pass: retry in place, do not route the record."""
     if isinstance(exc, TRANSIENT_KAFKA + TRANSIENT_POSTGRES + TRANSIENT_OS):
+        return True
+    if pooler_symptom(exc):
         return True
     if isinstance(exc, asyncpg.InterfaceError):
         # asyncpg reports a connection lost under a query as "connection is closed"

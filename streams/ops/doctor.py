@@ -584,6 +584,46 @@ async def _log_offsets(
     return dict(ends), dict(starts)
 
 
+async def check_pooler(dsn: str) -> Check:
+    """Is a transaction-mode pooler in front of PostgreSQL while JOBSTREAM_DB_POOLER_MODE says
+    none? One connection prepares a named statement; a second holds a server connection in a
+    transaction; the first runs its statement again. Straight to PostgreSQL both are backends
+    of their own; through a transaction-mode pooler the first gets another server connection,
+    where its statement does not exist."""
+    import asyncpg
+
+    from jobstream.streams.failures import pooler_symptom
+
+    first = await asyncpg.connect(dsn, timeout=TIMEOUT_S)
+    second = await asyncpg.connect(dsn, timeout=TIMEOUT_S, statement_cache_size=0)
+    try:
+        await first.fetchval("SELECT $1::int", 1)
+        async with second.transaction():
+            await second.fetchval("SELECT 1")
+            try:
+                await asyncio.wait_for(first.fetchval("SELECT $1::int", 2), TIMEOUT_S)
+            except asyncpg.PostgresError as exc:
+                if not pooler_symptom(exc):
+                    raise
+                return warn(
+                    "pooler",
+                    "PostgreSQL answers through a transaction-mode pooler (a prepared statement"
+                    " vanished between transactions); workers switch to unnamed statements at"
+                    " their first such error",
+                    f"set {ENV}DB_POOLER_MODE=transaction",
+                )
+            except TimeoutError:
+                return warn(
+                    "pooler",
+                    "inconclusive: a second query waited for a server connection",
+                    f"set {ENV}DB_POOLER_MODE=transaction if a pooler is in front of PostgreSQL",
+                )
+    finally:
+        await first.close()
+        await second.close()
+    return ok("pooler", f"named prepared statements persist ({ENV}DB_POOLER_MODE=none is right)")
+
+
 async def postgres_checks(settings: Settings, *, probe: bool, job_types: JobTypes) -> list[Check]:
     import asyncpg
 
@@ -593,10 +633,10 @@ async def postgres_checks(settings: Settings, *, probe: bool, job_types: JobType
     dsn = settings.database_url.get_secret_value()
     secrets = [p for p in [urlsplit(dsn).password] if p]
     try:
-        # behind a transaction-mode pooler a named prepared statement may vanish between queries
-        cache = 0 if settings.db_pooler_mode == "transaction" else 100
+        # unnamed statements: they work whether or not a transaction-mode pooler is in front
+        # (check_pooler tells which)
         conn = await _bounded(
-            "connect", asyncpg.connect(dsn, timeout=TIMEOUT_S, statement_cache_size=cache)
+            "connect", asyncpg.connect(dsn, timeout=TIMEOUT_S, statement_cache_size=0)
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return [
@@ -618,6 +658,8 @@ async def postgres_checks(settings: Settings, *, probe: bool, job_types: JobType
             else []
         )
         checks.append(check_schema(applied, known))
+        if not probe and settings.db_pooler_mode == "none":
+            checks.append(await check_pooler(dsn))
         if not probe:
             buckets = []
             if await conn.fetchval("SELECT to_regclass('rate_limit_buckets') IS NOT NULL"):

@@ -151,3 +151,34 @@ async def test_jobs_pauses_and_retention_through_pgbouncer(
     log = worker.log_path.read_text(errors="replace")
     assert "prepared statement" not in log
     assert "retention: pruned" in log
+
+
+async def test_a_worker_not_told_of_the_pooler_heals_on_its_first_error_and_says_so_once(
+    factory: WorkerFactory, pooled: tuple[str, str], kafka_bootstrap: str, prefix: str
+) -> None:
+    """JOBSTREAM_DB_POOLER_MODE left at none behind a transaction-mode pooler: the first
+    vanished prepared statement switches every pool to unnamed statements; no job is lost,
+    none is dead-lettered, and one line names the setting. ``jobstream doctor`` says it too."""
+    _, via_pooler = pooled
+    pool = await create_pool(via_pooler, min_size=1, max_size=2, pooler_mode="transaction")
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        worker = factory.start(JOBSTREAM_DB_POOLER_MODE="none", JOBSTREAM_CONCURRENCY="50")
+        await worker.wait_assigned()
+        async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
+            ids = await client.submit_many([client.build("echo", {"n": i}) for i in range(2000)])
+        await wait_terminal(pool, ids, timeout=120)
+        statuses = await pool.fetch(
+            "SELECT status, count(*) AS n FROM jobs WHERE job_id = ANY($1::text[]) GROUP BY 1",
+            ids,
+        )
+        assert {r["status"]: r["n"] for r in statuses} == {"succeeded": len(ids)}
+        _, out = await factory.cli("doctor")
+        assert "answers through a transaction-mode pooler" in out, out
+    finally:
+        await pool.close()
+    log = worker.log_path.read_text(errors="replace")
+    assert log.count("JOBSTREAM_DB_POOLER_MODE=transaction") == 1, log[-3000:]
+    assert "could not be routed" not in log
+    assert "internal error" not in log
