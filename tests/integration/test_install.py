@@ -200,75 +200,6 @@ def test_the_wheel_installs_one_name_and_openai_agents_keeps_its_own(
 BODY = "Since Monday the CSV export of the EU tenant fails with error 500 for every admin user"
 """A ticket's text: it reaches the fake OpenRouter and never a log line."""
 
-TEAM_FILES = {
-    "models.py": '''
-"""The web application's own models: a top-level module named like jobstream's old one."""
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Order:
-    id: int
-    amount_cents: int
-''',
-    "agents.py": '''
-"""The team's own agents module (who is on call), named like openai-agents' package."""
-ON_CALL = ("ada", "grace")
-''',
-    "produce.py": f'''
-"""The web application submitting Acme's jobs with the typed client."""
-import asyncio
-import json
-import sys
-
-import agents  # the team's own module, not openai-agents
-from acme_jobs.jobs import Notify, Ticket, app, fan_out, summarize_ticket
-from models import Order
-
-from jobstream import JobClient, Settings, SubmitError
-
-BODY = {BODY!r}
-
-
-async def main(phase: str, prefix: str) -> dict[str, str]:
-    settings = Settings()
-    assert settings.kafka_bootstrap is not None
-    out = {{}}
-    async with JobClient(
-        settings.kafka_bootstrap, topic_prefix=settings.topic_prefix, app=app
-    ) as client:
-        if phase == "first":
-            ticket = Ticket(ticket_id="T-1", subject="Export fails", body=BODY)
-            out["summary"] = await client.submit(
-                summarize_ticket, ticket, job_id=f"{{prefix}}-summary"
-            )
-            order = Order(id=42, amount_cents=1999)
-            paid = Notify(
-                event="order.paid",
-                data={{"order": order.id, "amount_cents": order.amount_cents,
-                      "on_call": agents.ON_CALL[0]}},
-            )
-            out["fanout"] = await client.submit(fan_out, paid, job_id=f"{{prefix}}-fanout")
-            try:
-                await client.submit(
-                    "ticket.summarize",
-                    {{"ticket_id": "T-2", "subject": "s", "body": ""}},
-                    job_id=f"{{prefix}}-refused",
-                )
-            except SubmitError as exc:
-                out["refused"] = str(exc)
-        else:
-            ticket = Ticket(ticket_id="T-3", subject="Login loop", body=BODY)
-            out["rejected"] = await client.submit(
-                summarize_ticket, ticket, job_id=f"{{prefix}}-rejected"
-            )
-    return out
-
-
-print(json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2]))))
-''',
-}
-
 
 class Receivers:
     """Webhook receivers on one local server, one per path; ``script`` queues statuses a path
@@ -320,15 +251,24 @@ class TeamWorker(Replica):
         return float(found.group(1)) if found else 0.0
 
 
-async def produce(venv: TeamVenv, team: Path, phase: str, prefix: str, bootstrap: str) -> Any:
+async def submit(venv: TeamVenv, team: Path, bootstrap: str, prefix: str, *argv: str) -> str:
+    """``python submit.py ...`` of the team's web application; the job id it printed."""
+    code, out, err = await run_submit(venv, team, bootstrap, prefix, *argv)
+    assert code == 0, err
+    return out.strip()
+
+
+async def run_submit(
+    venv: TeamVenv, team: Path, bootstrap: str, prefix: str, *argv: str
+) -> tuple[int, str, str]:
     env = clean_env(JOBSTREAM_KAFKA_BOOTSTRAP=bootstrap, JOBSTREAM_TOPIC_PREFIX=prefix)
     proc = await asyncio.create_subprocess_exec(
-        str(venv.python), "produce.py", phase, prefix, cwd=team, env=env,
+        str(venv.python), "submit.py", *argv, cwd=team, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode == 0, err.decode()
-    return json.loads(out)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 async def rows(pool: asyncpg.Pool, ids: list[str]) -> dict[str, asyncpg.Record]:
@@ -362,10 +302,9 @@ async def test_a_team_worker_runs_its_jobs_beside_its_own_models_and_agents_modu
     receivers: Receivers,
     openrouter: FakeOpenRouter,
 ) -> None:
-    team = tmp_path / "acme_web"
-    team.mkdir()
-    for name, text in TEAM_FILES.items():
-        (team / name).write_text(text.lstrip())
+    team = tmp_path / "webapp"  # a copy: running from it writes __pycache__
+    shutil.copytree(EXAMPLE / "webapp", team, ignore=shutil.ignore_patterns("__pycache__"))
+    assert {"models.py", "agents.py"} <= {p.name for p in team.iterdir()}
     paths = ["/crm", "/billing", "/legacy"]
     env = clean_env(
         JOBSTREAM_KAFKA_BOOTSTRAP=kafka_bootstrap,
@@ -387,13 +326,22 @@ async def test_a_team_worker_runs_its_jobs_beside_its_own_models_and_agents_modu
     worker.start()
     try:
         await worker.wait_ready(120)
-        first = await produce(team_venv, team, "first", prefix, kafka_bootstrap)
-        assert "body" in first["refused"]  # checked against Ticket before anything was sent
+        summary_id = await submit(
+            team_venv, team, kafka_bootstrap, prefix, "ticket", "T-1", "Export fails", BODY
+        )
+        fanout_id = await submit(team_venv, team, kafka_bootstrap, prefix, "paid", "42", "1999")
+        invalid = json.dumps({"ticket_id": "T-2", "subject": "s", "body": ""})
+        code, _, err = await run_submit(
+            team_venv, team, kafka_bootstrap, prefix, "ticket.summarize", invalid
+        )
+        assert code == 2, err
+        assert err.startswith("refused: ticket.summarize:")
+        assert "body" in err  # checked against Ticket before anything was published
 
         # the summary and the fan-out, then the three deliveries the fan-out published
-        await wait_terminal(pg_pool, [first["summary"], first["fanout"]], timeout=60)
-        got = await rows(pg_pool, [first["summary"], first["fanout"]])
-        summary, fanout = got[first["summary"]], got[first["fanout"]]
+        await wait_terminal(pg_pool, [summary_id, fanout_id], timeout=60)
+        got = await rows(pg_pool, [summary_id, fanout_id])
+        summary, fanout = got[summary_id], got[fanout_id]
         assert (summary["status"], summary["attempt"]) == ("succeeded", 1)
         assert summary["result"]["summary"] == f"Ticket T-1: Export fails {BODY}"
         assert summary["result"]["tokens"] > 0
@@ -412,16 +360,18 @@ async def test_a_team_worker_runs_its_jobs_beside_its_own_models_and_agents_modu
             assert {h["Idempotency-Key"] for h, _ in seen} == {delivery}
             assert seen[0][1] == {
                 "event": "order.paid",
-                "id": first["fanout"],
+                "id": fanout_id,
                 "data": {"order": 42, "amount_cents": 1999, "on_call": "ada"},
             }
         assert await worker.tokens("openrouter") == summary["result"]["tokens"]
 
         # the account's key is revoked: OpenRouter answers 401, and no retry can help
         openrouter.configure(FakeConfig(api_key="sk-or-rotated"))
-        second = await produce(team_venv, team, "second", prefix, kafka_bootstrap)
-        await wait_terminal(pg_pool, [second["rejected"]], timeout=60)
-        rejected = (await rows(pg_pool, [second["rejected"]]))[second["rejected"]]
+        rejected_id = await submit(
+            team_venv, team, kafka_bootstrap, prefix, "ticket", "T-3", "Login loop", BODY
+        )
+        await wait_terminal(pg_pool, [rejected_id], timeout=60)
+        rejected = (await rows(pg_pool, [rejected_id]))[rejected_id]
         assert (rejected["status"], rejected["attempt"]) == ("dead_lettered", 1)
         assert rejected["error_class"] == "UpstreamRejectedError"
         assert openrouter.stats.by_status[401] == 1
@@ -436,21 +386,21 @@ async def test_a_team_worker_runs_its_jobs_beside_its_own_models_and_agents_modu
         letters = [DeadLetter.model_validate_json(r.value) for r in dlq.records]
         assert sorted((o.job_id, o.status.value) for o in ended) == sorted(
             [
-                (first["summary"], "succeeded"),
-                (first["fanout"], "succeeded"),
+                (summary_id, "succeeded"),
+                (fanout_id, "succeeded"),
                 (deliveries[0], "succeeded"),
                 (deliveries[1], "succeeded"),
                 (deliveries[2], "dead_lettered"),
-                (second["rejected"], "dead_lettered"),
+                (rejected_id, "dead_lettered"),
             ]
         )
         assert sorted((d.job_id, d.reason.value, d.error_class) for d in letters) == sorted(
             [
                 (deliveries[2], "fatal_error", "FatalError"),
-                (second["rejected"], "fatal_error", "UpstreamRejectedError"),
+                (rejected_id, "fatal_error", "UpstreamRejectedError"),
             ]
         )
-        assert await rows(pg_pool, [f"{prefix}-refused"]) == {}  # the refused job never left
+        # nothing else was published: the refused job would be here as a dead letter
 
         worker.send(signal.SIGTERM)
         assert worker.wait(60) == 0  # drained; the lifespan closed its client and session
