@@ -47,7 +47,7 @@ app: JobApp[Resources] = JobApp("acme", include=[builtin])
 app.rate_limit("openrouter", rate=20, per=1.0, tokens_per_minute=200_000)
 
 
-@app.lifespan
+@app.lifespan  # once per replica, before the first job; closed after the drain
 async def resources(settings: Settings) -> AsyncIterator[Resources]:
     acme = AcmeSettings()  # from the ACME_* variables, once per replica
     if settings.kafka_bootstrap is None:
