@@ -326,13 +326,11 @@ async def test_a_team_worker_runs_its_jobs_beside_its_own_models_and_agents_modu
     worker.start()
     try:
         await worker.wait_ready(120)
-        summary_id = await submit(
-            team_venv, team, kafka_bootstrap, prefix, "ticket", "T-1", "Export fails", BODY
-        )
-        fanout_id = await submit(team_venv, team, kafka_bootstrap, prefix, "paid", "42", "1999")
         invalid = json.dumps({"ticket_id": "T-2", "subject": "s", "body": ""})
-        code, _, err = await run_submit(
-            team_venv, team, kafka_bootstrap, prefix, "ticket.summarize", invalid
+        summary_id, fanout_id, (code, _, err) = await asyncio.gather(  # three web requests
+            submit(team_venv, team, kafka_bootstrap, prefix, "ticket", "T-1", "Export fails", BODY),
+            submit(team_venv, team, kafka_bootstrap, prefix, "paid", "42", "1999"),
+            run_submit(team_venv, team, kafka_bootstrap, prefix, "ticket.summarize", invalid),
         )
         assert code == 2, err
         assert err.startswith("refused: ticket.summarize:")
