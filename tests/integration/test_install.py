@@ -125,7 +125,9 @@ def build_wheels(tmp: Path, index: list[str]) -> dict[str, Path]:
     jobstream_src = copy_source(
         ROOT, tmp / "src" / "jobstream", ["pyproject.toml", "README.md", "jobstream", *PACKAGES]
     )
-    example_src = copy_source(EXAMPLE, tmp / "src" / "acme_jobs", ["pyproject.toml", "acme_jobs"])
+    example_src = copy_source(
+        EXAMPLE, tmp / "src" / "acme_jobs", ["pyproject.toml", "README.md", "acme_jobs"]
+    )
     dist = tmp / "dist"
     pip("wheel", "--quiet", "--no-deps", *index, "-w", str(dist), str(jobstream_src),
         str(example_src))  # fmt: skip
