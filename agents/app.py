@@ -22,9 +22,10 @@ import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic
 
 from pydantic import BaseModel
+from typing_extensions import TypeVar
 
 from jobstream.agents.policy import ExceptionTypes, RetryPolicy
 from jobstream.agents.registry import JobContext, JobType, Registry
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from jobstream.streams.settings import RateLimit, Settings
 
 P = TypeVar("P", bound=BaseModel)
-R = TypeVar("R")
+R = TypeVar("R", default=None)
 Lifespan = Callable[["Settings"], AbstractAsyncContextManager[Any]]
 
 
@@ -105,7 +106,8 @@ class JobApp(Generic[R]):
             ``JOBSTREAM_MAX_ATTEMPTS``).
         :param rate_limit: a rate-limit key shared by every replica (see :meth:`rate_limit`
             and ``JOBSTREAM_RATE_LIMITS``); each execution takes one token first.
-        :param fatal: exception classes (subclasses count) that dead-letter at once.
+        :param fatal: exception classes (subclasses count) that dead-letter at once; checked
+            first, so they win over ``retry_on`` and over a ``RetryableError`` subclass.
         :param retry_on: exception classes (subclasses count) that are retried, whatever
             ``retry_unexpected`` says.
         :param retry_unexpected: retry an exception outside jobstream's error tree and
@@ -148,7 +150,9 @@ class JobApp(Generic[R]):
         burst: float | None = None,
         tokens_per_minute: float | None = None,
     ) -> None:
-        """Declare a rate limit shared by every replica; ``JOBSTREAM_RATE_LIMITS`` overrides it.
+        """Declare a rate limit shared by every replica. An app's declaration of a key wins
+        over the same key's in the apps it includes (say, the built-in ``openrouter``), and
+        ``JOBSTREAM_RATE_LIMITS`` wins over both.
 
         :param key: what job types name as their ``rate_limit``.
         :param rate: executions allowed per ``per`` seconds, across all replicas.

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from jobstream.agents.decode import storable
 from jobstream.agents.durable import DurableSteps
 from jobstream.agents.ports import Limiter
-from jobstream.agents.registry import JobContext, JobType
+from jobstream.agents.registry import JobContext, JobType, Submitter
 from jobstream.agents.states import Claimed, Failed, Ran
 from jobstream.models.errors import FatalError, JobTimeoutError, RateLimitedError
 from jobstream.streams.metrics import Metrics
@@ -33,6 +33,7 @@ class Executor:
         steps: DurableSteps,
         resources: Mapping[str, Any],
         clock: Callable[[], datetime],
+        submitter: Submitter | None = None,
     ) -> None:
         self.settings = settings
         self.limiter = limiter
@@ -41,6 +42,7 @@ class Executor:
         self.steps = steps
         self.resources = resources
         self.clock = clock
+        self.submitter = submitter
 
     async def acquire(self, job_type: JobType) -> None:
         """A token of the type's rate limit, before its claim (so a run is counted only once
@@ -58,6 +60,7 @@ class Executor:
             settings=self.settings,
             http=self.http,
             resources=self.resources.get(job_type.app),
+            submitter=self.submitter,
         )
         timeout = job_type.timeout_s or self.settings.default_timeout_s
         started = time.perf_counter()

@@ -44,7 +44,7 @@ from jobstream.agents.intake import bare_source, classify, read
 from jobstream.agents.policy import compute_backoff
 from jobstream.agents.ports import JobStore, Limiter, RecordPublisher
 from jobstream.agents.records import Records
-from jobstream.agents.registry import Registry
+from jobstream.agents.registry import Registry, Submitter
 from jobstream.agents.routes import after_run, dead_letter
 from jobstream.agents.settle import Settler
 from jobstream.agents.states import (
@@ -110,6 +110,7 @@ class Machine:
         steps: DurableSteps | None = None,
         resources: Mapping[str, Any] | None = None,
         clock: Callable[[], datetime] = wall_clock,
+        submitter: Submitter | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -130,6 +131,7 @@ class Machine:
             steps=self.steps,
             resources=resources or {},
             clock=clock,
+            submitter=submitter,
         )
         self.settler = Settler(
             settings=settings,

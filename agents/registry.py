@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol
 
 from pydantic import BaseModel
+from typing_extensions import TypeVar
 
 from jobstream.agents.policy import RetryPolicy
+from jobstream.models.errors import ConfigurationError
 
 if TYPE_CHECKING:
     import aiohttp
@@ -18,7 +20,21 @@ if TYPE_CHECKING:
     from jobstream.models.job import JobEvent
     from jobstream.streams.settings import RateLimit, Settings
 
-R = TypeVar("R")
+R = TypeVar("R", default=None)
+
+
+class Submitter(Protocol):
+    """Checks and publishes a job (``JobClient.submit``'s work), for ``JobContext.submit``."""
+
+    async def submit(
+        self,
+        job: Any,
+        payload: Any = None,
+        *,
+        job_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
+    ) -> str: ...
 
 
 @dataclass
@@ -36,6 +52,37 @@ class JobContext(Generic[R]):
     http: aiohttp.ClientSession
     resources: R = None  # type: ignore[assignment]
     usage: dict[str, float] = field(default_factory=dict)
+    submitter: Submitter | None = None
+    """The worker's producer, for :meth:`submit`."""
+
+    async def submit(
+        self,
+        job: Any,
+        payload: Any = None,
+        *,
+        job_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
+    ) -> str:
+        """Publish a follow-up job from this handler, checked like ``JobClient.submit``
+        (a :class:`~jobstream.models.errors.SubmitError` when it is refused); returns its id
+        once Kafka has it.
+
+        A handler that fails after this and is retried submits again: give follow-ups an id
+        derived from this job's (``job_id=f"{ctx.job_id}:{part}"``) so a second submit of
+        the same follow-up is absorbed (a job id runs at most once).
+
+        :param job: a job type declared with ``@app.job``, or a type's name.
+        :param payload: the payload: the type's model (or a dict it accepts).
+        :param job_id: the follow-up's id (default: a new uuid).
+        :param metadata: string pairs carried along with the follow-up.
+        :param partition_key: follow-ups with one key keep their order of arrival.
+        """
+        if self.submitter is None:
+            raise ConfigurationError("this context has no producer to submit jobs with")
+        return await self.submitter.submit(
+            job, payload, job_id=job_id, metadata=metadata, partition_key=partition_key
+        )
 
     @property
     def job_id(self) -> str:

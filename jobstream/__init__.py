@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobstream.agents.app import Job, JobApp, JobOptions
 from jobstream.agents.registry import JobContext
+from jobstream.models.deadletter import DeadLetter, DeadLetterReason
 from jobstream.models.errors import (
     ConfigurationError,
     FatalError,
@@ -30,7 +31,7 @@ from jobstream.models.errors import (
     RetryableError,
     SubmitError,
 )
-from jobstream.models.job import JobOutcome, JobStatus
+from jobstream.models.job import JobEvent, JobOutcome, JobStatus
 from jobstream.streams.settings import RateLimit, Settings
 
 if TYPE_CHECKING:
@@ -39,12 +40,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConfigurationError",
+    "DeadLetter",
+    "DeadLetterReason",
     "FatalError",
     "Job",
     "JobApp",
     "JobClient",
     "JobContext",
     "JobError",
+    "JobEvent",
     "JobOptions",
     "JobOutcome",
     "JobStatus",

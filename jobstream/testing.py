@@ -38,7 +38,7 @@ from jobstream.models.job import JobEvent, JobOutcome, JobStatus
 from jobstream.streams.kafka.record import Record
 from jobstream.streams.memory import ManualClock, MemoryLimiter, MemoryPublisher, MemoryStore
 from jobstream.streams.metrics import Metrics
-from jobstream.streams.producer.client import AppTypes, make_event
+from jobstream.streams.producer.client import AppTypes, EventSubmitter, make_event
 from jobstream.streams.settings import Settings
 from jobstream.streams.topics import topic_names
 
@@ -78,6 +78,9 @@ class JobRun:
     """The record a worker publishes on the outcome topic."""
     waited_s: float
     """Virtual seconds spent waiting for retries."""
+    submitted: list[JobEvent] = field(default_factory=list)
+    """Follow-up jobs its handler submitted (``ctx.submit``), in order; run one with
+    ``tester.deliver(event)``."""
 
     @property
     def succeeded(self) -> bool:
@@ -136,6 +139,12 @@ class JobTester:
             http=http,
             resources=resources,
             clock=self.clock.now,
+            submitter=EventSubmitter(
+                self.publisher,
+                self.topics.main,
+                AppTypes(self.app),
+                self.settings.max_event_bytes,
+            ),
         )
         return self
 
@@ -180,7 +189,7 @@ class JobTester:
             raise RuntimeError("use the tester as `async with JobTester(app) as tester:`")
         retries: list[RetryEvent] = []
         waited = 0.0
-        seen = len(self.publisher.sent)
+        seen = first = len(self.publisher.sent)
         rec = self._record(event, headers or [])
         while True:
             await self.handle(rec)
@@ -196,7 +205,12 @@ class JobTester:
             # the retry tier's forwarder: due now, back on the main topic
             due = retry.model_copy(update={"not_before": None})
             rec = self._record(due, [(TIER_HEADER, b"virtual")])
-        return self._ended(event.id, retries, waited)
+        submitted = [
+            JobEvent.model_validate_json(sent.value or b"")
+            for sent in self.publisher.sent[first:]
+            if sent.topic == self.topics.main
+        ]
+        return self._ended(event.id, retries, waited, submitted)
 
     async def handle(self, rec: Record) -> Outcome:
         """One record through the worker's machine, as its main-topic agent hands it over;
@@ -225,7 +239,9 @@ class JobTester:
                     return event
         return None
 
-    def _ended(self, job_id: str, retries: list[RetryEvent], waited: float) -> JobRun:
+    def _ended(
+        self, job_id: str, retries: list[RetryEvent], waited: float, submitted: list[JobEvent]
+    ) -> JobRun:
         row = self.store.row(job_id)
         letters = [
             DeadLetter.model_validate_json(s.value or b"")
@@ -247,6 +263,7 @@ class JobTester:
             dead_letter=next((d for d in reversed(letters) if d.job_id == job_id), None),
             outcome=next((o for o in reversed(outcomes) if o.job_id == job_id), None),
             waited_s=waited,
+            submitted=submitted,
         )
 
 

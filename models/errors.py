@@ -51,10 +51,11 @@ class InvalidJobError(FatalError):
         self.reason = reason
 
 
-class SubmitError(JobstreamError):
+class SubmitError(FatalError):
     """Raised when a job is refused before anything is published: an unknown type, a payload
     its type's model refuses, an event larger than the workers accept; ``errors`` lists each
-    problem (``loc``, ``msg``, ``type``), never the refused values."""
+    problem (``loc``, ``msg``, ``type``), never the refused values. Fatal: a handler whose
+    follow-up is refused is dead-lettered, since submitting it again cannot help."""
 
     def __init__(self, message: str, errors: Sequence[Mapping[str, Any]] = ()) -> None:
         super().__init__(message)

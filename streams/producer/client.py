@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, overload
 
 from pydantic import BaseModel
 
-from jobstream.models.errors import SubmitError
+from jobstream.models.errors import ConfigurationError, SubmitError
 from jobstream.models.job import JobEvent
 from jobstream.streams.kafka.publisher import Publisher
 from jobstream.streams.producer.api import ApiError, JobTypes, error_line, validate_job
+from jobstream.streams.settings import Settings
 from jobstream.streams.topics import topic_names
 
 if TYPE_CHECKING:
@@ -78,9 +79,30 @@ class JobClient:
             app = builtin
         self.topic = topic_names(topic_prefix).main
         self.max_event_bytes = max_event_bytes
-        self._types = AppTypes(app)
         self._publisher = Publisher(
             bootstrap, linger_ms=linger_ms, client_id="jobstream-client", options=options
+        )
+        self._events = EventSubmitter(self._publisher, self.topic, AppTypes(app), max_event_bytes)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, app: JobApp[Any] | None = None) -> JobClient:
+        """A client for the workers ``settings`` describe: their Kafka (with its TLS/SASL
+        options), topic prefix and size limit (``JOBSTREAM_*`` variables: ``Settings()``).
+
+        :param settings: the workers' settings; ``kafka_bootstrap`` must be set.
+        :param app: as for the constructor (default: ``settings.app``, else the built-ins).
+        """
+        from jobstream.agents.catalog import app_for
+        from jobstream.streams.kafka.security import client_options
+
+        if settings.kafka_bootstrap is None:
+            raise ConfigurationError("JOBSTREAM_KAFKA_BOOTSTRAP is not set")
+        return cls(
+            settings.kafka_bootstrap,
+            topic_prefix=settings.topic_prefix,
+            app=app or app_for(settings),
+            max_event_bytes=settings.max_event_bytes,
+            options=client_options(settings),
         )
 
     async def start(self) -> None:
@@ -135,19 +157,13 @@ class JobClient:
         :param metadata: string pairs carried along with the job (its outcome has them).
         :param partition_key: jobs with one key keep their order of arrival (default: the id).
         """
-        return make_event(
-            self._types,
-            job,
-            payload,
-            job_id=job_id,
-            metadata=metadata,
-            partition_key=partition_key,
-            max_event_bytes=self.max_event_bytes,
+        return self._events.build(
+            job, payload, job_id=job_id, metadata=metadata, partition_key=partition_key
         )
 
     async def publish(self, event: JobEvent) -> asyncio.Future[Any]:
         """Queue one event as it is (see :meth:`build`); the future resolves when Kafka has it."""
-        return await self._publisher.send(self.topic, event.to_bytes(), key=event.key())
+        return await self._events.publish(event)
 
     @overload
     async def submit(
@@ -181,15 +197,9 @@ class JobClient:
         partition_key: str | None = None,
     ) -> str:
         """Check one job (see :meth:`build`), publish it, and return its id once Kafka has it."""
-        event = self.build(
-            job,
-            payload,
-            job_id=job_id,
-            metadata=metadata,
-            partition_key=partition_key,
+        return await self._events.submit(
+            job, payload, job_id=job_id, metadata=metadata, partition_key=partition_key
         )
-        await (await self.publish(event))
-        return event.id
 
     async def submit_many(self, events: Iterable[JobEvent]) -> list[str]:
         """Publish events made by :meth:`build`; returns their ids once Kafka has them all."""
@@ -213,6 +223,68 @@ class _Single:
 
     def names(self) -> list[str]:
         return [self._job.name]
+
+
+class EventSender(Protocol):
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[Any]: ...
+
+
+class EventSubmitter:
+    """Checks jobs and publishes them with a producer it does not own: a :class:`JobClient`'s,
+    or the worker's for a handler's ``ctx.submit``."""
+
+    def __init__(
+        self, sender: EventSender, topic: str, types: JobTypes, max_event_bytes: int
+    ) -> None:
+        self.sender = sender
+        self.topic = topic
+        self.types = types
+        self.max_event_bytes = max_event_bytes
+
+    def build(
+        self,
+        job: Job[Any] | str,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        job_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
+    ) -> JobEvent:
+        return make_event(
+            self.types,
+            job,
+            payload,
+            job_id=job_id,
+            metadata=metadata,
+            partition_key=partition_key,
+            max_event_bytes=self.max_event_bytes,
+        )
+
+    async def publish(self, event: JobEvent) -> asyncio.Future[Any]:
+        sent = await self.sender.send(self.topic, event.to_bytes(), key=event.key())
+        return asyncio.ensure_future(sent)
+
+    async def submit(
+        self,
+        job: Job[Any] | str,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        job_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
+    ) -> str:
+        event = self.build(
+            job, payload, job_id=job_id, metadata=metadata, partition_key=partition_key
+        )
+        await (await self.publish(event))
+        return event.id
 
 
 def make_event(

@@ -26,6 +26,7 @@ from jobstream.streams.metrics import Metrics
 from jobstream.streams.pg.pool import create_pool
 from jobstream.streams.pg.results import ResultStore
 from jobstream.streams.pg.retention import Sweeper, worker_sweeper
+from jobstream.streams.producer.client import AppTypes, EventSubmitter
 from jobstream.streams.settings import Settings
 from jobstream.streams.setup import prepare
 from jobstream.streams.topics import RetryTier, TopicNames, topic_names
@@ -143,6 +144,9 @@ class Runtime:
             metrics=self.metrics,
             http=self.http,
             resources=resources,
+            submitter=EventSubmitter(
+                self.publisher, self.topics.main, AppTypes(self.app), s.max_event_bytes
+            ),
         )
         teardown.push_async_callback(self.machine.close)  # before the store and the publisher
         machine = self.machine

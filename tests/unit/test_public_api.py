@@ -144,3 +144,41 @@ def test_declaration_mistakes_are_configuration_errors() -> None:
     with pytest.raises(ConfigurationError, match="without a limit"):
         other.registry(Settings())
     assert load_app("tests.unit.test_public_api:app") is app
+
+
+class Fanout(BaseModel):
+    urls: list[str]
+
+
+@app.job("thumb.fanout")
+async def fanout(payload: Fanout, ctx: JobContext[Resources]) -> int:
+    for n, url in enumerate(payload.urls):
+        await ctx.submit(make_thumb, {"url": url}, job_id=f"{ctx.job_id}:{n}")
+    return len(payload.urls)
+
+
+async def test_a_handler_submits_follow_up_jobs_checked_like_the_client() -> None:
+    async with JobTester(app, resources=Resources()) as tester:
+        run = await tester.run(fanout, Fanout(urls=["a", "b"]), job_id="f")
+        assert run.result == 2
+        assert [(e.id, e.type, e.payload["url"]) for e in run.submitted] == [
+            ("f:0", "thumb.make", "a"),
+            ("f:1", "thumb.make", "b"),
+        ]
+        followed = [await tester.deliver(e) for e in run.submitted]
+        refused = await tester.run(fanout, Fanout(urls=[""]))  # Thumb.url needs a character
+    assert [f.result["path"] for f in followed] == ["/thumbs/f:0.png", "/thumbs/f:1.png"]
+    assert (refused.status, refused.attempts) == (JobStatus.DEAD_LETTERED, 1)  # fatal
+    assert refused.submitted == []
+
+
+def test_a_client_is_made_from_the_workers_settings() -> None:
+    client = JobClient.from_settings(
+        Settings(kafka_bootstrap="127.0.0.1:1", topic_prefix="acme", max_event_bytes=4096),
+        app=app,
+    )
+    assert (client.topic, client.max_event_bytes) == ("acme", 4096)
+    with pytest.raises(SubmitError, match="workers refuse more than 4096"):
+        client.build("echo", {"blob": "x" * 5000})
+    with pytest.raises(ConfigurationError, match="KAFKA_BOOTSTRAP"):
+        JobClient.from_settings(Settings(kafka_bootstrap=None))
