@@ -23,6 +23,7 @@ from jobstream.agents.states import (
     Finished,
     Outcome,
     Reemitted,
+    Stopped,
     Unrunnable,
 )
 from jobstream.models.deadletter import DeadLetterReason
@@ -59,7 +60,13 @@ class Blocked(Enum):
     """Another live execution holds the claim: wait for it, then claim again."""
 
 
-def request(state: Decoded | Unrunnable, token: str) -> ClaimRequest:
+def expired(state: Decoded, now: datetime) -> bool:
+    """Not started by its ``expires_at``: it ends expired instead of running."""
+    expires = state.job.expires_at
+    return expires is not None and expires <= now
+
+
+def request(state: Decoded | Unrunnable, token: str, now: datetime) -> ClaimRequest:
     """The claim of ``state``: a runnable job's claim starts its run (and counts it)."""
     src = state.src
     if isinstance(state, Unrunnable):
@@ -70,7 +77,7 @@ def request(state: Decoded | Unrunnable, token: str) -> ClaimRequest:
             token=token,
             created_at=src.created_at,
         )
-    run = state.runnable
+    run = state.runnable and not expired(state, now)
     return ClaimRequest(
         job_id=src.job_id,
         type=src.job_type,
@@ -85,10 +92,14 @@ def request(state: Decoded | Unrunnable, token: str) -> ClaimRequest:
 
 def after_claim(
     state: Decoded, token: str, claim: ClaimResult, now: datetime
-) -> Claimed | DeadLettered | Reemitted | Finished | Blocked:
+) -> Claimed | DeadLettered | Reemitted | Stopped | Finished | Blocked:
     """A decoded job's claim: it runs, ends without a run, or waits."""
     src = state.src
     if claim.won:
+        if claim.cancel_requested:
+            return Stopped(src, token, Outcome.CANCELLED)
+        if expired(state, now):
+            return Stopped(src, token, Outcome.EXPIRED)
         if isinstance(state.payload, InvalidJobError) or state.job_type is None:
             error = state.payload if isinstance(state.payload, InvalidJobError) else None
             assert error is not None
@@ -107,6 +118,9 @@ def after_claim(
         return Blocked.AGAIN
     if existing.status.terminal:
         return Reemitted(src, existing)
+    if existing.status is JobStatus.SCHEDULED:
+        # not due (a copy that came early, or a job re-timed later): the dispatcher sends it
+        return Finished(src, Outcome.DUPLICATE)
     if existing.attempt > src.attempt or (
         existing.status is JobStatus.RETRYING and existing.attempt == src.attempt
     ):

@@ -51,8 +51,11 @@ class Executor:
         if key is not None:
             await self.steps.run("rate-limit", lambda: self.limiter.acquire(key))
 
-    async def run(self, claimed: Claimed) -> Ran | Failed:
-        """The handler's result, or its failure classified by the type's policy."""
+    async def run(
+        self, claimed: Claimed, progress: Callable[[float, str | None], None] | None = None
+    ) -> Ran | Failed:
+        """The handler's result, or its failure classified by the type's policy; ``progress``
+        takes what the handler reports with ``ctx.progress``."""
         job_type = claimed.job_type
         key = job_type.rate_limit_key
         ctx: JobContext[Any] = JobContext(
@@ -61,6 +64,7 @@ class Executor:
             http=self.http,
             resources=self.resources.get(job_type.app),
             submitter=self.submitter,
+            reporter=progress,
         )
         timeout = job_type.timeout_s or self.settings.default_timeout_s
         started = time.perf_counter()

@@ -9,10 +9,11 @@ from pydantic import BaseModel, ValidationError
 
 from jobstream.agents.decode import decode_event, payload_error, readable_id
 from jobstream.agents.registry import JobType, Registry
-from jobstream.agents.states import Decoded, Read, Source, Unrunnable
+from jobstream.agents.states import Decoded, Read, Scheduled, Source, Unrunnable
 from jobstream.models.deadletter import REPLAY_HEADER, DeadLetterReason
 from jobstream.models.errors import InvalidJobError
 from jobstream.models.job import JobEvent
+from jobstream.models.rows import ScheduledRow
 from jobstream.streams.kafka.record import Record
 
 TIER_HEADER = "jobstream-retry-tier"
@@ -92,3 +93,19 @@ def validated(job: JobEvent, job_type: JobType | None) -> BaseModel | InvalidJob
     except ValidationError as exc:
         return InvalidJobError(DeadLetterReason.INVALID_PAYLOAD, payload_error(exc))
     return payload  # type: ignore[no-any-return]
+
+
+def scheduled(state: Decoded) -> Scheduled:
+    """A delayed job (``not_before`` ahead) as the row that keeps it until it is due."""
+    job = state.job
+    assert job.not_before is not None
+    row = ScheduledRow(
+        job_id=job.id,
+        type=job.type,
+        attempt=job.attempt,
+        created_at=job.created_at,
+        run_at=job.not_before,
+        expires_at=job.expires_at,
+        event=job.model_dump(mode="json"),
+    )
+    return Scheduled(state.src, row)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from jobstream.agents.claims import Blocked, after_claim, after_end_claim, new_t
 from jobstream.agents.collect import Collector
 from jobstream.agents.durable import DurableSteps
 from jobstream.agents.execution import Executor
-from jobstream.agents.intake import bare_source, classify, read
+from jobstream.agents.intake import bare_source, classify, read, scheduled
 from jobstream.agents.policy import compute_backoff
 from jobstream.agents.ports import JobStore, Limiter, RecordPublisher
 from jobstream.agents.records import Records
@@ -51,12 +52,16 @@ from jobstream.agents.states import (
     Claimed,
     DeadLettered,
     Decoded,
+    Failed,
     Finished,
     Outcome,
+    Ran,
     Read,
     Reemitted,
     Retrying,
+    Scheduled,
     Settled,
+    Stopped,
     Succeeded,
     Unrunnable,
 )
@@ -73,9 +78,13 @@ from jobstream.streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
+CONTROL_INTERVAL_S = 0.5
+"""How often a replica writes the progress its running jobs reported and looks for cancel
+requests of them: a cancel reaches a running handler within about this (plus a settle)."""
 Done = Callable[[Outcome], None]
 """Called once per record with how it ended, when it may be acknowledged (``Outcome.acked``)."""
 State = Read | Decoded | Unrunnable | Claimed | Settled
+SETTLED = (Succeeded, Retrying, DeadLettered, Reemitted, Scheduled, Stopped, Finished)
 _NOT_READ = JobEvent(id="-", type="-")
 """The job of a ticket whose record is being read (a placeholder, never run)."""
 
@@ -152,6 +161,13 @@ class Machine:
         a job waits on it instead of polling PostgreSQL."""
         self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers: dict[Ticket, asyncio.Task[None]] = {}
+        """The handler task of each running job."""
+        self._cancelling: set[Ticket] = set()
+        """Running jobs whose handler is being cancelled on request."""
+        self._progress_of: dict[str, tuple[str, float, str | None]] = {}
+        """Claim token -> (job id, fraction, detail): progress reported since the last flush."""
+        self._watcher: asyncio.Future[None] | None = None
         max_size = settings.batch_max_size
         # claims go out as soon as jobs have slots: a delay here would hold the slots idle
         self._claims: Collector[Ticket] = Collector(
@@ -228,11 +244,16 @@ class Machine:
 
     def _enter(self, t: Ticket) -> None:
         state = t.state
-        if isinstance(state, Decoded) and state.runnable:
-            self._ready.append(t)
-            self._pump()
-        else:
-            self._claims.add(t)  # ends without a run: no slot
+        if isinstance(state, Decoded):
+            not_before = state.job.not_before
+            if not_before is not None and not_before > self.clock():
+                self._settle(t, scheduled(state))  # a delayed job: a row until it is due
+                return
+            if state.runnable:
+                self._ready.append(t)
+                self._pump()
+                return
+        self._claims.add(t)  # ends without a run: no slot
 
     def _pump(self) -> None:
         """Give free slots to waiting jobs; each is claimed with the next claim batch (after
@@ -314,7 +335,8 @@ class Machine:
             assert isinstance(t.state, Decoded | Unrunnable)
             t.token = new_token()
             states.append(t.state)
-        requests = [request(s, t.token) for s, t in zip(states, batch, strict=True)]
+        now = self.clock()
+        requests = [request(s, t.token, now) for s, t in zip(states, batch, strict=True)]
         store = self.store
         try:
             claims = await self.steps.run("claim", lambda: store.claim_many(requests))
@@ -344,7 +366,12 @@ class Machine:
             self._hold(t, state, claim)
         if isinstance(nxt, Claimed):
             t.state = nxt
-            self._spawn(self._guard("handler", [t], self._run(t, nxt)))
+            task = asyncio.ensure_future(self._guard("handler", [t], self._run(t, nxt)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            self._handlers[t] = task
+            task.add_done_callback(lambda _: self._handlers.pop(t, None))
+            self._watch()
             return
         if nxt is Blocked.AGAIN:
             self._claims.add(t)
@@ -407,6 +434,27 @@ class Machine:
 
     async def _run(self, t: Ticket, claimed: Claimed) -> None:
         src = claimed.src
+        started = time.perf_counter()
+        try:
+            ran = await self._execute(claimed)
+        except asyncio.CancelledError:
+            if t not in self._cancelling:
+                raise  # a shutdown: the record stays unacked
+            self._cancelling.discard(t)
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            elapsed = time.perf_counter() - started
+            self._release_slot(t)
+            self._settle(t, Stopped(src, t.token, Outcome.CANCELLED, ran=True, elapsed=elapsed))
+            return
+        finally:
+            self._progress_of.pop(t.token, None)
+        self._release_slot(t)
+        self._settle(t, after_run(claimed, ran, self.topics))
+
+    async def _execute(self, claimed: Claimed) -> Ran | Failed:
+        src = claimed.src
         rec = src.rec
         with observability.job_scope(
             job_id=src.job_id,
@@ -419,9 +467,52 @@ class Machine:
             offset=rec.offset,
             payload=src.payload,
         ):
-            ran = await self.executor.run(claimed)
-        self._release_slot(t)
-        self._settle(t, after_run(claimed, ran, self.topics))
+            return await self.executor.run(claimed, self._reporter(claimed))
+
+    # -- control: cancel requests and progress, for the jobs running here --------------------
+
+    def _reporter(self, claimed: Claimed) -> Callable[[float, str | None], None]:
+        token = claimed.token
+
+        def report(fraction: float, detail: str | None) -> None:
+            self._progress_of[token] = (claimed.src.job_id, fraction, detail)
+
+        return report
+
+    def _watch(self) -> None:
+        """The control loop runs while handlers do."""
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.ensure_future(self._control())
+            self._tasks.add(self._watcher)
+            self._watcher.add_done_callback(self._tasks.discard)
+
+    async def _control(self) -> None:
+        """Every ``CONTROL_INTERVAL_S`` while jobs run here: the progress they reported since
+        (coalesced: the last value of each, in one statement), and which of them were asked
+        to be cancelled (one query): those handlers are cancelled."""
+        while self._handlers:
+            await asyncio.sleep(CONTROL_INTERVAL_S)
+            try:
+                await self._control_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("cancel/progress check failed: %s", describe(exc))
+
+    async def _control_once(self) -> None:
+        reported, self._progress_of = self._progress_of, {}
+        if reported:
+            updates = [(job_id, token, f, d) for token, (job_id, f, d) in reported.items()]
+            await self.store.progress_many(updates)
+        running = {t.state.src.job_id: t for t in self._handlers if isinstance(t.state, Claimed)}
+        held = {job_id: t.token for job_id, t in running.items()}
+        for job_id in await self.store.cancel_requested(held):
+            t = running[job_id]
+            task = self._handlers.get(t)
+            if task is not None and t not in self._cancelling:
+                log.info("job %s: cancelled on request while it ran", job_id)
+                self._cancelling.add(t)
+                task.cancel()
 
     # -- settle --------------------------------------------------------------------------------
 
@@ -431,7 +522,7 @@ class Machine:
     async def _settle_batch(self, batch: list[Ticket]) -> None:
         states: list[Settled] = []
         for t in batch:
-            assert isinstance(t.state, Succeeded | Retrying | DeadLettered | Reemitted | Finished)
+            assert isinstance(t.state, SETTLED)
             states.append(t.state)
         outcomes = await self.settler.settle(states)
         for t, outcome in zip(batch, outcomes, strict=True):

@@ -9,10 +9,10 @@ them the real ones (``streams.pg.results.ResultStore``, ``streams.kafka.publishe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from jobstream.models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
+from jobstream.models.rows import ClaimRequest, ClaimResult, JobRow, ScheduledRow, StoredState
 from jobstream.streams.kafka.publisher import Headers
 
 
@@ -34,6 +34,20 @@ class JobStore(Protocol):
 
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
         """``claim`` for a whole batch in one round trip, results in request order."""
+        ...
+
+    async def park_many(self, rows: Sequence[ScheduledRow]) -> list[StoredState | None]:
+        """Delayed jobs as ``scheduled`` rows: None where the row was made, else the row the
+        job id already has (left as it is)."""
+        ...
+
+    async def cancel_requested(self, held: Mapping[str, str]) -> list[str]:
+        """Of the running jobs held under these tokens (job id -> token), those asked to be
+        cancelled."""
+        ...
+
+    async def progress_many(self, updates: Sequence[tuple[str, str, float, str | None]]) -> None:
+        """Progress (job id, token, fraction, detail) of running jobs, in one statement."""
         ...
 
     async def write_many(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from jobstream.agents.fitting import fit_dead_letter, fit_event, fit_outcome, original_facts
 from jobstream.agents.intake import TIER_HEADER
-from jobstream.agents.states import DeadLettered, Retrying, Source, Succeeded
+from jobstream.agents.states import DeadLettered, Outcome, Retrying, Source, Stopped, Succeeded
 from jobstream.models.deadletter import DeadLetter, b64
 from jobstream.models.job import JobOutcome, JobStatus
 from jobstream.models.rows import JobRow, StoredState
@@ -103,9 +103,17 @@ class Records:
 
     # -- rows --------------------------------------------------------------------------------------
 
-    def row(self, s: Succeeded | Retrying | DeadLettered, finished_at: datetime) -> JobRow | None:
+    def row(
+        self, s: Succeeded | Retrying | DeadLettered | Stopped, finished_at: datetime
+    ) -> JobRow | None:
         """The row ``s`` writes under its claim (None: a dead letter of a job another record
         owns)."""
+        if isinstance(s, Stopped):
+            why = "cancelled on request" if s.outcome is Outcome.CANCELLED else "expired"
+            if s.outcome is Outcome.CANCELLED and s.ran:
+                why = "cancelled on request while it ran"
+            status = JobStatus.CANCELLED if s.outcome is Outcome.CANCELLED else JobStatus.EXPIRED
+            return self._row(s.src, s.token, status, error=why, finished_at=finished_at)
         if isinstance(s, Succeeded):
             return self._row(
                 s.src, s.token, JobStatus.SUCCEEDED, result=s.result, finished_at=finished_at

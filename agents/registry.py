@@ -54,6 +54,21 @@ class JobContext(Generic[R]):
     usage: dict[str, float] = field(default_factory=dict)
     submitter: Submitter | None = None
     """The worker's producer, for :meth:`submit`."""
+    reporter: Callable[[float, str | None], None] | None = None
+    """Where :meth:`progress` goes (the worker writes the last value every half second)."""
+
+    async def progress(self, fraction: float, detail: str | None = None) -> None:
+        """Say how far the job is: shown by ``GET /jobs/{id}``, ``jobstream status``, the
+        console and to a client waiting for the result. Cheap to call often: the worker keeps
+        only the last value and writes it about twice a second.
+
+        :param fraction: done so far, from 0.0 to 1.0.
+        :param detail: a short note (``"page 3 of 12"``), at most 200 characters.
+        """
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"progress must be between 0 and 1, not {fraction!r}")
+        if self.reporter is not None:
+            self.reporter(float(fraction), detail[:200] if detail else None)
 
     async def submit(
         self,

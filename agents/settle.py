@@ -29,7 +29,9 @@ from jobstream.agents.states import (
     Outcome,
     Reemitted,
     Retrying,
+    Scheduled,
     Settled,
+    Stopped,
     Succeeded,
 )
 from jobstream.models.deadletter import DeadLetterReason
@@ -84,10 +86,10 @@ class Settler:
         now = self.clock()
         again = await self._before_rows(states, todo, now)
         todo = [i for i in todo if i not in again]
-        stored, rerouted = await self._rows(states, todo, now)
+        stored, parked, rerouted = await self._rows(states, todo, now)
         again += rerouted
         todo = [i for i in todo if i not in rerouted]
-        await self._outcomes(states, ended, todo, stored, now)
+        await self._outcomes(states, ended, todo, stored, parked, now)
         return again
 
     async def _before_rows(
@@ -130,17 +132,28 @@ class Settler:
 
     async def _rows(
         self, states: list[Settled], todo: list[int], now: datetime
-    ) -> tuple[dict[int, tuple[JobRow, StoredState | Exception]], list[int]]:
-        """The rows in one statement; a refused success becomes a dead letter (rerouted), a
-        refused retry or dead letter is written again without its error text."""
+    ) -> tuple[
+        dict[int, tuple[JobRow, StoredState | Exception]], dict[int, StoredState | None], list[int]
+    ]:
+        """The rows in one statement (and the scheduled rows of delayed jobs in one more); a
+        refused success becomes a dead letter (rerouted), a refused retry or dead letter is
+        written again without its error text."""
         rerouted: list[int] = []
         written: list[tuple[int, JobRow]] = []
+        parked: list[tuple[int, Scheduled]] = []
         for i in todo:
             s = states[i]
-            if isinstance(s, Succeeded | Retrying | DeadLettered):
+            if isinstance(s, Scheduled):
+                parked.append((i, s))
+            elif isinstance(s, Succeeded | Retrying | DeadLettered | Stopped):
                 row = self.records.row(s, now)
                 if row is not None:
                     written.append((i, row))
+        found: dict[int, StoredState | None] = {}
+        if parked:
+            rows = [p.row for _, p in parked]
+            kept = await self.steps.run("park", lambda: self.store.park_many(rows))
+            found = {i: existing for (i, _), existing in zip(parked, kept, strict=True)}
         results = await self._write([row for _, row in written])
         stored = {i: (row, got) for (i, row), got in zip(written, results, strict=True)}
         fallbacks: list[tuple[int, JobRow]] = []
@@ -161,7 +174,7 @@ class Settler:
         again = await self._write([row for _, row in fallbacks])
         for (i, row), got in zip(fallbacks, again, strict=True):
             stored[i] = (row, got)
-        return stored, rerouted
+        return stored, found, rerouted
 
     async def _outcomes(
         self,
@@ -169,6 +182,7 @@ class Settler:
         ended: list[Outcome | None],
         todo: list[int],
         stored: dict[int, tuple[JobRow, StoredState | Exception]],
+        parked: dict[int, StoredState | None],
         now: datetime,
     ) -> None:
         """How each job ended, and its outcome record from what the table now holds."""
@@ -182,6 +196,15 @@ class Settler:
                 ended[i] = Outcome.REEMITTED
             elif isinstance(s, DeadLettered) and s.token is None:
                 ended[i] = Outcome.DEAD_LETTERED  # the letter alone: the row is another's
+            elif isinstance(s, Scheduled):
+                existing = parked[i]
+                if existing is None:
+                    ended[i] = Outcome.SCHEDULED
+                elif existing.status.terminal:  # its id ran already: say so again
+                    records.append(self.records.outcome(s.src, existing, reemitted=True, at=now))
+                    ended[i] = Outcome.REEMITTED
+                else:  # a copy of one that waits or runs already
+                    ended[i] = Outcome.DUPLICATE
             else:
                 row, got = stored[i]
                 ended[i] = self._ended(s, row, got, records, now)
@@ -214,10 +237,12 @@ class Settler:
             self.metrics.retries.labels(tier=s.tier.label).inc()
             return Outcome.RETRIED
         reemitted = got.finished_at != row.finished_at
-        duration = s.elapsed * 1000 if isinstance(s, Succeeded) else None
+        duration = s.elapsed * 1000 if isinstance(s, Succeeded | Stopped) and s.elapsed else None
         records.append(
             self.records.outcome(s.src, got, reemitted=reemitted, at=now, duration_ms=duration)
         )
+        if isinstance(s, Stopped):
+            return Outcome.REEMITTED if reemitted else s.outcome
         if not isinstance(s, Succeeded):
             return Outcome.DEAD_LETTERED
         if s.src.created_at is not None:

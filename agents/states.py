@@ -7,9 +7,13 @@ machine (:mod:`jobstream.agents.machine`)::
            \--> Unrunnable (undecodable) --claim, no run--> settled (a dead letter)
     Decoded --claim not won--> settled (re-emit, duplicate) | waits for the holder, claims again
     Decoded (unknown type, payload refused) --claim, no run--> settled (a dead letter)
+    Decoded (not_before ahead) --> Scheduled (a row; the dispatcher publishes it when due)
+    Decoded (past expires_at) / claim of a job asked to cancel --claim, no run--> Stopped
+    Claimed --handler interrupted by a cancel request--> Stopped (cancelled)
 
 A settled state says what must become durable: :class:`Succeeded`, :class:`Retrying`,
-:class:`DeadLettered`, :class:`Reemitted`, or :class:`Finished` (nothing to write). The settle
+:class:`DeadLettered`, :class:`Reemitted`, :class:`Scheduled` (a delayed job kept as a row),
+:class:`Stopped` (cancelled or expired), or :class:`Finished` (nothing to write). The settle
 stage (:mod:`jobstream.agents.settle`) makes a batch of them durable (records that must exist
 before the row, the rows in one statement, the outcomes) and only then acks their records.
 """
@@ -27,7 +31,7 @@ from jobstream.agents.registry import JobType
 from jobstream.models.deadletter import DeadLetterReason
 from jobstream.models.errors import InvalidJobError
 from jobstream.models.job import FailureRecord, JobEvent
-from jobstream.models.rows import StoredState
+from jobstream.models.rows import ScheduledRow, StoredState
 from jobstream.streams.kafka.record import Record
 from jobstream.streams.topics import RetryTier
 
@@ -48,6 +52,10 @@ class Outcome(StrEnum):
     """Left at a drain before it started: not acked, the partition's next owner runs it."""
     UNROUTABLE = "unroutable"
     """Even the dead-letter route failed (logged and counted); acked so nothing stalls."""
+    SCHEDULED = "scheduled"
+    """A delayed job, kept as a scheduled row until its time (the dispatcher publishes it)."""
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
     @property
     def acked(self) -> bool:
@@ -194,6 +202,26 @@ class Reemitted:
 
 
 @dataclass(frozen=True, slots=True)
+class Scheduled:
+    """A delayed job: its scheduled row is made (unless its id has one), nothing runs now."""
+
+    src: Source
+    row: ScheduledRow
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """A job that ends without (more of) a run: ``cancelled`` (asked to; ``ran`` when its
+    handler was interrupted) or ``expired`` (not started by its ``expires_at``)."""
+
+    src: Source
+    token: str
+    outcome: Outcome
+    ran: bool = False
+    elapsed: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """Nothing to make durable: a duplicate, or a record abandoned at a drain."""
 
@@ -201,4 +229,4 @@ class Finished:
     outcome: Outcome
 
 
-Settled = Succeeded | Retrying | DeadLettered | Reemitted | Finished
+Settled = Succeeded | Retrying | DeadLettered | Reemitted | Scheduled | Stopped | Finished

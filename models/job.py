@@ -58,6 +58,10 @@ class JobEvent(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     partition_key: str | None = None
     not_before: datetime | None = None
+    """Not run before this: a delayed job (its first worker keeps it as a scheduled row until
+    then) or a retry waiting on its tier."""
+    expires_at: datetime | None = None
+    """Not started by then: never run, ends ``expired``."""
     history: list[FailureRecord] = Field(default_factory=list)
 
     def key(self) -> bytes:
@@ -68,18 +72,26 @@ class JobEvent(BaseModel):
 
 
 class JobStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    """Waiting for its time (``run_at``); the dispatcher publishes it then."""
     RUNNING = "running"
     """Claimed: an execution holds a lease on the job (``claim_token``, ``lease_until``)."""
     RETRYING = "retrying"
     SUCCEEDED = "succeeded"
     DEAD_LETTERED = "dead_lettered"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    """It had not started by its ``expires_at``: never run."""
 
     @property
     def terminal(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED)
+        return self in _TERMINAL
 
 
-TERMINAL_STATUSES = (JobStatus.SUCCEEDED.value, JobStatus.DEAD_LETTERED.value)
+_TERMINAL = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED, JobStatus.CANCELLED, JobStatus.EXPIRED}
+)
+TERMINAL_STATUSES = tuple(sorted(s.value for s in _TERMINAL))
 
 
 class JobOutcome(BaseModel):

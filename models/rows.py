@@ -49,6 +49,8 @@ class StoredState:
     lease_until: datetime | None = None
     source: str | None = None
     """Where the row's state came from: ``worker``, or a dead letter's source coordinates."""
+    run_at: datetime | None = None
+    """When a scheduled job is due."""
 
     @classmethod
     def from_record(cls, r: Columns) -> StoredState:
@@ -64,6 +66,7 @@ class StoredState:
             claim_token=r["claim_token"],
             lease_until=r["lease_until"],
             source=r["source"],
+            run_at=r["run_at"],
         )
 
 
@@ -91,9 +94,26 @@ class ClaimResult:
     won: bool
     takeovers: int = 0
     """With ``won``: how many times the job's claim was taken over from an expired lease."""
+    cancel_requested: bool = False
+    """With ``won``: the job was asked to be cancelled; it ends cancelled, unrun."""
     existing: StoredState | None = None
     """The row before the claim (None for a new job); what to act on when not won."""
 
     @property
     def takeover(self) -> bool:
         return self.won and self.existing is not None and self.existing.status is JobStatus.RUNNING
+
+
+@dataclass(frozen=True)
+class ScheduledRow:
+    """A delayed job's row: the dispatcher publishes ``event`` at ``run_at``."""
+
+    job_id: str
+    type: str
+    attempt: int
+    created_at: datetime | None
+    run_at: datetime
+    expires_at: datetime | None
+    event: dict[str, Any]
+    """The job's event as JSON (the outbox the dispatcher publishes)."""
+    source: str = "worker"

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobstream.models.job import JobStatus
-from jobstream.models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
+from jobstream.models.rows import ClaimRequest, ClaimResult, JobRow, ScheduledRow, StoredState
 from jobstream.streams.failures import RecordTooLargeError
 from jobstream.streams.kafka.publisher import Headers, Publisher
 
@@ -100,6 +100,14 @@ class MemoryRow:
     claim_token: str | None = None
     lease_until: datetime | None = None
     takeovers: int = 0
+    run_at: datetime | None = None
+    expires_at: datetime | None = None
+    event: dict[str, Any] | None = None
+    dispatched_at: datetime | None = None
+    started_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
+    progress: float | None = None
+    progress_detail: str | None = None
 
     def state(self) -> StoredState:
         return StoredState(
@@ -114,6 +122,7 @@ class MemoryRow:
             claim_token=self.claim_token,
             lease_until=self.lease_until,
             source=self.source,
+            run_at=self.run_at,
         )
 
 
@@ -188,6 +197,48 @@ class MemoryStore:
             out.append(result)
         return out
 
+    async def park_many(self, rows: Sequence[ScheduledRow]) -> list[StoredState | None]:
+        """``_PARK``: a scheduled row for each job id that has none."""
+        self.calls.tick("park")
+        self.faults.check("park")
+        out: list[StoredState | None] = []
+        for new in rows:
+            found = self.rows.get(new.job_id)
+            if found is not None:
+                out.append(found.state())
+                continue
+            self.rows[new.job_id] = MemoryRow(
+                job_id=new.job_id,
+                type=_text(new.type),
+                status=JobStatus.SCHEDULED,
+                attempt=new.attempt,
+                created_at=new.created_at,
+                run_at=new.run_at,
+                expires_at=new.expires_at,
+                event=new.event,
+                worker=self.worker,
+                source=new.source,
+            )
+            self.journal.append(f"park {new.job_id}")
+            out.append(None)
+        return out
+
+    async def cancel_requested(self, held: Mapping[str, str]) -> list[str]:
+        return [
+            job_id
+            for job_id, token in held.items()
+            if (row := self.rows.get(job_id)) is not None
+            and row.claim_token == token
+            and row.status is JobStatus.RUNNING
+            and row.cancel_requested_at is not None
+        ]
+
+    async def progress_many(self, updates: Sequence[tuple[str, str, float, str | None]]) -> None:
+        for job_id, token, fraction, detail in updates:
+            row = self.rows.get(job_id)
+            if row is not None and row.claim_token == token and row.status is JobStatus.RUNNING:
+                row.progress, row.progress_detail = fraction, detail
+
     async def write_many(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:
         self.calls.tick("write")
         self.faults.check("write")
@@ -233,13 +284,17 @@ class MemoryStore:
                 lease_until=self._lease(),
                 created_at=req.created_at,
                 executions=int(req.run),
+                started_at=self.clock.now(),
             )
             return ClaimResult(won=True, takeovers=0, existing=None)
         before = row.state()
-        expired = row.lease_until is not None and row.lease_until < self.clock.now()
+        now = self.clock.now()
+        expired = row.lease_until is not None and row.lease_until < now
+        due = row.run_at is not None and row.run_at <= now
         takeable = (
             (row.status is JobStatus.RETRYING and req.attempt > row.attempt)
             or (row.status is JobStatus.RUNNING and expired and req.attempt >= row.attempt)
+            or (row.status is JobStatus.SCHEDULED and due and req.attempt >= row.attempt)
             or (row.status is JobStatus.DEAD_LETTERED and req.replay)
         )
         if not takeable:
@@ -248,8 +303,15 @@ class MemoryStore:
             row.takeovers += 1
         elif row.status is JobStatus.DEAD_LETTERED:
             row.takeovers = 0
-        if req.run and (req.max_takeovers == 0 or row.takeovers < req.max_takeovers):
+        cancel = row.cancel_requested_at is not None
+        if (
+            req.run
+            and not cancel
+            and (req.max_takeovers == 0 or row.takeovers < req.max_takeovers)
+        ):
             row.executions += 1
+        row.started_at, row.event = now, None
+        row.progress = row.progress_detail = None
         row.status = JobStatus.RUNNING
         row.attempt = req.attempt
         row.worker = self.worker
@@ -257,7 +319,9 @@ class MemoryStore:
         row.lease_until = self._lease()
         row.type = row.type if row.type is not None else _text(req.type)
         row.created_at = row.created_at if row.created_at is not None else req.created_at
-        return ClaimResult(won=True, takeovers=row.takeovers, existing=before)
+        return ClaimResult(
+            won=True, takeovers=row.takeovers, existing=before, cancel_requested=cancel
+        )
 
     def _upsert(self, new: JobRow) -> StoredState:
         """``_UPSERT`` for one row: a write changes the state only under its claim."""

@@ -127,6 +127,71 @@ an index that another one already serves is pure cost. ``jobs_status_finished_id
 with ``status``, so it serves everything ``jobs_status_idx`` did."""
 
 
+TIMED_AND_CONTROL_SCHEMA = """
+ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_status_check;
+ALTER TABLE jobs ADD CONSTRAINT jobs_status_check
+    CHECK (status IN ('scheduled', 'running', 'retrying', 'succeeded', 'dead_lettered',
+                      'cancelled', 'expired'));
+ALTER TABLE jobs
+    ADD COLUMN IF NOT EXISTS run_at              timestamptz,
+    ADD COLUMN IF NOT EXISTS dispatched_at       timestamptz,
+    ADD COLUMN IF NOT EXISTS event               jsonb,
+    ADD COLUMN IF NOT EXISTS expires_at          timestamptz,
+    ADD COLUMN IF NOT EXISTS started_at          timestamptz,
+    ADD COLUMN IF NOT EXISTS cancel_requested_at timestamptz,
+    ADD COLUMN IF NOT EXISTS progress            real,
+    ADD COLUMN IF NOT EXISTS progress_detail     text,
+    ADD COLUMN IF NOT EXISTS progress_at         timestamptz,
+    ADD COLUMN IF NOT EXISTS dedupe_key          text;
+CREATE INDEX IF NOT EXISTS jobs_scheduled_due_idx ON jobs (run_at) WHERE status = 'scheduled';
+
+CREATE TABLE IF NOT EXISTS schedules (
+    name          text PRIMARY KEY,
+    job_type      text NOT NULL,
+    payload       jsonb NOT NULL DEFAULT '{}',
+    cron          text,
+    every_s       double precision CHECK (every_s > 0),
+    timezone      text NOT NULL DEFAULT 'UTC',
+    missed        text NOT NULL DEFAULT 'skip' CHECK (missed IN ('skip', 'once', 'catch_up')),
+    catch_up_max  integer NOT NULL DEFAULT 1 CHECK (catch_up_max >= 1),
+    paused        boolean NOT NULL DEFAULT false,
+    source        text NOT NULL DEFAULT 'runtime' CHECK (source IN ('app', 'runtime')),
+    next_at       timestamptz NOT NULL,
+    last_at       timestamptz,
+    last_job_id   text,
+    fired         bigint NOT NULL DEFAULT 0,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    CHECK ((cron IS NULL) <> (every_s IS NULL))
+);
+CREATE INDEX IF NOT EXISTS schedules_due_idx ON schedules (next_at) WHERE NOT paused;
+COMMENT ON TABLE schedules IS
+    'Recurring jobs: one job per tick, its id derived from the schedule and the tick';
+
+CREATE TABLE IF NOT EXISTS leases (
+    name         text PRIMARY KEY,
+    holder       text NOT NULL,
+    until        timestamptz NOT NULL,
+    acquired_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE leases IS
+    'Work one replica at a time does (the dispatcher), held by a renewed lease: no session lock';
+
+CREATE TABLE IF NOT EXISTS dedupe_keys (
+    key         text PRIMARY KEY,
+    job_id      text NOT NULL,
+    mode        text NOT NULL CHECK (mode IN ('simple', 'throttle', 'debounce')),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dedupe_keys_expires_idx ON dedupe_keys (expires_at);
+COMMENT ON TABLE dedupe_keys IS
+    'The job that stands for a deduplication key until it expires (one per key: a constraint)';
+"""
+"""Timed jobs (scheduled rows are the dispatcher's outbox), recurring schedules, the
+dispatcher's lease, cancellation marks, progress and deduplication keys."""
+
+
 def _migrations() -> Sequence[tuple[str, str]]:
     return (
         ("0001_jobs", JOBS_SCHEMA),
@@ -137,6 +202,7 @@ def _migrations() -> Sequence[tuple[str, str]]:
         ("0010_console_indexes", CONSOLE_SCHEMA),
         ("0011_console_minutes", CONSOLE_MINUTES_SCHEMA),
         ("0012_drop_redundant_status_index", LEAN_INDEXES_SCHEMA),
+        ("0013_timed_jobs_and_control", TIMED_AND_CONTROL_SCHEMA),
     )
 
 

@@ -17,13 +17,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
 
 from jobstream.models.job import JobStatus
-from jobstream.models.rows import ClaimRequest, ClaimResult, JobRow, StoredState
+from jobstream.models.rows import ClaimRequest, ClaimResult, JobRow, ScheduledRow, StoredState
 from jobstream.streams.failures import describe
 from jobstream.streams.metrics import Metrics
 from jobstream.streams.pg.batching import Batcher
@@ -63,7 +63,7 @@ RETURNING {returned}
     # of an execution whose lease expired and was taken over changes nothing.
     writable="(j.status = 'running' AND j.claim_token = EXCLUDED.claim_token)",
     returned="job_id, status, attempt, result, error, error_class, worker, finished_at,"
-    " claim_token, lease_until, source",
+    " claim_token, lease_until, source, run_at",
 )
 
 _CLAIM = """
@@ -73,9 +73,9 @@ WITH input AS (
         AS t(job_id, type, attempt, token, created_at, replay, run, max_takeovers)
 ), claimed AS (
     INSERT INTO jobs AS j (job_id, type, status, attempt, worker, claim_token, lease_until,
-                           created_at, executions, takeovers)
+                           created_at, executions, takeovers, started_at)
     SELECT job_id, type, 'running', attempt, $7, token, now() + make_interval(secs => $8),
-           created_at, run::int, 0
+           created_at, run::int, 0, now()
     FROM input
     ON CONFLICT (job_id) DO UPDATE SET
         status      = 'running',
@@ -85,21 +85,28 @@ WITH input AS (
         lease_until = EXCLUDED.lease_until,
         takeovers   = {takeovers},
         executions  = j.executions + (
-            SELECT (i.run AND (i.max_takeovers = 0 OR {takeovers} < i.max_takeovers))::int
+            SELECT (i.run AND j.cancel_requested_at IS NULL
+                    AND (i.max_takeovers = 0 OR {takeovers} < i.max_takeovers))::int
             FROM input i WHERE i.job_id = j.job_id
         ),
+        started_at  = now(),
+        event       = NULL,
+        progress    = NULL,
+        progress_detail = NULL,
+        progress_at = NULL,
         type        = coalesce(j.type, EXCLUDED.type),
         created_at  = coalesce(j.created_at, EXCLUDED.created_at),
         updated_at  = now()
     WHERE (j.status = 'retrying' AND EXCLUDED.attempt > j.attempt)
        OR (j.status = 'running' AND j.lease_until < now() AND EXCLUDED.attempt >= j.attempt)
+       OR (j.status = 'scheduled' AND j.run_at <= now() AND EXCLUDED.attempt >= j.attempt)
        OR (j.status = 'dead_lettered'
            AND EXISTS (SELECT 1 FROM input i WHERE i.job_id = j.job_id AND i.replay))
-    RETURNING j.job_id, j.takeovers
+    RETURNING j.job_id, j.takeovers, j.cancel_requested_at IS NOT NULL AS cancel_requested
 )
-SELECT i.job_id, c.job_id IS NOT NULL AS won, c.takeovers,
+SELECT i.job_id, c.job_id IS NOT NULL AS won, c.takeovers, c.cancel_requested,
        o.status, o.attempt, o.result, o.error, o.error_class, o.worker, o.finished_at,
-       o.claim_token, o.lease_until, o.source
+       o.claim_token, o.lease_until, o.source, o.run_at
 FROM input i
 LEFT JOIN claimed c ON c.job_id = i.job_id
 LEFT JOIN jobs o ON o.job_id = i.job_id
@@ -111,9 +118,42 @@ LEFT JOIN jobs o ON o.job_id = i.job_id
 )
 """One round trip claims a batch: a new job gets a ``running`` row; an existing one is taken
 when its next attempt arrives (``retrying``), when its lease expired (the worker died: a
-takeover), or when a replay of a dead letter arrives. A claim that starts a handler run counts
-it in ``executions`` (see ``ClaimRequest.run``). The outer select reads the statement's
-snapshot, i.e. the row as it was before: for a claim not won, that is the state to act on."""
+takeover), when it is due (``scheduled``), or when a replay of a dead letter arrives. A claim
+that starts a handler run counts it in ``executions`` (see ``ClaimRequest.run``), unless the job
+was asked to be cancelled (``cancel_requested``: it ends cancelled without a run). The outer
+select reads the statement's snapshot, i.e. the row as it was before: for a claim not won,
+that is the state to act on."""
+
+_STATES = """
+SELECT job_id, status, attempt, result, error, error_class, worker, finished_at, claim_token,
+       lease_until, source, run_at
+FROM jobs WHERE job_id = ANY($1::text[])
+"""
+
+_CANCEL_REQUESTED = """
+SELECT j.job_id FROM jobs AS j
+JOIN unnest($1::text[], $2::text[]) AS t(job_id, token)
+  ON j.job_id = t.job_id AND j.claim_token = t.token
+WHERE j.status = 'running' AND j.cancel_requested_at IS NOT NULL
+"""
+
+_PROGRESS = """
+UPDATE jobs AS j SET progress = t.fraction, progress_detail = t.detail, progress_at = now()
+FROM unnest($1::text[], $2::text[], $3::real[], $4::text[]) AS t(job_id, token, fraction, detail)
+WHERE j.job_id = t.job_id AND j.claim_token = t.token AND j.status = 'running'
+"""
+
+_PARK = """
+INSERT INTO jobs AS j (job_id, type, status, attempt, created_at, run_at, expires_at, event,
+                       executions, worker, source)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[],
+                     $6::timestamptz[], $7::timestamptz[], $8::jsonb[], $9::int[], $10::text[],
+                     $11::text[])
+ON CONFLICT (job_id) DO NOTHING
+RETURNING job_id
+"""
+"""Delayed jobs as ``scheduled`` rows, the dispatcher's outbox; a job id that has a row keeps
+it (a redelivered copy, or a job submitted twice)."""
 
 _RENEW = """
 UPDATE jobs AS j SET lease_until = now() + make_interval(secs => $3), updated_at = now()
@@ -232,6 +272,59 @@ class ResultStore:
             out.extend(results)
         return out
 
+    async def park_many(self, rows: Sequence[ScheduledRow]) -> list[StoredState | None]:
+        """See ``_PARK``: None where the row was made, else the row that was there."""
+        if not rows:
+            return []
+        try:
+            made = {
+                r["job_id"]
+                for r in await self._pool.fetch(
+                    _PARK,
+                    [r.job_id for r in rows],
+                    [_text(r.type) for r in rows],
+                    ["scheduled"] * len(rows),
+                    [r.attempt for r in rows],
+                    [r.created_at for r in rows],
+                    [r.run_at for r in rows],
+                    [r.expires_at for r in rows],
+                    [r.event for r in rows],
+                    [0] * len(rows),
+                    [self.worker] * len(rows),
+                    [r.source for r in rows],
+                )
+            }
+            kept = [r.job_id for r in rows if r.job_id not in made]
+            found = (
+                {
+                    r["job_id"]: StoredState.from_record(r)
+                    for r in await self._pool.fetch(_STATES, kept)
+                }
+                if kept
+                else {}
+            )
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.db_errors.labels(op="park").inc()
+            raise
+        return [None if r.job_id in made else found.get(r.job_id) for r in rows]
+
+    async def cancel_requested(self, held: Mapping[str, str]) -> list[str]:
+        """Of the running jobs this process holds (job id -> token), those asked to be
+        cancelled."""
+        if not held:
+            return []
+        records = await self._pool.fetch(_CANCEL_REQUESTED, list(held), list(held.values()))
+        return [r["job_id"] for r in records]
+
+    async def progress_many(self, updates: Sequence[tuple[str, str, float, str | None]]) -> None:
+        """(job id, token, fraction, detail) of running jobs, in one statement; a job no longer
+        held under that token is left alone."""
+        if not updates:
+            return
+        cols = _columns([(j, t, f, _text(d)) for j, t, f, d in updates], 4)
+        await self._pool.execute(_PROGRESS, *cols)
+
     async def write_many(self, rows: Sequence[JobRow]) -> list[StoredState | Exception]:
         """The batch path's writes: one statement per ``max_size`` rows, no future each."""
         out: list[StoredState | Exception] = []
@@ -319,7 +412,10 @@ class ResultStore:
         for r in records:
             existing = StoredState.from_record(r) if r["status"] is not None else None
             by_id[r["job_id"]] = ClaimResult(
-                won=r["won"], takeovers=r["takeovers"] or 0, existing=existing
+                won=r["won"],
+                takeovers=r["takeovers"] or 0,
+                existing=existing,
+                cancel_requested=bool(r["cancel_requested"]),
             )
         out: list[ClaimResult] = []
         for req in requests:
