@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed-$(HASH)
 PYTHONS ?= 3.12 3.13
 PYTEST_ARGS ?=
 
-.PHONY: help venv venvs lock dist prereqs ops-tools stack-up stack-down stack-status demo test \
+.PHONY: help venv venvs lock example-lock dist prereqs ops-tools stack-up stack-down stack-status demo test \
         test-unit test-pythons test-integration lint format bench clean
 
 help:
@@ -63,6 +63,14 @@ lock: venv
 	    --group pyproject.toml:tools $(UPGRADE) -o $(LOCK)
 	$(UV_COMPILE) requirements/dev-stack.in -c $(LOCK) -o requirements/dev-stack.lock
 	$(UV_COMPILE) pyproject.toml -c $(LOCK) -o requirements/runtime.lock
+
+# The example team's lock (examples/acme_jobs/requirements.lock, for its Dockerfile), made as a
+# team makes its own: within the pins of runtime.lock, without jobstream (its image has it).
+example-lock: dist
+	$(VENV)/bin/uv pip compile --universal --python-version 3.11 --generate-hashes --quiet \
+	    --custom-compile-command "make example-lock" examples/acme_jobs/pyproject.toml \
+	    -c requirements/runtime.lock --find-links dist --no-emit-package jobstream \
+	    -o examples/acme_jobs/requirements.lock
 
 # The two wheels: jobstream (no dev tooling in it) and jobstream-dev (streams/dev/, what the
 # [dev] extra installs), e.g. for `pip install --find-links dist "jobstream[dev]"`.
