@@ -74,7 +74,9 @@ example-lock: dist
 
 # The two wheels: jobstream (no dev tooling in it) and jobstream-dev (streams/dev/, what the
 # [dev] extra installs), e.g. for `pip install --find-links dist "jobstream[dev]"`.
+# setuptools builds in the source tree: a build/ left by an earlier build would add its files.
 dist: venv
+	rm -rf build streams/dev/build
 	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist . ./streams/dev
 
 prereqs: venv
