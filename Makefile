@@ -13,8 +13,8 @@ STAMP  := $(VENV)/.installed-$(HASH)
 PYTHONS ?= 3.12 3.13
 PYTEST_ARGS ?=
 
-.PHONY: help venv venvs lock example-lock dist prereqs ops-tools stack-up stack-down stack-status demo test \
-        test-unit test-pythons test-integration lint format bench clean
+.PHONY: help venv venvs lock example-lock dist prereqs ops-tools stack-up stack-down \
+        stack-status demo test test-unit test-pythons test-integration lint format bench clean
 
 help:
 	@echo "make demo        stack + fake OpenRouter + a worker + a batch of echo jobs, with progress"
