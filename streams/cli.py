@@ -4,7 +4,8 @@ The commands are click commands; each role's module declares its own (``dlq``, `
 ``api``, ``doctor``, ``backup``/``restore``/``prune``) and this module mounts them. The
 development commands (``dev``, ``demo``, ``fake-openrouter``) are loaded from
 :mod:`jobstream.streams.dev.cli` only when one of them (or the command list) is asked for, so a
-production command never imports :mod:`jobstream.streams.dev`.
+production command never imports :mod:`jobstream.streams.dev`; in an install without it (no
+``[dev]`` extra) they say in one line how to get it.
 """
 
 from __future__ import annotations
