@@ -738,9 +738,11 @@ def test_a_teams_dockerfile_adds_its_locked_package_to_the_jobstream_image() -> 
     runtime = lock_pins(ROOT / "requirements" / "runtime.lock")
     example = lock_pins(EXAMPLE / "requirements.lock")
     assert "jobstream" not in example
-    assert {name: runtime[name] for name in example.keys() & runtime.keys()} == {
-        name: example[name] for name in example.keys() & runtime.keys()
-    }
+    shared = example.keys() & runtime.keys()
+    assert {n: runtime[n] for n in shared} == {n: example[n] for n in shared}, (
+        "examples/acme_jobs/requirements.lock moves a pin of requirements/runtime.lock: "
+        "make example-lock"
+    )
     assert "--hash=sha256:" in (EXAMPLE / "requirements.lock").read_text()
     pyproject = EXAMPLE / "pyproject.toml"
     if pyproject.is_file():  # every dependency of the team's package is pinned
@@ -748,7 +750,10 @@ def test_a_teams_dockerfile_adds_its_locked_package_to_the_jobstream_image() -> 
             re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0].lower().replace("_", "-")
             for d in tomllib.loads(pyproject.read_text())["project"]["dependencies"]
         }
-        assert wanted - {"jobstream"} <= example.keys()
+        missing = wanted - {"jobstream"} - example.keys()
+        assert not missing, (
+            f"not in examples/acme_jobs/requirements.lock: {missing}: make example-lock"
+        )
 
 
 def lock_pins(path: Path) -> dict[str, str]:
