@@ -1,14 +1,18 @@
 # syntax=docker/dockerfile:1
 #
 # jobstream image: one image for every role, chosen by the command
-# (worker | api | migrate | submit | status | dlq ... | fake-openrouter).
+# (worker | api | console | migrate | submit | status | dlq ...). It holds exactly the versions of
+# requirements/runtime.lock (hashes checked), not a fresh resolve, and no development tooling.
 #
-#   docker build -t jobstream .
+#   docker build -t jobstream .                    the production image (the last stage)
+#   docker build --target dev -t jobstream-dev .    plus jobstream[dev]: fake-openrouter, demo
 #   docker run --rm jobstream --help
+#
+# A team ships its own job types as an image built on this one: examples/acme_jobs/Dockerfile.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# ---------------------------------------------------------------- build: install into a venv
+# ---------------------------------------------------------------- build: a venv of the locked versions
 FROM ${PYTHON_IMAGE} AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -19,13 +23,26 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
+# The pinned dependencies first: this layer is rebuilt only when the lock changes.
+COPY requirements/runtime.lock requirements/
+RUN pip install --require-hashes -r requirements/runtime.lock
 # .dockerignore keeps tests, ops files, caches and local state out of the context.
 COPY . .
-# Not editable: the runtime stage gets the installed package only, not /src.
-RUN pip install .
+# The two wheels (jobstream; jobstream-dev from streams/dev/, for the dev target), then jobstream
+# alone: --no-deps resolves nothing again, and pip check fails when the lock lacks a dependency.
+RUN pip wheel --no-deps --wheel-dir /wheels . ./streams/dev \
+    && pip install --no-deps /wheels/jobstream-*.whl \
+    && pip check
 
-# ---------------------------------------------------------------- runtime
-FROM ${PYTHON_IMAGE}
+# ---------------------------------------------------------------- build-dev: the same plus jobstream[dev]
+FROM build AS build-dev
+# --no-index: the extra's dependencies come from the lock, jobstream-dev from its wheel
+RUN pip install --require-hashes -r requirements/dev-stack.lock \
+    && pip install --no-index --find-links /wheels "jobstream[dev]" \
+    && pip check
+
+# ---------------------------------------------------------------- base: what both images share
+FROM ${PYTHON_IMAGE} AS base
 
 # The web server (/metrics, /health, /ready, producer API) must listen beyond loopback
 # inside a container; the settings default of 127.0.0.1 suits a developer's machine.
@@ -49,8 +66,6 @@ RUN groupadd --system --gid 10001 jobstream \
         --home-dir /var/lib/jobstream --create-home --shell /usr/sbin/nologin jobstream \
     && install -d -o jobstream -g jobstream /var/lib/jobstream/state
 
-COPY --from=build /opt/venv /opt/venv
-
 USER 10001:10001
 WORKDIR /var/lib/jobstream
 
@@ -67,3 +82,12 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
 
 ENTRYPOINT ["jobstream"]
 CMD ["worker"]
+
+# ---------------------------------------------------------------- dev: compose's fake OpenRouter, demos
+FROM base AS dev
+# root-owned and read-only for the jobstream user, as in the runtime image
+COPY --from=build-dev /opt/venv /opt/venv
+
+# ---------------------------------------------------------------- runtime: the production image
+FROM base AS runtime
+COPY --from=build /opt/venv /opt/venv

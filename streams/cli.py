@@ -4,12 +4,14 @@ The commands are click commands; each role's module declares its own (``dlq``, `
 ``api``, ``doctor``, ``backup``/``restore``/``prune``) and this module mounts them. The
 development commands (``dev``, ``demo``, ``fake-openrouter``) are loaded from
 :mod:`jobstream.streams.dev.cli` only when one of them (or the command list) is asked for, so a
-production command never imports :mod:`jobstream.streams.dev`.
+production command never imports :mod:`jobstream.streams.dev`; in an install without it (no
+``[dev]`` extra) they say in one line how to get it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import sys
@@ -239,17 +241,48 @@ DEV_COMMANDS = {
     "demo": "stack + worker(s) + a batch of jobs, with progress (development only)",
     "fake-openrouter": "run the fake OpenRouter server (development only)",
 }
+DEV_TOOLING = "jobstream.streams.dev"
+"""Not in a production install: the jobstream-dev distribution, which the ``[dev]`` extra pulls
+in, provides it (a checkout's editable install has it too)."""
+
+
+def dev_tooling_installed() -> bool:
+    """Whether :mod:`jobstream.streams.dev` can be imported, found without importing it."""
+    return importlib.util.find_spec(DEV_TOOLING) is not None
+
+
+def _not_installed(name: str) -> click.Command:
+    """Stands in for a development command in an install without the dev tooling: whatever the
+    arguments, one line saying how to get it, exit 2. Hidden from the command list."""
+
+    def run(args: tuple[str, ...]) -> None:
+        raise CommandError(
+            f"`jobstream {name}` is development tooling, not part of this install: "
+            "pip install 'jobstream[dev]' (or run it from a checkout: make venv)",
+            Exit.USAGE,
+        )
+
+    return click.Command(
+        name,
+        callback=run,
+        params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+        context_settings={"ignore_unknown_options": True},
+        add_help_option=False,
+        hidden=True,
+    )
 
 
 class Jobstream(click.Group):
     """The root group; the development commands come from :mod:`jobstream.streams.dev.cli`
-    when asked."""
+    when asked, and say how to install them where they are not."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*self.commands, *DEV_COMMANDS])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in DEV_COMMANDS:
+            if not dev_tooling_installed():
+                return _not_installed(cmd_name)
             from jobstream.streams.dev.cli import (
                 commands,  # development only, never loaded by the others
             )

@@ -3,7 +3,9 @@
 Tests of TLS need a CA the client trusts and one it does not, and a server certificate that
 names 127.0.0.1 (clients verify the host as well as the signature). Made with ``cryptography``
 (a test dependency), written as PEM: PostgreSQL reads PEM, and so does Kafka 4 with
-``ssl.keystore.type=PEM`` (an unencrypted PKCS#8 key and its chain in one file).
+``ssl.keystore.type=PEM`` (an unencrypted PKCS#8 key and its chain in one file). Each carries
+the extensions RFC 5280 asks for (key usage, key identifiers), which a strict verifier (Python
+3.13's default context, ``VERIFY_X509_STRICT``) refuses to do without.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ _CA_USAGE = x509.KeyUsage(
     key_agreement=False,
     key_cert_sign=True,
     crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+# an RSA key signs the handshake (TLS 1.3, ECDHE) or, in TLS 1.2's RSA key exchange, encrypts it
+_SERVER_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=True,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
     encipher_only=False,
     decipher_only=False,
 )
@@ -126,7 +140,9 @@ def issue(
         .not_valid_after(now + VALID_FOR)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(_SERVER_KEY_USAGE, critical=True)
         .add_extension(_SERVER_USAGE, critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), False
         )

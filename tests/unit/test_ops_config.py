@@ -12,7 +12,9 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,9 @@ CHART = ROOT / "helm" / "jobstream"
 CHART_ALERTS = CHART / "files" / "alerts.yml"
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
+# the example team's package: its image is the jobstream image plus the package
+EXAMPLE = ROOT / "examples" / "acme_jobs"
+EXAMPLE_APP = "acme_jobs.jobs:app"
 
 IN_CI = bool(os.environ.get("CI"))
 # Rendered for a fixed Kubernetes version, whatever the local helm binary assumes by default.
@@ -491,6 +496,39 @@ def test_helm_template_all_on() -> None:
     assert rule["spec"] == load_yaml(ALERTS)
 
 
+def test_helm_runs_a_teams_image_and_app() -> None:
+    defaults = helm_template()
+    for d in defaults:
+        for container in pod_containers(d):
+            assert "JOBSTREAM_APP" not in env_of(container)  # the image's, else the built-in
+    docs = helm_template(
+        "--set", f"app={EXAMPLE_APP}",
+        "--set", "image.repository=registry.example.com/acme-jobs",
+        "--set", "image.tag=1.4.2",
+    )  # fmt: skip
+    containers = [c for d in docs for c in pod_containers(d)]
+    assert {c["args"][0] for c in containers} == {"worker", "api", "migrate"}
+    for container in containers:
+        assert container["image"] == "registry.example.com/acme-jobs:1.4.2"
+        assert env_of(container)["JOBSTREAM_APP"]["value"] == EXAMPLE_APP
+    proc = run(
+        tool("helm"), "template", "rel", str(CHART), "--kube-version", KUBE_VERSION,
+        "--set", "app=acme-jobs/jobs.py", ok=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "app" in proc.stderr
+
+
+def pod_containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The containers of a Deployment, Job, CronJob or Pod (none for other kinds)."""
+    spec = doc.get("spec", {})
+    if doc["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    pod = spec.get("template", {}).get("spec") or (spec if doc["kind"] == "Pod" else {})
+    containers: list[dict[str, Any]] = pod.get("containers", [])
+    return containers
+
+
 def test_helm_refuses_a_grace_period_shorter_than_the_drain() -> None:
     proc = run(
         tool("helm"), "template", "rel", str(CHART), "--kube-version", KUBE_VERSION,
@@ -538,10 +576,14 @@ def test_compose_structure() -> None:
     assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
-    for name in JOBSTREAM_SERVICES:
+    for name in JOBSTREAM_SERVICES | {"acme-worker"}:
         service = services[name]
-        assert service["image"] == "jobstream:local"
-        assert service["build"]["context"] == "."
+        if name == "fake-openrouter":  # development tooling: the image with jobstream[dev]
+            assert service["image"] == "jobstream-dev:local"
+            assert service["build"] == {"context": ".", "target": "dev"}
+        elif name != "acme-worker":
+            assert service["image"] == "jobstream:local"
+            assert service["build"] == {"context": ".", "target": "runtime"}
         env = service["environment"]
         # with either missing the CLI would start a local Kafka or PostgreSQL of its own
         assert env["JOBSTREAM_KAFKA_BOOTSTRAP"] == "kafka:9092", name
@@ -560,6 +602,27 @@ def test_compose_structure() -> None:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
 
 
+def test_compose_runs_a_teams_image_with_its_app() -> None:
+    services = load_yaml(COMPOSE)["services"]
+    acme, worker = services["acme-worker"], services["worker"]
+    assert acme["profiles"] == ["acme"]
+    assert acme["command"] == ["worker"]
+    build = acme["build"]
+    assert ROOT / build["context"] == EXAMPLE
+    assert (EXAMPLE / "Dockerfile").is_file()
+    # the team's FROM ${JOBSTREAM_IMAGE} is the image compose builds for the jobstream services
+    base = build["args"]["JOBSTREAM_IMAGE"]
+    service = build["additional_contexts"][base].removeprefix("service:")
+    assert services[service]["image"] == worker["image"] == "jobstream:local"
+    env = acme["environment"]
+    assert env["JOBSTREAM_APP"] == EXAMPLE_APP
+    assert "JOBSTREAM_APP" not in worker["environment"]  # the stack's workers: built-in types
+    # its own topics and group: the built-in workers never see a type they do not know
+    assert env["JOBSTREAM_TOPIC_PREFIX"] != worker["environment"]["JOBSTREAM_TOPIC_PREFIX"]
+    assert env["JOBSTREAM_GROUP_ID"] != worker["environment"].get("JOBSTREAM_GROUP_ID")
+    assert duration_s(acme["stop_grace_period"]) > Settings().shutdown_grace_s
+
+
 def test_docker_compose_config() -> None:
     """`docker compose config` validates against the Compose specification without a daemon.
     Optional: the install script does not provide the compose plugin."""
@@ -572,30 +635,131 @@ def test_docker_compose_config() -> None:
 # --- Dockerfile ----------------------------------------------------------------------------
 
 
-def test_dockerfile() -> None:
+@dataclass
+class Stage:
+    base: str  # what FROM names
+    name: str | None
+    instructions: list[str]
+
+    def runs(self) -> str:
+        return " ".join(i for i in self.instructions if i.startswith("RUN "))
+
+
+def dockerfile_stages(path: Path) -> list[Stage]:
+    """The stages of a Dockerfile, each with its instructions (continuations joined, comments
+    dropped), in order."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    stages: list[Stage] = []
+    for line in (line.strip() for line in text.splitlines()):
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("FROM "):
+            words = line.split()
+            stages.append(Stage(words[1], words[3] if len(words) > 3 else None, []))
+        elif stages:
+            stages[-1].instructions.append(re.sub(r"\s+", " ", line))
+    return stages
+
+
+def stage(stages: list[Stage], name: str) -> Stage:
+    (found,) = [s for s in stages if s.name == name]
+    return found
+
+
+def dockerignored(path: Path) -> set[str]:
+    return {
+        line.strip()
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+
+
+def test_dockerfile_installs_the_runtime_lock_and_no_dev_tooling() -> None:
     text = DOCKERFILE.read_text()
-    lines = [line.strip() for line in re.sub(r"\\\n", " ", text).splitlines() if line.strip()]
-    instructions = [line for line in lines if not line.startswith("#")]
-    assert "ARG PYTHON_IMAGE=python:3.11-slim" in instructions
-    assert [i for i in instructions if i.startswith("FROM")] == [
-        "FROM ${PYTHON_IMAGE} AS build",
-        "FROM ${PYTHON_IMAGE}",
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
+    stages = dockerfile_stages(DOCKERFILE)
+    assert [(s.base, s.name) for s in stages] == [
+        ("${PYTHON_IMAGE}", "build"),
+        ("build", "build-dev"),
+        ("${PYTHON_IMAGE}", "base"),
+        ("base", "dev"),
+        ("base", "runtime"),  # the last stage: what `docker build .` gives
     ]
-    assert "RUN pip install ." in instructions
-    final = instructions[instructions.index("FROM ${PYTHON_IMAGE}") :]
-    user = [i for i in final if i.startswith("USER ")]
+    build = stage(stages, "build")
+    # the locked versions, hashes checked, before the sources: then only the package, no resolve
+    lock = "RUN pip install --require-hashes -r requirements/runtime.lock"
+    assert build.instructions.index(lock) < build.instructions.index("COPY . .")
+    assert "pip install --no-deps /wheels/jobstream-*.whl" in build.runs()
+    assert "pip check" in build.runs()
+    assert "pip install ." not in build.runs()
+    dev = stage(stages, "build-dev")
+    assert "--require-hashes -r requirements/dev-stack.lock" in dev.runs()
+    assert '--no-index --find-links /wheels "jobstream[dev]"' in dev.runs()
+    # the production image copies the venv of `build`, the dev image that of `build-dev`
+    assert stage(stages, "runtime").instructions == ["COPY --from=build /opt/venv /opt/venv"]
+    assert "COPY --from=build-dev /opt/venv /opt/venv" in stage(stages, "dev").instructions
+    base = stage(stages, "base").instructions
+    user = [i for i in base if i.startswith("USER ")]
     assert user
     assert user[-1] not in {"USER root", "USER 0"}
-    healthcheck = next(i for i in final if i.startswith("HEALTHCHECK"))
+    healthcheck = next(i for i in base if i.startswith("HEALTHCHECK"))
     assert "/health" in healthcheck
     assert "/ready" not in healthcheck
-    assert 'ENTRYPOINT ["jobstream"]' in final
-    assert final[-1] == 'CMD ["worker"]'
-    assert any("JOBSTREAM_WEB_HOST=0.0.0.0" in i for i in final)
+    assert 'ENTRYPOINT ["jobstream"]' in base
+    assert base[-1] == 'CMD ["worker"]'
+    assert any("JOBSTREAM_WEB_HOST=0.0.0.0" in i for i in base)
 
-    ignored = set((ROOT / ".dockerignore").read_text().split())
-    assert {".git", ".venv", "tests", ".env"} <= ignored
+    ignored = dockerignored(ROOT / ".dockerignore")
+    assert {".git", ".venv", "tests", ".env", "examples"} <= ignored
     assert not {"pyproject.toml", "streams", "agents", "models", "README.md"} & ignored
+    assert not {"requirements", "jobstream"} & ignored
+    for copied in ("requirements/runtime.lock", "requirements/dev-stack.lock"):
+        assert (ROOT / copied).is_file(), copied
+
+
+def test_a_teams_dockerfile_adds_its_locked_package_to_the_jobstream_image() -> None:
+    dockerfile = EXAMPLE / "Dockerfile"
+    stages = dockerfile_stages(dockerfile)
+    assert [(s.base, s.name) for s in stages] == [
+        ("${JOBSTREAM_IMAGE}", "wheel"),
+        ("${JOBSTREAM_IMAGE}", None),
+    ]
+    assert "ARG JOBSTREAM_IMAGE=jobstream:local" in dockerfile.read_text()
+    assert "pip wheel --no-cache-dir --no-deps" in stages[0].runs()
+    final = stages[1]
+    assert "--require-hashes -r /tmp/requirements.lock" in final.runs()
+    assert "pip install --no-cache-dir --no-deps /wheels/*.whl" in final.runs()
+    assert "pip check" in final.runs()
+    user = [i for i in final.instructions if i.startswith("USER ")]
+    assert user[-1] == "USER 10001:10001"  # the jobstream image's user, as before the build
+    assert final.instructions[-1] == f"ENV JOBSTREAM_APP={EXAMPLE_APP}"
+    assert "requirements.lock" not in dockerignored(EXAMPLE / ".dockerignore")
+    # the lock leaves jobstream to the base image and moves none of its pins
+    runtime = lock_pins(ROOT / "requirements" / "runtime.lock")
+    example = lock_pins(EXAMPLE / "requirements.lock")
+    assert "jobstream" not in example
+    shared = example.keys() & runtime.keys()
+    assert {n: runtime[n] for n in shared} == {n: example[n] for n in shared}, (
+        "examples/acme_jobs/requirements.lock moves a pin of requirements/runtime.lock: "
+        "make example-lock"
+    )
+    assert "--hash=sha256:" in (EXAMPLE / "requirements.lock").read_text()
+    pyproject = EXAMPLE / "pyproject.toml"
+    if pyproject.is_file():  # every dependency of the team's package is pinned
+        wanted = {
+            re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0].lower().replace("_", "-")
+            for d in tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+        }
+        missing = wanted - {"jobstream"} - example.keys()
+        assert not missing, (
+            f"not in examples/acme_jobs/requirements.lock: {missing}: make example-lock"
+        )
+
+
+def lock_pins(path: Path) -> dict[str, str]:
+    pins = dict(re.findall(r"^([a-z0-9][a-z0-9._-]*)==([^\s;\\]+)", path.read_text(), re.M))
+    assert pins, path
+    return pins
 
 
 def test_install_script_is_valid_bash() -> None:

@@ -104,6 +104,10 @@ local Kafka or PostgreSQL of its own.
   value: "0.0.0.0"
 - name: JOBSTREAM_WEB_PORT
   value: {{ $c.webPort | quote }}
+{{- with .Values.app }}
+- name: JOBSTREAM_APP
+  value: {{ . | quote }}
+{{- end }}
 - name: JOBSTREAM_WORKER_NAME
   valueFrom:
     fieldRef:
