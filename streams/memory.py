@@ -304,11 +304,7 @@ class MemoryStore:
         elif row.status is JobStatus.DEAD_LETTERED:
             row.takeovers = 0
         cancel = row.cancel_requested_at is not None
-        if (
-            req.run
-            and not cancel
-            and (req.max_takeovers == 0 or row.takeovers < req.max_takeovers)
-        ):
+        if req.run and not cancel and (req.max_takeovers == 0 or row.takeovers < req.max_takeovers):
             row.executions += 1
         row.started_at, row.event = now, None
         row.progress = row.progress_detail = None

@@ -50,7 +50,7 @@ def _need_browser() -> Any:
     try:
         from playwright.async_api import async_playwright
     except ImportError:
-        reason = "the playwright package is not installed (pip install -e '.[test]')"
+        reason = "the playwright package is not installed (make venv installs it)"
     else:
         if Path(CHROMIUM).exists() or shutil.which(CHROMIUM):
             return async_playwright

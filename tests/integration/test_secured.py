@@ -128,13 +128,17 @@ async def test_jobs_end_to_end_over_sasl_ssl_and_tls_postgres(
         worker = factory.start()
         await worker.wait_assigned()
 
+        from jobstream.models.job import JobEvent
         from jobstream.streams.producer.client import JobClient
 
         options = client_options(secured.settings())
         async with JobClient(secured.kafka.bootstrap, topic_prefix=prefix, options=options) as c:
             ids = await c.submit_many(c.build("echo", {"n": i}) for i in range(50))
-            # an unknown type goes to the dead-letter topic: that publisher is secured too
-            invalid = await c.submit("no.such.type", {"n": -1})
+            # an unknown type (published unchecked, as a producer without the client's
+            # checks could) goes to the dead-letter topic: that publisher is secured too
+            unknown = JobEvent(type="no.such.type", payload={"n": -1})
+            await (await c.publish(unknown))
+            invalid = unknown.id
         code, out = await run_cli(
             "submit", "echo", "--payload", '{"via": "cli"}', "--count", "2",
             env=cli_env(env, prefix, tmp_path),
