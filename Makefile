@@ -59,7 +59,13 @@ venvs: venv $(foreach v,$(PYTHONS),.venv-$(v)/.installed-$(HASH))
 UV_COMPILE := $(VENV)/bin/uv pip compile --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command "make lock" --quiet --no-emit-package jobstream \
 	--no-emit-package jobstream-dev
-lock: venv
+# only uv is needed (from the current lock): a pyproject.toml that needs a package the lock
+# lacks fails the venv's `pip check`, and this is what fixes that
+$(VENV)/bin/uv:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+
+lock: | $(VENV)/bin/uv
 	$(UV_COMPILE) requirements/dev-stack.in --group pyproject.toml:test \
 	    --group pyproject.toml:tools $(UPGRADE) -o $(LOCK)
 	$(UV_COMPILE) requirements/dev-stack.in -c $(LOCK) -o requirements/dev-stack.lock

@@ -22,14 +22,16 @@ import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from typing_extensions import TypeVar
 
 from jobstream.agents.policy import ExceptionTypes, RetryPolicy
 from jobstream.agents.registry import JobContext, JobType, Registry
 from jobstream.models.errors import ConfigurationError
+from jobstream.models.schedules import Missed, ScheduleSpec
 
 if TYPE_CHECKING:
     from jobstream.streams.settings import RateLimit, Settings
@@ -80,6 +82,7 @@ class JobApp(Generic[R]):
         self._jobs: dict[str, Job[Any]] = {}
         self._rate_limits: dict[str, RateLimit] = {}
         self._lifespan: Lifespan | None = None
+        self._schedules: dict[str, ScheduleSpec] = {}
         self._included: list[JobApp[Any]] = []
         for other in include:
             self.include(other)
@@ -95,6 +98,7 @@ class JobApp(Generic[R]):
         retry_on: ExceptionTypes = (),
         retry_unexpected: bool = True,
         jitter: float = 0.1,
+        schedule: str | None = None,
     ) -> Callable[[Callable[[P, JobContext[R]], Awaitable[Any]]], Job[P]]:
         """Declare the decorated ``async def handler(payload: Model, ctx: JobContext)`` as the
         job type ``name``.
@@ -113,6 +117,8 @@ class JobApp(Generic[R]):
         :param retry_unexpected: retry an exception outside jobstream's error tree and
             ``retry_on`` (``False``: such a bug is dead-lettered at once).
         :param jitter: spread of the retry delay, as a fraction of it.
+        :param schedule: a cron expression (UTC): run the job at every tick with its model's
+            default payload (see :meth:`schedule` for a payload, a time zone, an interval).
         """
         if name in self._jobs:
             raise ConfigurationError(f"app {self.name!r} already has a job type {name!r}")
@@ -137,9 +143,69 @@ class JobApp(Generic[R]):
                 app=self.name,
             )
             self._jobs[name] = job
+            if schedule is not None:
+                self.schedule(name, job, cron=schedule)
             return job
 
         return register
+
+    def schedule(
+        self,
+        name: str,
+        job: Job[Any] | str,
+        payload: BaseModel | Mapping[str, Any] | None = None,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        timezone: str = "UTC",
+        missed: Missed = "skip",
+        catch_up_max: int = 1,
+    ) -> ScheduleSpec:
+        """Run ``job`` with ``payload`` on a recurring schedule: at every tick of ``cron`` or
+        ``every`` seconds. One job per tick across all replicas (its id is the schedule's name
+        and the tick); the schedule is kept in PostgreSQL, where ``jobstream schedules`` can
+        pause, resume or run it now.
+
+        :param name: the schedule's name, unique.
+        :param job: a job type declared with ``@app.job``, or a type's name.
+        :param payload: the payload of every tick's job (default: the model's defaults).
+        :param cron: a cron expression (minute hour day month weekday), read in ``timezone``.
+        :param every: an interval (seconds or a timedelta), counted from the Unix epoch.
+        :param timezone: an IANA zone (``Europe/Berlin``); a DST change shifts no tick twice.
+        :param missed: ticks missed while nothing ran: ``skip`` them, run ``once`` for all,
+            or ``catch_up`` the last ``catch_up_max``.
+        :param catch_up_max: with ``catch_up``, at most this many missed ticks run.
+        """
+        if name in self._schedules:
+            raise ConfigurationError(f"app {self.name!r} already has a schedule {name!r}")
+        job_type = job if isinstance(job, str) else job.name
+        if isinstance(payload, BaseModel):
+            body = payload.model_dump(mode="json")
+        elif payload is None and not isinstance(job, str):
+            try:
+                body = job.payload_model().model_dump(mode="json")
+            except ValidationError:
+                raise ConfigurationError(
+                    f"schedule {name!r}: {job_type}'s payload has required fields: give one"
+                ) from None
+        else:
+            body = dict(payload or {})
+        seconds = every.total_seconds() if isinstance(every, timedelta) else every
+        try:
+            spec = ScheduleSpec(
+                name=name,
+                job_type=job_type,
+                payload=body,
+                cron=cron,
+                every_s=seconds,
+                timezone=timezone,
+                missed=missed,
+                catch_up_max=catch_up_max,
+            )
+        except ValidationError as exc:
+            raise ConfigurationError(f"schedule {name!r}: {exc.errors()[0]['msg']}") from None
+        self._schedules[name] = spec
+        return spec
 
     def rate_limit(
         self,
@@ -225,6 +291,16 @@ class JobApp(Generic[R]):
         """(app name, lifespan) of every app that declared one, in start order."""
         return [(a.name, a._lifespan) for a in self.apps() if a._lifespan is not None]
 
+    def schedules(self) -> list[ScheduleSpec]:
+        """Every schedule this app and the apps it includes declare."""
+        out: dict[str, ScheduleSpec] = {}
+        for app in self.apps():
+            for name, spec in app._schedules.items():
+                if name in out:
+                    raise ConfigurationError(f"two apps declare the schedule {name!r}")
+                out[name] = spec
+        return list(out.values())
+
     def rate_limits(self) -> dict[str, RateLimit]:
         out: dict[str, RateLimit] = {}
         for app in self.apps():
@@ -246,6 +322,11 @@ class JobApp(Generic[R]):
         unknown = set(overrides) - set(registry.names())
         if unknown:
             raise ConfigurationError(f"policy file names unknown job types: {sorted(unknown)}")
+        for spec in self.schedules():
+            if registry.get(spec.job_type) is None:
+                raise ConfigurationError(
+                    f"schedule {spec.name!r} runs {spec.job_type!r}, which no app declares"
+                )
         missing = {
             t.rate_limit_key
             for t in registry

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Protocol
 
 from pydantic import BaseModel
@@ -34,6 +35,10 @@ class Submitter(Protocol):
         job_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         partition_key: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        ttl: float | timedelta | None = None,
+        expires_at: datetime | None = None,
     ) -> str: ...
 
 
@@ -78,6 +83,10 @@ class JobContext(Generic[R]):
         job_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         partition_key: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        ttl: float | timedelta | None = None,
+        expires_at: datetime | None = None,
     ) -> str:
         """Publish a follow-up job from this handler, checked like ``JobClient.submit``
         (a :class:`~jobstream.models.errors.SubmitError` when it is refused); returns its id
@@ -92,12 +101,16 @@ class JobContext(Generic[R]):
         :param job_id: the follow-up's id (default: a new uuid).
         :param metadata: string pairs carried along with the follow-up.
         :param partition_key: follow-ups with one key keep their order of arrival.
+        :param delay: run it this long from now, not before (``run_at``: at this time).
+        :param ttl: not started within this long from now, it is never run (``expires_at``:
+            by this time).
         """
         if self.submitter is None:
             raise ConfigurationError("this context has no producer to submit jobs with")
         return await self.submitter.submit(
-            job, payload, job_id=job_id, metadata=metadata, partition_key=partition_key
-        )
+            job, payload, job_id=job_id, metadata=metadata, partition_key=partition_key,
+            delay=delay, run_at=run_at, ttl=ttl, expires_at=expires_at,
+        )  # fmt: skip
 
     @property
     def job_id(self) -> str:

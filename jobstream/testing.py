@@ -34,11 +34,13 @@ from jobstream.agents.intake import TIER_HEADER
 from jobstream.agents.machine import Machine, resolve
 from jobstream.agents.states import Outcome
 from jobstream.models.deadletter import DeadLetter
+from jobstream.models.errors import SubmitError
 from jobstream.models.job import JobEvent, JobOutcome, JobStatus
 from jobstream.streams.kafka.record import Record
 from jobstream.streams.memory import ManualClock, MemoryLimiter, MemoryPublisher, MemoryStore
 from jobstream.streams.metrics import Metrics
 from jobstream.streams.producer.client import AppTypes, EventSubmitter, make_event
+from jobstream.streams.producer.timing import Seconds, Timing
 from jobstream.streams.settings import Settings
 from jobstream.streams.topics import topic_names
 
@@ -77,7 +79,7 @@ class JobRun:
     outcome: JobOutcome | None
     """The record a worker publishes on the outcome topic."""
     waited_s: float
-    """Virtual seconds spent waiting for retries."""
+    """Virtual seconds it waited: for its time (a delayed job) and for its retries."""
     submitted: list[JobEvent] = field(default_factory=list)
     """Follow-up jobs its handler submitted (``ctx.submit``), in order; run one with
     ``tester.deliver(event)``."""
@@ -161,6 +163,10 @@ class JobTester:
         *,
         job_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        delay: Seconds | None = None,
+        run_at: datetime | None = None,
+        ttl: Seconds | None = None,
+        expires_at: datetime | None = None,
     ) -> JobRun:
         """Submit one job as a producer would (checked like ``JobClient.submit``; an invalid one
         raises :class:`~jobstream.models.errors.SubmitError`) and run it, with its retries, to
@@ -170,7 +176,15 @@ class JobTester:
         :param payload: the payload: the type's model (or a dict it accepts).
         :param job_id: the job's id (default: a new uuid).
         :param metadata: string pairs carried along with the job.
+        :param delay: as for ``JobClient.submit`` (``run_at``, ``ttl``, ``expires_at`` too): a
+            delayed job waits in virtual time, counted in ``waited_s``.
         """
+        try:
+            timing = Timing.of(
+                delay=delay, run_at=run_at, ttl=ttl, expires_at=expires_at, now=self.clock.now()
+            )
+        except ValueError as exc:
+            raise SubmitError(str(exc)) from None
         event = make_event(
             AppTypes(self.app),
             job,
@@ -178,6 +192,7 @@ class JobTester:
             job_id=job_id,
             metadata=metadata,
             max_event_bytes=self.settings.max_event_bytes,
+            timing=timing,
         )
         return await self.deliver(event)
 
@@ -193,6 +208,15 @@ class JobTester:
         rec = self._record(event, headers or [])
         while True:
             await self.handle(rec)
+            row = self.store.rows.get(event.id)
+            if row is not None and row.status is JobStatus.SCHEDULED and row.run_at and row.event:
+                # the dispatcher: once due, the kept event goes to the main topic
+                wait = max(0.0, (row.run_at - self.clock.now()).total_seconds())
+                self.clock.advance(wait)
+                waited += wait
+                due = JobEvent.model_validate(row.event).model_copy(update={"not_before": None})
+                rec = self._record(due, [])
+                continue
             retry = self._retry_of(event.id, seen)
             seen = len(self.publisher.sent)
             if retry is None:

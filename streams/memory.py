@@ -224,6 +224,7 @@ class MemoryStore:
         return out
 
     async def cancel_requested(self, held: Mapping[str, str]) -> list[str]:
+        self.calls.tick("cancel_requested")
         return [
             job_id
             for job_id, token in held.items()
@@ -234,6 +235,7 @@ class MemoryStore:
         ]
 
     async def progress_many(self, updates: Sequence[tuple[str, str, float, str | None]]) -> None:
+        self.calls.tick("progress")
         for job_id, token, fraction, detail in updates:
             row = self.rows.get(job_id)
             if row is not None and row.claim_token == token and row.status is JobStatus.RUNNING:

@@ -255,6 +255,43 @@ class Metrics:
             "Size of the jobs table with its indexes and TOAST (pg_total_relation_size)",
             registry=r,
         )
+        # timed jobs (streams/worker/dispatcher.py)
+        self.scheduled_due = Gauge(
+            "jobstream_scheduled_due_jobs",
+            "Scheduled jobs past their time and not yet claimed (sampled by every replica)",
+            registry=r,
+        )
+        self.scheduled_oldest_due = Gauge(
+            "jobstream_scheduled_oldest_due_seconds",
+            "How far past its time the oldest scheduled job not yet claimed is",
+            registry=r,
+        )
+        self.dispatch_lateness = Histogram(
+            "jobstream_dispatch_lateness_seconds",
+            "Time from a scheduled job's run_at to its publish by the dispatcher",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+            registry=r,
+        )
+        self.dispatched = Counter(
+            "jobstream_dispatched_total",
+            "Scheduled jobs the dispatcher published to the main topic",
+            registry=r,
+        )
+        self.schedule_ticks = Counter(
+            "jobstream_schedule_ticks_total",
+            "Jobs published for recurring schedules' ticks",
+            registry=r,
+        )
+        self.schedules_behind = Gauge(
+            "jobstream_schedules_behind",
+            "Unpaused schedules whose next tick is more than a minute late",
+            registry=r,
+        )
+        self.dispatcher_leader = Gauge(
+            "jobstream_dispatcher_leader",
+            "1 on the replica that holds the dispatcher's lease",
+            registry=r,
+        )
         self._by_type: dict[str, TypeMetrics] = {}
 
     def for_type(self, job_type: str) -> TypeMetrics:

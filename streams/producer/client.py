@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, overload
 
 from pydantic import BaseModel
@@ -13,6 +14,7 @@ from jobstream.models.errors import ConfigurationError, SubmitError
 from jobstream.models.job import JobEvent
 from jobstream.streams.kafka.publisher import Publisher
 from jobstream.streams.producer.api import ApiError, JobTypes, error_line, validate_job
+from jobstream.streams.producer.timing import Seconds, Timing
 from jobstream.streams.settings import Settings
 from jobstream.streams.topics import topic_names
 
@@ -127,6 +129,10 @@ class JobClient:
         job_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         partition_key: str | None = None,
+        delay: Seconds | None = None,
+        run_at: datetime | None = None,
+        ttl: Seconds | None = None,
+        expires_at: datetime | None = None,
     ) -> JobEvent: ...
 
     @overload
@@ -138,6 +144,10 @@ class JobClient:
         job_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         partition_key: str | None = None,
+        delay: Seconds | None = None,
+        run_at: datetime | None = None,
+        ttl: Seconds | None = None,
+        expires_at: datetime | None = None,
     ) -> JobEvent: ...
 
     def build(
@@ -148,6 +158,10 @@ class JobClient:
         job_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         partition_key: str | None = None,
+        delay: Seconds | None = None,
+        run_at: datetime | None = None,
+        ttl: Seconds | None = None,
+        expires_at: datetime | None = None,
     ) -> JobEvent:
         """The checked event of one job, not published; raises :class:`SubmitError`.
 
@@ -156,10 +170,15 @@ class JobClient:
         :param job_id: the job's id (default: a new uuid); a job id runs at most once.
         :param metadata: string pairs carried along with the job (its outcome has them).
         :param partition_key: jobs with one key keep their order of arrival (default: the id).
+        :param delay: run it this long from now (seconds or a timedelta), not before.
+        :param run_at: run it at this time (with its UTC offset), not before.
+        :param ttl: not started within this long from now, it is never run (ends expired).
+        :param expires_at: not started by this time, it is never run.
         """
         return self._events.build(
-            job, payload, job_id=job_id, metadata=metadata, partition_key=partition_key
-        )
+            job, payload, job_id=job_id, metadata=metadata, partition_key=partition_key,
+            delay=delay, run_at=run_at, ttl=ttl, expires_at=expires_at,
+        )  # fmt: skip
 
     async def publish(self, event: JobEvent) -> asyncio.Future[Any]:
         """Queue one event as it is (see :meth:`build`); the future resolves when Kafka has it."""
@@ -174,6 +193,10 @@ class JobClient:
         job_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         partition_key: str | None = None,
+        delay: Seconds | None = None,
+        run_at: datetime | None = None,
+        ttl: Seconds | None = None,
+        expires_at: datetime | None = None,
     ) -> str: ...
 
     @overload
@@ -185,6 +208,10 @@ class JobClient:
         job_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         partition_key: str | None = None,
+        delay: Seconds | None = None,
+        run_at: datetime | None = None,
+        ttl: Seconds | None = None,
+        expires_at: datetime | None = None,
     ) -> str: ...
 
     async def submit(
@@ -195,11 +222,17 @@ class JobClient:
         job_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         partition_key: str | None = None,
+        delay: Seconds | None = None,
+        run_at: datetime | None = None,
+        ttl: Seconds | None = None,
+        expires_at: datetime | None = None,
     ) -> str:
-        """Check one job (see :meth:`build`), publish it, and return its id once Kafka has it."""
+        """Check one job (see :meth:`build`), publish it, and return its id once Kafka has it.
+        A delayed job is kept by the first worker that gets it until its time."""
         return await self._events.submit(
-            job, payload, job_id=job_id, metadata=metadata, partition_key=partition_key
-        )
+            job, payload, job_id=job_id, metadata=metadata, partition_key=partition_key,
+            delay=delay, run_at=run_at, ttl=ttl, expires_at=expires_at,
+        )  # fmt: skip
 
     async def submit_many(self, events: Iterable[JobEvent]) -> list[str]:
         """Publish events made by :meth:`build`; returns their ids once Kafka has them all."""
@@ -256,7 +289,15 @@ class EventSubmitter:
         job_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         partition_key: str | None = None,
+        delay: Seconds | None = None,
+        run_at: datetime | None = None,
+        ttl: Seconds | None = None,
+        expires_at: datetime | None = None,
     ) -> JobEvent:
+        try:
+            timing = Timing.of(delay=delay, run_at=run_at, ttl=ttl, expires_at=expires_at)
+        except ValueError as exc:
+            raise SubmitError(f"{job if isinstance(job, str) else job.name}: {exc}") from None
         return make_event(
             self.types,
             job,
@@ -265,6 +306,7 @@ class EventSubmitter:
             metadata=metadata,
             partition_key=partition_key,
             max_event_bytes=self.max_event_bytes,
+            timing=timing,
         )
 
     async def publish(self, event: JobEvent) -> asyncio.Future[Any]:
@@ -279,10 +321,15 @@ class EventSubmitter:
         job_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         partition_key: str | None = None,
+        delay: Seconds | None = None,
+        run_at: datetime | None = None,
+        ttl: Seconds | None = None,
+        expires_at: datetime | None = None,
     ) -> str:
         event = self.build(
-            job, payload, job_id=job_id, metadata=metadata, partition_key=partition_key
-        )
+            job, payload, job_id=job_id, metadata=metadata, partition_key=partition_key,
+            delay=delay, run_at=run_at, ttl=ttl, expires_at=expires_at,
+        )  # fmt: skip
         await (await self.publish(event))
         return event.id
 
@@ -296,6 +343,7 @@ def make_event(
     metadata: Mapping[str, str] | None = None,
     partition_key: str | None = None,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    timing: Timing | None = None,
 ) -> JobEvent:
     """The event of one job, checked as ``POST /jobs`` checks it (``types`` names the known job
     types; a declared :class:`Job` is always known); raises :class:`SubmitError`."""
@@ -318,6 +366,11 @@ def make_event(
     }
     known = types if isinstance(job, str) else _Single(job)
     try:
-        return validate_job(item, known, max_event_bytes)
+        event = validate_job(item, known, max_event_bytes)
     except ApiError as exc:
         raise SubmitError(f"{name}: {error_line(exc)}", exc.body.get("errors", [])) from None
+    if timing:
+        event = event.model_copy(
+            update={"not_before": timing.not_before, "expires_at": timing.expires_at}
+        )
+    return event

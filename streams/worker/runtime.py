@@ -30,6 +30,7 @@ from jobstream.streams.producer.client import AppTypes, EventSubmitter
 from jobstream.streams.settings import Settings
 from jobstream.streams.setup import prepare
 from jobstream.streams.topics import RetryTier, TopicNames, topic_names
+from jobstream.streams.worker.dispatcher import Dispatcher
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -68,6 +69,7 @@ class Runtime:
         self.http: aiohttp.ClientSession | None = None
         self.machine: Machine | None = None
         self.forwarder: RetryForwarder | None = None
+        self.dispatcher: Dispatcher | None = None
         self.sweeper: Sweeper | None = None
         self.web_runner: web.AppRunner | None = None
         self._teardown = contextlib.AsyncExitStack()
@@ -153,6 +155,16 @@ class Runtime:
         self.metrics.running_jobs.set_function(lambda: machine.running)
         self.metrics.waiting_jobs.set_function(lambda: machine.waiting)
         self.forwarder = RetryForwarder(self.machine, self.publisher)
+        self.dispatcher = Dispatcher(
+            self.pool,
+            self.publisher,
+            topics=self.topics,
+            metrics=self.metrics,
+            worker=s.worker_name,
+            app_schedules=self.app.schedules(),
+        )
+        self.dispatcher.start()
+        teardown.push_async_callback(self.dispatcher.stop)
         self.sweeper = worker_sweeper(
             s,
             self.pool,
@@ -247,6 +259,8 @@ class Runtime:
     async def drain(self, grace_s: float) -> bool:
         """Stop taking work and wait for in-flight jobs; True when all finished in time."""
         self.draining.set()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()  # another replica takes the lease at once
         if self.machine is not None:
             left = await self.machine.drain()
             if left:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -182,3 +183,12 @@ def test_a_client_is_made_from_the_workers_settings() -> None:
         client.build("echo", {"blob": "x" * 5000})
     with pytest.raises(ConfigurationError, match="KAFKA_BOOTSTRAP"):
         JobClient.from_settings(Settings(kafka_bootstrap=None))
+
+
+async def test_a_delayed_job_waits_in_virtual_time_and_an_expired_one_never_runs() -> None:
+    async with JobTester(app, resources=Resources()) as tester:
+        delayed = await tester.run(make_thumb, Thumb(url="u"), delay=timedelta(hours=1))
+        with pytest.raises(SubmitError, match="expire before it may run"):
+            await tester.run(make_thumb, Thumb(url="u"), delay=60, ttl=30)
+    assert delayed.succeeded
+    assert delayed.waited_s == 3600

@@ -1,0 +1,113 @@
+"""Scheduled jobs in PostgreSQL: the rows the dispatcher publishes when due, and the operator's
+view of them (list, re-time, run now).
+
+A delayed job is a ``scheduled`` row holding its event (the outbox). The dispatcher publishes
+the due ones to the main topic and marks them ``dispatched_at``; the row stays ``scheduled``
+until a worker's claim takes it. A publish lost in between is published again after
+``REDISPATCH_S``: the claims absorb a copy, so a job still runs once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+REDISPATCH_S = 120.0
+"""A dispatched job not claimed by then is published again (its record may have been lost)."""
+
+_DUE = """
+SELECT job_id, event, run_at, now() AS now FROM jobs
+WHERE status = 'scheduled' AND run_at <= now()
+  AND (dispatched_at IS NULL OR dispatched_at < now() - make_interval(secs => $2))
+ORDER BY run_at
+LIMIT $1
+"""
+
+_DISPATCHED = """
+UPDATE jobs SET dispatched_at = now()
+WHERE job_id = ANY($1::text[]) AND status = 'scheduled'
+"""
+
+_DUE_COUNT = """
+SELECT count(*) AS due, min(run_at) AS oldest, now() AS now FROM jobs
+WHERE status = 'scheduled' AND run_at <= now()
+"""
+
+_NEXT = "SELECT min(run_at) FROM jobs WHERE status = 'scheduled' AND run_at > now()"
+
+_RETIME = """
+UPDATE jobs SET run_at = $2, dispatched_at = NULL, updated_at = now()
+WHERE job_id = $1 AND status = 'scheduled'
+RETURNING run_at
+"""
+
+_LIST = """
+SELECT job_id, type, run_at, expires_at, dispatched_at, created_at, dedupe_key
+FROM jobs
+WHERE status = 'scheduled'
+  AND ($1::text IS NULL OR type = $1)
+  AND ($2::timestamptz IS NULL OR run_at >= $2)
+  AND ($3::timestamptz IS NULL OR run_at < $3)
+ORDER BY run_at, job_id
+LIMIT $4
+"""
+
+
+@dataclass(frozen=True)
+class Due:
+    job_id: str
+    event: dict[str, Any]
+    run_at: datetime
+    late_s: float
+    """How long after its time it is published."""
+
+
+async def due(pool: asyncpg.Pool, limit: int) -> list[Due]:
+    """The oldest due jobs not published in the last ``REDISPATCH_S``."""
+    rows = await pool.fetch(_DUE, limit, REDISPATCH_S)
+    return [
+        Due(r["job_id"], r["event"], r["run_at"], (r["now"] - r["run_at"]).total_seconds())
+        for r in rows
+    ]
+
+
+async def dispatched(pool: asyncpg.Pool, job_ids: Sequence[str]) -> None:
+    if job_ids:
+        await pool.execute(_DISPATCHED, list(job_ids))
+
+
+async def waiting(pool: asyncpg.Pool) -> tuple[int, float]:
+    """Due jobs not yet claimed, and how late the oldest of them is (seconds)."""
+    row = await pool.fetchrow(_DUE_COUNT)
+    assert row is not None
+    oldest = (row["now"] - row["oldest"]).total_seconds() if row["oldest"] else 0.0
+    return int(row["due"]), oldest
+
+
+async def next_due(pool: asyncpg.Pool) -> datetime | None:
+    """When the next scheduled job falls due."""
+    value: datetime | None = await pool.fetchval(_NEXT)
+    return value
+
+
+async def retime(pool: asyncpg.Pool, job_id: str, run_at: datetime) -> datetime | None:
+    """Move a scheduled job to ``run_at`` (now: run it now); None when it is not scheduled."""
+    value: datetime | None = await pool.fetchval(_RETIME, job_id, run_at)
+    return value
+
+
+async def listed(
+    pool: asyncpg.Pool,
+    *,
+    job_type: str | None = None,
+    due_after: datetime | None = None,
+    due_before: datetime | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Scheduled jobs in the order they fall due, filtered."""
+    rows = await pool.fetch(_LIST, job_type, due_after, due_before, limit)
+    return [dict(r) for r in rows]

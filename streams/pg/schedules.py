@@ -1,0 +1,210 @@
+"""Recurring schedules in PostgreSQL: the app's declared ones kept in step with the code, the
+ones added at run time, and what the dispatcher reads and writes as it fires them.
+
+A schedule's row holds its rule (cron + zone, or an interval), what missed ticks do, whether
+it is paused, and its next and last tick. The dispatcher fires a due schedule and moves its
+``next_at`` with a guard on the value it read, so a concurrent edit (a pause, a run-now) is
+never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from jobstream.models.schedules import ScheduleSpec, first_tick
+
+_COLUMNS = (
+    "name, job_type, payload, cron, every_s, timezone, missed, catch_up_max, paused, source,"
+    " next_at, last_at, last_job_id, fired, created_at, updated_at"
+)
+
+_SYNC_APP = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::float8[],
+                         $6::text[], $7::text[], $8::int[], $9::timestamptz[])
+        AS t(name, job_type, payload, cron, every_s, timezone, missed, catch_up_max, next_at)
+), upserted AS (
+    INSERT INTO schedules AS s (name, job_type, payload, cron, every_s, timezone, missed,
+                                catch_up_max, source, next_at)
+    SELECT name, job_type, payload, cron, every_s, timezone, missed, catch_up_max, 'app', next_at
+    FROM input
+    ON CONFLICT (name) DO UPDATE SET
+        job_type = EXCLUDED.job_type, payload = EXCLUDED.payload, missed = EXCLUDED.missed,
+        catch_up_max = EXCLUDED.catch_up_max, source = 'app',
+        cron = EXCLUDED.cron, every_s = EXCLUDED.every_s, timezone = EXCLUDED.timezone,
+        -- a new rule starts from its next tick; the same rule keeps its place (and pause)
+        next_at = CASE WHEN s.cron IS DISTINCT FROM EXCLUDED.cron
+                         OR s.every_s IS DISTINCT FROM EXCLUDED.every_s
+                         OR s.timezone IS DISTINCT FROM EXCLUDED.timezone
+                       THEN EXCLUDED.next_at ELSE s.next_at END,
+        updated_at = now()
+    RETURNING name
+)
+DELETE FROM schedules WHERE source = 'app' AND name <> ALL($1::text[])
+RETURNING name
+"""
+
+_DUE = f"""
+SELECT {_COLUMNS}, now() AS now FROM schedules
+WHERE NOT paused AND next_at <= now()
+ORDER BY next_at
+LIMIT $1
+"""
+
+_FIRED = """
+UPDATE schedules SET next_at = $3, last_at = coalesce($4, last_at),
+       last_job_id = coalesce($5, last_job_id), fired = fired + $6, updated_at = now()
+WHERE name = $1 AND next_at = $2
+"""
+
+_BEHIND = """
+SELECT count(*) FROM schedules WHERE NOT paused AND next_at < now() - make_interval(secs => $1)
+"""
+
+_NEXT = "SELECT min(next_at) FROM schedules WHERE NOT paused"
+
+
+@dataclass(frozen=True)
+class StoredSchedule:
+    spec: ScheduleSpec
+    paused: bool
+    source: str
+    next_at: datetime
+    last_at: datetime | None
+    last_job_id: str | None
+    fired: int
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> StoredSchedule:
+        payload = r["payload"]
+        spec = ScheduleSpec(
+            name=r["name"],
+            job_type=r["job_type"],
+            payload=payload if isinstance(payload, dict) else json.loads(payload),
+            cron=r["cron"],
+            every_s=r["every_s"],
+            timezone=r["timezone"],
+            missed=r["missed"],
+            catch_up_max=r["catch_up_max"],
+        )
+        return cls(
+            spec, r["paused"], r["source"], r["next_at"], r["last_at"], r["last_job_id"], r["fired"]
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            **self.spec.model_dump(mode="json"),
+            "rule": self.spec.rule,
+            "paused": self.paused,
+            "source": self.source,
+            "next_at": self.next_at.isoformat(),
+            "last_at": self.last_at.isoformat() if self.last_at else None,
+            "last_job_id": self.last_job_id,
+            "fired": self.fired,
+        }
+
+
+async def sync_app(pool: asyncpg.Pool, specs: Sequence[ScheduleSpec], now: datetime) -> list[str]:
+    """The app's schedules as the code declares them (an edit of one of them keeps its pause;
+    one removed from the code goes); returns the names removed."""
+    rows = [
+        (
+            s.name, s.job_type, s.payload, s.cron, s.every_s, s.timezone, s.missed,
+            s.catch_up_max, first_tick(s, now),
+        )
+        for s in specs
+    ]  # fmt: skip
+    cols = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(9)]
+    return [r["name"] for r in await pool.fetch(_SYNC_APP, *cols)]
+
+
+async def due(pool: asyncpg.Pool, limit: int = 100) -> list[tuple[StoredSchedule, datetime]]:
+    """Schedules whose next tick has come, with the database's now."""
+    return [(StoredSchedule.from_record(r), r["now"]) for r in await pool.fetch(_DUE, limit)]
+
+
+async def fired(
+    pool: asyncpg.Pool,
+    name: str,
+    *,
+    was: datetime,
+    next_at: datetime,
+    last_at: datetime | None,
+    last_job_id: str | None,
+    count: int,
+) -> bool:
+    """Move the schedule to ``next_at`` unless it was changed since it read ``was``."""
+    status = await pool.execute(_FIRED, name, was, next_at, last_at, last_job_id, count)
+    return status.endswith(" 1")
+
+
+async def behind(pool: asyncpg.Pool, grace_s: float) -> int:
+    """Schedules whose tick is more than ``grace_s`` late: the dispatcher is not firing them."""
+    return int(await pool.fetchval(_BEHIND, grace_s))
+
+
+async def next_tick(pool: asyncpg.Pool) -> datetime | None:
+    value: datetime | None = await pool.fetchval(_NEXT)
+    return value
+
+
+# -- what operators do (CLI, API, console) -------------------------------------------------------
+
+
+async def listed(pool: asyncpg.Pool) -> list[StoredSchedule]:
+    rows = await pool.fetch(f"SELECT {_COLUMNS} FROM schedules ORDER BY name")
+    return [StoredSchedule.from_record(r) for r in rows]
+
+
+async def get(pool: asyncpg.Pool, name: str) -> StoredSchedule | None:
+    row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM schedules WHERE name = $1", name)
+    return StoredSchedule.from_record(row) if row is not None else None
+
+
+async def add(pool: asyncpg.Pool, spec: ScheduleSpec, now: datetime) -> bool:
+    """A schedule managed at run time; False when the name is taken."""
+    status = await pool.execute(
+        "INSERT INTO schedules (name, job_type, payload, cron, every_s, timezone, missed,"
+        " catch_up_max, source, next_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'runtime', $9)"
+        " ON CONFLICT (name) DO NOTHING",
+        spec.name, spec.job_type, spec.payload, spec.cron, spec.every_s, spec.timezone,
+        spec.missed, spec.catch_up_max, first_tick(spec, now),
+    )  # fmt: skip
+    return status.endswith(" 1")
+
+
+async def set_paused(pool: asyncpg.Pool, name: str, paused: bool, now: datetime) -> bool:
+    """Pause, or resume from the next tick after now (the ticks of the pause are not run)."""
+    stored = await get(pool, name)
+    if stored is None:
+        return False
+    next_at = stored.next_at if paused else first_tick(stored.spec, now)
+    status = await pool.execute(
+        "UPDATE schedules SET paused = $2, next_at = $3, updated_at = now() WHERE name = $1",
+        name,
+        paused,
+        next_at,
+    )
+    return status.endswith(" 1")
+
+
+async def remove(pool: asyncpg.Pool, name: str) -> bool:
+    status = await pool.execute("DELETE FROM schedules WHERE name = $1", name)
+    return status.endswith(" 1")
+
+
+async def ran_now(pool: asyncpg.Pool, name: str, job_id: str, at: datetime) -> None:
+    """A run-now's job is the schedule's last one (its ticks are unchanged)."""
+    await pool.execute(
+        "UPDATE schedules SET last_at = $2, last_job_id = $3, fired = fired + 1,"
+        " updated_at = now() WHERE name = $1",
+        name,
+        at,
+        job_id,
+    )

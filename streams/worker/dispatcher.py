@@ -1,0 +1,211 @@
+"""The dispatcher: publishes scheduled jobs when they fall due and fires recurring schedules.
+
+Every replica runs one; the one holding the ``dispatcher`` lease (a row, renewed; see
+:mod:`jobstream.streams.pg.leases`) does the work, the others wait to take it over. Nothing
+waits in memory: a due job's row is its outbox. The dispatcher publishes it to the main topic
+(``not_before`` cleared) and marks it dispatched; a worker's claim takes the row when the record
+arrives. A publish that is repeated (a dispatcher that died before marking it, a lost record
+published again after ``REDISPATCH_S``) is absorbed by the claims, and a schedule's tick is a
+job id derived from the schedule and the tick, so a tick fired twice is one job.
+
+Every replica also samples how many due jobs wait and how many schedules are behind, so an
+alert fires even when no replica holds the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from jobstream.agents.fitting import wire
+from jobstream.models.job import JobEvent
+from jobstream.models.schedules import MISFIRE_GRACE_S, ScheduleSpec, due, tick_job_id
+from jobstream.streams.failures import describe
+from jobstream.streams.kafka.publisher import Publisher
+from jobstream.streams.metrics import Metrics
+from jobstream.streams.pg import leases, scheduled, schedules
+from jobstream.streams.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+LEASE = "dispatcher"
+LEASE_TTL_S = 10.0
+POLL_S = 0.2
+"""How often the holder looks for due jobs and ticks when there was nothing to do."""
+BATCH = 1000
+"""Due jobs published per round; a full round goes again at once."""
+SAMPLE_S = 5.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publisher: Publisher,
+        *,
+        topics: TopicNames,
+        metrics: Metrics,
+        worker: str,
+        app_schedules: Sequence[ScheduleSpec] = (),
+    ) -> None:
+        self.pool = pool
+        self.publisher = publisher
+        self.topics = topics
+        self.metrics = metrics
+        self.app_schedules = list(app_schedules)
+        # a restarted replica is a new holder: it waits out its predecessor's lease
+        self.holder = f"{worker}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.holding = False
+        self._synced = False
+        self._task: asyncio.Task[None] | None = None
+        self._renewed = 0.0
+        self._sampled = 0.0
+        self._failing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="dispatcher")
+
+    async def stop(self) -> None:
+        """Stop, and give the lease back so another replica takes over at once."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.holding:
+            self.holding = False
+            self.metrics.dispatcher_leader.set(0)
+            with contextlib.suppress(Exception):
+                await leases.give_back(self.pool, LEASE, self.holder)
+
+    async def _loop(self) -> None:
+        while True:
+            busy = False
+            try:
+                await self._hold()
+                if self.holding:
+                    busy = await self.round()
+                await self._sample()
+                if self._failing:
+                    self._failing = False
+                    log.info("dispatcher: working again")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next round tries again; said once
+                if not self._failing:
+                    self._failing = True
+                    log.warning("dispatcher: round failed, retrying: %s", describe(exc))
+                await asyncio.sleep(1.0)
+                continue
+            await asyncio.sleep(0 if busy else POLL_S if self.holding else LEASE_TTL_S / 3)
+
+    async def _hold(self) -> None:
+        """Take the lease, or renew it three times per its life."""
+        now = time.monotonic()
+        if self.holding and now - self._renewed < LEASE_TTL_S / 3:
+            return
+        held = await leases.take(self.pool, LEASE, self.holder, LEASE_TTL_S)
+        if held and not self.holding:
+            log.info("dispatcher: this replica dispatches scheduled jobs now")
+        self.holding = held
+        self._renewed = now
+        self.metrics.dispatcher_leader.set(1 if held else 0)
+
+    async def round(self) -> bool:
+        """One round of the holder's work; True when it left due jobs for the next one."""
+        if not self._synced:
+            removed = await schedules.sync_app(self.pool, self.app_schedules, await self._db_now())
+            if removed:
+                log.info("schedules no longer in the app, removed: %s", ", ".join(removed))
+            self._synced = True
+        full = await self._dispatch()
+        await self._fire()
+        return full
+
+    async def _dispatch(self) -> bool:
+        found = await scheduled.due(self.pool, BATCH)
+        if not found:
+            return False
+        events = [
+            JobEvent.model_validate(d.event).model_copy(update={"not_before": None}) for d in found
+        ]
+        sent = await self._publish(events)
+        await scheduled.dispatched(self.pool, [e.id for e in sent])
+        for d in found:
+            self.metrics.dispatch_lateness.observe(max(0.0, d.late_s))
+        self.metrics.dispatched.inc(len(sent))
+        return len(found) == BATCH
+
+    async def _fire(self) -> None:
+        for stored, now in await schedules.due(self.pool):
+            spec = stored.spec
+            ticks, next_at = due(spec, stored.next_at, now)
+            events = [
+                JobEvent(
+                    id=tick_job_id(spec.name, tick),
+                    type=spec.job_type,
+                    payload=spec.payload,
+                    created_at=tick,
+                    metadata={"schedule": spec.name},
+                )
+                for tick in ticks
+            ]
+            await self._publish(events)
+            moved = await schedules.fired(
+                self.pool,
+                spec.name,
+                was=stored.next_at,
+                next_at=next_at,
+                last_at=ticks[-1] if ticks else None,
+                last_job_id=events[-1].id if events else None,
+                count=len(events),
+            )
+            self.metrics.schedule_ticks.inc(len(events))
+            skipped = len(list(_between(spec, stored.next_at, now))) - len(ticks)
+            if moved and skipped > 0:
+                log.info(
+                    "schedule %s: %d missed tick(s) not run (missed=%s)",
+                    spec.name,
+                    skipped,
+                    spec.missed,
+                )
+
+    async def _publish(self, events: Sequence[JobEvent]) -> list[JobEvent]:
+        """Publish ``events`` together; returns once Kafka has them (raises if it refuses)."""
+        futures = [
+            await self.publisher.send(self.topics.main, wire(e), key=e.key()) for e in events
+        ]
+        await asyncio.gather(*futures)
+        return list(events)
+
+    async def _sample(self) -> None:
+        now = time.monotonic()
+        if now - self._sampled < SAMPLE_S:
+            return
+        self._sampled = now
+        count, oldest = await scheduled.waiting(self.pool)
+        self.metrics.scheduled_due.set(count)
+        self.metrics.scheduled_oldest_due.set(oldest)
+        self.metrics.schedules_behind.set(await schedules.behind(self.pool, MISFIRE_GRACE_S))
+
+    async def _db_now(self) -> datetime:
+        value: datetime = await self.pool.fetchval("SELECT now()")
+        return value
+
+
+def _between(spec: ScheduleSpec, next_at: datetime, now: datetime) -> list[datetime]:
+    """The ticks due from ``next_at`` to ``now`` (at most a thousand, for the log line)."""
+    out = [next_at] if next_at <= now else []
+    for tick in spec.ticks_after(next_at):
+        if tick > now or len(out) >= 1000:
+            break
+        out.append(tick)
+    return out
