@@ -107,5 +107,6 @@ def scheduled(state: Decoded) -> Scheduled:
         run_at=job.not_before,
         expires_at=job.expires_at,
         event=job.model_dump(mode="json"),
+        topic=state.src.rec.topic,
     )
     return Scheduled(state.src, row)

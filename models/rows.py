@@ -116,4 +116,6 @@ class ScheduledRow:
     expires_at: datetime | None
     event: dict[str, Any]
     """The job's event as JSON (the outbox the dispatcher publishes)."""
+    topic: str
+    """The main topic the dispatcher publishes it to (prefixes may share a database)."""
     source: str = "worker"

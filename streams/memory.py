@@ -108,6 +108,7 @@ class MemoryRow:
     cancel_requested_at: datetime | None = None
     progress: float | None = None
     progress_detail: str | None = None
+    topic: str | None = None
 
     def state(self) -> StoredState:
         return StoredState(
@@ -218,6 +219,7 @@ class MemoryStore:
                 event=new.event,
                 worker=self.worker,
                 source=new.source,
+                topic=new.topic,
             )
             self.journal.append(f"park {new.job_id}")
             out.append(None)

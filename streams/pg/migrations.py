@@ -192,6 +192,22 @@ COMMENT ON TABLE dedupe_keys IS
 dispatcher's lease, cancellation marks, progress and deduplication keys."""
 
 
+TIMED_PER_TOPIC_SCHEMA = """
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS topic text;
+DROP INDEX IF EXISTS jobs_scheduled_due_idx;
+CREATE INDEX IF NOT EXISTS jobs_scheduled_due_idx ON jobs (topic, run_at)
+    WHERE status = 'scheduled';
+ALTER TABLE schedules ADD COLUMN IF NOT EXISTS topic text NOT NULL DEFAULT 'jobs';
+ALTER TABLE schedules DROP CONSTRAINT IF EXISTS schedules_pkey;
+ALTER TABLE schedules ADD PRIMARY KEY (topic, name);
+DROP INDEX IF EXISTS schedules_due_idx;
+CREATE INDEX IF NOT EXISTS schedules_due_idx ON schedules (topic, next_at) WHERE NOT paused;
+"""
+"""Deployments with their own topic prefix may share a database: a scheduled job and a
+schedule belong to the main topic they are published to, and each prefix's dispatcher (its own
+lease) publishes only those."""
+
+
 def _migrations() -> Sequence[tuple[str, str]]:
     return (
         ("0001_jobs", JOBS_SCHEMA),
@@ -203,6 +219,7 @@ def _migrations() -> Sequence[tuple[str, str]]:
         ("0011_console_minutes", CONSOLE_MINUTES_SCHEMA),
         ("0012_drop_redundant_status_index", LEAN_INDEXES_SCHEMA),
         ("0013_timed_jobs_and_control", TIMED_AND_CONTROL_SCHEMA),
+        ("0014_timed_jobs_per_topic", TIMED_PER_TOPIC_SCHEMA),
     )
 
 

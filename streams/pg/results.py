@@ -145,10 +145,10 @@ WHERE j.job_id = t.job_id AND j.claim_token = t.token AND j.status = 'running'
 
 _PARK = """
 INSERT INTO jobs AS j (job_id, type, status, attempt, created_at, run_at, expires_at, event,
-                       executions, worker, source)
+                       executions, worker, source, topic)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[],
                      $6::timestamptz[], $7::timestamptz[], $8::jsonb[], $9::int[], $10::text[],
-                     $11::text[])
+                     $11::text[], $12::text[])
 ON CONFLICT (job_id) DO NOTHING
 RETURNING job_id
 """
@@ -292,6 +292,7 @@ class ResultStore:
                     [0] * len(rows),
                     [self.worker] * len(rows),
                     [r.source for r in rows],
+                    [r.topic for r in rows],
                 )
             }
             kept = [r.job_id for r in rows if r.job_id not in made]

@@ -21,7 +21,7 @@ REDISPATCH_S = 120.0
 
 _DUE = """
 SELECT job_id, event, run_at, now() AS now FROM jobs
-WHERE status = 'scheduled' AND run_at <= now()
+WHERE status = 'scheduled' AND topic = $3 AND run_at <= now()
   AND (dispatched_at IS NULL OR dispatched_at < now() - make_interval(secs => $2))
 ORDER BY run_at
 LIMIT $1
@@ -34,10 +34,10 @@ WHERE job_id = ANY($1::text[]) AND status = 'scheduled'
 
 _DUE_COUNT = """
 SELECT count(*) AS due, min(run_at) AS oldest, now() AS now FROM jobs
-WHERE status = 'scheduled' AND run_at <= now()
+WHERE status = 'scheduled' AND topic = $1 AND run_at <= now()
 """
 
-_NEXT = "SELECT min(run_at) FROM jobs WHERE status = 'scheduled' AND run_at > now()"
+_NEXT = "SELECT min(run_at) FROM jobs WHERE status = 'scheduled' AND topic = $1 AND run_at > now()"
 
 _RETIME = """
 UPDATE jobs SET run_at = $2, dispatched_at = NULL, updated_at = now()
@@ -48,7 +48,7 @@ RETURNING run_at
 _LIST = """
 SELECT job_id, type, run_at, expires_at, dispatched_at, created_at, dedupe_key
 FROM jobs
-WHERE status = 'scheduled'
+WHERE status = 'scheduled' AND topic = $5
   AND ($1::text IS NULL OR type = $1)
   AND ($2::timestamptz IS NULL OR run_at >= $2)
   AND ($3::timestamptz IS NULL OR run_at < $3)
@@ -66,9 +66,9 @@ class Due:
     """How long after its time it is published."""
 
 
-async def due(pool: asyncpg.Pool, limit: int) -> list[Due]:
-    """The oldest due jobs not published in the last ``REDISPATCH_S``."""
-    rows = await pool.fetch(_DUE, limit, REDISPATCH_S)
+async def due(pool: asyncpg.Pool, topic: str, limit: int) -> list[Due]:
+    """The oldest due jobs of ``topic`` not published in the last ``REDISPATCH_S``."""
+    rows = await pool.fetch(_DUE, limit, REDISPATCH_S, topic)
     return [
         Due(r["job_id"], r["event"], r["run_at"], (r["now"] - r["run_at"]).total_seconds())
         for r in rows
@@ -80,17 +80,17 @@ async def dispatched(pool: asyncpg.Pool, job_ids: Sequence[str]) -> None:
         await pool.execute(_DISPATCHED, list(job_ids))
 
 
-async def waiting(pool: asyncpg.Pool) -> tuple[int, float]:
-    """Due jobs not yet claimed, and how late the oldest of them is (seconds)."""
-    row = await pool.fetchrow(_DUE_COUNT)
+async def waiting(pool: asyncpg.Pool, topic: str) -> tuple[int, float]:
+    """Due jobs of ``topic`` not yet claimed, and how late the oldest of them is (seconds)."""
+    row = await pool.fetchrow(_DUE_COUNT, topic)
     assert row is not None
     oldest = (row["now"] - row["oldest"]).total_seconds() if row["oldest"] else 0.0
     return int(row["due"]), oldest
 
 
-async def next_due(pool: asyncpg.Pool) -> datetime | None:
-    """When the next scheduled job falls due."""
-    value: datetime | None = await pool.fetchval(_NEXT)
+async def next_due(pool: asyncpg.Pool, topic: str) -> datetime | None:
+    """When the next scheduled job of ``topic`` falls due."""
+    value: datetime | None = await pool.fetchval(_NEXT, topic)
     return value
 
 
@@ -102,12 +102,13 @@ async def retime(pool: asyncpg.Pool, job_id: str, run_at: datetime) -> datetime 
 
 async def listed(
     pool: asyncpg.Pool,
+    topic: str,
     *,
     job_type: str | None = None,
     due_after: datetime | None = None,
     due_before: datetime | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """Scheduled jobs in the order they fall due, filtered."""
-    rows = await pool.fetch(_LIST, job_type, due_after, due_before, limit)
+    """Scheduled jobs of ``topic`` in the order they fall due, filtered."""
+    rows = await pool.fetch(_LIST, job_type, due_after, due_before, limit, topic)
     return [dict(r) for r in rows]

@@ -30,11 +30,12 @@ WITH input AS (
                          $6::text[], $7::text[], $8::int[], $9::timestamptz[])
         AS t(name, job_type, payload, cron, every_s, timezone, missed, catch_up_max, next_at)
 ), upserted AS (
-    INSERT INTO schedules AS s (name, job_type, payload, cron, every_s, timezone, missed,
+    INSERT INTO schedules AS s (topic, name, job_type, payload, cron, every_s, timezone, missed,
                                 catch_up_max, source, next_at)
-    SELECT name, job_type, payload, cron, every_s, timezone, missed, catch_up_max, 'app', next_at
+    SELECT $10, name, job_type, payload, cron, every_s, timezone, missed, catch_up_max, 'app',
+           next_at
     FROM input
-    ON CONFLICT (name) DO UPDATE SET
+    ON CONFLICT (topic, name) DO UPDATE SET
         job_type = EXCLUDED.job_type, payload = EXCLUDED.payload, missed = EXCLUDED.missed,
         catch_up_max = EXCLUDED.catch_up_max, source = 'app',
         cron = EXCLUDED.cron, every_s = EXCLUDED.every_s, timezone = EXCLUDED.timezone,
@@ -46,13 +47,13 @@ WITH input AS (
         updated_at = now()
     RETURNING name
 )
-DELETE FROM schedules WHERE source = 'app' AND name <> ALL($1::text[])
+DELETE FROM schedules WHERE topic = $10 AND source = 'app' AND name <> ALL($1::text[])
 RETURNING name
 """
 
 _DUE = f"""
 SELECT {_COLUMNS}, now() AS now FROM schedules
-WHERE NOT paused AND next_at <= now()
+WHERE topic = $2 AND NOT paused AND next_at <= now()
 ORDER BY next_at
 LIMIT $1
 """
@@ -60,14 +61,15 @@ LIMIT $1
 _FIRED = """
 UPDATE schedules SET next_at = $3, last_at = coalesce($4, last_at),
        last_job_id = coalesce($5, last_job_id), fired = fired + $6, updated_at = now()
-WHERE name = $1 AND next_at = $2
+WHERE topic = $7 AND name = $1 AND next_at = $2
 """
 
 _BEHIND = """
-SELECT count(*) FROM schedules WHERE NOT paused AND next_at < now() - make_interval(secs => $1)
+SELECT count(*) FROM schedules
+WHERE topic = $2 AND NOT paused AND next_at < now() - make_interval(secs => $1)
 """
 
-_NEXT = "SELECT min(next_at) FROM schedules WHERE NOT paused"
+_NEXT = "SELECT min(next_at) FROM schedules WHERE topic = $1 AND NOT paused"
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,9 @@ class StoredSchedule:
         }
 
 
-async def sync_app(pool: asyncpg.Pool, specs: Sequence[ScheduleSpec], now: datetime) -> list[str]:
+async def sync_app(
+    pool: asyncpg.Pool, topic: str, specs: Sequence[ScheduleSpec], now: datetime
+) -> list[str]:
     """The app's schedules as the code declares them (an edit of one of them keeps its pause;
     one removed from the code goes); returns the names removed."""
     rows = [
@@ -121,16 +125,20 @@ async def sync_app(pool: asyncpg.Pool, specs: Sequence[ScheduleSpec], now: datet
         for s in specs
     ]  # fmt: skip
     cols = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(9)]
-    return [r["name"] for r in await pool.fetch(_SYNC_APP, *cols)]
+    return [r["name"] for r in await pool.fetch(_SYNC_APP, *cols, topic)]
 
 
-async def due(pool: asyncpg.Pool, limit: int = 100) -> list[tuple[StoredSchedule, datetime]]:
-    """Schedules whose next tick has come, with the database's now."""
-    return [(StoredSchedule.from_record(r), r["now"]) for r in await pool.fetch(_DUE, limit)]
+async def due(
+    pool: asyncpg.Pool, topic: str, limit: int = 100
+) -> list[tuple[StoredSchedule, datetime]]:
+    """Schedules of ``topic`` whose next tick has come, with the database's now."""
+    rows = await pool.fetch(_DUE, limit, topic)
+    return [(StoredSchedule.from_record(r), r["now"]) for r in rows]
 
 
 async def fired(
     pool: asyncpg.Pool,
+    topic: str,
     name: str,
     *,
     was: datetime,
@@ -140,71 +148,81 @@ async def fired(
     count: int,
 ) -> bool:
     """Move the schedule to ``next_at`` unless it was changed since it read ``was``."""
-    status = await pool.execute(_FIRED, name, was, next_at, last_at, last_job_id, count)
+    status = await pool.execute(_FIRED, name, was, next_at, last_at, last_job_id, count, topic)
     return status.endswith(" 1")
 
 
-async def behind(pool: asyncpg.Pool, grace_s: float) -> int:
+async def behind(pool: asyncpg.Pool, topic: str, grace_s: float) -> int:
     """Schedules whose tick is more than ``grace_s`` late: the dispatcher is not firing them."""
-    return int(await pool.fetchval(_BEHIND, grace_s))
+    return int(await pool.fetchval(_BEHIND, grace_s, topic))
 
 
-async def next_tick(pool: asyncpg.Pool) -> datetime | None:
-    value: datetime | None = await pool.fetchval(_NEXT)
+async def next_tick(pool: asyncpg.Pool, topic: str) -> datetime | None:
+    value: datetime | None = await pool.fetchval(_NEXT, topic)
     return value
 
 
 # -- what operators do (CLI, API, console) -------------------------------------------------------
 
 
-async def listed(pool: asyncpg.Pool) -> list[StoredSchedule]:
-    rows = await pool.fetch(f"SELECT {_COLUMNS} FROM schedules ORDER BY name")
+async def listed(pool: asyncpg.Pool, topic: str) -> list[StoredSchedule]:
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM schedules WHERE topic = $1 ORDER BY name", topic
+    )
     return [StoredSchedule.from_record(r) for r in rows]
 
 
-async def get(pool: asyncpg.Pool, name: str) -> StoredSchedule | None:
-    row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM schedules WHERE name = $1", name)
+async def get(pool: asyncpg.Pool, topic: str, name: str) -> StoredSchedule | None:
+    row = await pool.fetchrow(
+        f"SELECT {_COLUMNS} FROM schedules WHERE topic = $1 AND name = $2", topic, name
+    )
     return StoredSchedule.from_record(row) if row is not None else None
 
 
-async def add(pool: asyncpg.Pool, spec: ScheduleSpec, now: datetime) -> bool:
+async def add(pool: asyncpg.Pool, topic: str, spec: ScheduleSpec, now: datetime) -> bool:
     """A schedule managed at run time; False when the name is taken."""
     status = await pool.execute(
-        "INSERT INTO schedules (name, job_type, payload, cron, every_s, timezone, missed,"
-        " catch_up_max, source, next_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'runtime', $9)"
-        " ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO schedules (topic, name, job_type, payload, cron, every_s, timezone, missed,"
+        " catch_up_max, source, next_at)"
+        " VALUES ($10, $1, $2, $3, $4, $5, $6, $7, $8, 'runtime', $9)"
+        " ON CONFLICT (topic, name) DO NOTHING",
         spec.name, spec.job_type, spec.payload, spec.cron, spec.every_s, spec.timezone,
-        spec.missed, spec.catch_up_max, first_tick(spec, now),
+        spec.missed, spec.catch_up_max, first_tick(spec, now), topic,
     )  # fmt: skip
     return status.endswith(" 1")
 
 
-async def set_paused(pool: asyncpg.Pool, name: str, paused: bool, now: datetime) -> bool:
+async def set_paused(
+    pool: asyncpg.Pool, topic: str, name: str, paused: bool, now: datetime
+) -> bool:
     """Pause, or resume from the next tick after now (the ticks of the pause are not run)."""
-    stored = await get(pool, name)
+    stored = await get(pool, topic, name)
     if stored is None:
         return False
     next_at = stored.next_at if paused else first_tick(stored.spec, now)
     status = await pool.execute(
-        "UPDATE schedules SET paused = $2, next_at = $3, updated_at = now() WHERE name = $1",
+        "UPDATE schedules SET paused = $2, next_at = $3, updated_at = now()"
+        " WHERE topic = $4 AND name = $1",
         name,
         paused,
         next_at,
+        topic,
     )
     return status.endswith(" 1")
 
 
-async def remove(pool: asyncpg.Pool, name: str) -> bool:
-    status = await pool.execute("DELETE FROM schedules WHERE name = $1", name)
+async def remove(pool: asyncpg.Pool, topic: str, name: str) -> bool:
+    status = await pool.execute("DELETE FROM schedules WHERE topic = $1 AND name = $2", topic, name)
     return status.endswith(" 1")
 
 
-async def ran_now(pool: asyncpg.Pool, name: str, job_id: str, at: datetime) -> None:
+async def ran_now(pool: asyncpg.Pool, topic: str, name: str, job_id: str, at: datetime) -> None:
     """A run-now's job is the schedule's last one (its ticks are unchanged)."""
     await pool.execute(
         "UPDATE schedules SET last_at = $2, last_job_id = $3, fired = fired + 1,"
-        " updated_at = now() WHERE name = $1",
+        " updated_at = now() WHERE topic = $4 AND name = $1",
         name,
         at,
         job_id,
+        topic,
     )

@@ -37,6 +37,7 @@ from jobstream.streams.topics import TopicNames
 log = logging.getLogger(__name__)
 
 LEASE = "dispatcher"
+"""The lease's name, with the main topic it serves after a colon."""
 LEASE_TTL_S = 10.0
 POLL_S = 0.2
 """How often the holder looks for due jobs and ticks when there was nothing to do."""
@@ -61,6 +62,8 @@ class Dispatcher:
         self.topics = topics
         self.metrics = metrics
         self.app_schedules = list(app_schedules)
+        self.topic = topics.main
+        self.lease = f"{LEASE}:{topics.main}"
         # a restarted replica is a new holder: it waits out its predecessor's lease
         self.holder = f"{worker}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.holding = False
@@ -84,7 +87,7 @@ class Dispatcher:
             self.holding = False
             self.metrics.dispatcher_leader.set(0)
             with contextlib.suppress(Exception):
-                await leases.give_back(self.pool, LEASE, self.holder)
+                await leases.give_back(self.pool, self.lease, self.holder)
 
     async def _loop(self) -> None:
         while True:
@@ -112,7 +115,7 @@ class Dispatcher:
         now = time.monotonic()
         if self.holding and now - self._renewed < LEASE_TTL_S / 3:
             return
-        held = await leases.take(self.pool, LEASE, self.holder, LEASE_TTL_S)
+        held = await leases.take(self.pool, self.lease, self.holder, LEASE_TTL_S)
         if held and not self.holding:
             log.info("dispatcher: this replica dispatches scheduled jobs now")
         self.holding = held
@@ -122,7 +125,9 @@ class Dispatcher:
     async def round(self) -> bool:
         """One round of the holder's work; True when it left due jobs for the next one."""
         if not self._synced:
-            removed = await schedules.sync_app(self.pool, self.app_schedules, await self._db_now())
+            removed = await schedules.sync_app(
+                self.pool, self.topic, self.app_schedules, await self._db_now()
+            )
             if removed:
                 log.info("schedules no longer in the app, removed: %s", ", ".join(removed))
             self._synced = True
@@ -131,7 +136,7 @@ class Dispatcher:
         return full
 
     async def _dispatch(self) -> bool:
-        found = await scheduled.due(self.pool, BATCH)
+        found = await scheduled.due(self.pool, self.topic, BATCH)
         if not found:
             return False
         events = [
@@ -145,7 +150,7 @@ class Dispatcher:
         return len(found) == BATCH
 
     async def _fire(self) -> None:
-        for stored, now in await schedules.due(self.pool):
+        for stored, now in await schedules.due(self.pool, self.topic):
             spec = stored.spec
             ticks, next_at = due(spec, stored.next_at, now)
             events = [
@@ -161,6 +166,7 @@ class Dispatcher:
             await self._publish(events)
             moved = await schedules.fired(
                 self.pool,
+                self.topic,
                 spec.name,
                 was=stored.next_at,
                 next_at=next_at,
@@ -191,10 +197,12 @@ class Dispatcher:
         if now - self._sampled < SAMPLE_S:
             return
         self._sampled = now
-        count, oldest = await scheduled.waiting(self.pool)
+        count, oldest = await scheduled.waiting(self.pool, self.topic)
         self.metrics.scheduled_due.set(count)
         self.metrics.scheduled_oldest_due.set(oldest)
-        self.metrics.schedules_behind.set(await schedules.behind(self.pool, MISFIRE_GRACE_S))
+        self.metrics.schedules_behind.set(
+            await schedules.behind(self.pool, self.topic, MISFIRE_GRACE_S)
+        )
 
     async def _db_now(self) -> datetime:
         value: datetime = await self.pool.fetchval("SELECT now()")
