@@ -433,6 +433,9 @@ def configure_logging(level: str) -> None:
     )
     quiet_protocol_loggers()
     install_log_scrubber()
+    # a handler that fails would print its record's arguments and the exception being handled
+    # (as the "During handling" context) raw to stderr; the logging docs advise this in production
+    logging.raiseExceptions = False
 
 
 def install_log_scrubber() -> Callable[[], None]:
@@ -469,7 +472,7 @@ def scrub_record(record: logging.LogRecord) -> None:
     except Exception:  # noqa: BLE001 - a broken format string: logging would print the template
         message = str(record.msg)
     record.msg = scrubber.text(message)
-    record.args = None
+    record.args = ()  # an empty tuple, not None: mode's formatter would turn None into (None,)
     if record.exc_info is not None and record.exc_info[0] is not None:
         text = logging.Formatter().formatException(record.exc_info)
         record.exc_text = scrubber.text(text)

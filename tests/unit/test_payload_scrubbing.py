@@ -18,7 +18,7 @@ import io
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -27,91 +27,17 @@ import pytest
 import sentry_sdk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, SecretStr
-from yarl import URL
+from pydantic import SecretStr
 
-from jobstream import FatalError, JobApp, JobContext, RetryableError
 from jobstream.models.job import JobStatus
 from jobstream.streams import observability as obs
 from jobstream.streams.settings import Settings
 from jobstream.testing import JobTester
 from tests.integration.fake_sentry import FakeSentry
 from tests.leaks import leaks, secret_text, strings_of
+from tests.leaky_app import Leaky, app, leaky
 
 EXAMPLES = 60
-log = logging.getLogger("tests.leaky_handler")
-
-
-class Leaky(BaseModel):
-    """What the handler is given: secrets, and (as numbers only) what to do with them."""
-
-    texts: list[str]
-    url: str
-    quotes: list[tuple[int, int, int, int]]  # (what, how, start, stop)
-    failure: int
-
-
-class HandlerBug(Exception):
-    """An exception class of the handler's own (not the job error tree)."""
-
-
-app: JobApp[None] = JobApp("leaky")
-
-
-def _part(payload: Leaky, what: int, start: int, stop: int) -> str:
-    """A piece of the payload: a slice or truncation of a text, or a part of the URL."""
-    url = URL(payload.url)
-    parts = [
-        *payload.texts,
-        payload.url,
-        url.path,
-        url.raw_path,
-        url.query_string,
-        url.raw_query_string,
-        url.user or "",
-        url.password or "",
-        str(url.with_user(None)),
-        str(url.with_query(None)),
-    ]
-    text = parts[what % len(parts)]
-    if stop % 3 == 0:
-        return text[: max(start % (len(text) + 1), 8)]  # a truncation, as text[:200] does
-    return text[start % (len(text) + 1) : start % (len(text) + 1) + max(stop, 8)]
-
-
-SPELLINGS: list[Callable[[str], str]] = [
-    lambda s: s,
-    json.dumps,
-    lambda s: json.dumps(s, ensure_ascii=False),
-    repr,
-    ascii,
-    lambda s: repr(s.encode()),
-    lambda s: quote(s, safe=""),
-    quote_plus,
-    lambda s: json.dumps({"echo": s}),
-    lambda s: repr(json.dumps(s)),
-]
-
-
-@app.job("leaky", max_attempts=2, timeout_s=5, fatal=(HandlerBug,))
-async def leaky(payload: Leaky, ctx: JobContext[None]) -> None:
-    pieces = [
-        SPELLINGS[how % len(SPELLINGS)](_part(payload, w, a, b)) for w, how, a, b in payload.quotes
-    ]
-    message = "upstream said: " + " | ".join(pieces)
-    log.info("calling with %s", pieces[0])  # a breadcrumb and a log line
-    log.warning("attempt %d failed: %s", ctx.attempt, message)
-    try:
-        raise ValueError(pieces[-1])
-    except ValueError:
-        log.exception("the client raised")  # a traceback in the log
-        cause = ValueError(message[::-1][:50] + pieces[-1])
-    failure = payload.failure % 3
-    if failure == 0:
-        raise FatalError(message) from cause
-    if failure == 1:
-        raise RetryableError(message) from cause
-    raise HandlerBug(message) from cause
 
 
 @dataclass
