@@ -38,7 +38,9 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from aiohttp import web
+from aiohttp.web_request import FileField
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from multidict import MultiDictProxy
 
 from jobstream.streams.settings import Settings
 
@@ -284,13 +286,27 @@ def require_operator(request: web.Request) -> None:
         raise json_error(403, "only an operator may do this (you are logged in as a viewer)")
 
 
+class UnreadableBody(ValueError):
+    """Raised when a request's body cannot be read as the form or JSON it claims to be (broken
+    encoding or framing, a multipart without a boundary); answered with 400."""
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | FileField]:
+    """The request's form; a body aiohttp cannot read or parse is the client's fault, a 400."""
+    try:
+        return await request.post()
+    except (web.RequestPayloadError, ValueError, LookupError, AssertionError) as exc:
+        # LookupError: an unknown charset; AssertionError: aiohttp's multipart reader asserts
+        raise UnreadableBody(f"the form could not be read ({type(exc).__name__})") from None
+
+
 async def _csrf_ok(request: web.Request, session: Session) -> bool:
     sent = request.headers.get(CSRF_HEADER)
     if sent is None and request.content_type in (
         "application/x-www-form-urlencoded",
         "multipart/form-data",
     ):
-        form = await request.post()
+        form = await read_form(request)
         value = form.get("csrf")
         sent = value if isinstance(value, str) else None
     # header bytes that are not UTF-8 arrive as lone surrogates: surrogatepass encodes them

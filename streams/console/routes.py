@@ -24,6 +24,7 @@ from jobstream.streams.console.access import (
     Role,
     clear_cookie,
     json_error,
+    read_form,
     require_operator,
     session_of,
     set_cookie_if_fresh,
@@ -93,7 +94,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     if wait > 0:
         message = f"Too many wrong tokens from your address: try again in {wait:.0f} s."
         return render(request, "login.html", status=429, error=message)
-    form = await request.post()
+    form = await read_form(request)
     token = form.get("token")
     role = policy.role_for_token(token) if isinstance(token, str) else None
     if role is None:
@@ -361,7 +362,7 @@ async def api_replay(request: web.Request) -> web.Response:
     settings = console.settings
     try:
         body = await request.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, LookupError, RecursionError, web.RequestPayloadError):
         raise params.BadInput("the body must be JSON (Content-Type: application/json)") from None
     req = params.replay_request(body)
     try:

@@ -30,6 +30,7 @@ from jobstream.streams.console.access import (
     BASE_KEY,
     POLICY_KEY,
     AccessPolicy,
+    UnreadableBody,
     access_middleware,
     json_error,
     wants_json,
@@ -80,7 +81,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         response: web.StreamResponse = await handler(request)
         return response
-    except params.BadInput as exc:
+    except (params.BadInput, UnreadableBody) as exc:
         if wants_json(request, base):
             raise json_error(400, str(exc)) from None
         return render(request, "error.html", status=400, message=str(exc))
