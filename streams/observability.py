@@ -13,8 +13,8 @@ Every event, breadcrumb and log line passes the scrubber on its way out: frame l
 collected, passwords in DSNs and URLs, bearer tokens, API keys and pydantic's ``input_value``
 echoes are removed by shape, every secret value of the settings is removed wherever it appears,
 and whatever is reported while a job runs (:func:`job_scope`) loses every fragment of that
-job's payload: any run of 8 or more characters of one of its strings (values and keys, and
-numbers of 8 digits or more), plain, cut, JSON- or Python-escaped or URL-encoded
+job's payload: any run of 8 or more characters of one of its strings (its string values, and
+its keys and numbers of 8 characters or more), plain, cut, JSON- or Python-escaped or URL-encoded
 (:mod:`jobstream.streams.fragments`), and its string values of 4 to 7 characters where they
 appear whole. Log lines get the same scrubber through a log record factory
 (:func:`install_log_scrubber`, installed by :func:`configure_logging`): it applies whoever
@@ -466,13 +466,24 @@ def install_log_scrubber() -> Callable[[], None]:
 
 
 def scrub_record(record: logging.LogRecord) -> None:
+    """The record's message, traceback and stack, scrubbed in place; fails closed: if the
+    scrubber itself fails, the line says so and carries nothing of the original."""
+    try:
+        _scrub_record(record)
+    except Exception as exc:  # noqa: BLE001 - a log call must never raise, nor leak instead
+        record.msg = f"(log line withheld: scrubbing it failed with {type(exc).__name__})"
+        record.args = ()
+        record.exc_info = record.exc_text = record.stack_info = None
+
+
+def _scrub_record(record: logging.LogRecord) -> None:
     scrubber = _current_scrubber()
     try:
         message = record.getMessage()
     except Exception:  # noqa: BLE001 - a broken format string: logging would print the template
         message = str(record.msg)
     record.msg = scrubber.text(message)
-    record.args = ()  # an empty tuple, not None: mode's formatter would turn None into (None,)
+    record.args = ()  # an empty tuple, not None: mode's formatter turns None into (None,)
     if record.exc_info is not None and record.exc_info[0] is not None:
         text = logging.Formatter().formatException(record.exc_info)
         record.exc_text = scrubber.text(text)
