@@ -131,8 +131,8 @@ def cursor(query: Mapping[str, str]) -> tuple[datetime, str] | None:
 
 
 def all_prefixes(query: Mapping[str, str]) -> bool:
-    """``scope=all`` asks for every job in the database; by default the console shows the jobs
-    of its own topic prefix (rows whose source is one of its topics)."""
+    """``scope=all`` asks for every job in the database; by default the console leaves out the
+    jobs of other topic prefixes (:func:`~jobstream.streams.console.queries.source_topic_sql`)."""
     scope = query.get("scope") or "prefix"
     if scope not in ("prefix", "all"):
         raise BadInput(f"scope must be prefix or all, not {scope[:40]!r}")

@@ -49,15 +49,21 @@ class JobFilter:
     until: datetime | None = None
     """Exclusive, on ``updated_at``."""
     prefix: str | None = None
-    """Only rows whose ``source`` is a topic of this prefix (its main topic or a retry tier)."""
+    """Leave out rows that came from another prefix's topics (see :func:`source_topic_sql`)."""
 
 
 def source_topic_sql(prefix: str, arg: Callable[[Any], str]) -> str:
-    """The condition "the row came from a topic of ``prefix``": a row's ``source`` is
-    ``<topic>:<partition>:<offset>``, and a topic name holds no colon."""
+    """The condition "the row is not another prefix's": its ``source`` is a record of a topic
+    of ``prefix`` (``<topic>:<partition>:<offset>``, its main topic or a retry tier; a topic
+    name holds no colon), or names no topic at all. The workers write coordinates into the rows
+    of dead letters and invalid input, but ``worker`` into the rows of jobs that succeeded: such a
+    row cannot be told apart, and every console shows it."""
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     topic = "split_part(source, ':', 1)"
-    return f"({topic} = {arg(prefix)} OR {topic} LIKE {arg(escaped + '.retry.%')})"
+    return (
+        f"(source IS NULL OR source NOT LIKE '%:%:%' OR {topic} = {arg(prefix)}"
+        f" OR {topic} LIKE {arg(escaped + '.retry.%')})"
+    )
 
 
 def encode_cursor(updated_at: datetime, job_id: str) -> str:
