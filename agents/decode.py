@@ -1,8 +1,14 @@
-"""Turning raw record bytes into a :class:`JobEvent`, or saying exactly why not."""
+"""Turning raw record bytes into a :class:`JobEvent`, or saying exactly why not.
+
+This is the one decode rule: the workers dead-letter what :func:`decode_event` refuses, and the
+producers (``POST /jobs``, ``jobstream submit``, ``JobClient``) run the same function on the
+bytes they are about to publish, so what they accept a worker can decode, and the reverse.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +18,11 @@ from pydantic import ValidationError
 from jobstream.models.deadletter import DeadLetterReason
 from jobstream.models.errors import InvalidJobError
 from jobstream.models.job import SCHEMA_VERSION, JobEvent, derived_job_id
+
+MAX_DEPTH = 128
+"""Objects and arrays nested in a record, at most (the event object is level 1). Well below the
+~255 levels pydantic serializes: whatever a worker accepts it must be able to write again, as
+a retry event, an outcome, a row, a result that nests the payload one level deeper (echo)."""
 
 
 def decode_event(raw: bytes | None, *, max_bytes: int, id_source: str | None = None) -> JobEvent:
@@ -31,14 +42,15 @@ def decode_event(raw: bytes | None, *, max_bytes: int, id_source: str | None = N
     except UnicodeDecodeError as exc:
         raise InvalidJobError(DeadLetterReason.INVALID_BYTES, f"not UTF-8: {exc}") from exc
     try:
-        data: Any = json.loads(text, parse_constant=_refuse_constant)
+        data: Any = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise InvalidJobError(DeadLetterReason.INVALID_JSON, f"not JSON: {exc}") from exc
-    except ValueError as exc:  # NaN / Infinity: Python reads them, JSON and PostgreSQL do not
+    except ValueError as exc:  # NaN, Infinity, 1e999: Python reads them, JSON and PostgreSQL not
         raise InvalidJobError(DeadLetterReason.INVALID_JSON, str(exc)) from exc
-    # NUL and lone surrogates can only come from \u escapes: skip the walk when there are none
-    if "\\u" in text:
-        why = unstorable_char(data)
+    # NUL and lone surrogates can only come from \u escapes, and depth needs brackets: skip the
+    # walk over the document when neither can be there (most records)
+    if "\\u" in text or text.count("{") + text.count("[") > MAX_DEPTH:
+        why = json_problem(data)
         if why is not None:
             raise InvalidJobError(DeadLetterReason.INVALID_JSON, why)
     if not isinstance(data, dict):
@@ -61,6 +73,49 @@ def decode_event(raw: bytes | None, *, max_bytes: int, id_source: str | None = N
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]}... does not fit in a double")
+    return value
+
+
+def json_problem(data: Any, *, depth: int = 0) -> str | None:
+    """Why a JSON document cannot be a job, or None: a string (key or value) PostgreSQL cannot
+    store (U+0000) or UTF-8 cannot encode (a lone surrogate), nesting deeper than
+    :data:`MAX_DEPTH`, a number JSON has no spelling for (NaN, infinities).
+
+    ``depth`` is how many containers enclose ``data`` (1 for a field of the event). A walk with
+    a stack, not recursion: the document may nest as deep as the JSON parser allowed.
+    """
+    stack: list[tuple[Any, int]] = [(data, depth)]
+    while stack:
+        item, outer = stack.pop()
+        if isinstance(item, str):
+            why = _unstorable(item)
+            if why is not None:
+                return why
+        elif isinstance(item, dict | list | tuple):
+            if outer >= MAX_DEPTH:
+                return f"nests deeper than {MAX_DEPTH} levels of objects and arrays"
+            if isinstance(item, dict):
+                stack.extend((k, outer + 1) for k in item)
+                stack.extend((v, outer + 1) for v in item.values())
+            else:
+                stack.extend((v, outer + 1) for v in item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"holds the number {item}, which JSON cannot spell"
+    return None
+
+
+def _unstorable(item: str) -> str | None:
+    if "\x00" in item:
+        return "contains the character U+0000, which PostgreSQL cannot store"
+    if _SURROGATE.search(item):
+        return "contains a lone UTF-16 surrogate escape, which is not a Unicode character"
+    return None
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -87,10 +142,9 @@ def unstorable_char(data: Any) -> str | None:
     and UTF-8 cannot encode the latter: such an event could be neither stored nor retried.
     """
     for item in _strings(data):
-        if "\x00" in item:
-            return "contains the character U+0000, which PostgreSQL cannot store"
-        if _SURROGATE.search(item):
-            return "contains a lone UTF-16 surrogate escape, which is not a Unicode character"
+        why = _unstorable(item)
+        if why is not None:
+            return why
     return None
 
 

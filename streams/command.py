@@ -62,7 +62,7 @@ HTTP = (
     "http_keepalive_timeout_s",
     "http_max_connections",
 )
-API = ("web_host", "web_port", "api_token", "api_max_body_bytes")
+API = ("web_host", "web_port", "api_token", "api_max_body_bytes", "metrics_token", "metrics_port")
 CONSOLE = (
     "console_host",
     "console_port",
@@ -74,6 +74,8 @@ CONSOLE = (
     "console_show_payloads",
     "console_replay_rate",
     "console_replay_max",
+    "console_trusted_proxies",
+    "console_secure_cookies",
 )
 RETENTION = (
     "retention_batch_size",

@@ -24,6 +24,15 @@ A client that goes away mid-body is not an error of the server: the middleware a
 :data:`CLIENT_CLOSED` (nginx's 499, which the client never sees) and logs at DEBUG, instead of
 aiohttp's 500 with an ERROR traceback.
 
+A request aiohttp cannot parse (a control byte in a header, a broken chunk, a request line that
+is not HTTP) is the client's fault, and its bytes may hold a token or a payload. aiohttp logs
+each at ERROR with a traceback that quotes the offending line, and answers a page that quotes it
+again; here it is answered ``400 {"error": "bad_request", ...}`` that quotes nothing, and counted
+into the same rate-limited WARNING line as the connections cut off, which names no byte of it.
+A broken chunk that arrives while a handler is reading the body fails that read (a
+:class:`MalformedRequestBody`, which is aiohttp's ``RequestPayloadError``), instead of leaving it
+waiting until the body deadline.
+
 Start every production server with :func:`start_http_server`.
 """
 
@@ -37,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from yarl import URL
 
 if TYPE_CHECKING:
@@ -54,8 +63,12 @@ ANSWER_GRACE_S = 1.0
 """After a body deadline, how long a handler has to send its 408 before the connection is
 closed regardless (a handler that ignores the failed read cannot keep the connection)."""
 REPORT_EVERY_S = 60.0
-"""Refused and timed-out connections are summed into one WARNING line at most this often: an
-attack of thousands of connections must not become thousands of log lines."""
+"""Refused, timed-out and malformed requests are summed into one WARNING line at most this
+often: an attack of thousands of connections must not become thousands of log lines."""
+BAD_REQUEST_BODY = (
+    b'{"error": "bad_request", "detail": "the request is not valid HTTP/1.1; it was not read"}'
+)
+Cut = Literal["refused", "header_timeout", "body_timeout", "malformed"]
 
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
@@ -66,6 +79,11 @@ _BUSY = (
     b"\r\n"
     b"too many open connections"
 )
+
+
+class MalformedRequestBody(web.RequestPayloadError):
+    """Raised from a request body read when the rest of the body could not be parsed (a broken
+    chunk); the handler answers it like any unreadable body, with a 400."""
 
 
 class RequestBodyTimeout(TimeoutError):
@@ -151,7 +169,9 @@ class _Guard:
     def __init__(self, limits: HttpLimits) -> None:
         self.limits = limits
         self.open = 0
-        self._counts = {"refused": 0, "header_timeout": 0, "body_timeout": 0}
+        self._counts: dict[Cut, int] = dict.fromkeys(
+            ("refused", "header_timeout", "body_timeout", "malformed"), 0
+        )
         self._reported_at = time.monotonic() - REPORT_EVERY_S
 
     def admit(self) -> bool:
@@ -164,7 +184,7 @@ class _Guard:
     def release(self) -> None:
         self.open -= 1
 
-    def note(self, what: Literal["refused", "header_timeout", "body_timeout"]) -> None:
+    def note(self, what: Cut) -> None:
         self._counts[what] += 1
         now = time.monotonic()
         if now - self._reported_at < REPORT_EVERY_S:
@@ -173,7 +193,7 @@ class _Guard:
         summary = ", ".join(f"{n} {what}" for what, n in self._counts.items() if n)
         self._counts = dict.fromkeys(self._counts, 0)
         log.warning(
-            "HTTP connections cut off (since the last report): %s; limits: headers %ss,"
+            "HTTP requests refused or cut off (since the last report): %s; limits: headers %ss,"
             " body %ss, %d connections",
             summary,
             self.limits.header_timeout_s,
@@ -240,6 +260,12 @@ class _GuardedRequestHandler(RequestHandler):
             return
         # headers complete: only the newest request's body can still be arriving
         message, payload = self._messages[-1]
+        body = self._body
+        if isinstance(message, _ErrInfo) and body is not None and not body.is_eof():
+            # the parser failed inside the body being read: fail the read, not just the next
+            # request, or the handler would wait for the rest until the body deadline
+            self._body = None
+            body.set_exception(MalformedRequestBody("the request body is malformed"))
         self._disarm()
         if getattr(message, "upgrade", False):
             self._watching = False  # a WebSocket's frames are not a request body
@@ -290,6 +316,28 @@ class _GuardedRequestHandler(RequestHandler):
             self._guard.note("header_timeout")
             log.debug("closing a connection whose request headers did not arrive in time")
         self.force_close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's answer to a request it could not parse (400) or whose handler failed (500)
+        or timed out (504). Only the first is the client's: it costs a count in the rate-limited
+        report, a DEBUG line naming the error's class, and a JSON 400 that quotes nothing."""
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        self._guard.note("malformed")
+        log.debug("refused a malformed HTTP request: %s", type(exc).__name__ if exc else status)
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was already started; the connection is closed")
+        response = web.Response(
+            status=status, body=BAD_REQUEST_BODY, content_type="application/json"
+        )
+        response.force_close()
+        return response
 
 
 class _GuardedSite(web.BaseSite):

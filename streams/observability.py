@@ -1,4 +1,4 @@
-"""Sentry and logging set-up, and the only ways jobstream reports to Sentry.
+"""Sentry and logging set-up, the scrubbing of both, and the only ways jobstream reports to Sentry.
 
 Nothing reaches Sentry on its own. Log records (jobstream's and every library's: aiokafka,
 faust, asyncpg) become breadcrumbs, never events, so a reconnect loop or a retried step cannot
@@ -9,10 +9,16 @@ pipeline makes explicitly: one per dead-lettered job (:func:`report_dead_letter`
 infrastructure outage starts and one when it ends (:func:`report_outage_started` /
 :func:`report_outage_ended`).
 
-Every event and breadcrumb passes the scrubber on its way out: frame locals are never collected,
-passwords in DSNs and URLs, bearer tokens, API keys and pydantic's ``input_value`` echoes are
-removed by shape, every secret value of the settings is removed wherever it appears, and an
-event captured while a job runs (:func:`job_scope`) has that job's payload values removed.
+Every event, breadcrumb and log line passes the scrubber on its way out: frame locals are never
+collected, passwords in DSNs and URLs, bearer tokens, API keys and pydantic's ``input_value``
+echoes are removed by shape, every secret value of the settings is removed wherever it appears,
+and whatever is reported while a job runs (:func:`job_scope`) loses every fragment of that
+job's payload: any run of 8 or more characters of one of its strings (its string values, and
+its keys and numbers of 8 characters or more), plain, cut, JSON- or Python-escaped or URL-encoded
+(:mod:`jobstream.streams.fragments`), and its string values of 4 to 7 characters where they
+appear whole. Log lines get the same scrubber through a log record factory
+(:func:`install_log_scrubber`, installed by :func:`configure_logging`): it applies whoever
+configures the handlers afterwards (faust does, for the worker).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import BaseModel, SecretStr
 
+from jobstream.streams.fragments import WINDOW, Fragments
 from jobstream.streams.settings import Settings
 
 REDACTED = "[redacted]"
@@ -91,6 +98,20 @@ _SHAPES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str], tuple[str,
 )
 # parts of an event that hold nothing but the SDK's own facts (installed packages, ids)
 _SAFE_EVENT_KEYS = frozenset({"modules", "event_id", "timestamp", "platform", "sdk"})
+# field names of Sentry's event format (and of the tags and contexts jobstream sets), kept as
+# they are when a payload fragment happens to match one; any other key is scrubbed like text
+_PROTOCOL_KEYS = frozenset((
+    "abs_path", "breadcrumbs", "category", "colno", "context_line", "contexts", "data",
+    "dead_letter.reason", "dynamic_sampling_context", "environment", "event_id", "exception",
+    "exception_id", "extra", "filename", "fingerprint", "formatted", "frames", "function",
+    "handled", "in_app", "is_exception_group", "job.attempt", "job.id", "job.tier", "job.type",
+    "kafka", "level", "lineno", "logentry", "logger", "mechanism", "message", "module", "offset",
+    "outage", "outage.phase", "outage.step", "params", "parent_id", "partition", "platform",
+    "post_context", "pre_context", "public_key", "release", "runtime", "sample_rate", "sampled",
+    "sdk", "seconds", "server_name", "source", "stacktrace", "step", "tags", "threads",
+    "timestamp", "topic", "trace", "trace_id", "transaction", "type", "value", "values", "vars",
+    "worker",
+))  # fmt: skip
 
 
 def sensitive_key(key: str) -> bool:
@@ -115,15 +136,21 @@ def _alternation(values: Iterable[str]) -> re.Pattern[str] | None:
 class Scrubber:
     """Removes secrets from text and from nested event data; pure apart from its value lists.
 
-    ``secrets`` are replaced with ``[redacted]``, ``payload`` values with ``[payload]`` (payload
-    first: a job may well carry a value that also looks like a secret).
+    ``secrets`` are replaced with ``[redacted]``, ``payload`` strings with ``[payload]``: every
+    fragment of :data:`~jobstream.streams.fragments.WINDOW` characters or more, and the shorter
+    ones (from ``MIN_SECRET_LENGTH``) where they appear whole. Payload first: a job may well
+    carry a value that also looks like a secret.
     """
 
     def __init__(self, secrets: Iterable[str] = (), payload: Iterable[str] = ()) -> None:
+        strings = list(payload)
         self._secrets = _alternation(secrets)
-        self._payload = _alternation(payload)
+        self._payload = _alternation(s for s in strings if len(s) < WINDOW)
+        self._fragments = Fragments(strings) if strings else None
 
     def text(self, s: str) -> str:
+        if self._fragments is not None:
+            s = self._fragments.redact(s, PAYLOAD)
         if self._payload is not None:
             s = self._payload.sub(PAYLOAD, s)
         if self._secrets is not None:
@@ -144,7 +171,9 @@ class Scrubber:
         if isinstance(value, dict):
             out: dict[Any, Any] = {}
             for k, v in value.items():
-                key = self.text(k) if isinstance(k, str) else k
+                # the event format's own field names are not data: a payload that happens to
+                # hold "exception" must not take the event apart
+                key = self.text(k) if isinstance(k, str) and k not in _PROTOCOL_KEYS else k
                 if isinstance(k, str) and sensitive_key(k) and v is not None:
                     out[key] = REDACTED
                 else:
@@ -162,8 +191,9 @@ def scrub_text(s: str, secrets: Iterable[str] = (), payload: Iterable[str] = ())
 
 
 def payload_values(payload: Any) -> list[str]:
-    """The strings by which a job payload could show up in a report: its string leaves
-    (at least ``MIN_SECRET_LENGTH`` long) and its JSON text in the usual spellings.
+    """The strings by which a job payload could show up in a report: its string values (at
+    least ``MIN_SECRET_LENGTH`` long), its keys and numbers of 8 characters or more (a card
+    number sent as one). The whole payload's JSON text needs no entry: its every string is one.
 
     ``payload`` may also be the raw bytes of a record that is not a readable job.
     """
@@ -185,13 +215,15 @@ def payload_values(payload: Any) -> list[str]:
             if len(item) >= MIN_SECRET_LENGTH:
                 values.append(item)
         elif isinstance(item, dict):
+            # keys as fragments only: short ones ("url", "note") are the schema's words
+            values.extend(k for k in item if isinstance(k, str) and len(k) >= WINDOW)
             stack.extend(item.values())
         elif isinstance(item, list | tuple):
             stack.extend(item)
-    if isinstance(payload, dict | list) and payload:
-        for separators in ((", ", ": "), (",", ":")):
-            with contextlib.suppress(TypeError, ValueError, RecursionError):
-                values.append(json.dumps(payload, separators=separators, default=str))
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            number = str(item)
+            if len(number) >= WINDOW:
+                values.append(number)
     return values
 
 
@@ -400,6 +432,64 @@ def configure_logging(level: str) -> None:
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     quiet_protocol_loggers()
+    install_log_scrubber()
+    # a handler that fails would print its record's arguments and the exception being handled
+    # (as the "During handling" context) raw to stderr; the logging docs advise this in production
+    logging.raiseExceptions = False
+
+
+def install_log_scrubber() -> Callable[[], None]:
+    """From now on every log record is scrubbed as it is made; returns what undoes that.
+
+    A record factory, not a handler or filter: faust replaces the root handlers when the worker
+    starts, and a filter on a handler misses the handlers added after it. The record leaves with
+    its message formatted and scrubbed (``args`` spent), and its traceback formatted and
+    scrubbed into ``exc_text`` (``exc_info`` dropped, so no formatter can render the raw one).
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "jobstream_scrubs", False):
+        return lambda: None
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        scrub_record(record)
+        return record
+
+    factory.jobstream_scrubs = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+    def undo() -> None:
+        if logging.getLogRecordFactory() is factory:
+            logging.setLogRecordFactory(previous)
+
+    return undo
+
+
+def scrub_record(record: logging.LogRecord) -> None:
+    """The record's message, traceback and stack, scrubbed in place; fails closed: if the
+    scrubber itself fails, the line says so and carries nothing of the original."""
+    try:
+        _scrub_record(record)
+    except Exception as exc:  # noqa: BLE001 - a log call must never raise, nor leak instead
+        record.msg = f"(log line withheld: scrubbing it failed with {type(exc).__name__})"
+        record.args = ()
+        record.exc_info = record.exc_text = record.stack_info = None
+
+
+def _scrub_record(record: logging.LogRecord) -> None:
+    scrubber = _current_scrubber()
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a broken format string: logging would print the template
+        message = str(record.msg)
+    record.msg = scrubber.text(message)
+    record.args = ()  # an empty tuple, not None: mode's formatter turns None into (None,)
+    if record.exc_info is not None and record.exc_info[0] is not None:
+        text = logging.Formatter().formatException(record.exc_info)
+        record.exc_text = scrubber.text(text)
+        record.exc_info = None
+    if record.stack_info:
+        record.stack_info = scrubber.text(record.stack_info)
 
 
 # -- what the pipeline reports ---------------------------------------------------------------------
@@ -420,15 +510,20 @@ def job_scope(
 ) -> Iterator[None]:
     """Everything reported while one job runs carries its tags and never its payload.
 
-    Without Sentry this is a bare ``yield``; with it, one scope fork per job. The payload is
-    only looked at when an event or breadcrumb is actually produced.
+    ``payload`` is what the job's fragments are taken from: the decoded payload (a dict or a
+    model), or the raw bytes of a record that is no readable job. It is only looked at when an
+    event, breadcrumb or log line is actually produced. Without Sentry the payload still
+    scrubs the log; with it, one scope fork per job adds the tags.
     """
+    token = _job_payload.set(_JobPayload(payload))
     if not _enabled:
-        yield
+        try:
+            yield
+        finally:
+            _job_payload.reset(token)
         return
     import sentry_sdk
 
-    token = _job_payload.set(_JobPayload(payload))
     try:
         with sentry_sdk.isolation_scope() as scope:
             scope.set_tag("job.id", job_id)

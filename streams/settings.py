@@ -218,6 +218,15 @@ class Settings(BaseSettings):
     """bearer token POST /jobs and GET /jobs/{id} require; none: open"""
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
     """largest request body the producer API reads"""
+    metrics_token: SecretStr | None = None
+    """bearer token GET /metrics requires (Prometheus: authorization.credentials); none: open"""
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve /metrics on this port of web_host only, not on the web port, so a "
+        "NetworkPolicy can open it to Prometheus alone (0: any free one); none: the web port",
+    )
 
     # limits of every HTTP server jobstream runs (worker web port, `jobstream api`, console);
     # enforced by streams/httpserver.py, as aiohttp has no read deadlines of its own
@@ -268,6 +277,17 @@ class Settings(BaseSettings):
     console_replay_rate: float = Field(default=50.0, gt=0, description="events/s of a replay")
     console_replay_max: int = Field(default=1000, ge=1, description="dead letters per replay")
     console_enabled: bool = Field(default=False, description="mount /console in `jobstream api`")
+    console_trusted_proxies: tuple[str, ...] = Field(
+        default=(),
+        description="JSON list of addresses or networks of TLS-terminating proxies whose "
+        'X-Forwarded-Proto the console believes (e.g. ["10.0.0.0/8"]); from anyone else it is '
+        "ignored",
+    )
+    console_secure_cookies: bool = Field(
+        default=False,
+        description="always mark the session cookie Secure (the console is only reached over "
+        "HTTPS); otherwise only requests over TLS, or from a trusted proxy saying https, get it",
+    )
 
     # observability
     sentry_dsn: SecretStr | None = None

@@ -5,12 +5,17 @@ error tree, because that decides the job's fate: a 429 pauses the shared ``openr
 every replica (:class:`RateLimitedError`), transient trouble goes to a retry tier
 (:class:`RetryableError`), and anything a retry cannot fix (bad request, bad key, no credits,
 moderation) is dead-lettered at once (:class:`FatalError`).
+
+Its errors say what OpenRouter answered (status, the error's ``code`` and ``type`` when they are
+plain identifiers, content type, size, a short hash of the body) and never quote the body: a
+provider's message may repeat the prompt back (see :mod:`jobstream.agents.handlers.answers`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from jobstream.agents.handlers.answers import describe_body, describe_error
 from jobstream.agents.registry import JobContext
 from jobstream.models.errors import FatalError, JobError, RateLimitedError, RetryableError
 
@@ -28,7 +34,6 @@ JOB_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 110.0
 """Below the job timeout, so a slow upstream surfaces as this module's RetryableError (which
 says what was slow) rather than as a generic cancellation by the pipeline."""
-MAX_ERROR_CHARS = 300
 RETRYABLE_4XX = frozenset({408, 429})
 """OpenRouter documents 408 as "your request timed out": a timeout, so retried like one."""
 
@@ -75,26 +80,38 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, seconds)
 
 
-def _trim(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
-def _upstream_message(body: bytes) -> str:
-    """OpenRouter's ``error.message`` when the body has one, else the raw text."""
-    text = body.decode("utf-8", errors="replace")
+def _error_codes(body: bytes) -> str:
+    """``code 402, type insufficient_credits`` from an OpenAI-style ``{"error": {...}}`` body:
+    the fields that name the failure without repeating the request; ``error.message`` is left
+    out, as providers quote the prompt in it."""
     try:
-        doc = json.loads(text)
-    except ValueError:
-        return _trim(text) or "(empty body)"
-    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
-        return _trim(str(doc["error"].get("message", ""))) or "(no message)"
-    return _trim(text)
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return ""
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, dict):
+        return ""
+    return ", ".join(f"{n} {error[n]}" for n in ("code", "type") if _plain(error.get(n)))
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return True
+    return isinstance(value, str) and _IDENTIFIER.fullmatch(value) is not None
+
+
+def _answer(body: bytes, headers: Mapping[str, str]) -> str:
+    codes = _error_codes(body)
+    answer = describe_body(body, content_type=headers.get("Content-Type"))
+    return f"{codes}; {answer}" if codes else answer
 
 
 def error_for_status(status: int, headers: Mapping[str, str], body: bytes) -> JobError:
     """The job error an OpenRouter answer with a non-2xx ``status`` stands for."""
-    message = f"OpenRouter answered {status}: {_upstream_message(body)}"
+    message = f"OpenRouter answered {status} ({_answer(body, headers)})"
     if status == 429:
         return RateLimitedError(message, retry_after=parse_retry_after(headers.get("Retry-After")))
     if status >= 500 or status in RETRYABLE_4XX:
@@ -147,32 +164,35 @@ class OpenRouterClient:
             ) as resp:
                 body = await resp.read()
                 status, resp_headers = resp.status, resp.headers
-        except aiohttp.InvalidURL as exc:
-            raise FatalError(f"openrouter_base_url is not a valid URL: {exc}") from None
+        except aiohttp.InvalidURL:
+            raise FatalError("openrouter_base_url is not a valid URL") from None
         except TimeoutError as exc:
             raise RetryableError(
                 f"OpenRouter did not answer within {self._timeout.total}s"
             ) from exc
         except aiohttp.ClientError as exc:
-            raise RetryableError(f"OpenRouter request failed: {type(exc).__name__}: {exc}") from exc
+            # from None: the chained exception's text can hold the request URL
+            raise RetryableError(f"OpenRouter request failed: {describe_error(exc)}") from None
         if not 200 <= status < 300:
             raise error_for_status(status, resp_headers, body)
-        return _decode_completion(body)
+        return _decode_completion(body, resp_headers)
 
 
-def _decode_completion(body: bytes) -> dict[str, Any]:
+def _decode_completion(body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
     """Check a 2xx body; a broken one is retried since it is usually a provider hiccup."""
     try:
         doc = json.loads(body)
-    except ValueError:
-        raise RetryableError(f"OpenRouter sent an unparseable body: {_trim(repr(body))}") from None
+    except (ValueError, RecursionError):
+        raise RetryableError(
+            f"OpenRouter sent a 2xx body that is not JSON ({_answer(body, headers)})"
+        ) from None
     if not isinstance(doc, dict):
         raise RetryableError("OpenRouter sent a body that is not a JSON object")
     if isinstance(doc.get("error"), dict) and not doc.get("choices"):
         # Errors raised after generation started come back with status 200 and this body.
         code = doc["error"].get("code")
         status = code if isinstance(code, int) and 400 <= code <= 599 else 502
-        raise error_for_status(status, {}, body)
+        raise error_for_status(status, headers, body)
     choices = doc.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise RetryableError("OpenRouter answer has no choices")

@@ -14,7 +14,11 @@ Decisions a caller may want to know:
 * A host that does not exist (``EAI_NONAME``/``EAI_NODATA``) is fatal: a typo does not fix
   itself. Other resolver failures (``EAI_AGAIN``, server failure) are retried.
 * Redirects are not followed: the new location would bypass the address check, and a webhook
-  receiver that redirects is misconfigured; 3xx is fatal and names the location.
+  receiver that redirects is misconfigured; 3xx is fatal.
+* An error names the receiver's host and says what its answer was (status, content type, size,
+  a short hash of the body, see :mod:`jobstream.agents.handlers.answers`), never what it said
+  nor where it redirected to, and never the URL's path, query or user: a receiver that echoes
+  the request would otherwise put the payload into every report of the failure.
 * 408 and 429 are retried (they say "later", not "never"); other 4xx are fatal.
 * ``Idempotency-Key`` is the job id unless the payload sets it, so a receiver can drop the
   duplicates that at-least-once retries produce.
@@ -32,13 +36,13 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 from yarl import URL
 
+from jobstream.agents.handlers.addresses import is_forbidden_address
+from jobstream.agents.handlers.answers import describe_body, describe_error, short_hash
 from jobstream.agents.registry import JobContext
 from jobstream.models.errors import FatalError, JobError, RetryableError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 JOB_TIMEOUT_S = 75.0
 """Above the largest ``timeout_s`` (60) so the payload's own timeout is the one that fires."""
@@ -46,7 +50,6 @@ MAX_BODY_BYTES = 2048
 MAX_ADDRESSES = 4
 """Addresses tried in turn when one refuses the connection (a dual-stack host, a dead node)."""
 _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NO_SUCH_HOST = frozenset(
     code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None
 )
@@ -66,8 +69,8 @@ class WebhookPayload(BaseModel):
     def _http_only(cls, v: str) -> str:
         try:
             url = URL(v)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"not a URL: {exc}") from None
+        except (TypeError, ValueError):
+            raise ValueError("not a URL") from None
         if url.scheme not in ("http", "https"):
             raise ValueError("only http and https URLs are allowed")
         if not url.raw_host:
@@ -77,37 +80,15 @@ class WebhookPayload(BaseModel):
     @field_validator("headers")
     @classmethod
     def _plain_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        # the messages name no header of the payload's: only the fixed names of the worker's
         for name, value in v.items():
             if name.lower() in _RESERVED_HEADERS:
-                raise ValueError(f"header {name!r} is set by the worker")
+                raise ValueError(f"header {name.lower()} is set by the worker")
             if not name or any(c in name for c in " :\r\n\t") or any(c in value for c in "\r\n"):
-                raise ValueError(f"header {name!r} is malformed")
+                raise ValueError(
+                    "a header name holds a space, colon or line break, or a value a line break"
+                )
         return v
-
-
-def is_forbidden_address(ip: IPAddress) -> bool:
-    """True for any address that is not plainly a public unicast one.
-
-    IPv6 forms that embed an IPv4 address (mapped, 6to4, NAT64) are judged by that address,
-    since that is where the packets end up.
-    """
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return is_forbidden_address(ip.ipv4_mapped)
-        embedded = ip.sixtofour
-        if embedded is None and ip in _NAT64:
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None and is_forbidden_address(embedded):
-            return True
-    return (
-        ip.is_loopback
-        or ip.is_private
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-        or not ip.is_global  # e.g. 100.64.0.0/10 (carrier-grade NAT)
-    )
 
 
 def is_allowed_host(host: str, port: int, allow: Iterable[str]) -> bool:
@@ -162,34 +143,43 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-async def _read_prefix(resp: aiohttp.ClientResponse) -> str:
-    """The first 2 KiB of the body, decoded; the rest is never read into memory."""
+async def _read_prefix(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """The first 2 KiB of the body, and whether there was more; the rest is never read."""
     data = bytearray()
     while len(data) < MAX_BODY_BYTES:
         chunk = await resp.content.read(MAX_BODY_BYTES - len(data))
         if not chunk:
-            break
+            return bytes(data), False
         data += chunk
+    return bytes(data), not resp.content.at_eof()
+
+
+def _text(resp: aiohttp.ClientResponse, data: bytes) -> str:
     charset = resp.charset or "utf-8"
     try:
         codecs.lookup(charset)
     except LookupError:
         charset = "utf-8"
-    return bytes(data).decode(charset, errors="replace")
+    return data.decode(charset, errors="replace")
 
 
-def _error_for_status(status: int, url: URL, resp: aiohttp.ClientResponse, text: str) -> JobError:
-    where = f"webhook {url.with_query(None).with_fragment(None)} answered {status}"
+def _error_for_status(
+    status: int, where: str, resp: aiohttp.ClientResponse, body: bytes, cut: bool
+) -> JobError:
+    answer = describe_body(
+        body, content_type=resp.headers.get("Content-Type"), declared=resp.content_length, cut=cut
+    )
     if 300 <= status < 400:
-        location = resp.headers.get("Location", "(none)")
+        location = resp.headers.get("Location")
+        target = f"Location {short_hash(location.encode())}" if location else "no Location"
         return FatalError(
-            f"{where} redirecting to {location}; redirects are not followed because the new"
-            " target would skip the address check"
+            f"webhook {where} answered {status}, a redirect ({target}); redirects are not"
+            " followed because the new target would skip the address check"
         )
-    detail = " ".join(text.split())[:200]
+    message = f"webhook {where} answered {status} ({answer})"
     if status >= 500 or status in (408, 429):
-        return RetryableError(f"{where}: {detail}")
-    return FatalError(f"{where}: {detail}")
+        return RetryableError(message)
+    return FatalError(message)
 
 
 async def deliver(
@@ -207,6 +197,7 @@ async def deliver(
     if job_id is not None and not any(k.lower() == "idempotency-key" for k in headers):
         headers["Idempotency-Key"] = job_id
     headers["Host"] = url.host_port_subcomponent or host
+    where = repr(headers["Host"])
     server_hostname = host.rstrip(".") if url.scheme == "https" and not _is_ip(host) else None
     try:
         async with asyncio.timeout(payload.timeout_s):
@@ -224,19 +215,21 @@ async def deliver(
                         raise_for_status=False,
                         timeout=aiohttp.ClientTimeout(total=payload.timeout_s),
                     ) as resp:
-                        text = await _read_prefix(resp)
+                        body, cut = await _read_prefix(resp)
                         if 200 <= resp.status < 300:
-                            return {"status": resp.status, "body": text}
-                        raise _error_for_status(resp.status, url, resp, text)
+                            return {"status": resp.status, "body": _text(resp, body)}
+                        raise _error_for_status(resp.status, where, resp, body, cut)
                 except aiohttp.ClientConnectorError as exc:
                     last_error = exc  # refused or unreachable: try the next address
-            raise RetryableError(f"could not connect to webhook host {host!r}: {last_error}")
+            reason = describe_error(last_error) if last_error is not None else "no address"
+            raise RetryableError(f"could not connect to webhook host {host!r}: {reason}")
     except TimeoutError:
         raise RetryableError(
             f"webhook {host!r} did not answer within {payload.timeout_s}s"
         ) from None
     except aiohttp.ClientError as exc:
-        raise RetryableError(f"webhook request failed: {type(exc).__name__}: {exc}") from exc
+        # from None: the chained exception's text names the whole URL
+        raise RetryableError(f"webhook request to {where} failed: {describe_error(exc)}") from None
 
 
 async def handle_webhook(payload: WebhookPayload, ctx: JobContext[None]) -> dict[str, Any]:

@@ -16,10 +16,17 @@ everyone out). A session carries a fingerprint of the token it was opened with, 
 a token ends the sessions opened with the old one. Every state-changing request must carry
 the session's CSRF token (``X-CSRF-Token`` header or a ``csrf`` form field); the cookie is
 also ``SameSite=Strict`` and ``HttpOnly``.
+
+The cookie is ``Secure`` when the request came over TLS, when
+``JOBSTREAM_CONSOLE_SECURE_COOKIES`` says the console is only reached over HTTPS, or when a
+TLS-terminating proxy says so: ``X-Forwarded-Proto: https`` from an address in
+``JOBSTREAM_CONSOLE_TRUSTED_PROXIES`` (from anyone else the header is ignored, as a client can
+send it too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -31,7 +38,9 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from aiohttp import web
+from aiohttp.web_request import FileField
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from multidict import MultiDictProxy
 
 from jobstream.streams.settings import Settings
 
@@ -79,10 +88,26 @@ MAX_FAILED_LOGINS = 10
 FAILED_LOGIN_WINDOW_S = 60.0
 
 
+def _networks(entries: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    nets = []
+    for entry in entries:
+        with contextlib.suppress(ValueError):  # refusal() names it, and the console does not start
+            nets.append(ipaddress.ip_network(entry.strip(), strict=False))
+    return nets
+
+
 def refusal(settings: Settings, host: str) -> str | None:
     """Why the console must not serve at all with these settings, or None."""
     if access_mode(settings, host) is Mode.OFF:
         return OFF_MESSAGE
+    for entry in settings.console_trusted_proxies:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            return (
+                f"JOBSTREAM_CONSOLE_TRUSTED_PROXIES: {entry!r} is not an address or network"
+                " (e.g. 10.0.0.5 or 10.0.0.0/8)"
+            )
     for name in ("console_viewer_token", "console_operator_token"):
         token = getattr(settings, name)
         if token is not None and len(token.get_secret_value().strip()) < MIN_TOKEN_LENGTH:
@@ -134,6 +159,8 @@ class AccessPolicy:
     """Decides roles from tokens and reads and writes the session cookie."""
 
     def __init__(self, settings: Settings, host: str) -> None:
+        self.secure_cookies = settings.console_secure_cookies
+        self.proxies = _networks(settings.console_trusted_proxies)
         self.mode = access_mode(settings, host)
         self.refusal = refusal(settings, host)
         self.throttle = LoginThrottle()
@@ -152,9 +179,25 @@ class AccessPolicy:
     def ttl_s(self) -> int:
         return self._ttl
 
+    def secure(self, request: web.BaseRequest) -> bool:
+        """Whether the client's connection is HTTPS, as far as this console can trust."""
+        if self.secure_cookies or request.secure:
+            return True
+        forwarded = request.headers.get("X-Forwarded-Proto")
+        if forwarded is None or not self.proxies or request.remote is None:
+            return False
+        try:
+            peer = ipaddress.ip_address(request.remote)
+        except ValueError:
+            return False
+        if not any(peer in net for net in self.proxies):
+            return False
+        # the value the trusted proxy set (an appending proxy puts its own last)
+        return forwarded.rsplit(",", 1)[-1].strip().lower() == "https"
+
     def role_for_token(self, token: str) -> Role | None:
         """Constant-time comparison against every configured token; operator wins a tie."""
-        given = token.strip().encode()
+        given = token.strip().encode("utf-8", "surrogatepass")
         found: Role | None = None
         for role in (Role.VIEWER, Role.OPERATOR):
             expected = self._tokens.get(role)
@@ -243,16 +286,33 @@ def require_operator(request: web.Request) -> None:
         raise json_error(403, "only an operator may do this (you are logged in as a viewer)")
 
 
+class UnreadableBody(ValueError):
+    """Raised when a request's body cannot be read as the form or JSON it claims to be (broken
+    encoding or framing, a multipart without a boundary); answered with 400."""
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | FileField]:
+    """The request's form; a body aiohttp cannot read or parse is the client's fault, a 400."""
+    try:
+        return await request.post()
+    except (web.RequestPayloadError, ValueError, LookupError, AssertionError) as exc:
+        # LookupError: an unknown charset; AssertionError: aiohttp's multipart reader asserts
+        raise UnreadableBody(f"the form could not be read ({type(exc).__name__})") from None
+
+
 async def _csrf_ok(request: web.Request, session: Session) -> bool:
     sent = request.headers.get(CSRF_HEADER)
     if sent is None and request.content_type in (
         "application/x-www-form-urlencoded",
         "multipart/form-data",
     ):
-        form = await request.post()
+        form = await read_form(request)
         value = form.get("csrf")
         sent = value if isinstance(value, str) else None
-    return sent is not None and hmac.compare_digest(sent.encode(), session.csrf.encode())
+    # header bytes that are not UTF-8 arrive as lone surrogates: surrogatepass encodes them
+    return sent is not None and hmac.compare_digest(
+        sent.encode("utf-8", "surrogatepass"), session.csrf.encode()
+    )
 
 
 @web.middleware
@@ -290,7 +350,7 @@ def set_cookie_if_fresh(request: web.Request, response: web.StreamResponse, s: S
         path=request.app[BASE_KEY] or "/",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=policy.secure(request),
     )
 
 

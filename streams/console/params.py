@@ -1,12 +1,27 @@
-"""Query parameters and request bodies into typed values; anything wrong is a 400 that says why."""
+"""Query parameters and request bodies into typed values; anything wrong is a 400 that says why.
+
+Every value that reaches PostgreSQL is checked here first, so no input can make a query fail:
+text with U+0000 or a lone surrogate (neither fits in ``text``), times past what a UTC
+``timestamptz`` or Python's ``datetime`` can hold (``0001-01-01T00:00:00+14:00`` is year 0 in
+UTC; ``99999999999d`` is no ``timedelta``). A failing query is then a database that is down
+(503), never a request that was wrong.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
+from jobstream.agents.decode import unstorable_char
 from jobstream.streams.console.queries import MAX_PAGE, CursorError, JobFilter, decode_cursor
 from jobstream.streams.console.rollup import WINDOWS
 from jobstream.streams.dlq.filters import FilterError, parse_time
@@ -18,13 +33,34 @@ class BadInput(ValueError):
     """Raised when a request's parameters or body are malformed; answered with 400."""
 
 
+def text(name: str, value: str) -> str:
+    """``value`` if PostgreSQL's ``text`` can hold it."""
+    why = unstorable_char(value)
+    if why is not None:
+        raise BadInput(f"{name} {why}")
+    return value
+
+
 def job_id(value: str) -> str:
     value = value.strip()
     if not value:
         raise BadInput("job id is empty")
     if len(value) > MAX_ID_LENGTH:
         raise BadInput(f"job id is longer than {MAX_ID_LENGTH} characters")
-    return value
+    return text("job id", value)
+
+
+def time_bound(name: str, value: str, now: datetime) -> datetime:
+    """An ISO-8601 time or an age (``2h``, ``1d12h``), in UTC, or a 400 that says why."""
+    try:
+        when = parse_time(value, now=now).astimezone(UTC)
+    except FilterError as exc:
+        raise BadInput(f"{name}: {exc}") from None
+    except (OverflowError, ValueError):
+        raise BadInput(
+            f"{name}: {value[:40]!r} is outside the times this console can show"
+        ) from None
+    return when
 
 
 def limit(query: Mapping[str, str], *, default: int = 50, maximum: int = MAX_PAGE) -> int:
@@ -56,13 +92,8 @@ def job_filter(query: Mapping[str, str], statuses: tuple[str, ...]) -> JobFilter
         v = (query.get(name) or "").strip() or None
         if v is not None and len(v) > MAX_ID_LENGTH:
             raise BadInput(f"{name} is longer than {MAX_ID_LENGTH} characters")
-        values[name] = v
-    now = datetime.now(UTC)
-    try:
-        since = parse_time(query["since"], now=now) if query.get("since") else None
-        until = parse_time(query["until"], now=now) if query.get("until") else None
-    except FilterError as exc:
-        raise BadInput(f"since/until: {exc}") from None
+        values[name] = text(name, v) if v is not None else None
+    since, until = times(query)
     if since is not None and until is not None and since >= until:
         raise BadInput("since must be before until")
     return JobFilter(
@@ -70,14 +101,42 @@ def job_filter(query: Mapping[str, str], statuses: tuple[str, ...]) -> JobFilter
     )
 
 
+def times(query: Mapping[str, object]) -> tuple[datetime | None, datetime | None]:
+    """``since`` and ``until`` of a query or body, checked (``None`` where absent)."""
+    now = datetime.now(UTC)
+    bounds: list[datetime | None] = []
+    for name in ("since", "until"):
+        value = query.get(name)
+        if value is None or value == "":
+            bounds.append(None)
+        elif not isinstance(value, str):
+            raise BadInput(f"{name} must be a string")
+        else:
+            bounds.append(time_bound(name, value, now))
+    return bounds[0], bounds[1]
+
+
 def cursor(query: Mapping[str, str]) -> tuple[datetime, str] | None:
     raw = query.get("after") or None
     if raw is None:
         return None
     try:
-        return decode_cursor(raw)
+        when, last_id = decode_cursor(raw)
+        when = when.astimezone(UTC)
     except CursorError as exc:
         raise BadInput(f"after: {exc}") from None
+    except (OverflowError, ValueError):
+        raise BadInput("after: cursor is not one this console made") from None
+    return when, text("after", last_id)
+
+
+def all_prefixes(query: Mapping[str, str]) -> bool:
+    """``scope=all`` asks for every job in the database; by default the console leaves out the
+    jobs of other topic prefixes (:func:`~jobstream.streams.console.queries.source_topic_sql`)."""
+    scope = query.get("scope") or "prefix"
+    if scope not in ("prefix", "all"):
+        raise BadInput(f"scope must be prefix or all, not {scope[:40]!r}")
+    return scope == "all"
 
 
 class ReplayRequest(BaseModel):
@@ -91,6 +150,14 @@ class ReplayRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ids: list[str] | None = Field(default=None, max_length=10_000)
+
+    @field_validator("since", "until")
+    @classmethod
+    def _a_time(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v:
+            time_bound(info.field_name or "time", v, datetime.now(UTC))
+        return v
+
     type: str | None = None
     reason: str | None = None
     error_class: str | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -47,6 +48,22 @@ class JobFilter:
     """Inclusive, on ``updated_at`` (the row's last change: its finish for a finished job)."""
     until: datetime | None = None
     """Exclusive, on ``updated_at``."""
+    prefix: str | None = None
+    """Leave out rows that came from another prefix's topics (see :func:`source_topic_sql`)."""
+
+
+def source_topic_sql(prefix: str, arg: Callable[[Any], str]) -> str:
+    """The condition "the row is not another prefix's": its ``source`` is a record of a topic
+    of ``prefix`` (``<topic>:<partition>:<offset>``, its main topic or a retry tier; a topic
+    name holds no colon), or names no topic at all. The workers write coordinates into the rows
+    of dead letters and invalid input, but ``worker`` into the rows of jobs that succeeded: such a
+    row cannot be told apart, and every console shows it."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    topic = "split_part(source, ':', 1)"
+    return (
+        f"(source IS NULL OR source NOT LIKE '%:%:%' OR {topic} = {arg(prefix)}"
+        f" OR {topic} LIKE {arg(escaped + '.retry.%')})"
+    )
 
 
 def encode_cursor(updated_at: datetime, job_id: str) -> str:
@@ -83,6 +100,8 @@ def jobs_page_sql(
         value = getattr(flt, column)
         if value is not None:
             where.append(f"{column} = {arg(value)}")
+    if flt.prefix is not None:
+        where.append(source_topic_sql(flt.prefix, arg))
     if flt.since is not None:
         where.append(f"updated_at >= {arg(flt.since)}")
     if flt.until is not None:
@@ -109,8 +128,20 @@ async def jobs_page(
     return rows, next_cursor
 
 
-async def job_row(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:
-    row = await pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job_id)
+async def job_row(
+    pool: asyncpg.Pool, job_id: str, *, prefix: str | None = None
+) -> dict[str, Any] | None:
+    """The row of ``job_id``; with ``prefix``, only when it came from one of its topics."""
+    args: list[Any] = [job_id]
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    sql = "SELECT * FROM jobs WHERE job_id = $1"
+    if prefix is not None:
+        sql += " AND " + source_topic_sql(prefix, arg)
+    row = await pool.fetchrow(sql, *args)
     return dict(row) if row is not None else None
 
 

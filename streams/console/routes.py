@@ -6,6 +6,7 @@ them current. Every ``/api/`` answer is JSON, errors included: ``{"error": "..."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,7 @@ from jobstream.streams.console.access import (
     Role,
     clear_cookie,
     json_error,
+    read_form,
     require_operator,
     session_of,
     set_cookie_if_fresh,
@@ -92,7 +94,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     if wait > 0:
         message = f"Too many wrong tokens from your address: try again in {wait:.0f} s."
         return render(request, "login.html", status=429, error=message)
-    form = await request.post()
+    form = await read_form(request)
     token = form.get("token")
     role = policy.role_for_token(token) if isinstance(token, str) else None
     if role is None:
@@ -157,9 +159,23 @@ async def api_rate_limits(request: web.Request) -> web.Response:
 # --- jobs --------------------------------------------------------------------------------------
 
 
+def _prefix(request: web.Request) -> str | None:
+    """The topic prefix whose jobs are shown: the console's own, or None for ``scope=all``."""
+    return None if params.all_prefixes(request.query) else _console(request).topics.prefix
+
+
+def _visible_row(request: web.Request, row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A row as this session may see it: a claim token is the running execution's write
+    permission (its fence), so only operators see it."""
+    if row is not None and session_of(request).role is not Role.OPERATOR:
+        row.pop("claim_token", None)
+    return row
+
+
 async def _jobs(request: web.Request) -> dict[str, Any]:
     console = _console(request)
     flt = params.job_filter(request.query, console.schema.statuses)
+    flt = dataclasses.replace(flt, prefix=_prefix(request))
     after = params.cursor(request.query)
     limit = params.limit(request.query)
     rows, next_cursor = await queries.jobs_page(console.pool, flt, after, limit)
@@ -173,7 +189,7 @@ async def jobs_page(request: web.Request) -> web.StreamResponse:
     missing = None
     if wanted:
         job_id = params.job_id(wanted)
-        if await queries.job_row(console.pool, job_id) is not None:
+        if await queries.job_row(console.pool, job_id, prefix=_prefix(request)) is not None:
             location = f"{request.app[BASE_KEY]}/jobs/{quote(job_id, safe='')}"
             return web.Response(status=303, headers={"Location": location})
         missing = job_id
@@ -202,7 +218,9 @@ async def api_jobs(request: web.Request) -> web.Response:
 async def _job(request: web.Request) -> dict[str, Any]:
     console = _console(request)
     job_id = params.job_id(request.match_info["job_id"])
-    row = await queries.job_row(console.pool, job_id)
+    row = _visible_row(
+        request, await queries.job_row(console.pool, job_id, prefix=_prefix(request))
+    )
     letters: list[DeadLetter] = []
     kafka_note = None
     try:
@@ -259,6 +277,7 @@ def _shows_payloads(request: web.Request) -> bool:
 
 
 def _dl_filter(request: web.Request) -> DeadLetterFilter:
+    params.times(request.query)  # a time no datetime can hold is a 400, not an OverflowError
     try:
         return parse_filter(request.query)
     except FilterError as exc:
@@ -317,7 +336,7 @@ async def _dead_letter(request: web.Request) -> dict[str, Any]:
     doc = detail(dl, show_payload=_shows_payloads(request))
     doc["audit"] = await queries.replay_log(console.pool, dead_letter_ids=[dl.id])
     doc["replayed_into"] = await queries.rows_replayed_from(console.pool, [dl.id])
-    doc["job_row"] = await queries.job_row(console.pool, dl.job_id)
+    doc["job_row"] = _visible_row(request, await queries.job_row(console.pool, dl.job_id))
     return doc
 
 
@@ -343,7 +362,7 @@ async def api_replay(request: web.Request) -> web.Response:
     settings = console.settings
     try:
         body = await request.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, LookupError, RecursionError, web.RequestPayloadError):
         raise params.BadInput("the body must be JSON (Content-Type: application/json)") from None
     req = params.replay_request(body)
     try:

@@ -30,6 +30,7 @@ from jobstream.streams.console.access import (
     BASE_KEY,
     POLICY_KEY,
     AccessPolicy,
+    UnreadableBody,
     access_middleware,
     json_error,
     wants_json,
@@ -80,10 +81,18 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         response: web.StreamResponse = await handler(request)
         return response
-    except params.BadInput as exc:
+    except (params.BadInput, UnreadableBody) as exc:
         if wants_json(request, base):
             raise json_error(400, str(exc)) from None
         return render(request, "error.html", status=400, message=str(exc))
+    except web.HTTPException as exc:
+        # the router's own refusals (unknown path or method): JSON under /api/ as well
+        if not (400 <= exc.status < 500 and wants_json(request, base)):
+            raise
+        if exc.content_type == "application/json":
+            raise
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        return web.json_response({"error": exc.reason}, status=exc.status, headers=allow)
     except ConnectionResetError:
         raise  # the client left: streams.httpserver answers that
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:

@@ -18,6 +18,10 @@ Decisions a caller may want to know:
   the same ids: a job id that already finished is not run again, its outcome is re-emitted.
 * ``GET`` answers 404 ``{"status": "unknown"}`` until a worker writes the job's first row;
   a queued or running job has no row yet, so 404 right after 202 is normal.
+* Every refusal is a 4xx with the body ``{"error": <code>, "detail": <text>, ...}``, also for
+  an unknown path or method (:func:`json_errors`); 503 means Kafka or PostgreSQL did not answer.
+* A job is refused exactly when a worker would dead-letter its bytes as undecodable: the check
+  runs the workers' own :func:`jobstream.agents.decode.decode_event` on them.
 """
 
 from __future__ import annotations
@@ -31,9 +35,14 @@ from datetime import date
 from typing import Any, Protocol
 from urllib.parse import quote
 
+import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
+from jobstream.agents.decode import decode_event, json_problem, unstorable_char
+from jobstream.models.deadletter import DeadLetterReason
+from jobstream.models.errors import InvalidJobError
 from jobstream.models.job import JobEvent
 from jobstream.streams.httpserver import CLIENT_CLOSED, RequestBodyTimeout, client_gone
 from jobstream.streams.metrics import Metrics
@@ -169,10 +178,11 @@ def validate_job(
     item: Any, registry: JobTypes, max_event_bytes: int, at: tuple[int, ...] = ()
 ) -> JobEvent:
     """The item against JobEvent, then its payload against the job type's model, then the
-    size the workers accept; raises the 400 :class:`ApiError` listing every error.
+    workers' decode rule on the bytes that would be published; raises the 400
+    :class:`ApiError` listing every error.
 
-    ``POST /jobs`` and ``jobstream submit`` both call it, so a job one refuses the other
-    refuses too."""
+    ``POST /jobs``, ``jobstream submit`` and ``JobClient`` all call it, so a job one refuses
+    the others refuse too, and a job they accept no worker dead-letters as undecodable."""
     if not isinstance(item, dict):
         raise _invalid([_error(at, f"expected a job object, got {_json_type(item)}", "dict_type")])
     accepted = ", ".join(sorted(SUBMIT_FIELDS))
@@ -184,6 +194,15 @@ def validate_job(
     fields = {k: v for k, v in item.items() if k in SUBMIT_FIELDS}
     if fields.get("id") is None:
         fields.pop("id", None)  # null id: the server picks one, like a missing id
+    # what JSON or PostgreSQL cannot hold (NUL, lone surrogates, depth): refused before any
+    # model sees it, as the workers' decode refuses it (a field is one level below the event)
+    errors.extend(
+        _error([*at, key], why, "json_unstorable")
+        for key, value in fields.items()
+        if (why := json_problem(value, depth=1)) is not None
+    )
+    if errors and any(e["type"] == "json_unstorable" for e in errors):
+        raise _invalid(errors)
     try:
         event = JobEvent.model_validate(fields)
     except ValidationError as exc:
@@ -205,19 +224,31 @@ def validate_job(
         except ValidationError as exc:
             errors.extend(_pydantic_errors(exc, [*at, "payload"]))
     if not errors:
-        size = len(event.to_bytes())
-        if size > max_event_bytes:
-            errors.append(
-                _error(
-                    at,
-                    f"the event is {size} bytes as published; workers refuse more than "
-                    f"{max_event_bytes}",
-                    "event_too_large",
-                )
-            )
+        errors.extend(_worker_refusal(event, max_event_bytes, at))
     if errors:
         raise _invalid(errors, **_known_types_if_needed(errors, registry))
     return event
+
+
+def _worker_refusal(
+    event: JobEvent, max_event_bytes: int, at: tuple[int, ...]
+) -> list[dict[str, Any]]:
+    """The workers' decode of the exact bytes that would be published: the one decode rule."""
+    try:
+        raw = event.to_bytes()
+    except PydanticSerializationError:
+        return [_error(at, "the event cannot be written as JSON", "json_invalid")]
+    try:
+        decode_event(raw, max_bytes=max_event_bytes)
+    except InvalidJobError as exc:
+        if exc.reason == DeadLetterReason.OVERSIZE:
+            msg = (
+                f"the event is {len(raw)} bytes as published; workers refuse more than "
+                f"{max_event_bytes}"
+            )
+            return [_error(at, msg, "event_too_large")]
+        return [_error(at, f"a worker would dead-letter it ({exc.reason}): {exc}", "undecodable")]
+    return []
 
 
 def _known_types_if_needed(errors: list[dict[str, Any]], registry: JobTypes) -> dict[str, Any]:
@@ -239,6 +270,34 @@ def error_line(exc: ApiError) -> str:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "body_timeout",
+    411: "length_required",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+}
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (unknown path or method, a body over ``client_max_size``) in the
+    API's error shape instead of a text page; answers that are JSON already pass unchanged."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        code = _ERROR_CODES.get(exc.status, "http_error")
+        return ApiError(exc.status, code, exc.reason, headers=headers).response()
 
 
 def api_routes(runtime: ApiRuntime) -> list[web.RouteDef]:
@@ -278,11 +337,13 @@ class _JobsApi:
             return
         expected = token.get_secret_value().encode()
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        # compare_digest on bytes: a str argument with non-ASCII text would raise, not fail
+        # compare_digest on bytes: a str argument with non-ASCII text would raise, not fail;
+        # aiohttp keeps header bytes that are not UTF-8 as lone surrogates, which surrogatepass
+        # encodes (strict UTF-8 would raise on them)
         if (
             scheme.lower() != "bearer"
             or not expected
-            or not hmac.compare_digest(presented.strip().encode(), expected)
+            or not hmac.compare_digest(presented.strip().encode("utf-8", "surrogatepass"), expected)
         ):
             raise ApiError(
                 401,
@@ -371,10 +432,10 @@ class _JobsApi:
             raise ApiError(
                 CLIENT_CLOSED, "client_closed", "the client closed the connection mid-body"
             ) from None
-        except web.RequestPayloadError as exc:  # broken chunked framing or compression
-            raise _invalid(
-                [_error([], f"the body could not be read: {exc}", "body_invalid")]
-            ) from None
+        except web.RequestPayloadError:  # broken chunked framing or compression
+            # not the exception's text: it quotes the offending bytes of the body
+            msg = "the body could not be read: broken chunked framing or compression"
+            raise _invalid([_error([], msg, "body_invalid")]) from None
         return bytes(buf)
 
     @staticmethod
@@ -476,14 +537,22 @@ class _JobsApi:
             raise _invalid(
                 [_error(["id"], f"job ids have at most {MAX_ID_LENGTH} characters", "id_length")]
             )
+        why = unstorable_char(job_id)
+        if why is not None:  # no job can have this id: no row to look for
+            raise _invalid([_error(["id"], f"the id {why}", "json_unstorable")])
         store = self.rt.store
         if store is None:
             raise _db_unavailable("the result store is not started yet")
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT_S):
                 row = await store.get(job_id)
-        except Exception as exc:  # noqa: BLE001 - any failure of the lookup is a store that did not answer (503)
-            log.warning("looking up job %r failed: %s: %s", job_id, type(exc).__name__, exc)
+        except asyncpg.DataError as exc:  # the id itself, not the database: a value it refuses
+            log.warning("looking up a job id refused by PostgreSQL: %s", type(exc).__name__)
+            raise _invalid(
+                [_error(["id"], "PostgreSQL cannot look up this id", "id_invalid")]
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - any other failure of the lookup is a store that did not answer (503)
+            log.warning("looking up a job failed: %s: %s", type(exc).__name__, exc)
             raise _db_unavailable("the result store did not answer") from None
         if row is None:
             return web.json_response(

@@ -17,7 +17,6 @@ from typing import Any
 import asyncpg
 import click
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from jobstream.streams.command import (
     API,
@@ -37,7 +36,8 @@ from jobstream.streams.exits import Exit
 from jobstream.streams.httpserver import HttpLimits, start_http_server
 from jobstream.streams.metrics import Metrics
 from jobstream.streams.pg.results import fetch_job
-from jobstream.streams.producer.api import JobTypes, api_routes
+from jobstream.streams.producer.api import JobTypes, api_routes, json_errors
+from jobstream.streams.scrape import mount_metrics
 from jobstream.streams.services import ServiceUnavailable, resolve
 from jobstream.streams.settings import Settings
 from jobstream.streams.topics import TopicNames, topic_names
@@ -110,9 +110,12 @@ class ApiServer:
             raise ServiceUnreachable(line or f"{type(exc).__name__}: {exc}") from exc
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.api_max_body_bytes)
+        app = web.Application(
+            client_max_size=self.settings.api_max_body_bytes, middlewares=[json_errors]
+        )
         app.add_routes(self.health_routes())
         app.add_routes(api_routes(self))
+        mount_metrics(app, self.settings, lambda: self.metrics.registry)
         if self.settings.console_enabled and self.pool is not None:
             from jobstream.streams.console.server import console_app  # tokens required when mounted
 
@@ -156,11 +159,7 @@ class ApiServer:
             ok = self.ready.is_set()
             return web.json_response({"ready": ok}, status=200 if ok else 503)
 
-        async def metrics(_: web.Request) -> web.Response:
-            body = generate_latest(self.metrics.registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        return [web.get("/health", health), web.get("/ready", ready), web.get("/metrics", metrics)]
+        return [web.get("/health", health), web.get("/ready", ready)]
 
 
 def _url(addr: Any) -> str:

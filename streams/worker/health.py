@@ -1,4 +1,9 @@
-"""The replica's HTTP server: liveness, readiness, Prometheus metrics and the producer API."""
+"""The replica's HTTP server: liveness, readiness, Prometheus metrics and the producer API.
+
+Every refusal of the API and of aiohttp's router (unknown path or method) is JSON
+(:func:`jobstream.streams.producer.api.json_errors`); ``/metrics`` may need a token or live on
+a port of its own (:mod:`jobstream.streams.scrape`).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ import asyncio
 from typing import Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from jobstream.streams.httpserver import HttpLimits, start_http_server
-from jobstream.streams.producer.api import ApiRuntime, api_routes
+from jobstream.streams.producer.api import ApiRuntime, api_routes, json_errors
+from jobstream.streams.scrape import mount_metrics
 
 
 class Replica(ApiRuntime, Protocol):
@@ -51,19 +56,16 @@ def health_routes(runtime: Replica) -> list[web.RouteDef]:
             body["degraded"] = {step: round(s, 1) for step, s in stuck.items()}
         return web.json_response(body, status=200 if ok else 503)
 
-    async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(runtime.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    return [web.get("/health", health), web.get("/ready", ready), web.get("/metrics", metrics)]
+    return [web.get("/health", health), web.get("/ready", ready)]
 
 
 async def start_web(runtime: Replica) -> web.AppRunner:
     """Serves the health routes and the producer API under the configured HTTP limits."""
     s = runtime.settings
-    app = web.Application(client_max_size=s.api_max_body_bytes)
+    app = web.Application(client_max_size=s.api_max_body_bytes, middlewares=[json_errors])
     app.add_routes(health_routes(runtime))
     app.add_routes(api_routes(runtime))
+    mount_metrics(app, s, lambda: runtime.metrics.registry)
     return await start_http_server(
         app, host=s.web_host, port=s.web_port, limits=HttpLimits.from_settings(s)
     )

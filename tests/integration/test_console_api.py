@@ -44,6 +44,7 @@ class World:
     jobs: list[dict[str, Any]]
     letters: list[DeadLetter]
     now: datetime
+    dsn: str
 
 
 def _job(i: int, now: datetime) -> dict[str, Any]:
@@ -112,16 +113,18 @@ async def world(kafka_bootstrap: str, database_url: str, prefix: str) -> AsyncIt
         jobs = [_job(i, now) for i in range(12)]
         await pool.executemany(
             "INSERT INTO jobs (job_id, type, status, attempt, result, error, error_class, worker,"
-            " created_at, finished_at, updated_at)"
-            " VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11)",
+            " created_at, finished_at, updated_at, source)"
+            " VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12)",
             [
                 (
                     j["job_id"], j["type"], j["status"], j["attempt"],
                     json.dumps(j["result"]) if j["result"] else None, j["error"],
                     j["error_class"], j["worker"], j["created_at"], j["finished_at"],
                     j["updated_at"],
+                    # the console's own topics: the main one, or a retry tier
+                    f"{prefix}:0:{i}" if i % 4 else f"{names.tiers[0].topic}:1:{i}",
                 )
-                for j in jobs
+                for i, j in enumerate(jobs)
             ],
         )  # fmt: skip
         await pool.execute(
@@ -131,7 +134,7 @@ async def world(kafka_bootstrap: str, database_url: str, prefix: str) -> AsyncIt
         settings = console_settings(kafka_bootstrap, dsn, prefix)
         try:
             async with running_console(settings) as base:
-                yield World(base, prefix, pool, kafka_bootstrap, jobs, letters, now)
+                yield World(base, prefix, pool, kafka_bootstrap, jobs, letters, now, dsn)
         finally:
             await pool.close()
 
@@ -589,3 +592,138 @@ async def test_jobstream_console_command(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# --- hostile input, scope and what a viewer sees ------------------------------------------------
+
+
+async def test_bad_input_is_a_400_never_a_503_or_500(world: World) -> None:
+    """Each of these once reached PostgreSQL (a DataError, answered 503 "database unavailable")
+    or overflowed a datetime (500)."""
+    base = world.base
+    async with client() as s:
+        await login(s, base, OPERATOR_TOKEN)
+        for path in [
+            "api/jobs?type=%00",
+            "api/jobs?worker=a%00b",
+            "api/jobs/%00",
+            "api/jobs/a%00b",
+            "jobs/%00",
+            "jobs?id=%00",
+            "api/jobs?since=0001-01-01T00:00:00%2B14:00",
+            "api/jobs?until=9999-12-31T23:59:59-14:00",
+            "api/jobs?since=99999999999d",
+            "api/jobs?since=" + "9" * 400 + "s",
+            "api/dead-letters?since=99999999999d",
+            "api/dead-letters?until=" + "9" * 400 + "d",
+            "api/dead-letters?since=0001-01-01T00:00:00%2B14:00",
+            "api/dead-letters/stats?until=9999-12-31T23:59:59-14:00",
+            "dead-letters?since=99999999999d",
+            "api/jobs?scope=everything",
+            "api/jobs?after=" + "MDAwMS0wMS0wMVQwMDowMDowMCsxNDowMHx4",  # year 0 in UTC
+        ]:
+            async with s.get(base + path, allow_redirects=False) as r:
+                body = await r.text()
+                assert 400 <= r.status < 500, (path, r.status, body)
+                assert "Retry-After" not in r.headers
+                if "/api/" in "/" + path:
+                    assert r.content_type == "application/json", (path, body)
+                    assert "error" in json.loads(body)
+        csrf = await csrf_of(s, base)
+        replays: list[dict[str, Any]] = [
+            {"dry_run": True, "since": "99999999999d"},
+            {"dry_run": True, "until": "0001-01-01T00:00:00+14:00"},
+            {"dry_run": True, "type": "x\u0000"},
+        ]
+        for replay in replays:
+            status, answer = await _post(s, base + "api/replay", replay, csrf)
+            assert status in (200, 400), (replay, status, answer)
+            if "since" in replay or "until" in replay:
+                assert status == 400, (replay, answer)
+        delete = s.delete(base + "api/jobs", headers={"X-CSRF-Token": csrf}, allow_redirects=False)
+        async with delete as r:
+            assert r.status == 405
+            assert r.content_type == "application/json"
+        async with s.get(base + "api/nowhere", allow_redirects=False) as r:
+            assert r.status == 404
+            assert (await r.json())["error"]
+
+
+async def test_only_this_prefixs_jobs_unless_asked_for_all(world: World) -> None:
+    other = f"{world.prefix}-other"
+    await world.pool.executemany(
+        "INSERT INTO jobs (job_id, type, status, attempt, worker, updated_at, source)"
+        " VALUES ($1, 'echo', 'succeeded', 1, 'w9', now(), $2)",
+        [
+            ("other-main", f"{other}:0:1"),
+            ("other-retry", f"{other}.retry.1s:0:2"),
+            ("like-wildcard", f"{world.prefix.replace('-', '_')}x:0:3"),
+            ("no-source", None),
+            ("by-worker", "worker"),
+        ],
+    )
+    async with client() as s:
+        await login(s, world.base, VIEWER_TOKEN)
+        status, body = await _get(s, world.base + "api/jobs?limit=200")
+        assert status == 200
+        # a row that names no topic ("worker", as succeeded rows do today) cannot be told apart
+        assert {j["job_id"] for j in body["items"]} == {
+            *(j["job_id"] for j in world.jobs),
+            "no-source",
+            "by-worker",
+        }
+        status, body = await _get(s, world.base + "api/jobs?limit=200&scope=all")
+        assert {j["job_id"] for j in body["items"]} == {
+            *(j["job_id"] for j in world.jobs), "other-main", "other-retry", "like-wildcard",
+            "no-source", "by-worker",
+        }  # fmt: skip
+        status, _ = await _get(s, world.base + "api/jobs/other-main")
+        assert status == 404
+        status, body = await _get(s, world.base + "api/jobs/other-main?scope=all")
+        assert status == 200
+        assert body["row"]["worker"] == "w9"
+
+
+async def test_a_viewer_never_sees_a_claim_token(world: World) -> None:
+    await world.pool.execute(
+        "UPDATE jobs SET claim_token = 'claim-secret-4411', status = 'running',"
+        " lease_until = now() + interval '1 minute' WHERE job_id = 'job-001'"
+    )
+    async with client() as s:
+        await login(s, world.base, VIEWER_TOKEN)
+        for path in ["api/jobs/job-001", "jobs/job-001", f"api/dead-letters/{world.letters[0].id}"]:
+            async with s.get(world.base + path, allow_redirects=False) as r:
+                assert r.status == 200, path
+                assert "claim-secret-4411" not in await r.text(), path
+    async with client() as s:
+        await login(s, world.base, OPERATOR_TOKEN)
+        _, body = await _get(s, world.base + "api/jobs/job-001")
+        assert body["row"]["claim_token"] == "claim-secret-4411"
+
+
+@pytest.mark.parametrize(
+    ("extra", "forwarded", "secure"),
+    [
+        ({}, None, False),
+        ({}, "https", False),  # nobody is trusted: a client can send the header too
+        ({"console_trusted_proxies": ["10.0.0.0/8"]}, "https", False),  # not from a proxy
+        ({"console_trusted_proxies": ["127.0.0.1"]}, "https", True),
+        ({"console_trusted_proxies": ["127.0.0.0/8"]}, "http, https", True),  # the proxy's own
+        ({"console_trusted_proxies": ["127.0.0.1"]}, "http", False),
+        ({"console_secure_cookies": True}, None, True),
+    ],
+)
+async def test_secure_cookies_behind_a_trusted_proxy_or_by_setting(
+    world: World, extra: dict[str, Any], forwarded: str | None, secure: bool
+) -> None:
+    settings = console_settings(world.bootstrap, world.dsn, world.prefix, **extra)
+    headers = {"X-Forwarded-Proto": forwarded} if forwarded else {}
+    async with (
+        running_console(settings) as base,
+        client() as s,
+        s.get(base + "login", headers=headers, allow_redirects=False) as r,
+    ):
+        assert r.status == 200
+        cookie = r.cookies["jobstream_console"]  # the new session's, with its CSRF token
+    assert bool(cookie["secure"]) is secure
+    assert cookie["httponly"]

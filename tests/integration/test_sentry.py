@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import random
+import string
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -19,19 +22,15 @@ from jobstream.models.job import JobEvent
 from jobstream.streams.producer.client import JobClient
 from tests.integration.fake_sentry import FakeSentry, tags_of
 from tests.integration.harness import WorkerFactory, wait_for, wait_terminal
+from tests.leaks import RARE, leaks, strings_of
+from tests.leaky_app import Leaky, leaky
+from tests.leaky_app import app as leaky_app
 
 PASSWORD = "PwPlantedInteg7731"
 TOKEN = "TokPlantedInteg8842"
 API_KEY = "sk-or-v1-KeyPlantedInteg9953aaaaaaaaaaaaaaaa"
 MARKER = "PayloadMarkerInteg6620"
 SECRETS = (PASSWORD, TOKEN, API_KEY, "KeyPlantedInteg9953", MARKER)
-
-
-async def unchecked(client: JobClient, job_type: str, payload: dict[str, Any]) -> str:
-    """Publish a job the client would refuse (as a producer without its checks could)."""
-    event = JobEvent(type=job_type, payload=payload)
-    await (await client.publish(event))
-    return event.id
 
 
 @pytest.fixture
@@ -100,6 +99,13 @@ class Gate:
         dst.transport.abort()
 
 
+async def unchecked(client: JobClient, job_type: str, payload: dict[str, Any]) -> str:
+    """Publish an event as it is, as a producer that skips the checks would."""
+    event = JobEvent(type=job_type, payload=payload)
+    await (await client.publish(event))
+    return event.id
+
+
 async def flush_reports(client: JobClient, fake: FakeSentry) -> str:
     """Submit a job that dead-letters and wait for its event: the worker's one transport thread
     sends in order, so every event reported before it has arrived too."""
@@ -135,6 +141,7 @@ async def test_one_scrubbed_tagged_event_per_dead_letter_and_none_for_retries(
         dead: dict[str, str] = {}  # job id -> dead-letter reason
         for _ in range(3):
             dead[await client.submit("sleep", {"seconds": 0, "fatal": True})] = "fatal_error"
+        # JobClient refuses these two kinds before publishing: published as they are instead
         dead[await unchecked(client, "sleep", {"seconds": MARKER})] = "invalid_payload"
         dead[await client.submit("sleep", {"seconds": 0, "fail_attempts": 10})] = "exhausted"
         # the webhook's 404 is a fatal error whose message quotes the payload's URL
@@ -241,3 +248,74 @@ async def test_a_database_outage_is_reported_once_when_it_starts_and_once_when_i
             assert not {"job.id", "job.type"} & set(tags)
             assert event["level"] == ("warning" if tags["outage.phase"] == "started" else "info")
     assert not fake_sentry.contains(PASSWORD)
+
+
+def random_secret(rng: random.Random) -> str:
+    """Text with a rare character (see tests/leaks.py) at least every 7 characters."""
+    alphabet = string.printable + "éü€ßж中😀\"'\\%+&=/?#@:"
+    parts = []
+    for _ in range(rng.randrange(3, 20)):
+        parts.append("".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 7))))
+        parts.append(rng.choice(RARE))
+    return "".join(parts)
+
+
+def leaky_payload(rng: random.Random, failure: int) -> Leaky:
+    user, pw, path, query = (random_secret(rng) for _ in range(4))
+    return Leaky(
+        texts=[random_secret(rng) for _ in range(rng.randrange(1, 4))],
+        url=f"http://{quote(user, safe='')}:{quote(pw, safe='')}@h.example/{quote(path)}"
+        f"?q={quote_plus(query)}",
+        quotes=[
+            (rng.randrange(20), rng.randrange(20), rng.randrange(400), rng.randrange(1, 300))
+            for _ in range(rng.randrange(1, 6))
+        ],
+        failure=failure,
+    )
+
+
+async def test_a_worker_running_a_teams_app_reports_no_fragment_of_its_payloads(
+    workers: WorkerFactory,
+    kafka_bootstrap: str,
+    pg_pool: asyncpg.Pool,
+    prefix: str,
+    fake_sentry: FakeSentry,
+) -> None:
+    """A real worker process (``--app`` by ``JOBSTREAM_APP``), its handlers quoting their
+    payloads in every spelling into logs, tracebacks and exceptions: no piece of a payload in
+    any byte that reached the fake Sentry, nor in the worker's log."""
+    worker = workers.start(
+        JOBSTREAM_APP="tests.leaky_app:app",
+        JOBSTREAM_SENTRY_DSN=fake_sentry.dsn(),
+        JOBSTREAM_MAX_ATTEMPTS="2",
+    )
+    await worker.wait_assigned()
+    rng = random.Random(16)
+    payloads = [leaky_payload(rng, failure=i % 3) for i in range(12)]
+    async with JobClient(kafka_bootstrap, topic_prefix=prefix, app=leaky_app) as client:
+        ids = [await client.submit(leaky, p) for p in payloads]
+        await wait_terminal(pg_pool, ids, timeout=120)
+        sentinel = await client.submit(leaky, leaky_payload(rng, failure=0))
+
+        async def reported() -> bool:
+            return bool(fake_sentry.events_tagged("job.id", sentinel))
+
+        await wait_for(reported, timeout=60, what="the last dead letter's Sentry event")
+    events = fake_sentry.events
+    assert {tags_of(e)["job.id"] for e in events} == {*ids, sentinel}
+    outputs = [s for e in fake_sentry.envelopes for s in strings_of(e.headers)]
+    for body in fake_sentry.bodies:
+        for line in body.split(b"\n"):
+            try:
+                outputs.extend(strings_of(json.loads(line)))
+            except ValueError:
+                outputs.append(line.decode("utf-8", "replace"))
+    log_lines = worker.log_path.read_text("utf-8", "replace").splitlines()
+    assert any("upstream said" in line for line in log_lines)  # the handlers did log
+    secrets = [s for p in payloads for s in (*p.texts, p.url)]
+    found = leaks(secrets, [*outputs, *log_lines])
+    print(
+        f"\nworker scrubbing: {len(payloads)} payloads, {len(events)} events, "
+        f"{len(log_lines)} log lines, {len(found)} leaks"
+    )
+    assert found == [], found[:3]

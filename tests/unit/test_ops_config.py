@@ -51,6 +51,7 @@ SECRET_ENV = {
     "JOBSTREAM_OPENROUTER_API_KEY": "OPENROUTER_API_KEY",
     "JOBSTREAM_SENTRY_DSN": "SENTRY_DSN",
     "JOBSTREAM_API_TOKEN": "API_TOKEN",
+    "JOBSTREAM_METRICS_TOKEN": "METRICS_TOKEN",
 }
 # Metrics that come from Prometheus itself or from the Kafka lag exporter, not from jobstream.
 EXTERNAL_METRICS = {"up", "kafka_consumergroup_lag", "kafka_consumergroup_lag_sum", "kafka_brokers"}
@@ -421,7 +422,7 @@ def test_helm_template_defaults() -> None:
     docs = helm_template()
     kinds = sorted(d["kind"] for d in docs)
     expected = ["Deployment", "Deployment", "Service", "Service", "Job"]
-    expected += ["PodDisruptionBudget", "PodDisruptionBudget"]
+    expected += ["PodDisruptionBudget", "PodDisruptionBudget", "NetworkPolicy", "NetworkPolicy"]
     assert kinds == sorted(expected)
 
     worker = find(docs, "Deployment", "rel-jobstream-worker")
@@ -527,6 +528,63 @@ def pod_containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
     pod = spec.get("template", {}).get("spec") or (spec if doc["kind"] == "Pod" else {})
     containers: list[dict[str, Any]] = pod.get("containers", [])
     return containers
+
+
+def ingress_of(docs: list[dict[str, Any]], name: str) -> dict[str, list[dict[str, Any]] | None]:
+    """port name -> the peers admitted to it (None: any source)."""
+    policy = find(docs, "NetworkPolicy", name)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    return {
+        port["port"]: rule.get("from")
+        for rule in policy["spec"]["ingress"]
+        for port in rule["ports"]
+    }
+
+
+def test_helm_network_policies_by_default_admit_only_the_served_ports() -> None:
+    docs = helm_template()
+    for component in ("worker", "api"):
+        # /metrics shares the web port, whose peers are "any" until apiFrom is set
+        assert ingress_of(docs, f"rel-jobstream-{component}") == {"http": None}
+
+
+def test_helm_metrics_on_their_own_port_behind_a_token_and_a_policy() -> None:
+    producers = {"podSelector": {"matchLabels": {"role": "producer"}}}
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+    docs = helm_template(
+        "--set", "config.metricsPort=6067",
+        "--set", "serviceMonitor.enabled=true",
+        "--set", "serviceMonitor.authorization=true",
+        "--set", "console.enabled=true",
+        "--set-json", f"networkPolicy.apiFrom=[{json.dumps(producers)}]",
+        "--set-json", f"networkPolicy.metricsFrom=[{json.dumps(monitoring)}]",
+    )  # fmt: skip
+    for component in ("worker", "api"):
+        deployment = find(docs, "Deployment", f"rel-jobstream-{component}")
+        pod = deployment["spec"]["template"]
+        (container,) = pod["spec"]["containers"]
+        assert {"name": "metrics", "containerPort": 6067, "protocol": "TCP"} in container["ports"]
+        assert env_of(container)["JOBSTREAM_METRICS_PORT"]["value"] == "6067"
+        assert pod["metadata"]["annotations"]["prometheus.io/port"] == "6067"
+        service = find(docs, "Service", f"rel-jobstream-{component}")
+        assert {p["name"] for p in service["spec"]["ports"]} == {"http", "metrics"}
+        assert ingress_of(docs, f"rel-jobstream-{component}") == {
+            "http": [producers],
+            "metrics": [monitoring],
+        }
+    assert ingress_of(docs, "rel-jobstream-console") == {"http": None}
+    (endpoint,) = find(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics"
+    assert endpoint["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": "rel-jobstream", "key": "METRICS_TOKEN"},
+    }
+    # without a port of its own, the scrapers' peers are admitted to the web port
+    shared = helm_template(
+        "--set-json", f"networkPolicy.apiFrom=[{json.dumps(producers)}]",
+        "--set-json", f"networkPolicy.metricsFrom=[{json.dumps(monitoring)}]",
+    )  # fmt: skip
+    assert ingress_of(shared, "rel-jobstream-worker") == {"http": [producers, monitoring]}
 
 
 def test_helm_refuses_a_grace_period_shorter_than_the_drain() -> None:

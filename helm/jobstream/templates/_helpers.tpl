@@ -108,6 +108,10 @@ local Kafka or PostgreSQL of its own.
 - name: JOBSTREAM_APP
   value: {{ . | quote }}
 {{- end }}
+{{- if $c.metricsPort }}
+- name: JOBSTREAM_METRICS_PORT
+  value: {{ $c.metricsPort | quote }}
+{{- end }}
 - name: JOBSTREAM_WORKER_NAME
   valueFrom:
     fieldRef:
@@ -160,5 +164,24 @@ local Kafka or PostgreSQL of its own.
 {{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.maxReplicas) (int .Values.config.partitions)) }}
 {{- fail (printf "autoscaling.maxReplicas (%v) exceeds config.partitions (%v): the extra workers would get no partition" .Values.autoscaling.maxReplicas .Values.config.partitions) }}
+{{- end }}
+{{- end }}
+
+{{/* The port Prometheus scrapes: config.metricsPort when set, else the web port. */}}
+{{- define "jobstream.metricsPort" -}}
+{{- default .Values.config.webPort .Values.config.metricsPort }}
+{{- end }}
+
+{{/* The port name Prometheus scrapes on the pods and Services. */}}
+{{- define "jobstream.metricsPortName" -}}
+{{- if .Values.config.metricsPort }}metrics{{ else }}http{{ end }}
+{{- end }}
+
+{{/* The container port of /metrics when it has its own (nothing otherwise). */}}
+{{- define "jobstream.metricsContainerPort" -}}
+{{- if .Values.config.metricsPort }}
+- name: metrics
+  containerPort: {{ .Values.config.metricsPort }}
+  protocol: TCP
 {{- end }}
 {{- end }}

@@ -98,3 +98,43 @@ def test_the_id_of_an_invalid_event_is_read_when_it_can_be() -> None:
     assert readable_id(b"\xff\xfe", max_bytes=100) is None
     assert readable_id(b'{"id": "abc"}', max_bytes=5) is None  # oversize input is not parsed
     assert readable_id(base64.b64encode(b"x"), max_bytes=100) is None
+
+
+def nested(levels: int) -> bytes:
+    """An event whose document nests ``levels`` containers (the event object is the first)."""
+    inner = levels - 2  # the event, then its payload, then arrays
+    return b'{"type": "echo", "payload": {"x": ' + b"[" * inner + b"]" * inner + b"}}"
+
+
+def test_depth_is_refused_past_max_depth_and_what_passes_can_be_written_again() -> None:
+    from jobstream.agents.decode import MAX_DEPTH
+
+    event = decode_event(nested(MAX_DEPTH), max_bytes=10_000)
+    # a worker writes it again: as a retry event, and as a result one level deeper (echo)
+    assert decode_event(event.to_bytes(), max_bytes=10_000) == event
+    assert json.loads(json.dumps({"echo": event.payload}))
+    assert reason_of(nested(MAX_DEPTH + 1)) == DeadLetterReason.INVALID_JSON
+    with pytest.raises(InvalidJobError, match=f"deeper than {MAX_DEPTH}"):
+        decode_event(nested(MAX_DEPTH + 1), max_bytes=10_000)
+
+
+@pytest.mark.parametrize("number", [b"1e999", b"-1e999", b"1" * 400 + b".0"])
+def test_a_number_past_a_double_is_refused_not_turned_into_null(number: bytes) -> None:
+    assert reason_of(b'{"type": "echo", "payload": {"x": ' + number + b"}}") == (
+        DeadLetterReason.INVALID_JSON
+    )
+
+
+def test_json_problem_names_each_kind_for_documents_built_in_python() -> None:
+    from jobstream.agents.decode import MAX_DEPTH, json_problem
+
+    deep: list[object] = []
+    for _ in range(MAX_DEPTH):
+        deep = [deep]
+    assert json_problem({"a": ["b", {"c": 1.5}]}) is None
+    assert "U+0000" in (json_problem({"k\x00": 1}) or "")
+    assert "surrogate" in (json_problem(["\ud800"]) or "")
+    assert "deeper" in (json_problem(deep) or "")
+    assert json_problem(deep[0]) is None
+    assert "deeper" in (json_problem(deep[0], depth=1) or "")
+    assert "JSON cannot spell" in (json_problem({"x": float("nan")}) or "")

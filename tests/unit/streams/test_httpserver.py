@@ -344,3 +344,78 @@ async def test_the_standalone_api_server_listens_with_the_limits() -> None:
         writer.close()
     finally:
         await server.stop()
+
+
+# -- malformed requests -------------------------------------------------------------------------
+
+TOKEN_MARK = "TokenMarkerInHeader5521"
+BODY_MARK = "BodyMarkerInChunk6632"
+MALFORMED = [
+    f"GET /health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN_MARK}\x01\r\n\r\n".encode(),
+    f"GET /health HTTP/1.1\r\nHost: t\r\nX-{TOKEN_MARK} Bad: v\r\n\r\n".encode(),
+    f"GET /{TOKEN_MARK}\xff HTTP/1.1\r\nHost: t\r\n\r\n".encode("latin-1"),
+    b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + f"zz\r\n{BODY_MARK}\r\n0\r\n\r\n".encode(),
+    b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + f"5\r\n{BODY_MARK}\r\n0\r\n\r\n".encode(),
+    f"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: {TOKEN_MARK}\r\n\r\n".encode(),
+    f"{TOKEN_MARK}\r\n\r\n".encode(),
+]
+
+
+async def test_a_malformed_request_is_a_json_400_quoting_nothing_and_one_quiet_warning(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp's own answer quotes the offending header line (a token) or chunk (a payload) and
+    logs it at ERROR with a traceback, once per request; here: a JSON 400, and for 200 of them
+    one WARNING line that counts them."""
+    caplog.set_level(logging.DEBUG)
+    port = await serve(FAST)
+    answers = []
+    for i in range(200):
+        reader, writer = await connect(port)
+        writer.write(MALFORMED[i % len(MALFORMED)])
+        await writer.drain()
+        answers.append(await until_closed(reader, within=5))
+        writer.close()
+    assert await get_health(port) == 200
+    for answer in answers:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert status_of(head) == 400
+        assert json.loads(body)["error"] == "bad_request"
+        assert TOKEN_MARK.encode() not in answer
+        assert BODY_MARK.encode() not in answer
+    lines = [r.getMessage() + (r.exc_text or "") for r in caplog.records]
+    assert not any(TOKEN_MARK in line or BODY_MARK in line for line in lines)
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # the first one, reported at once; the rest wait for the next
+    assert "1 malformed" in warnings[0].getMessage()
+
+
+async def test_a_broken_chunk_fails_the_handlers_read_at_once(serve: Serve) -> None:
+    read_failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def reader_handler(request: web.Request) -> web.Response:
+        try:
+            await request.read()
+        except web.RequestPayloadError as exc:
+            read_failed.set_result(exc)
+            return web.json_response({"error": "body_invalid"}, status=400)
+        return web.Response(text="read")
+
+    app = web.Application()
+    app.router.add_post("/read", reader_handler)
+    port = await serve(HttpLimits(header_timeout_s=5, body_timeout_s=30), app)
+    reader, writer = await connect(port)
+    writer.write(
+        b"POST /read HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    )
+    await writer.drain()
+    await asyncio.sleep(0.05)  # the handler waits for the next chunk
+    writer.write(f"zz\r\n{BODY_MARK}\r\n".encode())
+    answer = await until_closed(reader, within=5)  # not the 30 s body deadline
+    writer.close()
+    assert status_of(answer) == 400
+    assert type(await read_failed).__name__ == "MalformedRequestBody"
+    assert BODY_MARK.encode() not in answer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from jobstream.agents.handlers.llm import (
     parse_retry_after,
 )
 from jobstream.agents.registry import JobContext
-from jobstream.models.errors import FatalError, RateLimitedError, RetryableError
+from jobstream.models.errors import FatalError, JobError, RateLimitedError, RetryableError
 from jobstream.models.job import JobEvent
 from jobstream.streams.dev.fake_openrouter import FakeConfig, FakeOpenRouter
 from jobstream.streams.settings import Settings
@@ -96,7 +97,8 @@ async def test_wrong_key_is_fatal_and_does_not_leak_the_key(
         await run(make_ctx(http, fake.base_url, api_key="sk-wrong-key-123"))
     assert not isinstance(err.value, RetryableError)
     assert "401" in str(err.value)
-    assert "User not found" in str(err.value)
+    assert "code 401" in str(err.value)  # the error's own code, not its message
+    assert "User not found" not in str(err.value)
     assert "sk-wrong-key-123" not in str(err.value)
 
 
@@ -255,8 +257,9 @@ async def test_200_with_a_client_error_body_is_fatal(
 ) -> None:
     url, replies, _ = upstream
     replies.append(reply(body={"error": {"code": 403, "message": "flagged by moderation"}}))
-    with pytest.raises(FatalError, match="flagged by moderation"):
+    with pytest.raises(FatalError, match=r"answered 403 \(code 403") as err:
         await run(make_ctx(http, url))
+    assert "flagged" not in str(err.value)
 
 
 async def test_429_with_http_date_and_without_retry_after(
@@ -355,3 +358,44 @@ def test_job_type() -> None:
     assert jt.timeout_s == 120
     assert jt.policy.max_attempts == 4
     assert jt.timeout_s > llm.REQUEST_TIMEOUT_S
+
+
+PROMPT = "Summarise: PromptEchoMarker-0042 " + "lorem ipsum " * 40
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type"),
+    [
+        (400, {"error": {"code": 400, "type": "invalid_request", "message": f"bad: {PROMPT}"}},
+         "application/json"),
+        (500, {"error": {"code": "x" * 65, "message": PROMPT}}, "application/json"),
+        (502, f"<html>upstream said {PROMPT}</html>", f"text/html; note={PROMPT}"),
+        (200, f"not json {PROMPT}", "text/plain"),
+        (200, {"error": {"code": 400, "message": PROMPT}}, "application/json"),
+    ],
+)  # fmt: skip
+async def test_errors_say_what_the_answer_was_never_what_it_said(
+    upstream: tuple[str, list[Reply], list[dict[str, Any]]],
+    http: aiohttp.ClientSession,
+    status: int,
+    body: Any,
+    content_type: str,
+) -> None:
+    """An upstream that echoes the prompt (in its message, its body, even its Content-Type)
+    gets its status, error code, content type, size and a short hash into the error, no text."""
+    url, replies, _ = upstream
+    data = body if isinstance(body, str) else json.dumps(body)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, body=data.encode(), content_type=None,
+                            headers={"Content-Type": content_type})  # fmt: skip
+
+    replies.append(answer)
+    with pytest.raises(JobError) as err:
+        await run(make_ctx(http, url), {"messages": [{"role": "user", "content": PROMPT}]})
+    message = str(err.value)
+    assert "sha256:" in message
+    assert " bytes" in message
+    for fragment in ("PromptEcho", "lorem", "ipsum", "x" * 20):
+        assert fragment not in message
+    assert err.value.__cause__ is None

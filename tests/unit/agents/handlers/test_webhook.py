@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from jobstream.agents.builtin import builtin
+from jobstream.agents.handlers.addresses import is_forbidden_address
 from jobstream.agents.handlers.webhook import (
     WebhookPayload,
     deliver,
     dns_error,
     handle_webhook,
     is_allowed_host,
-    is_forbidden_address,
 )
 from jobstream.agents.registry import JobContext
 from jobstream.models.errors import FatalError, RetryableError
@@ -72,6 +72,15 @@ def receiver_app(seen: list[dict[str, Any]]) -> web.Application:
         await asyncio.sleep(5)
         return web.Response(text="late")
 
+    async def echo(request: web.Request) -> web.Response:
+        """A receiver that repeats the whole request in its error: URL, headers and body."""
+        await record(request)
+        said = f"echo: {request.url} {dict(request.headers)} {await request.text()}"
+        location = f"http://127.0.0.1/cb/{request.match_info['rest']}"
+        status = int(request.query.get("status", "400"))
+        return web.Response(status=status, text=said, headers={"Location": location,
+                            "X-Echo": said[:200].replace("\n", " ")})  # fmt: skip
+
     app = web.Application()
     for method in ("POST", "PUT"):
         app.router.add_route(method, "/ok", route(200, "thanks"))
@@ -84,6 +93,7 @@ def receiver_app(seen: list[dict[str, Any]]) -> web.Application:
         app.router.add_route(method, "/down", route(503, "maintenance"))
         app.router.add_route(method, "/moved", route(302, "", Location="http://10.0.0.1/admin"))
         app.router.add_route(method, "/slow", slow)
+        app.router.add_route(method, "/echo/{rest:.*}", echo)
     return app
 
 
@@ -162,7 +172,9 @@ async def test_5xx_and_429_are_retryable(
 async def test_redirect_is_not_followed(receiver: Receiver, http: aiohttp.ClientSession) -> None:
     with pytest.raises(FatalError, match="redirect") as err:
         await send(make_ctx(http, receiver.allow), receiver.url("/moved"))
-    assert "10.0.0.1" in str(err.value)
+    assert "302" in str(err.value)
+    assert "Location sha256:" in str(err.value)
+    assert "10.0.0.1" not in str(err.value)  # where it pointed is the receiver's secret
     assert [s["path"] for s in receiver.seen] == ["/moved"]
 
 
@@ -393,3 +405,51 @@ async def test_https_connects_by_ip_but_verifies_the_name(
     finally:
         await runner.cleanup()
     assert len(seen) == 1
+
+
+ECHOED = "EchoedPayloadMarker7731"
+
+
+@pytest.mark.parametrize("status", [302, 400, 404, 429, 500, 503])
+async def test_errors_name_the_host_and_the_answer_never_the_url_or_the_body(
+    receiver: Receiver, http: aiohttp.ClientSession, status: int
+) -> None:
+    """Path, query and user of the URL, the payload's body and headers, the receiver's echo of
+    them and its redirect target stay out of the error (it reaches rows, logs and Sentry)."""
+    url = (
+        f"http://user-{ECHOED}:pw-{ECHOED}@127.0.0.1:{receiver.port}/echo/path-{ECHOED}"
+        f"?status={status}&q=query-{ECHOED}"
+    )
+    with pytest.raises((FatalError, RetryableError)) as err:
+        await send(
+            make_ctx(http, receiver.allow), url, body={"note": f"body-{ECHOED}"},
+            headers={"X-Note": f"header-{ECHOED}"},
+        )  # fmt: skip
+    message = str(err.value)
+    assert str(status) in message
+    assert f"127.0.0.1:{receiver.port}" in message
+    assert "sha256:" in message
+    assert "Marker" not in message
+    assert "echo" not in message.replace("/echo", "")
+    assert err.value.__cause__ is None
+    assert receiver.seen[0]["json"] == {"note": f"body-{ECHOED}"}  # it was delivered whole
+
+
+async def test_a_client_error_names_no_url(http: aiohttp.ClientSession) -> None:
+    async def hang_up(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()  # the connection ends before any answer
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", hang_up)
+    runner, port = await serve(app)
+    try:
+        with pytest.raises(RetryableError) as err:
+            await send(make_ctx(http, (f"127.0.0.1:{port}",)),
+                       f"http://127.0.0.1:{port}/p-{ECHOED}?q={ECHOED}")  # fmt: skip
+    finally:
+        await runner.cleanup()
+    assert "ServerDisconnectedError" in str(err.value)
+    assert ECHOED not in str(err.value)
+    assert err.value.__cause__ is None

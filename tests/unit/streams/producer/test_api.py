@@ -24,6 +24,7 @@ from jobstream.agents.app import resolve
 from jobstream.agents.builtin import builtin
 from jobstream.agents.handlers.basic import echo
 from jobstream.agents.registry import JobType, Registry
+from jobstream.streams.httpserver import HttpLimits, start_http_server
 from jobstream.streams.metrics import Metrics
 from jobstream.streams.producer import api
 from jobstream.streams.producer.api import MAX_BATCH, api_routes
@@ -116,7 +117,9 @@ async def make() -> AsyncIterator[Make]:
         **settings: Any,
     ) -> tuple[TestClient[web.Request, web.Application], FakeRuntime]:
         rt = FakeRuntime(Settings(topic_prefix="tapi", **settings))
-        app = web.Application(client_max_size=rt.settings.api_max_body_bytes)  # as web.py does
+        app = web.Application(  # as streams/worker/health.py does
+            client_max_size=rt.settings.api_max_body_bytes, middlewares=[api.json_errors]
+        )
         app.add_routes(api_routes(rt))
         client = TestClient(TestServer(app))
         await client.start_server()
@@ -601,3 +604,136 @@ async def test_requests_and_submissions_are_counted(make: Make) -> None:
     assert sample("jobstream_api_requests_total", {"route": "status", "status": "404"}) == 1
     assert sample("jobstream_api_jobs_submitted_total", {"type": "sleep"}) == 1
     api_routes(rt)  # mounting twice on one registry must not register the metrics twice
+
+
+# --- hostile input: every refusal a 4xx with the JSON error shape --------------------------------
+
+
+async def raw_request(client: TestClient[Any, Any], request: bytes) -> tuple[int, bytes]:
+    """Bytes no HTTP client library would send (header bytes that are not UTF-8)."""
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.parametrize("presented", [b"\xff\xfe", b"s3cret-token\xff", b"\xc3\x28"])
+async def test_a_token_that_is_not_utf8_is_a_401_not_a_500(make: Make, presented: bytes) -> None:
+    client, _ = await make(api_token=SecretStr(TOKEN))
+    status, body = await raw_request(
+        client,
+        b"GET /jobs/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + presented + b"\r\n\r\n",
+    )
+    assert status == 401
+    assert json.loads(body)["error"] == "unauthorized"
+
+
+def nested_payload(levels: int) -> dict[str, Any]:
+    payload: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        payload = {"a": payload}
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (b'{"type": "echo", "payload": {"x": "\\ud800"}}', ["payload"]),
+        (b'{"type": "echo", "payload": {"x\\udfff": 1}}', ["payload"]),
+        (b'{"type": "echo", "payload": {"x": "a\\u0000b"}}', ["payload"]),
+        (b'{"type": "echo\\u0000"}', ["type"]),
+        (b'{"type": "echo", "metadata": {"k": "\\ud83d"}}', ["metadata"]),
+        (b'{"type": "echo", "id": "a\\u0000"}', ["id"]),
+        (b'{"type": "echo", "payload": {"x": 1e999}}', ["payload"]),
+        (json.dumps({"type": "echo", "payload": nested_payload(256)}).encode(), ["payload"]),
+        (json.dumps({"type": "echo", "payload": nested_payload(400)}).encode(), ["payload"]),
+        (json.dumps([{"type": "echo", "payload": nested_payload(300)}]).encode(), [0, "payload"]),
+    ],
+)
+async def test_what_a_worker_would_dead_letter_as_undecodable_is_a_400(
+    make: Make, body: bytes, where: list[Any]
+) -> None:
+    """Lone surrogates, NUL, depth and numbers past a double: once a 500 or a 202 followed by
+    a dead letter; now the same rule as the workers' decode, answered before publishing."""
+    client, rt = await make()
+    resp = await client.post("/jobs", data=body, headers=_json({}))
+    assert resp.status == 400, await resp.text()
+    answer = await resp.json()
+    assert answer["error"] == "invalid_request"
+    assert locs(answer) == [where]
+    assert rt.publisher.sent == []
+
+
+async def test_the_deepest_payload_a_worker_decodes_is_accepted(make: Make) -> None:
+    from jobstream.agents.decode import MAX_DEPTH, decode_event
+
+    client, rt = await make()
+    resp = await post_json(client, {"type": "echo", "payload": nested_payload(MAX_DEPTH - 1)})
+    assert resp.status == 202
+    [(_, _, value)] = rt.publisher.sent
+    assert decode_event(value, max_bytes=rt.settings.max_event_bytes).type == "echo"
+    resp = await post_json(client, {"type": "echo", "payload": nested_payload(MAX_DEPTH)})
+    assert resp.status == 400
+
+
+@pytest.mark.parametrize("job_id", ["a%00b", "%00", "%00%00"])
+async def test_an_id_no_row_can_have_is_400_not_503(make: Make, job_id: str) -> None:
+    client, _ = await make()
+    resp = await client.get(f"/jobs/{job_id}")
+    assert resp.status == 400
+    assert "Retry-After" not in resp.headers
+    assert (await resp.json())["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/nowhere", 404, "not_found"),
+        ("DELETE", "/jobs", 405, "method_not_allowed"),
+        ("PUT", "/jobs/x", 405, "method_not_allowed"),
+    ],
+)
+async def test_the_routers_refusals_are_json_too(
+    make: Make, method: str, path: str, status: int, code: str
+) -> None:
+    client, _ = await make()
+    resp = await client.request(method, path)
+    assert resp.status == status
+    assert resp.content_type == "application/json"
+    assert (await resp.json())["error"] == code
+
+
+async def test_a_broken_chunked_body_is_a_400_that_quotes_none_of_it() -> None:
+    """Served as production serves it (streams.httpserver): the broken chunk arrives while the
+    handler reads the body, and fails that read at once."""
+    rt = FakeRuntime(Settings(topic_prefix="tapi"))
+    app = web.Application(middlewares=[api.json_errors])
+    app.add_routes(api_routes(rt))
+    runner = await start_http_server(app, host="127.0.0.1", port=0, limits=HttpLimits())
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        writer.write(
+            b"POST /jobs HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b'5\r\n{"typ\r\n'
+        )
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the handler is reading the body when the broken chunk comes
+        writer.write(b"zz\r\nChunkPayloadMarker\r\n0\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    finally:
+        await runner.cleanup()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert json.loads(body)["errors"][0]["type"] == "body_invalid"
+    assert b"ChunkPayloadMarker" not in answer
+    assert b"zz" not in body
+    assert rt.publisher.sent == []
