@@ -83,12 +83,10 @@ async def test_delayed_jobs_and_a_schedule_through_a_kill_and_a_drain(
     assert len(ids) == N_JOBS
 
     async def parked() -> bool:
-        return (
-            await pg_pool.fetchval(
-                "SELECT count(*) FROM jobs WHERE job_id = ANY($1) AND run_at IS NOT NULL", ids
-            )
-            == N_JOBS
+        n = await pg_pool.fetchval(
+            "SELECT count(*) FROM jobs WHERE job_id = ANY($1) AND run_at IS NOT NULL", ids
         )
+        return int(n) == N_JOBS
 
     await wait_for(parked, timeout=60, what="every delayed job kept as a scheduled row")
 
