@@ -66,8 +66,11 @@ def expired(state: Decoded, now: datetime) -> bool:
     return expires is not None and expires <= now
 
 
-def request(state: Decoded | Unrunnable, token: str, now: datetime) -> ClaimRequest:
-    """The claim of ``state``: a runnable job's claim starts its run (and counts it)."""
+def request(
+    state: Decoded | Unrunnable, token: str, now: datetime, topic: str | None = None
+) -> ClaimRequest:
+    """The claim of ``state`` by the workers of the main topic ``topic``: a runnable job's
+    claim starts its run (and counts it)."""
     src = state.src
     if isinstance(state, Unrunnable):
         return ClaimRequest(
@@ -76,6 +79,7 @@ def request(state: Decoded | Unrunnable, token: str, now: datetime) -> ClaimRequ
             attempt=src.attempt,
             token=token,
             created_at=src.created_at,
+            topic=topic,
         )
     run = state.runnable and not expired(state, now)
     return ClaimRequest(
@@ -87,6 +91,7 @@ def request(state: Decoded | Unrunnable, token: str, now: datetime) -> ClaimRequ
         replay=src.replay_of is not None,
         run=run,
         max_takeovers=state.job_type.policy.max_attempts if state.job_type and run else 0,
+        topic=topic,
     )
 
 

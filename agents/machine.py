@@ -31,6 +31,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -61,6 +62,7 @@ from jobstream.agents.states import (
     Retrying,
     Scheduled,
     Settled,
+    Source,
     Stopped,
     Succeeded,
     Unrunnable,
@@ -319,7 +321,9 @@ class Machine:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - routed per record below
-            log.error("%s stage failed: %s", stage, describe(exc))
+            # the class only: the message may quote a payload (each record's line below is
+            # written inside its job's scope, which scrubs it)
+            log.error("%s stage failed: %s", stage, type(exc).__name__)
             for t, state in zip(tickets, started, strict=True):
                 if t.state is state:
                     self._internal_error(t, exc)
@@ -336,7 +340,8 @@ class Machine:
             t.token = new_token()
             states.append(t.state)
         now = self.clock()
-        requests = [request(s, t.token, now) for s, t in zip(states, batch, strict=True)]
+        main = self.topics.main
+        requests = [request(s, t.token, now, main) for s, t in zip(states, batch, strict=True)]
         store = self.store
         try:
             claims = await self.steps.run("claim", lambda: store.claim_many(requests))
@@ -345,7 +350,7 @@ class Machine:
         except Exception as exc:
             if len(requests) == 1:
                 raise
-            log.warning("batch claim failed, claiming one by one: %s", describe(exc))
+            log.warning("batch claim failed (%s), claiming one by one", type(exc).__name__)
             claims = []
             for r in requests:
                 claims.extend(
@@ -454,9 +459,14 @@ class Machine:
         self._settle(t, after_run(claimed, ran, self.topics))
 
     async def _execute(self, claimed: Claimed) -> Ran | Failed:
-        src = claimed.src
+        with self._scope(claimed.src):
+            return await self.executor.run(claimed, self._reporter(claimed))
+
+    def _scope(self, src: Source) -> AbstractContextManager[None]:
+        """What is reported while one job's record is handled carries its tags and is scrubbed
+        of its payload."""
         rec = src.rec
-        with observability.job_scope(
+        return observability.job_scope(
             job_id=src.job_id,
             job_type=src.job_type,
             attempt=src.attempt,
@@ -466,8 +476,7 @@ class Machine:
             partition=rec.partition,
             offset=rec.offset,
             payload=src.payload,
-        ):
-            return await self.executor.run(claimed, self._reporter(claimed))
+        )
 
     # -- control: cancel requests and progress, for the jobs running here --------------------
 
@@ -537,16 +546,17 @@ class Machine:
         if isinstance(state, Outcome):
             return
         src = state.src
-        log.error(
-            "internal error on %s (job %s): %s", src.rec.coordinates, src.job_id, describe(exc)
-        )
-        if _is_internal_error(state):  # the dead-letter route itself failed
-            self.metrics.unroutable.inc()
+        with self._scope(src):
             log.error(
-                "record %s could not be routed at all: %s", src.rec.coordinates, describe(exc)
+                "internal error on %s (job %s): %s", src.rec.coordinates, src.job_id, describe(exc)
             )
-            self._end(t, Outcome.UNROUTABLE)
-            return
+            if _is_internal_error(state):  # the dead-letter route itself failed
+                self.metrics.unroutable.inc()
+                log.error(
+                    "record %s could not be routed at all: %s", src.rec.coordinates, describe(exc)
+                )
+                self._end(t, Outcome.UNROUTABLE)
+                return
         self._release_slot(t)
         held = self._holders.get(src.job_id)
         if t.token and held is not None and held[0] == t.token:

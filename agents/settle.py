@@ -302,7 +302,7 @@ class Settler:
         except Exception as exc:  # noqa: BLE001 - not transient: each row alone, so only a bad one fails
             if len(rows) == 1:
                 return [exc]
-            log.warning("batch write failed, writing one by one: %s", describe(exc))
+            log.warning("batch write failed (%s), writing one by one", type(exc).__name__)
         out: list[StoredState | Exception] = []
         for row in rows:
             try:

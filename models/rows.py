@@ -87,6 +87,9 @@ class ClaimRequest:
     max_takeovers: int = 0
     """With ``run``: a takeover that brings the row's ``takeovers`` to this is not run (the
     job is dead-lettered as stalled) and so not counted. 0: no such limit."""
+    topic: str | None = None
+    """The main topic of the workers claiming it: the row's ``topic`` (whose job it is when
+    prefixes share a database)."""
 
 
 @dataclass(frozen=True)

@@ -289,6 +289,7 @@ class MemoryStore:
                 created_at=req.created_at,
                 executions=int(req.run),
                 started_at=self.clock.now(),
+                topic=req.topic,
             )
             return ClaimResult(won=True, takeovers=0, existing=None)
         before = row.state()
@@ -318,6 +319,7 @@ class MemoryStore:
         row.claim_token = req.token
         row.lease_until = self._lease()
         row.type = row.type if row.type is not None else _text(req.type)
+        row.topic = row.topic if row.topic is not None else req.topic
         row.created_at = row.created_at if row.created_at is not None else req.created_at
         return ClaimResult(
             won=True, takeovers=row.takeovers, existing=before, cancel_requested=cancel

@@ -53,16 +53,17 @@ class JobFilter:
 
 
 def source_topic_sql(prefix: str, arg: Callable[[Any], str]) -> str:
-    """The condition "the row is not another prefix's": its ``source`` is a record of a topic
-    of ``prefix`` (``<topic>:<partition>:<offset>``, its main topic or a retry tier; a topic
-    name holds no colon), or names no topic at all. The workers write coordinates into the rows
-    of dead letters and invalid input, but ``worker`` into the rows of jobs that succeeded: such a
-    row cannot be told apart, and every console shows it."""
+    """The condition "the row is not another prefix's": its ``topic`` (set by the claims and
+    the scheduled rows of the workers of that main topic) is ``prefix``; a row without one
+    (written before the column existed) is told by its ``source``, a record of a topic of
+    ``prefix`` (``<topic>:<partition>:<offset>``, its main topic or a retry tier), or, naming no
+    topic at all, shown to every console."""
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     topic = "split_part(source, ':', 1)"
     return (
-        f"(source IS NULL OR source NOT LIKE '%:%:%' OR {topic} = {arg(prefix)}"
-        f" OR {topic} LIKE {arg(escaped + '.retry.%')})"
+        f"(topic = {arg(prefix)} OR (topic IS NULL AND (source IS NULL"
+        f" OR source NOT LIKE '%:%:%' OR {topic} = {arg(prefix)}"
+        f" OR {topic} LIKE {arg(escaped + '.retry.%')})))"
     )
 
 

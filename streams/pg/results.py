@@ -69,13 +69,13 @@ RETURNING {returned}
 _CLAIM = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[],
-                         $6::bool[], $9::bool[], $10::int[])
-        AS t(job_id, type, attempt, token, created_at, replay, run, max_takeovers)
+                         $6::bool[], $9::bool[], $10::int[], $11::text[])
+        AS t(job_id, type, attempt, token, created_at, replay, run, max_takeovers, topic)
 ), claimed AS (
     INSERT INTO jobs AS j (job_id, type, status, attempt, worker, claim_token, lease_until,
-                           created_at, executions, takeovers, started_at)
+                           created_at, executions, takeovers, started_at, topic)
     SELECT job_id, type, 'running', attempt, $7, token, now() + make_interval(secs => $8),
-           created_at, run::int, 0, now()
+           created_at, run::int, 0, now(), topic
     FROM input
     ON CONFLICT (job_id) DO UPDATE SET
         status      = 'running',
@@ -95,6 +95,7 @@ WITH input AS (
         progress_detail = NULL,
         progress_at = NULL,
         type        = coalesce(j.type, EXCLUDED.type),
+        topic       = coalesce(j.topic, EXCLUDED.topic),
         created_at  = coalesce(j.created_at, EXCLUDED.created_at),
         updated_at  = now()
     WHERE (j.status = 'retrying' AND EXCLUDED.attempt > j.attempt)
@@ -404,6 +405,7 @@ class ResultStore:
                 self.lease_s,
                 [r.run for r in unique],
                 [r.max_takeovers for r in unique],
+                [r.topic for r in unique],
             )
         except Exception:
             if self._metrics is not None:
