@@ -26,6 +26,8 @@ class AgentHost(Protocol):
 
     async def gate(self) -> None: ...
 
+    def done_before(self, topic: str, partition: int, offset: int) -> bool: ...
+
     async def admit(self) -> None: ...
 
     def submit(self, rec: Record, ack: Callable[[], object]) -> None: ...
@@ -65,6 +67,10 @@ def register_agents(app: faust.App, runtime: AgentHost) -> None:
         # manual (noack): a record is acked only once its results are durable, never by
         # faust when the agent moves on or is cancelled.
         async for event in cast("faust.Stream[Any]", stream).noack().events():
+            message = event.message
+            if runtime.done_before(message.topic, message.partition, message.offset):
+                event.ack()  # a previous owner of the partition finished it (commit metadata)
+                continue
             await runtime.admit()
             await runtime.gate()  # after admit: a drain that began meanwhile holds it here
             runtime.submit(to_record(event.message), event.ack)

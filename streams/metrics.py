@@ -292,6 +292,12 @@ class Metrics:
             "1 on the replica that holds the dispatcher's lease",
             registry=r,
         )
+        self.records_skipped = Counter(
+            "jobstream_records_skipped_total",
+            "Records a previous owner of their partition had finished (its commit said so),"
+            " acked without running again after a rebalance",
+            registry=r,
+        )
         self._by_type: dict[str, TypeMetrics] = {}
 
     def for_type(self, job_type: str) -> TypeMetrics:

@@ -70,6 +70,8 @@ class Runtime:
         self.machine: Machine | None = None
         self.forwarder: RetryForwarder | None = None
         self.dispatcher: Dispatcher | None = None
+        self.finished_elsewhere: Callable[[str, int, int], bool] | None = None
+        """Set by the worker once its consumer exists (see ``done_before``)."""
         self.sweeper: Sweeper | None = None
         self.web_runner: web.AppRunner | None = None
         self._teardown = contextlib.AsyncExitStack()
@@ -209,6 +211,16 @@ class Runtime:
     async def forward(self, rec: Record, tier: RetryTier) -> Outcome | str:
         assert self.forwarder is not None
         return await self._tracked(rec, self.forwarder.handle(rec, tier))
+
+    def done_before(self, topic: str, partition: int, offset: int) -> bool:
+        """The record was finished by a previous owner of its partition (the commit's metadata
+        says so): ack it, do not run it again."""
+        if self.finished_elsewhere is not None and self.finished_elsewhere(
+            topic, partition, offset
+        ):
+            self.metrics.records_skipped.inc()
+            return True
+        return False
 
     async def gate(self) -> None:
         """Before taking an event: wait until ready; while draining, never return.

@@ -14,6 +14,7 @@ import signal
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from jobstream.agents.topology import register_agents
 from jobstream.streams.kafka.security import client_options
@@ -36,6 +37,11 @@ class JobstreamWorker(faust.Worker):
     async def on_first_start(self) -> None:
         await self.runtime.start()
         rt = self.runtime
+        consumer = self.app.consumer
+        if isinstance(consumer, SafeOffsetConsumer):
+            rt.finished_elsewhere = lambda topic, partition, offset: consumer.already_done(
+                TP(topic, partition), offset
+            )
         self.lag_monitor = LagMonitor(
             bootstrap=rt.bootstrap,
             group=rt.settings.group_id,

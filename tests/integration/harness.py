@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from jobstream.streams.dev.replicas import Replica, free_port, replica_env
 from jobstream.streams.kafka.reader import TopicReader as Reader
@@ -58,6 +60,25 @@ class WorkerProcess(Replica):
 
     def wait(self, timeout: float = 60) -> int:
         return super().wait(timeout)
+
+    async def metric(self, name: str) -> float | None:
+        """The sum of the samples of ``name`` on ``/metrics`` (None: not exported, or no
+        answer)."""
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+                http.get(f"http://127.0.0.1:{self.web_port}/metrics") as resp,
+            ):
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        values = [
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name
+        ]
+        return sum(values) if values else None
 
 
 @dataclass

@@ -13,7 +13,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from jobstream.streams.producer.client import JobClient
-from tests.integration.harness import WorkerFactory, wait_for, wait_terminal
+from tests.integration.harness import WorkerFactory, topic_reader, wait_for, wait_terminal
 
 
 async def committed_offset(bootstrap: str, group: str, topic: str) -> int | None:
@@ -76,3 +76,56 @@ async def test_sigkill_with_slow_head_loses_nothing(
         return (await committed_offset(kafka_bootstrap, prefix, prefix) or 0) >= 3
 
     await wait_for(committed_past_all, timeout=30, what="commit after the restart")
+
+
+async def test_after_a_sigkill_what_was_finished_past_a_slow_head_is_not_redone(
+    workers: WorkerFactory, kafka_bootstrap: str, pg_pool: asyncpg.Pool, prefix: str
+) -> None:
+    """The commit cannot pass the running offset 0, but its metadata says which offsets past
+    it are finished: the next owner acks those at once instead of redoing them (before: every
+    one re-emitted its outcome)."""
+    env = {
+        "JOBSTREAM_PARTITIONS": "1",
+        "JOBSTREAM_CONCURRENCY": "8",
+        "JOBSTREAM_CLAIM_LEASE_S": "3",
+    }
+    worker = workers.start("first", **env)
+    await worker.wait_assigned()
+    async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
+        slow = await client.submit("sleep", {"seconds": 8})  # offset 0
+        fast = await client.submit_many([client.build("echo", {"n": i}) for i in range(50)])
+
+    await wait_terminal(pg_pool, fast, timeout=60)
+
+    async def said_in_a_commit() -> bool:
+        return bool(await committed_metadata(kafka_bootstrap, prefix, prefix))
+
+    await wait_for(said_in_a_commit, timeout=10, what="a commit saying what is done past 0")
+    assert await committed_offset(kafka_bootstrap, prefix, prefix) in (None, 0)
+
+    worker.kill()
+    restarted = workers.start("second", **env)
+    await restarted.wait_assigned()
+    await wait_terminal(pg_pool, [slow], timeout=60)
+
+    async def skipped() -> float | None:
+        value = await restarted.metric("jobstream_records_skipped_total")
+        return value if value else None
+
+    assert await wait_for(skipped, timeout=30, what="the finished records skipped") == 50
+    async with topic_reader(kafka_bootstrap, f"{prefix}.outcomes") as reader:
+        outcomes = await reader.caught_up(timeout=30)
+    reemitted = [o for o in reader.json() if o["reemitted"]]
+    assert reemitted == [], f"{len(reemitted)} finished job(s) redone"
+    assert len(outcomes) == 51
+
+
+async def committed_metadata(bootstrap: str, group: str, topic: str) -> str:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    meta = offsets.get(TopicPartition(topic, 0))
+    return meta.metadata if meta is not None and meta.metadata else ""
