@@ -42,7 +42,7 @@ def decode_event(raw: bytes | None, *, max_bytes: int, id_source: str | None = N
     except UnicodeDecodeError as exc:
         raise InvalidJobError(DeadLetterReason.INVALID_BYTES, f"not UTF-8: {exc}") from exc
     try:
-        data: Any = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        data: Any = _DECODER.decode(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise InvalidJobError(DeadLetterReason.INVALID_JSON, f"not JSON: {exc}") from exc
     except ValueError as exc:  # NaN, Infinity, 1e999: Python reads them, JSON and PostgreSQL not
@@ -80,6 +80,10 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"the number {text[:20]}... does not fit in a double")
     return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+"""Made once: ``json.loads`` with these arguments builds a decoder for every call."""
 
 
 def json_problem(data: Any, *, depth: int = 0) -> str | None:
@@ -174,10 +178,12 @@ def readable_id(raw: bytes | None, *, max_bytes: int) -> str | None:
 def storable(result: Any) -> str | None:
     """Why PostgreSQL's jsonb could not hold ``result``, or None when it can."""
     try:
-        json.dumps(result, allow_nan=False)
+        text = json.dumps(result, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         return str(exc)
-    if has_nul(result):
+    # json escapes U+0000 as \u0000 (in a key or a value), a backslash as \\: "\\u0000" in
+    # the text is an escaped backslash before "u0000", not the character
+    if "\\u0000" in text.replace("\\\\", ""):
         return "it contains the character U+0000"
     return None
 

@@ -158,9 +158,14 @@ class Machine:
         self._ready: deque[Ticket] = deque()
         self._waiting: dict[Ticket, asyncio.Handle | None] = {}
         """Tickets waiting for another execution's claim (a timer, or a local holder)."""
-        self._holders: dict[str, tuple[str, asyncio.Future[None]]] = {}
-        """Job id -> (token, resolved when that claim of this process's ended): a local copy of
-        a job waits on it instead of polling PostgreSQL."""
+        self._holders: dict[str, str] = {}
+        """Job id -> the token of this process's claim on it."""
+        self._holder_waits: dict[str, asyncio.Future[None]] = {}
+        """Job id -> resolved when this process's claim on it ended: a local copy of the job
+        waits on it instead of polling PostgreSQL (made only when a copy waits)."""
+        self._live = 0
+        """Records taken and not ended (the ``in_flight`` gauge reads it)."""
+        metrics.in_flight.set_function(lambda: self._live)
         self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[Ticket, asyncio.Task[None]] = {}
@@ -196,7 +201,7 @@ class Machine:
 
     def submit(self, rec: Record, done: Done) -> None:
         """Take a record of the main topic; ``done`` is called once, when it ended."""
-        self.metrics.in_flight.inc()
+        self._live += 1
         t = Ticket(rec, done, Read(bare_source(rec), _NOT_READ))
         try:
             got = read(rec, max_event_bytes=self.settings.max_event_bytes)
@@ -213,7 +218,7 @@ class Machine:
         """End a record another stage could not pass on (a retry tier's): its dead letter, and
         its row when its claim can be taken. Returns once that is durable."""
         ended: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.metrics.in_flight.inc()
+        self._live += 1
         self._enter(Ticket(rec, functools.partial(resolve, ended), state))
         return await ended
 
@@ -302,7 +307,7 @@ class Machine:
         if t.token:
             self.store.release(src.job_id, t.token)
             self._let_go(src.job_id, t.token)
-        self.metrics.in_flight.dec()
+        self._live -= 1
         if outcome not in (Outcome.ABANDONED, Outcome.UNROUTABLE):
             self.metrics.for_type(src.type_label).completed(outcome).inc()
         t.done(outcome)
@@ -391,17 +396,18 @@ class Machine:
         job_id = state.src.job_id
         held = self._holders.get(job_id)
         if held is not None:  # our own earlier claim lapsed and was taken over: let it go
-            self._let_go(job_id, held[0])
-        self._holders[job_id] = (t.token, asyncio.get_running_loop().create_future())
+            self._let_go(job_id, held)
+        self._holders[job_id] = t.token
         if claim.takeover:
             self.metrics.claim_takeovers.labels(type=state.src.type_label).inc()
             log.warning("job %s: took over an expired claim (takeover %d)", job_id, claim.takeovers)
 
     def _let_go(self, job_id: str, token: str) -> None:
-        held = self._holders.get(job_id)
-        if held is not None and held[0] == token:
+        if self._holders.get(job_id) == token:
             del self._holders[job_id]
-            held[1].set_result(None)
+            waits = self._holder_waits.pop(job_id, None)
+            if waits is not None:
+                waits.set_result(None)
 
     def _wait_for_holder(self, t: Ticket, state: Decoded) -> None:
         """Another execution holds the claim: no slot while waiting; claim again after it."""
@@ -414,10 +420,13 @@ class Machine:
         t.waits += 1
         if t.waits == 1:
             self.metrics.claim_waits.labels(type=state.src.type_label).inc()
-        local = self._holders.get(state.src.job_id)
-        if local is not None:  # this process runs it: wait for that, no polling
+        job_id = state.src.job_id
+        if job_id in self._holders:  # this process runs it: wait for that, no polling
+            waits = self._holder_waits.get(job_id)
+            if waits is None:
+                waits = self._holder_waits[job_id] = asyncio.get_running_loop().create_future()
             self._waiting[t] = None
-            local[1].add_done_callback(lambda _: self._retry_claim(t))
+            waits.add_done_callback(lambda _: self._retry_claim(t))
             return
         # another replica holds it: look again, backing off to a fraction of the lease
         cap = max(0.2, min(2.0, self.settings.claim_lease_s / 4))
@@ -558,8 +567,7 @@ class Machine:
                 self._end(t, Outcome.UNROUTABLE)
                 return
         self._release_slot(t)
-        held = self._holders.get(src.job_id)
-        if t.token and held is not None and held[0] == t.token:
+        if t.token and self._holders.get(src.job_id) == t.token:
             internal = dead_letter(
                 src, exc, DeadLetterReason.INTERNAL_ERROR, self.clock(), token=t.token
             )

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from jobstream.agents.fitting import fit_dead_letter, fit_event, fit_outcome, original_facts
+from jobstream.agents.fitting import fit_dead_letter, fit_event, original_facts, outcome_bytes
 from jobstream.agents.intake import TIER_HEADER
 from jobstream.agents.states import DeadLettered, Outcome, Retrying, Source, Stopped, Succeeded
 from jobstream.models.deadletter import DeadLetter, b64
-from jobstream.models.job import JobOutcome, JobStatus
+from jobstream.models.job import JobStatus
 from jobstream.models.rows import JobRow, StoredState
 from jobstream.streams.topics import TopicNames
 
@@ -37,7 +37,7 @@ class Limits(Protocol):
     ) -> int: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutRecord:
     topic: str
     value: bytes | None
@@ -50,6 +50,8 @@ class Records:
         self.topics = topics
         self.limits = limits
         self.worker = worker
+        self._outcome_budget: dict[int, int] = {}
+        """The outcome topic's room for a value, by key length (the same for every job)."""
 
     def _budget(self, topic: str, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> int:
         """Room for a record's value on ``topic`` once its key and headers are counted."""
@@ -168,23 +170,27 @@ class Records:
         at: datetime,
         duration_ms: float | None = None,
     ) -> OutRecord:
-        """The job's outcome record as the table holds it, fitted to the topic's limit."""
-        outcome = JobOutcome(
-            job_id=src.job_id,
-            type=src.job_type,
-            status=stored.status,
-            attempt=stored.attempt,
-            result=stored.result,
-            error=stored.error,
-            error_class=stored.error_class,
-            finished_at=stored.finished_at or at,
-            duration_ms=None if reemitted else duration_ms,
-            worker=stored.worker,
-            reemitted=reemitted,
-        )
+        """The job's outcome record (a :class:`JobOutcome`) as the table holds it, fitted to
+        the topic's limit."""
+        fields = {
+            "job_id": src.job_id,
+            "type": src.job_type,
+            "status": stored.status.value,
+            "attempt": stored.attempt,
+            "result": stored.result,
+            "error": stored.error,
+            "error_class": stored.error_class,
+            "finished_at": (stored.finished_at or at).isoformat(),
+            "duration_ms": None if reemitted else duration_ms,
+            "worker": stored.worker,
+            "reemitted": reemitted,
+        }
         key = src.job_id.encode()
         topic = self.topics.outcomes
-        return OutRecord(topic, fit_outcome(outcome, self._budget(topic, key, ())), key)
+        budget = self._outcome_budget.get(len(key))
+        if budget is None:
+            budget = self._outcome_budget[len(key)] = self._budget(topic, key, ())
+        return OutRecord(topic, outcome_bytes(fields, budget), key)
 
 
 def _dead_error(s: DeadLettered) -> str:

@@ -62,7 +62,7 @@ class Outcome(StrEnum):
         return self is not Outcome.ABANDONED
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Source:
     """What is known of the record and its job: enough to dead-letter it from anywhere."""
 
@@ -86,7 +86,7 @@ class Source:
 # -- before the settle stage ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Read:
     """A record that decoded into a job event; its type is not looked up yet."""
 
@@ -94,7 +94,7 @@ class Read:
     job: JobEvent
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decoded:
     """A job read from its record. It runs when its type is known and its model accepts its
     payload (``runnable``: it waits for a handler slot); else its claim ends it as a dead
@@ -110,7 +110,7 @@ class Decoded:
         return not isinstance(self.payload, InvalidJobError)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unrunnable:
     """A record that ends as a dead letter without a run: undecodable input, an unknown type,
     a payload its model refuses, or a retry event its tier could not pass on. It is claimed
@@ -124,7 +124,7 @@ class Unrunnable:
     re-emit instead of a second letter."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Claimed:
     """A job that won its claim: its handler runs under ``token`` (the run is counted)."""
 
@@ -136,7 +136,7 @@ class Claimed:
     takeovers: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ran:
     """A handler that returned: its result and how long it took (seconds)."""
 
@@ -144,7 +144,7 @@ class Ran:
     elapsed: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Failed:
     """A handler that raised (or ran past its timeout, or returned what cannot be stored)."""
 
@@ -157,7 +157,7 @@ class Failed:
 # -- settled: what must become durable -----------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Succeeded:
     src: Source
     job: JobEvent
@@ -167,7 +167,7 @@ class Succeeded:
     elapsed: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Retrying:
     """The failure of ``src.attempt``: its retry event on ``tier`` before its row."""
 
@@ -180,7 +180,7 @@ class Retrying:
     failure: FailureRecord
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeadLettered:
     """A dead letter before its row (when ``token`` holds the job's claim) and its outcome."""
 
@@ -193,7 +193,7 @@ class DeadLettered:
     goes alone."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reemitted:
     """The job is done already: its stored outcome goes out again, nothing else."""
 
@@ -201,7 +201,7 @@ class Reemitted:
     stored: StoredState
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Scheduled:
     """A delayed job: its scheduled row is made (unless its id has one), nothing runs now."""
 
@@ -209,7 +209,7 @@ class Scheduled:
     row: ScheduledRow
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stopped:
     """A job that ends without (more of) a run: ``cancelled`` (asked to; ``ran`` when its
     handler was interrupted) or ``expired`` (not started by its ``expires_at``)."""
@@ -221,7 +221,7 @@ class Stopped:
     elapsed: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Finished:
     """Nothing to make durable: a duplicate, or a record abandoned at a drain."""
 

@@ -15,7 +15,7 @@ class Columns(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class JobRow:
     job_id: str
     type: str | None
@@ -33,7 +33,7 @@ class JobRow:
     """The execution writing the row: the write changes the row only while it holds the claim."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StoredState:
     """The row as stored after a write or found by a lookup."""
 
@@ -70,7 +70,7 @@ class StoredState:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ClaimRequest:
     job_id: str
     type: str | None
@@ -92,7 +92,7 @@ class ClaimRequest:
     prefixes share a database)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ClaimResult:
     won: bool
     takeovers: int = 0
@@ -107,7 +107,7 @@ class ClaimResult:
         return self.won and self.existing is not None and self.existing.status is JobStatus.RUNNING
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScheduledRow:
     """A delayed job's row: the dispatcher publishes ``event`` at ``run_at``."""
 

@@ -9,6 +9,7 @@ import logging
 from typing import Any, Literal, TypeAlias
 
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from jobstream.streams.failures import pooler_symptom
@@ -17,8 +18,17 @@ Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 """A connection of its own or one acquired from a pool: the queries run on either."""
 
 
+def _jsonb(value: Any) -> str:
+    """orjson (several times faster than json: every row holds a result); what it refuses
+    (a lone surrogate) goes as json writes it, for PostgreSQL to refuse by its own rule."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("jsonb", encoder=_jsonb, decoder=orjson.loads, schema="pg_catalog")
 
 
 log = logging.getLogger(__name__)

@@ -96,3 +96,31 @@ def test_wire_survives_a_lone_surrogate() -> None:
     with pytest.raises(ValueError, match="surrogates not allowed"):
         outcome.model_dump_json()
     assert json.loads(wire(outcome))["result"] == {"s": "\ud800"}
+
+
+def test_an_outcome_written_without_the_model_is_the_models_record() -> None:
+    from datetime import UTC, datetime
+
+    from jobstream.agents.fitting import outcome_bytes
+    from jobstream.models.job import JobOutcome, JobStatus
+
+    at = datetime(2027, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    fields = {
+        "job_id": "j1", "type": "echo", "status": JobStatus.SUCCEEDED.value, "attempt": 2,
+        "result": {"a": [1, 2.5, "x", None, {"k": True}], 3: "int key"}, "error": None,
+        "error_class": None, "finished_at": at.isoformat(), "duration_ms": 1.5, "worker": "w",
+        "reemitted": False,
+    }  # fmt: skip
+    model = JobOutcome.model_validate_json(outcome_bytes(fields, 10_000))
+    expected = JobOutcome(
+        job_id="j1", type="echo", status=JobStatus.SUCCEEDED, attempt=2,
+        result={"a": [1, 2.5, "x", None, {"k": True}], "3": "int key"}, finished_at=at,
+        duration_ms=1.5, worker="w",
+    )  # fmt: skip
+    assert model == expected
+    # too large for the budget: the result is left out, the rest stays
+    small = JobOutcome.model_validate_json(outcome_bytes({**fields, "error": "e" * 900}, 300))
+    assert (small.result, small.result_truncated, small.job_id) == (None, True, "j1")
+    # a lone surrogate (orjson writes only valid UTF-8) is escaped as json does, not lost
+    odd = outcome_bytes({**fields, "error": "bad \ud800 text"}, 10_000)
+    assert json.loads(odd)["error"] == "bad \ud800 text"

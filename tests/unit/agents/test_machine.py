@@ -112,7 +112,7 @@ async def test_a_batch_is_claimed_once_written_once_and_acked_after_its_outcomes
     first_ack = world.journal.index("ack 0")
     assert world.journal[:first_ack].count("publish jobs.outcomes") == 50
     assert world.completed("ok", "succeeded") == 50
-    assert world.metrics.in_flight._value.get() == 0
+    assert world.metrics.registry.get_sample_value("jobstream_in_flight_jobs") == 0
     await batch.close()
 
 

@@ -82,7 +82,7 @@ async def test_a_job_that_succeeds_gets_its_row_then_its_outcome(world: World) -
     assert world.letters() == []
     assert len(handler.runs) == 1
     assert world.completed("ok", "succeeded") == 1
-    assert world.metrics.in_flight._value.get() == 0
+    assert world.metrics.registry.get_sample_value("jobstream_in_flight_jobs") == 0
 
 
 async def test_an_event_without_an_id_gets_the_id_derived_from_its_record(world: World) -> None:
@@ -637,7 +637,7 @@ async def test_a_bug_in_the_machine_is_an_internal_error_dead_letter(
     assert (letter.reason, letter.error_class) == (DeadLetterReason.INTERNAL_ERROR, "RuntimeError")
     assert world.store.row("j1").status is JobStatus.DEAD_LETTERED
     assert world.store.held == {}
-    assert world.metrics.in_flight._value.get() == 0
+    assert world.metrics.registry.get_sample_value("jobstream_in_flight_jobs") == 0
 
 
 async def test_a_record_no_route_can_end_is_unroutable_and_handle_does_not_raise(
