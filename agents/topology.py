@@ -28,9 +28,15 @@ class AgentHost(Protocol):
 
     def done_before(self, topic: str, partition: int, offset: int) -> bool: ...
 
-    async def admit(self) -> None: ...
+    def take(
+        self,
+        rec: Record,
+        ack: Callable[[], object],
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+    ) -> None: ...
 
-    def submit(self, rec: Record, ack: Callable[[], object]) -> None: ...
+    def forget_pauses(self) -> None: ...
 
     async def forward(self, rec: Record, tier: RetryTier) -> Outcome | str: ...
 
@@ -50,6 +56,72 @@ def to_record(message: Any) -> Record:
     )
 
 
+class MainTopic(faust.Topic):
+    """The main topic as faust's conductor sees it: its records are not decoded into faust
+    events (the machine decodes them), the message itself goes to the queue."""
+
+    never_blocks = True
+    """Read by the consumer's fetch loop (``SafeOffsetConsumer._drain_messages``): delivering a
+    record of this topic waits for nothing while faust's flow is active."""
+
+    def _compile_decode(self) -> None:
+        # faust compiles ``decode`` (its schema's) per instance; here it is the message as is
+        self.decode = _as_is  # type: ignore[method-assign]
+
+
+async def _as_is(message: Any, *, propagate: bool = False) -> Any:
+    return message
+
+
+class MainIntake:
+    """What faust's conductor takes for the main topic's queue: it never fills, and each record
+    goes to the runtime as it arrives, without a task, a buffer or a stream.
+
+    The runtime pauses the record's partition (``on_pressure_high``) while its in-flight limit is
+    reached and resumes it (``on_pressure_drop``) once half is free again: the same back-pressure
+    faust's own buffer applies, bounded by one fetch (``broker_max_poll_records``).
+    """
+
+    def __init__(self, app: faust.App, runtime: AgentHost) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.generation: int | None = None
+
+    def full(self) -> bool:
+        return False
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def put_nowait_enhanced(
+        self,
+        value: Any,
+        *,
+        on_pressure_high: Callable[[], None],
+        on_pressure_drop: Callable[[], None],
+    ) -> None:
+        message = value  # MainTopic.decode leaves it as it is
+        app = self.app
+        generation = message.generation_id
+        if generation != app.consumer_generation_id:
+            return  # fetched before a rebalance: the partition was sought back since (unacked)
+        runtime = self.runtime
+        if generation != self.generation:
+            # a new assignment made every partition active again: pauses from before are void
+            self.generation = generation
+            runtime.forget_pauses()
+        consumer = app.consumer
+        if runtime.done_before(message.topic, message.partition, message.offset):
+            message.ack(consumer)  # a previous owner of the partition finished it
+            return
+        runtime.take(
+            to_record(message), lambda: message.ack(consumer), on_pressure_high, on_pressure_drop
+        )
+
+
 def register_agents(app: faust.App, runtime: AgentHost) -> None:
     settings = runtime.settings
 
@@ -58,24 +130,18 @@ def register_agents(app: faust.App, runtime: AgentHost) -> None:
         # readiness: the replica is in the group and has its (possibly empty) assignment
         runtime.joined.set()
 
-    main_topic = app.topic(runtime.topics.main, key_serializer="raw", value_serializer="raw")
-
-    async def process(stream: faust.StreamT[Any]) -> None:
-        # One agent takes every record of the replica's partitions and hands it on without
-        # waiting (runtime.submit: the lifecycle's machine), so the agent is never the bound; the
-        # in-flight limit (admit) and the handler slots (settings.concurrency) are. Acks are
-        # manual (noack): a record is acked only once its results are durable, never by
-        # faust when the agent moves on or is cancelled.
-        async for event in cast("faust.Stream[Any]", stream).noack().events():
-            message = event.message
-            if runtime.done_before(message.topic, message.partition, message.offset):
-                event.ack()  # a previous owner of the partition finished it (commit metadata)
-                continue
-            await runtime.admit()
-            await runtime.gate()  # after admit: a drain that began meanwhile holds it here
-            runtime.submit(to_record(event.message), event.ack)
-
-    app.agent(main_topic, name="jobstream.process", concurrency=1)(process)
+    # The main topic has no faust agent: faust's conductor hands each fetched record straight
+    # to the runtime (MainIntake below), skipping the per-event cost of faust's Event, buffer
+    # queue and Stream iteration. faust still owns the group, the assignment, the fetches and
+    # the commits.
+    main_topic = MainTopic(
+        app,
+        topics=[runtime.topics.main],
+        key_serializer="raw",
+        value_serializer="raw",
+        queue=cast("Any", MainIntake(app, runtime)),
+    )
+    app.topics.add(main_topic)
 
     for tier in runtime.topics.tiers:
         tier_topic = app.topic(tier.topic, key_serializer="raw", value_serializer="raw")

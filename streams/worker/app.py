@@ -28,6 +28,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         broker_max_poll_interval=settings.max_poll_interval_s,
         broker_session_timeout=settings.session_timeout_s,
         stream_buffer_maxsize=settings.buffer_maxsize,
+        # the main topic's records go straight to the machine (agents.topology.MainIntake): one
+        # fetch is what may arrive past the in-flight limit before the partition pauses
+        broker_max_poll_records=settings.buffer_maxsize,
         # faust's own wait for all buffered events on rebalance/shutdown has no deadline;
         # Runtime.drain does it with one, and the offset guard keeps unfinished work uncommitted
         stream_wait_empty=False,

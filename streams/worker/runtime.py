@@ -81,7 +81,11 @@ class Runtime:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._room = asyncio.Semaphore(settings.in_flight_limit)
+        self._limit = settings.in_flight_limit
+        self._paused: dict[Callable[[], None], None] = {}
+        """Resume callbacks of the partitions paused at the in-flight limit (in pause order)."""
+        self._pending: list[tuple[Record, Callable[[], object]]] = []
+        """Records that arrived before the runtime was ready."""
         # (topic, partition) -> {offset: Kafka timestamp in ms} of the records being worked on;
         # the lag monitor reads it for the age of the oldest unfinished event
         self.in_flight_records: dict[tuple[str, int], dict[int, int | None]] = {}
@@ -181,7 +185,15 @@ class Runtime:
             self.web_runner = await start_web(self)
             teardown.push_async_callback(self.web_runner.cleanup)
         self.metrics.worker_info.labels(worker=s.worker_name).set(1)
+        self.open_intake()
+
+    def open_intake(self) -> None:
+        """Ready: the records that arrived before are handed on, their partitions resumed."""
         self.ready.set()
+        pending, self._pending = self._pending, []
+        for rec, ack in pending:
+            self.submit(rec, ack)
+        self._resume_paused()
 
     async def stop(self) -> None:
         self.ready.clear()
@@ -189,24 +201,54 @@ class Runtime:
 
     # -- called by the agents ----------------------------------------------------------------
 
-    async def admit(self) -> None:
-        """Before taking a record for :meth:`submit`: wait while the in-flight limit is
-        reached (the records wait in faust's buffer, which pauses the partition when full)."""
-        await self._room.acquire()
+    def take(
+        self,
+        rec: Record,
+        ack: Callable[[], object],
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+    ) -> None:
+        """A record of the main topic, as faust fetched it: ``ack`` once its results are
+        durable; ``pause``/``resume`` stop and restart fetches of its partition.
+
+        At the in-flight limit the partition is paused, and every paused partition resumes once
+        half the limit is free. A draining replica takes nothing more: the record stays unacked
+        (so uncommitted) and the partition's next owner runs it.
+        """
+        if self.draining.is_set():
+            pause()
+            return
+        if not self.ready.is_set():
+            pause()
+            self._paused[resume] = None
+            self._pending.append((rec, ack))
+            return
+        self.submit(rec, ack)
+        if self._in_flight >= self._limit:
+            pause()
+            self._paused[resume] = None
 
     def submit(self, rec: Record, ack: Callable[[], object]) -> None:
-        """The job lifecycle (after :meth:`admit`): ``ack`` is called once the record's results
-        are durable. Nothing is awaited here, so the agent goes straight to its next record."""
+        """The job lifecycle: ``ack`` is called once the record's results are durable. Nothing
+        is awaited here, so faust goes straight to its next record."""
         assert self.machine is not None
         self._enter(rec)
 
         def done(outcome: Outcome) -> None:
             self._leave(rec)
-            self._room.release()
             if outcome.acked:
                 ack()
 
         self.machine.submit(rec, done)
+
+    def forget_pauses(self) -> None:
+        """A rebalance made every assigned partition active again (faust's own reset)."""
+        self._paused.clear()
+
+    def _resume_paused(self) -> None:
+        paused, self._paused = self._paused, {}
+        for resume in paused:
+            resume()
 
     async def forward(self, rec: Record, tier: RetryTier) -> Outcome | str:
         assert self.forwarder is not None
@@ -253,6 +295,8 @@ class Runtime:
         self._in_flight -= 1
         if self._in_flight == 0:
             self._idle.set()
+        if self._paused and self._in_flight <= self._limit // 2 and not self.draining.is_set():
+            self._resume_paused()
 
     @property
     def in_flight(self) -> int:

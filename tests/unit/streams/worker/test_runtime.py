@@ -55,8 +55,7 @@ def runtime(world: World) -> Runtime:
 async def take(runtime: Runtime, rec: Any) -> asyncio.Event:
     """What the main topic's agent does with a record; the event is set when it is acked."""
     acked = asyncio.Event()
-    await runtime.admit()
-    runtime.submit(rec, acked.set)
+    runtime.take(rec, acked.set, lambda: None, lambda: None)
     return acked
 
 
@@ -164,3 +163,76 @@ async def test_records_from_a_retry_tier_are_tracked_too(world: World, runtime: 
     assert await runtime.forward(rec, tier) == "republished"
     assert runtime.in_flight == 0
     assert len(world.publisher.on(world.topics.main)) == 1
+
+
+class Partition:
+    """One partition's pause/resume as faust's conductor hands them to the runtime."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.resumes = 0
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.resumes += 1
+
+
+async def test_at_the_in_flight_limit_the_partition_pauses_and_resumes_at_half(
+    http: aiohttp.ClientSession,
+) -> None:
+    settings = Settings(topic_prefix="jobs", worker_name="w", max_in_flight=4, concurrency=4)
+    world = World(http=http, settings=settings)
+    handler = Blocking()
+    world.job_type("ok", handler)
+    rt = Runtime(world.settings, bootstrap=UNREACHABLE_KAFKA, dsn=UNREACHABLE_PG)
+    rt.registry, rt.machine = world.registry, world.machine
+    rt.ready.set()
+    part = Partition()
+    acks = []
+    for i in range(4):
+        assert not part.paused
+        acked = asyncio.Event()
+        acks.append(acked)
+        rt.take(world.record(JobEvent(id=f"j{i}", type="ok")), acked.set, part.pause, part.resume)
+    assert part.paused
+    assert rt.in_flight == 4
+    handler.release.set()
+    for acked in acks:
+        await asyncio.wait_for(acked.wait(), 5)
+    assert not part.paused
+    assert part.resumes == 1
+
+
+async def test_a_draining_runtime_takes_nothing_and_pauses_the_partition(
+    world: World, runtime: Runtime
+) -> None:
+    runtime.ready.set()
+    await runtime.drain(1.0)
+    part = Partition()
+    acked = asyncio.Event()
+    runtime.take(world.record(JobEvent(id="j1", type="echo")), acked.set, part.pause, part.resume)
+    await settle()
+    assert part.paused
+    assert not acked.is_set()
+    assert runtime.in_flight == 0
+    assert "j1" not in world.store.rows
+
+
+async def test_records_taken_before_ready_wait_for_it_with_their_partition_paused(
+    world: World, runtime: Runtime
+) -> None:
+    handler = Blocking()
+    handler.release.set()
+    world.job_type("ok", handler)
+    part = Partition()
+    acked = asyncio.Event()
+    runtime.take(world.record(JobEvent(id="j1", type="ok")), acked.set, part.pause, part.resume)
+    assert part.paused
+    assert runtime.in_flight == 0
+    runtime.open_intake()  # what start() ends with
+    assert not part.paused
+    await asyncio.wait_for(acked.wait(), 5)
+    assert world.store.row("j1").status is JobStatus.SUCCEEDED
