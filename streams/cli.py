@@ -209,8 +209,8 @@ def cmd_submit(
     "status",
     variables=("database_url", "db_pooler_mode"),
     short_help="show a job's row",
-    help="Print the row of job JOB_ID as JSON; exits 1 when the job has no row yet (queued, "
-    "running, or unknown).",
+    help="Print the row of job JOB_ID as JSON; exits 1 when the job has no row yet (queued "
+    "in Kafka or waiting for a handler slot, or unknown).",
 )
 @click.argument("job_id")
 @with_settings
@@ -230,7 +230,7 @@ def cmd_status(settings: Settings, job_id: str) -> int:
     row = asyncio.run(run())
     if row is None:
         raise CommandError(
-            f"job {job_id} has no row yet (queued, running, or unknown)", Exit.FAILED
+            f"job {job_id} has no row yet (queued, or unknown)", Exit.FAILED
         )
     print_json(row)
     return Exit.OK

@@ -229,7 +229,7 @@ async def _job(request: web.Request) -> dict[str, Any]:
     except UnreachableError as exc:
         kafka_note = str(exc)
     if row is None and not letters:
-        raise json_error(404, f"no job {job_id!r}: no row (queued, running or unknown)")
+        raise json_error(404, f"no job {job_id!r}: no row (queued, or unknown)")
     ids = [d.id for d in letters]
     show = _shows_payloads(request)
     latest = letters[-1] if letters else None

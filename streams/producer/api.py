@@ -17,7 +17,8 @@ Decisions a caller may want to know:
 * On a Kafka failure (503) some events of a batch may still have been published. Retry with
   the same ids: a job id that already finished is not run again, its outcome is re-emitted.
 * ``GET`` answers 404 ``{"status": "unknown"}`` until a worker writes the job's first row;
-  a queued or running job has no row yet, so 404 right after 202 is normal.
+  a job waiting in Kafka or for a handler slot has no row yet (a run writes one as it
+  starts), so 404 right after 202 is normal.
 * Every refusal is a 4xx with the body ``{"error": <code>, "detail": <text>, ...}``, also for
   an unknown path or method (:func:`json_errors`); 503 means Kafka or PostgreSQL did not answer.
 * A job is refused exactly when a worker would dead-letter its bytes as undecodable: the check
@@ -559,7 +560,7 @@ class _JobsApi:
                 {
                     "id": job_id,
                     "status": "unknown",
-                    "detail": "no result yet: the job may be queued or running,"
+                    "detail": "no row yet: the job may be queued (in Kafka or waiting for a slot),"
                     " or the id was never submitted",
                 },
                 status=404,

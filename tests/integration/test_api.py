@@ -106,7 +106,7 @@ async def test_a_posted_job_is_on_the_main_topic_as_posted(
         assert await resp.json() == {
             "id": posted["id"],
             "status": "unknown",
-            "detail": "no result yet: the job may be queued or running,"
+            "detail": "no row yet: the job may be queued (in Kafka or waiting for a slot),"
             " or the id was never submitted",
         }
 
