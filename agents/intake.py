@@ -39,7 +39,7 @@ def classify(state: Read, registry: Registry) -> Decoded:
     job_type = registry.get(job.type)
     src = state.src
     if job_type is not None:
-        src = dataclasses.replace(src, type_label=job_type.name)
+        src.type_label = job_type.name  # the source was made for this record alone
     return Decoded(src, job, job_type, validated(job, job_type))
 
 
