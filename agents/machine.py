@@ -30,7 +30,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -233,6 +233,30 @@ class Machine:
             if handle is not None:
                 handle.cancel()
         self._waiting.clear()
+        for t in left:
+            self._end(t, Outcome.ABANDONED)
+        return len(left)
+
+    def revoke(self, partitions: Collection[tuple[str, int]]) -> int:
+        """The replica lost these partitions: their records not started yet (waiting for a
+        slot or for another execution's claim) end unacked, for the new owner, which reads
+        them again from the committed offset. Returns how many were left."""
+        if not partitions:
+            return 0
+        gone = set(partitions)
+
+        def lost(t: Ticket) -> bool:
+            rec = t.rec
+            return (rec.topic, rec.partition) in gone
+
+        left = [t for t in self._ready if lost(t)]
+        if left:
+            self._ready = deque(t for t in self._ready if not lost(t))
+        for t in [t for t in self._waiting if lost(t)]:
+            handle = self._waiting.pop(t)
+            if handle is not None:
+                handle.cancel()
+            left.append(t)
         for t in left:
             self._end(t, Outcome.ABANDONED)
         return len(left)

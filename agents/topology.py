@@ -38,6 +38,8 @@ class AgentHost(Protocol):
 
     def forget_pauses(self) -> None: ...
 
+    def revoke(self, partitions: set[tuple[str, int]]) -> None: ...
+
     async def forward(self, rec: Record, tier: RetryTier) -> Outcome | str: ...
 
 
@@ -129,6 +131,12 @@ def register_agents(app: faust.App, runtime: AgentHost) -> None:
     async def _joined(sender: Any, **kwargs: Any) -> None:
         # readiness: the replica is in the group and has its (possibly empty) assignment
         runtime.joined.set()
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def _revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        # faust clears its streams' buffers here; the main topic's are the machine's records
+        # that have not started: the partitions' next owners read them again
+        runtime.revoke({(tp.topic, tp.partition) for tp in revoked})
 
     # The main topic has no faust agent: faust's conductor hands each fetched record straight
     # to the runtime (MainIntake below), skipping the per-event cost of faust's Event, buffer

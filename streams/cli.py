@@ -229,9 +229,7 @@ def cmd_status(settings: Settings, job_id: str) -> int:
 
     row = asyncio.run(run())
     if row is None:
-        raise CommandError(
-            f"job {job_id} has no row yet (queued, or unknown)", Exit.FAILED
-        )
+        raise CommandError(f"job {job_id} has no row yet (queued, or unknown)", Exit.FAILED)
     print_json(row)
     return Exit.OK
 

@@ -137,6 +137,7 @@ class World:
         topic: str | None = None,
         offset: int | None = None,
         headers: Headers = (),
+        partition: int = 0,
     ) -> Record:
         """A consumed record of ``value``; each gets the next offset unless one is given."""
         if offset is None:
@@ -146,7 +147,7 @@ class World:
         key = value.key() if isinstance(value, JobEvent) else None
         return Record(
             topic=topic or self.topics.main,
-            partition=0,
+            partition=partition,
             offset=offset,
             key=key,
             value=raw,

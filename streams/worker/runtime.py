@@ -241,6 +241,14 @@ class Runtime:
 
         self.machine.submit(rec, done)
 
+    def revoke(self, partitions: set[tuple[str, int]]) -> None:
+        """A rebalance took these partitions: the records of theirs that have not started are
+        left unacked for their next owner (faust clears its own buffers the same way)."""
+        if self.machine is not None:
+            left = self.machine.revoke(partitions)
+            if left:
+                log.info("rebalance: %d records not started are left to the next owner", left)
+
     def forget_pauses(self) -> None:
         """A rebalance made every assigned partition active again (faust's own reset)."""
         self._paused.clear()

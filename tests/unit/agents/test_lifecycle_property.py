@@ -273,6 +273,15 @@ class Lifecycle(RuleBasedStateMachine):
         self.replicas[index] = self._replica()
         self.settle()
 
+    @precondition(lambda self: bool(self.replicas))
+    @rule(data=st.data())
+    def rebalance(self, data: st.DataObject) -> None:
+        """A rebalance takes the partition from a replica: its records not started are left
+        (unacked) to the next owner; what runs there goes on."""
+        replica = data.draw(st.sampled_from(self.replicas))
+        replica.machine.revoke({(TOPICS.main, 0)})
+        self.settle()
+
     # -- invariants --------------------------------------------------------------------------
 
     @invariant()

@@ -267,6 +267,35 @@ async def test_a_drain_leaves_the_jobs_waiting_for_a_slot_unclaimed_and_unacked(
     await batch.close()
 
 
+async def test_a_rebalance_leaves_the_revoked_partitions_jobs_not_started_to_their_next_owner(
+    http: aiohttp.ClientSession,
+) -> None:
+    world = World(http=http, settings=settings(concurrency=2))
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def held(payload: Any, ctx: JobContext[Any]) -> str:
+        started.append(ctx.job_id)
+        await release.wait()
+        return "done"
+
+    world.job_type("ok", held)
+    machine, acks = path(world), Acks()
+    recs = [world.record(event(f"j{i}"), partition=i % 2) for i in range(6)]
+    for rec in recs:
+        machine.submit(rec, acks.for_record(rec))
+    await until(lambda: len(started) == 2)  # j0 (partition 0) and j1 (partition 1) run
+
+    assert machine.revoke({(world.topics.main, 0)}) == 2  # j2 and j4 waited for a slot
+    assert sorted(acks.labels) == [recs[2].offset, recs[4].offset]
+    assert set(acks.labels.values()) == {Outcome.ABANDONED}  # unacked: the new owner runs them
+    release.set()
+    await acks.until(6)
+    assert sorted(started) == ["j0", "j1", "j3", "j5"]  # what was running finished
+    assert sorted(world.store.rows) == ["j0", "j1", "j3", "j5"]
+    await machine.close()
+
+
 async def test_a_bug_in_a_batch_stage_still_ends_every_record_of_it(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
