@@ -500,7 +500,13 @@ def render_table(results: Sequence[Mapping[str, Any]]) -> str:
     rows: list[tuple[str, ...]] = [TABLE_HEADER]
     for r in results:
         rows.extend(_table_rows(r))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
+    return markdown_table(rows)
+
+
+def markdown_table(rows: Sequence[Sequence[str]]) -> str:
+    """A header row and its rows as an aligned Markdown table: the first column to the left,
+    the figures to the right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for k, row in enumerate(rows):
         cells = [

@@ -89,7 +89,7 @@ from jobstream.streams.dev.bench.report import (
     summarize_count,
     write_report,
 )
-from jobstream.streams.dev.bench.sampling import Profiler, RssSampler
+from jobstream.streams.dev.bench.sampling import Profiler, RssSampler, metrics_text
 from jobstream.streams.dev.process import Child
 from jobstream.streams.dev.replicas import free_port
 from jobstream.streams.output import Progress
@@ -331,6 +331,22 @@ class Bench:
             fake, env_extra = await self._start_fake(spec, prefix)
             children.append(fake)
             extra_cleanup.append(lambda: self._drop_bucket(prefix))
+        await self._start_workers(spec, prefix, env_extra, result, children)
+        # started once the group has settled: new partitions have leaders by then
+        return await OutputCollector(
+            self.bootstrap, topics.outcomes, parse_outcome, self.kafka_options
+        ).start()
+
+    async def _start_workers(
+        self,
+        spec: Scenario,
+        prefix: str,
+        env_extra: Mapping[str, str],
+        result: dict[str, Any],
+        children: list[Child],
+    ) -> list[Child]:
+        """The scenario's replicas (appended to ``children`` as each starts), waited for until
+        the group has settled with all of them."""
         ports = [free_port() for _ in range(spec.replicas)]
         workers = [
             self._start_worker(spec, prefix, i, port, env_extra) for i, port in enumerate(ports)
@@ -338,10 +354,7 @@ class Bench:
         children.extend(workers)
         result["worker_settings"] = worker_settings(workers[0].env)
         await self._wait_assigned(prefix, workers, marker="Worker ready", web_ports=ports)
-        # started once the group has settled: new partitions have leaders by then
-        return await OutputCollector(
-            self.bootstrap, topics.outcomes, parse_outcome, self.kafka_options
-        ).start()
+        return workers
 
     async def _wait_done(
         self,
@@ -763,14 +776,10 @@ class Bench:
         import aiohttp
 
         for w in workers:
-            port = w.port
+            assert w.port is not None
             means: dict[str, Any] = {}
             try:
-                async with (
-                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s,
-                    s.get(f"http://127.0.0.1:{port}/metrics") as r,
-                ):
-                    text = await r.text()
+                text = await metrics_text(w.port)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 out[w.name] = {"error": repr(exc)}
                 continue
