@@ -79,6 +79,12 @@ class Metrics:
             "Claimed jobs waiting for a handler slot",
             registry=r,
         )
+        self.event_loop_tasks = Gauge(
+            "jobstream_event_loop_tasks",
+            "asyncio tasks not yet done on the replica's event loop (handlers, flushes, the web"
+            " server, timers): a count that keeps growing under a steady load is a leak",
+            registry=r,
+        )
         self.handler_timeouts = Counter(
             "jobstream_handler_timeouts_total",
             "Handlers cancelled at their timeout",

@@ -160,6 +160,9 @@ class Runtime:
         machine = self.machine
         self.metrics.running_jobs.set_function(lambda: machine.running)
         self.metrics.waiting_jobs.set_function(lambda: machine.waiting)
+        # scraped by the web server on this same loop, so all_tasks reads it from its own thread
+        loop = asyncio.get_running_loop()
+        self.metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         self.forwarder = RetryForwarder(self.machine, self.publisher)
         self.dispatcher = Dispatcher(
             self.pool,

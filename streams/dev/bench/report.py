@@ -32,7 +32,8 @@ class Scenario:
     waits out ``fetch_max_wait_ms=1500`` on idle partitions, weighs less)."""
 
     name: str
-    kind: str  # "jobstream", "baseline" (a bare consumer) or "upstream" (the fake server alone)
+    kind: str  # "jobstream", "baseline" (a bare consumer), "upstream" (the fake server alone)
+    # or "soak" (streams/dev/bench/soak.py)
     job_type: str
     replicas: int
     concurrency: int | None
@@ -136,6 +137,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "echo-c2000", "jobstream", "echo", 1, 2000, 20_000, 3_000, 500, 100,
         summary="echo, 1 replica at concurrency 2000: memory under load",
+    ),
+    Scenario(
+        "soak", "soak", "echo", 2, 25, 108_000, 108_000, 0, 0,
+        summary="30 min of a steady mix (echo, sleep, llm.chat, retries, dead letters) at 60/s:"
+        " memory, tasks, lag and p99 at the start and the end (not in all)",
     ),
     Scenario(
         "llm-25", "jobstream", "llm.chat", 1, 25, 3_000, 250, 100, 50,
@@ -500,7 +506,13 @@ def render_table(results: Sequence[Mapping[str, Any]]) -> str:
     rows: list[tuple[str, ...]] = [TABLE_HEADER]
     for r in results:
         rows.extend(_table_rows(r))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
+    return markdown_table(rows)
+
+
+def markdown_table(rows: Sequence[Sequence[str]]) -> str:
+    """A header row and its rows as an aligned Markdown table: the first column to the left,
+    the figures to the right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for k, row in enumerate(rows):
         cells = [
@@ -581,7 +593,7 @@ RESULT_KEYS: tuple[str, ...] = (
     "jobs_per_s", "duration_s", "publish_s", "publish_jobs_per_s", "publisher_bound",
     "latency_ms", "finished_latency_ms", "handler_ms", "statuses", "by_type", "publish_rate",
     "expected_jobs_s", "slow_slots", "slow_bound_jobs_s", "ceiling_jobs_s", "vs_ceiling",
-    "vs_faust", "vs_aiokafka", "rss_mb",
+    "vs_faust", "vs_aiokafka", "rss_mb", "soak",
     "outputs", "rows", "exit_codes", "cpu", "upstream", "worker_metrics", "profile", "logs",
     "error",
 )  # fmt: skip

@@ -37,6 +37,8 @@ What the numbers are:
   for the sleeps.
 * ``--profile`` samples the first replica of each jobstream scenario with py-spy over the
   timed window and prints its top frames (the collapsed stacks are saved next to the JSON).
+* ``soak`` (:mod:`jobstream.streams.dev.bench.soak`, not in ``all``) is half an hour of a
+  steady mixed load on two replicas, with their memory, tasks, lag and p99 at its start and end.
 
 The machine is usually shared and small, so the JSON also records the load average and the CPU
 used by each process (workers, fake upstream, this process) and by the whole machine during the
@@ -61,7 +63,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,7 +91,13 @@ from jobstream.streams.dev.bench.report import (
     summarize_count,
     write_report,
 )
-from jobstream.streams.dev.bench.sampling import Profiler, RssSampler
+from jobstream.streams.dev.bench.sampling import Profiler, RssSampler, metrics_text
+from jobstream.streams.dev.bench.soak import (
+    SoakOptions,
+    add_soak_arguments,
+    render_soak_table,
+    run_soak,
+)
 from jobstream.streams.dev.process import Child
 from jobstream.streams.dev.replicas import free_port
 from jobstream.streams.output import Progress
@@ -221,6 +229,7 @@ class Bench:
     profile_dir: Path | None = None
     """Where ``--profile`` writes each scenario's collapsed stacks; None: no profile."""
     profile_stem: str = "bench"
+    soak: SoakOptions = field(default_factory=SoakOptions)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     pool: Any = None
     admin: Any = None
@@ -266,7 +275,9 @@ class Bench:
         collector: OutputCollector | None = None
         extra_cleanup: list[Callable[[], Awaitable[None]]] = []
         try:
-            if spec.kind == "upstream":
+            if spec.kind == "soak":
+                await run_soak(self, spec, prefix, children, extra_cleanup, result)
+            elif spec.kind == "upstream":
                 await self._run_upstream(spec, prefix, jobs, warmup, children, result)
             else:
                 collector = await self._start_processes(
@@ -331,6 +342,22 @@ class Bench:
             fake, env_extra = await self._start_fake(spec, prefix)
             children.append(fake)
             extra_cleanup.append(lambda: self._drop_bucket(prefix))
+        await self._start_workers(spec, prefix, env_extra, result, children)
+        # started once the group has settled: new partitions have leaders by then
+        return await OutputCollector(
+            self.bootstrap, topics.outcomes, parse_outcome, self.kafka_options
+        ).start()
+
+    async def _start_workers(
+        self,
+        spec: Scenario,
+        prefix: str,
+        env_extra: Mapping[str, str],
+        result: dict[str, Any],
+        children: list[Child],
+    ) -> list[Child]:
+        """The scenario's replicas (appended to ``children`` as each starts), waited for until
+        the group has settled with all of them."""
         ports = [free_port() for _ in range(spec.replicas)]
         workers = [
             self._start_worker(spec, prefix, i, port, env_extra) for i, port in enumerate(ports)
@@ -338,10 +365,7 @@ class Bench:
         children.extend(workers)
         result["worker_settings"] = worker_settings(workers[0].env)
         await self._wait_assigned(prefix, workers, marker="Worker ready", web_ports=ports)
-        # started once the group has settled: new partitions have leaders by then
-        return await OutputCollector(
-            self.bootstrap, topics.outcomes, parse_outcome, self.kafka_options
-        ).start()
+        return workers
 
     async def _wait_done(
         self,
@@ -763,14 +787,10 @@ class Bench:
         import aiohttp
 
         for w in workers:
-            port = w.port
+            assert w.port is not None
             means: dict[str, Any] = {}
             try:
-                async with (
-                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s,
-                    s.get(f"http://127.0.0.1:{port}/metrics") as r,
-                ):
-                    text = await r.text()
+                text = await metrics_text(w.port)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 out[w.name] = {"error": repr(exc)}
                 continue
@@ -838,7 +858,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenarios",
         default="all",
         help="comma-separated: faust, aiokafka, upstream, echo-1, echo-2, mixed-1, echo-c2000,"
-        " llm-25, llm-500, or baseline (both bare consumers), echo, llm, all, 1-5 (default all;"
+        " llm-25, llm-500, soak (30 min, not in all), or baseline (both bare consumers), echo,"
+        " llm, all, 1-5 (default all;"
         " faust and aiokafka are added for the ratios, upstream for an llm scenario's ceiling,"
         " unless --no-baseline)",
     )
@@ -865,6 +886,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--keep", action="store_true", help="keep topics and rows afterwards")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    add_soak_arguments(p)
     return p
 
 
@@ -919,6 +941,7 @@ async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
     started_at = datetime.now(UTC).isoformat()
     machine = machine_info()
     services = await service_info(bootstrap, dsn, settings.state_dir.resolve())
+    soak = SoakOptions.from_args(args)
     owned = _PER_PROCESS | {"JOBSTREAM_PARTITIONS", "JOBSTREAM_CONCURRENCY", "JOBSTREAM_LOG_LEVEL"}
     options = {
         "quick": args.quick,
@@ -933,6 +956,7 @@ async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
         "worker_env_passthrough": passthrough_env(os.environ, owned),
         "logs": str(log_dir),
         "profile": args.profile,
+        "soak": asdict(soak),
     }
     bench = Bench(
         bootstrap=bootstrap,
@@ -950,6 +974,7 @@ async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
         profile_dir=out.parent if args.profile else None,
         profile_stem=out.stem,
         kafka_options=client_options(settings),
+        soak=soak,
     )
     results: list[dict[str, Any]] = []
     complete = False
@@ -985,6 +1010,10 @@ async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
             notes = render_notes(results)
             if notes:
                 print(notes)
+                print()
+            soak_table = render_soak_table(results)
+            if soak_table:
+                print(soak_table)
                 print()
             for r in results:
                 if r.get("profile"):

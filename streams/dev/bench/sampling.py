@@ -1,5 +1,6 @@
 """What the benchmark samples from the processes it measures while a timed window runs: their
-resident memory (psutil) and, with ``--profile``, one replica's stacks (py-spy).
+resident memory (psutil), a worker's Prometheus metrics and, with ``--profile``, one replica's
+stacks (py-spy).
 
 Both run beside the measurement and must never fail it: a process that exits, or a py-spy that
 cannot attach (no ptrace permission in a container, py-spy not installed), leaves a gap or an
@@ -60,6 +61,18 @@ class RssSampler:
                 await self._task
         self.sample()  # the end of the window, however short it was
         return self.samples
+
+
+async def metrics_text(port: int, timeout_s: float = 5.0) -> str:
+    """A worker's ``GET /metrics`` (Prometheus' text format) on this machine."""
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s,
+        s.get(f"http://127.0.0.1:{port}/metrics") as r,
+    ):
+        r.raise_for_status()
+        return await r.text()
 
 
 def py_spy_path() -> str | None:
