@@ -16,6 +16,9 @@ from typing import Any
 
 import asyncpg
 
+from jobstream.models.errors import JobstreamError
+from jobstream.streams.pg import timed_audit
+
 REDISPATCH_S = 120.0
 """A dispatched job not claimed by then is published again (its record may have been lost)."""
 
@@ -45,8 +48,14 @@ WHERE job_id = $1 AND status = 'scheduled'
 RETURNING run_at
 """
 
+_LOCK_ROW = """
+SELECT run_at, expires_at, type, now() AS now FROM jobs
+WHERE job_id = $1 AND status = 'scheduled' AND topic = $2
+FOR UPDATE
+"""
+
 _LIST = """
-SELECT job_id, type, run_at, expires_at, dispatched_at, created_at, dedupe_key
+SELECT job_id, type, run_at, expires_at, dispatched_at, created_at, attempt, dedupe_key
 FROM jobs
 WHERE status = 'scheduled' AND topic = $5
   AND ($1::text IS NULL OR type = $1)
@@ -112,3 +121,56 @@ async def listed(
     """Scheduled jobs of ``topic`` in the order they fall due, filtered."""
     rows = await pool.fetch(_LIST, job_type, due_after, due_before, limit, topic)
     return [dict(r) for r in rows]
+
+
+# -- what operators do (CLI, API, console), audited -------------------------------------------
+
+
+class NotScheduledError(JobstreamError):
+    """Raised when a job to re-time or run now has no scheduled row (an unknown id, another
+    prefix's job, or one already dispatched and claimed)."""
+
+
+class WouldExpireError(JobstreamError):
+    """Raised when a scheduled job would be moved to or past its ``expires_at``."""
+
+
+@dataclass(frozen=True)
+class Retimed:
+    job_id: str
+    type: str | None
+    was: datetime
+    run_at: datetime
+
+
+async def move(
+    pool: asyncpg.Pool, topic: str, job_id: str, run_at: datetime | None, *, by: str
+) -> Retimed:
+    """Re-time a scheduled job of ``topic`` to ``run_at``, or to now (run it now) when None,
+    and audit it in the same transaction. A copy already published comes back to a worker
+    whose claim finds the row not due (re-timed later): it is dropped as a duplicate, and the
+    dispatcher publishes the job again at its new time."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(_LOCK_ROW, job_id, topic)
+        if row is None:
+            raise NotScheduledError(
+                f"job {job_id!r} is not scheduled (unknown, or already dispatched and claimed)"
+            )
+        target = row["now"] if run_at is None else run_at
+        expires = row["expires_at"]
+        if expires is not None and target >= expires:
+            raise WouldExpireError(
+                f"job {job_id!r} expires at {expires.isoformat()}: it cannot run at"
+                f" {target.isoformat()}"
+            )
+        moved: datetime = await conn.fetchval(_RETIME, job_id, target)
+        await timed_audit.record(
+            conn,
+            topic=topic,
+            action="run-now" if run_at is None else "retime",
+            kind="job",
+            target=job_id,
+            by=by,
+            detail={"was": row["run_at"], "run_at": moved},
+        )
+    return Retimed(job_id, row["type"], row["run_at"], moved)
