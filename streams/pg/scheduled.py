@@ -24,11 +24,22 @@ REDISPATCH_S = 120.0
 
 _DUE = """
 SELECT job_id, event, run_at, now() AS now FROM jobs
-WHERE status = 'scheduled' AND topic = $3 AND run_at <= now()
-  AND (dispatched_at IS NULL OR dispatched_at < now() - make_interval(secs => $2))
+WHERE status = 'scheduled' AND topic = $2 AND dispatched_at IS NULL AND run_at <= now()
 ORDER BY run_at
 LIMIT $1
 """
+"""Due rows never published (``jobs_scheduled_fresh_idx``): rows published and not yet claimed
+leave this index, so a burst of them is not walked again every round."""
+
+_UNCLAIMED = """
+SELECT job_id, event, run_at, now() AS now FROM jobs
+WHERE status = 'scheduled' AND topic = $2 AND run_at <= now()
+  AND dispatched_at < now() - make_interval(secs => $3)
+ORDER BY dispatched_at
+LIMIT $1
+"""
+"""Rows published ``REDISPATCH_S`` ago and still not claimed (``jobs_scheduled_dispatched_idx``):
+their record may have been lost."""
 
 _DISPATCHED = """
 UPDATE jobs SET dispatched_at = now()
@@ -76,8 +87,11 @@ class Due:
 
 
 async def due(pool: asyncpg.Pool, topic: str, limit: int) -> list[Due]:
-    """The oldest due jobs of ``topic`` not published in the last ``REDISPATCH_S``."""
-    rows = await pool.fetch(_DUE, limit, REDISPATCH_S, topic)
+    """The oldest due jobs of ``topic`` never published, then those published more than
+    ``REDISPATCH_S`` ago and not claimed since."""
+    rows = list(await pool.fetch(_DUE, limit, topic))
+    if len(rows) < limit:
+        rows += await pool.fetch(_UNCLAIMED, limit - len(rows), topic, REDISPATCH_S)
     return [
         Due(r["job_id"], r["event"], r["run_at"], (r["now"] - r["run_at"]).total_seconds())
         for r in rows

@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 
 LEASE = "dispatcher"
 """The lease's name, with the main topic it serves after a colon."""
-LEASE_TTL_S = 10.0
+LEASE_TTL_S = 5.0
+"""A SIGKILLed holder's due jobs wait this long (and up to a third more) for another replica;
+a holder stalled longer than this loses the lease, and the two publishing at once for a moment
+costs duplicate records only (the claims absorb them)."""
 POLL_S = 0.2
 """How often the holder looks for due jobs and ticks when there was nothing to do."""
 BATCH = 1000
