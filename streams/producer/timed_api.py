@@ -93,12 +93,14 @@ def when(text: str, now: datetime, name: str) -> datetime:
     due window and re-timing; raises a 400 :class:`ApiError` naming ``name``."""
     try:
         return parse_instant(text)
-    except ValueError:
-        pass
+    except ValueError as exc:
+        instant_error = str(exc)
     try:
         delta = parse_duration(text)
     except ValueError:
-        msg = f"{name}: {text!r} is neither an ISO-8601 time with its offset nor a duration"
+        msg = f"{text!r} is neither an ISO-8601 time with its offset nor a duration (10m, 2h)"
+        if "offset" in instant_error:  # a time, without its offset: say that
+            msg = instant_error
         raise _invalid([_error([name], msg, "timing_invalid")]) from None
     if delta > MAX_DELAY:
         raise _invalid([_error([name], f"{name} is more than 10 years ahead", "timing_invalid")])
