@@ -10,6 +10,7 @@ never overwritten.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,8 +21,11 @@ import asyncpg
 from jobstream.models.errors import JobstreamError
 from jobstream.models.job import JobEvent
 from jobstream.models.schedules import ScheduleSpec, first_tick
+from jobstream.streams.failures import describe
 from jobstream.streams.pg import timed_audit
 from jobstream.streams.pg.pool import Connection
+
+log = logging.getLogger(__name__)
 
 _COLUMNS = (
     "name, job_type, payload, cron, every_s, timezone, missed, catch_up_max, paused, source,"
@@ -136,8 +140,13 @@ async def due(
     pool: asyncpg.Pool, topic: str, limit: int = 100
 ) -> list[tuple[StoredSchedule, datetime]]:
     """Schedules of ``topic`` whose next tick has come, with the database's now."""
-    rows = await pool.fetch(_DUE, limit, topic)
-    return [(StoredSchedule.from_record(r), r["now"]) for r in rows]
+    found: list[tuple[StoredSchedule, datetime]] = []
+    for r in await pool.fetch(_DUE, limit, topic):
+        try:
+            found.append((StoredSchedule.from_record(r), r["now"]))
+        except ValueError as exc:  # a rule this version cannot read: the others still fire
+            log.warning("schedule %s cannot be read, not fired: %s", r["name"], describe(exc))
+    return found
 
 
 async def fired(

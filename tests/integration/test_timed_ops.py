@@ -101,6 +101,11 @@ async def test_a_delayed_job_through_the_api_listed_retimed_and_run_now(
     assert [a["action"] for a in audit] == ["retime", "run-now"]
     assert all(a["by"].startswith("api from 127.0.0.1") for a in audit)
 
+    code, out = await workers.cli("doctor", "--json")  # its dispatcher check sees the holder
+    dispatcher = next(c for c in json.loads(out)["checks"] if c["name"] == "dispatcher")
+    assert dispatcher["status"] == "ok", dispatcher
+    assert dispatcher["detail"].startswith("held by w1 for ")
+
 
 @pytest.mark.timeout(120)
 async def test_a_retime_past_the_expiry_is_refused(
