@@ -1,10 +1,12 @@
 """Scheduled jobs in PostgreSQL: the rows the dispatcher publishes when due, and the operator's
 view of them (list, re-time, run now).
 
-A delayed job is a ``scheduled`` row holding its event (the outbox). The dispatcher publishes
-the due ones to the main topic and marks them ``dispatched_at``; the row stays ``scheduled``
-until a worker's claim takes it. A publish lost in between is published again after
-``REDISPATCH_S``: the claims absorb a copy, so a job still runs once.
+A delayed job is a ``scheduled`` row holding its event (the outbox). The dispatcher takes the
+due ones (marking them ``dispatched_at`` in the statement that reads them) and publishes them to
+the main topic; the row stays ``scheduled`` until a worker's claim takes it. A publish lost in
+between is published again after ``REDISPATCH_S``, and a new holder of the dispatcher's lease
+publishes again what its predecessor took but may not have published: the claims absorb a copy,
+so a job still runs once.
 """
 
 from __future__ import annotations
@@ -22,29 +24,41 @@ from jobstream.streams.pg import timed_audit
 REDISPATCH_S = 120.0
 """A dispatched job not claimed by then is published again (its record may have been lost)."""
 
-_DUE = """
-SELECT job_id, event, run_at, now() AS now FROM jobs
-WHERE status = 'scheduled' AND topic = $2 AND dispatched_at IS NULL AND run_at <= now()
-ORDER BY run_at
-LIMIT $1
+_TAKE = """
+UPDATE jobs AS j SET dispatched_at = now()
+FROM (
+    SELECT job_id FROM jobs
+    WHERE status = 'scheduled' AND topic = $2 AND {which} AND run_at <= now()
+    ORDER BY {order}
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE j.job_id = due.job_id
+RETURNING j.job_id, j.event, j.run_at, now() AS now
 """
-"""Due rows never published (``jobs_scheduled_fresh_idx``): rows published and not yet claimed
-leave this index, so a burst of them is not walked again every round."""
+_DUE = _TAKE.format(which="dispatched_at IS NULL", order="run_at")
+"""Due rows never published, marked as published in the statement that reads them (the
+dispatcher publishes them next). They leave ``jobs_scheduled_fresh_idx``, so a burst of rows
+published and not yet claimed is not walked again every round; ``SKIP LOCKED``: a row a claim
+or an operator holds is left for the next round."""
 
-_UNCLAIMED = """
-SELECT job_id, event, run_at, now() AS now FROM jobs
-WHERE status = 'scheduled' AND topic = $2 AND run_at <= now()
-  AND dispatched_at < now() - make_interval(secs => $3)
-ORDER BY dispatched_at
-LIMIT $1
-"""
+_UNCLAIMED = _TAKE.format(
+    which="dispatched_at < now() - make_interval(secs => $3)", order="dispatched_at"
+)
 """Rows published ``REDISPATCH_S`` ago and still not claimed (``jobs_scheduled_dispatched_idx``):
 their record may have been lost."""
 
-_DISPATCHED = """
-UPDATE jobs SET dispatched_at = now()
+_RELEASE = """
+UPDATE jobs SET dispatched_at = NULL
 WHERE job_id = ANY($1::text[]) AND status = 'scheduled'
 """
+
+_IN_DOUBT = """
+UPDATE jobs SET dispatched_at = NULL
+WHERE status = 'scheduled' AND topic = $1 AND run_at <= now()
+  AND dispatched_at > now() - make_interval(secs => $2)
+"""
+"""Older ones are published again by the ``_UNCLAIMED`` path in any case."""
 
 _DUE_COUNT = """
 SELECT count(*) AS due, min(run_at) AS oldest, now() AS now FROM jobs
@@ -87,8 +101,10 @@ class Due:
 
 
 async def due(pool: asyncpg.Pool, topic: str, limit: int) -> list[Due]:
-    """The oldest due jobs of ``topic`` never published, then those published more than
-    ``REDISPATCH_S`` ago and not claimed since."""
+    """Take the oldest due jobs of ``topic`` never published, then those published more than
+    ``REDISPATCH_S`` ago and not claimed since: they are marked published (``dispatched_at``)
+    as they are read. A publish that then fails gives them back (:func:`release`); a holder
+    that dies before publishing leaves them to its successor (:func:`in_doubt`)."""
     rows = list(await pool.fetch(_DUE, limit, topic))
     if len(rows) < limit:
         rows += await pool.fetch(_UNCLAIMED, limit - len(rows), topic, REDISPATCH_S)
@@ -98,9 +114,18 @@ async def due(pool: asyncpg.Pool, topic: str, limit: int) -> list[Due]:
     ]
 
 
-async def dispatched(pool: asyncpg.Pool, job_ids: Sequence[str]) -> None:
+async def release(pool: asyncpg.Pool, job_ids: Sequence[str]) -> None:
+    """Jobs taken by :func:`due` whose publish failed: the next round takes them again."""
     if job_ids:
-        await pool.execute(_DISPATCHED, list(job_ids))
+        await pool.execute(_RELEASE, list(job_ids))
+
+
+async def in_doubt(pool: asyncpg.Pool, topic: str) -> int:
+    """At a new holder's start: due jobs marked published but not claimed may never have been
+    published (their holder died between the two), so they go again. A copy of one that was
+    published is absorbed by the claims. Returns how many."""
+    status = await pool.execute(_IN_DOUBT, topic, REDISPATCH_S)
+    return int(status.split()[-1])
 
 
 async def waiting(pool: asyncpg.Pool, topic: str) -> tuple[int, float]:

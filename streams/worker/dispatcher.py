@@ -2,9 +2,10 @@
 
 Every replica runs one; the one holding the ``dispatcher`` lease (a row, renewed; see
 :mod:`jobstream.streams.pg.leases`) does the work, the others wait to take it over. Nothing
-waits in memory: a due job's row is its outbox. The dispatcher publishes it to the main topic
-(``not_before`` cleared) and marks it dispatched; a worker's claim takes the row when the record
-arrives. A publish that is repeated (a dispatcher that died before marking it, a lost record
+waits in memory: a due job's row is its outbox. The dispatcher takes a batch of due rows
+(marking them dispatched as it reads them), publishes them to the main topic (``not_before``
+cleared); a worker's claim takes the row when the record arrives. A publish that is repeated (a
+new holder publishes again what its predecessor took and nobody claimed, a lost record is
 published again after ``REDISPATCH_S``) is absorbed by the claims, and a schedule's tick is a
 job id derived from the schedule and the tick, so a tick fired twice is one job.
 
@@ -120,7 +121,12 @@ class Dispatcher:
             return
         held = await leases.take(self.pool, self.lease, self.holder, LEASE_TTL_S)
         if held and not self.holding:
-            log.info("dispatcher: this replica dispatches scheduled jobs now")
+            again = await scheduled.in_doubt(self.pool, self.topic)
+            log.info(
+                "dispatcher: this replica dispatches scheduled jobs now (%d taken before and"
+                " not claimed go again)",
+                again,
+            )
         self.holding = held
         self._renewed = now
         self.metrics.dispatcher_leader.set(1 if held else 0)
@@ -145,8 +151,14 @@ class Dispatcher:
         events = [
             JobEvent.model_validate(d.event).model_copy(update={"not_before": None}) for d in found
         ]
-        sent = await self._publish(events)
-        await scheduled.dispatched(self.pool, [e.id for e in sent])
+        try:
+            sent = await self._publish(events)
+        except BaseException:
+            # taken but not published: the next round takes them again (a record that did
+            # reach Kafka is a copy the claims absorb)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(scheduled.release(self.pool, [d.job_id for d in found]))
+            raise
         for d in found:
             self.metrics.dispatch_lateness.observe(max(0.0, d.late_s))
         self.metrics.dispatched.inc(len(sent))

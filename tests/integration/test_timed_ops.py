@@ -357,3 +357,67 @@ async def _is(pool: asyncpg.Pool, job_id: str, status: str) -> bool:
 
 async def _at_least(count: Any, n: int) -> bool:
     return bool(await count() >= n)
+
+
+async def _park(pool: asyncpg.Pool, prefix: str, job_id: str) -> None:
+    """A scheduled row due now, as a worker parks a delayed job."""
+    from jobstream.models.job import JobEvent
+
+    now: datetime = await pool.fetchval("SELECT now()")
+    event = JobEvent(id=job_id, type="echo", payload={}, not_before=now)
+    await pool.execute(
+        "INSERT INTO jobs (job_id, type, status, attempt, created_at, run_at, event, executions,"
+        " topic) VALUES ($1, 'echo', 'scheduled', 1, $2, $2, $3, 0, $4)",
+        job_id,
+        now,
+        event.model_dump(mode="json"),
+        prefix,
+    )
+
+
+@pytest.mark.timeout(120)
+async def test_a_batch_taken_by_a_holder_that_died_before_publishing_goes_with_the_next(
+    workers: WorkerFactory, pg_pool: asyncpg.Pool, prefix: str
+) -> None:
+    from jobstream.streams.pg import scheduled
+
+    job_id = f"{prefix}-taken"
+    await _park(pg_pool, prefix, job_id)
+    [taken] = await scheduled.due(pg_pool, prefix, 10)  # a holder took it, then died
+    assert taken.job_id == job_id
+    assert await scheduled.due(pg_pool, prefix, 10) == []  # taken: not taken twice
+    workers.start("w1")  # the next holder publishes it again at once, not REDISPATCH_S later
+    started: datetime = await pg_pool.fetchval("SELECT now()")
+    await wait_for(lambda: _is(pg_pool, job_id, "succeeded"), timeout=60, what="the job ran")
+    ran_at: datetime = await pg_pool.fetchval(
+        "SELECT started_at FROM jobs WHERE job_id = $1", job_id
+    )
+    assert (ran_at - started).total_seconds() < scheduled.REDISPATCH_S
+
+
+async def test_a_failed_publish_gives_the_batch_back(pg_pool: asyncpg.Pool, prefix: str) -> None:
+    from jobstream.streams.metrics import Metrics
+    from jobstream.streams.topics import topic_names
+    from jobstream.streams.worker.dispatcher import Dispatcher
+
+    class Refusing:
+        async def send(self, *args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("the broker is away")
+
+    job_id = f"{prefix}-refused"
+    await _park(pg_pool, prefix, job_id)
+    dispatcher = Dispatcher(
+        pg_pool,
+        Refusing(),  # type: ignore[arg-type]
+        topics=topic_names(prefix),
+        metrics=Metrics(),
+        worker="test",
+    )
+    dispatcher._synced = True
+    with pytest.raises(ConnectionError):
+        await dispatcher.round()
+    marked = await pg_pool.fetchval("SELECT dispatched_at FROM jobs WHERE job_id = $1", job_id)
+    assert marked is None  # the next round takes it again
+    from jobstream.streams.pg import scheduled
+
+    assert [d.job_id for d in await scheduled.due(pg_pool, prefix, 10)] == [job_id]
