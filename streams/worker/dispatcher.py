@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -30,7 +29,7 @@ import asyncpg
 from jobstream.agents.fitting import wire
 from jobstream.models.job import JobEvent
 from jobstream.models.schedules import MISFIRE_GRACE_S, ScheduleSpec, due, tick_job_id
-from jobstream.streams.failures import describe
+from jobstream.streams.failures import RecordTooLargeError, describe
 from jobstream.streams.kafka.publisher import Publisher
 from jobstream.streams.metrics import Metrics
 from jobstream.streams.pg import leases, scheduled, schedules
@@ -150,10 +149,14 @@ class Dispatcher:
         if not found:
             return False
         try:
-            futures = [
-                await self.publisher.send(self.topics.main, value, key=key)
-                for value, key in map(_record, found)
-            ]
+            futures = []
+            for d in found:
+                try:
+                    futures.append(
+                        await self.publisher.send(self.topics.main, d.record, key=d.key)
+                    )
+                except RecordTooLargeError as exc:  # it stays taken: tried again in REDISPATCH_S
+                    log.warning("scheduled job %s cannot be published: %s", d.job_id, exc)
             await asyncio.gather(*futures)
         except BaseException:
             # taken but not published: the next round takes them again (a record that did
@@ -224,19 +227,6 @@ class Dispatcher:
     async def _db_now(self) -> datetime:
         value: datetime = await self.pool.fetchval("SELECT now()")
         return value
-
-
-def _record(d: scheduled.Due) -> tuple[bytes, bytes]:
-    """The stored event as the record to publish, ``not_before`` cleared (it is due), keyed as
-    its producer keyed it. Not validated here: what a worker cannot read it dead-letters, and
-    one bad row must not hold back every other due job."""
-    event = {**d.event, "not_before": None}
-    try:
-        value = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:  # a lone surrogate: JSON's escapes carry it
-        value = json.dumps(event, separators=(",", ":")).encode()
-    key = event.get("partition_key") or event.get("id") or d.job_id
-    return value, str(key).encode()
 
 
 def _between(spec: ScheduleSpec, next_at: datetime, now: datetime) -> list[datetime]:

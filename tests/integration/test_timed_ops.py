@@ -421,3 +421,38 @@ async def test_a_failed_publish_gives_the_batch_back(pg_pool: asyncpg.Pool, pref
     from jobstream.streams.pg import scheduled
 
     assert [d.job_id for d in await scheduled.due(pg_pool, prefix, 10)] == [job_id]
+
+
+async def test_a_due_row_is_published_as_its_event_due_now_under_its_own_key(
+    pg_pool: asyncpg.Pool, prefix: str
+) -> None:
+    """What the dispatcher publishes is made by PostgreSQL from the stored event: the workers'
+    own decode reads it back as the event, due now, with its expiry, keyed by its producer's
+    key; text PostgreSQL stores (accents, emoji) goes through unescaped."""
+    from jobstream.agents.decode import decode_event
+    from jobstream.models.job import JobEvent
+    from jobstream.streams.pg import scheduled
+
+    now: datetime = await pg_pool.fetchval("SELECT now()")
+    events = [
+        JobEvent(id=f"{prefix}-a", type="echo", payload={"n": "ü 🎉"}, not_before=now,
+                 expires_at=now + timedelta(hours=1)),
+        JobEvent(id=f"{prefix}-b", type="echo", payload={}, not_before=now, partition_key="c-7"),
+    ]  # fmt: skip
+    for e in events:
+        await pg_pool.execute(
+            "INSERT INTO jobs (job_id, type, status, attempt, created_at, run_at, event,"
+            " executions, topic) VALUES ($1, 'echo', 'scheduled', 1, $2, $2, $3, 0, $4)",
+            e.id,
+            now,
+            e.model_dump(mode="json"),
+            prefix,
+        )
+    taken = {d.job_id: d for d in await scheduled.due(pg_pool, prefix, 10)}
+    assert set(taken) == {e.id for e in events}
+    for e in events:
+        d = taken[e.id]
+        decoded = decode_event(d.record, max_bytes=1_000_000)
+        assert decoded == e.model_copy(update={"not_before": None})
+        assert d.key == e.key()
+    assert "ü 🎉" in taken[f"{prefix}-a"].record.decode()
