@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 LEAD_S = 15.0
 """The first job falls due this long after the due times are set: every replica is idle by
 then, so the minute measures the dispatch and nothing before it."""
+TIER_LEAD_S = 60.0
+"""The tier's events carry their due time when they are published: the publish of 100,000 of
+them must be over before the first is due."""
 SEED = 18
 BULK_TIMEOUT_S = 600.0
 """Statements over all the scenario's rows: the pool's 30 s command timeout is for workers."""
@@ -211,7 +214,7 @@ async def _tier(
 
     from jobstream.models.job import JobEvent
 
-    start = datetime.now(UTC) + timedelta(seconds=LEAD_S)
+    start = datetime.now(UTC) + timedelta(seconds=TIER_LEAD_S)
     due = {j: start + timedelta(seconds=o) for j, o in zip(ids, offsets, strict=True)}
     order = list(ids)
     random.Random(SEED + 1).shuffle(order)  # delays of many lengths: no order of due time
