@@ -33,7 +33,10 @@ pytestmark = pytest.mark.slow
 
 N_JOBS = 10_000
 SPREAD_S = 120.0
-LEAD_S = 10.0  # the first job is due this long after the submit starts
+LEAD_S = 30.0
+"""The first job is due this long after the submit starts: time for the workers to keep them
+as rows first, also on a busy machine (a job whose time has passed when a worker reads it runs
+at once instead, without a row)."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -84,12 +87,15 @@ async def test_delayed_jobs_and_a_schedule_through_a_kill_and_a_drain(
     assert len(ids) == N_JOBS
 
     async def parked() -> bool:
-        n = await pg_pool.fetchval(
-            "SELECT count(*) FROM jobs WHERE job_id = ANY($1) AND run_at IS NOT NULL", ids
-        )
+        n = await pg_pool.fetchval("SELECT count(*) FROM jobs WHERE job_id = ANY($1)", ids)
         return int(n) == N_JOBS
 
-    await wait_for(parked, timeout=60, what="every delayed job kept as a scheduled row")
+    await wait_for(parked, timeout=90, what="every delayed job kept as a row")
+    parked_late = int(
+        await pg_pool.fetchval(
+            "SELECT count(*) FROM jobs WHERE job_id = ANY($1) AND run_at IS NULL", ids
+        )
+    )
 
     # -- a third of the way in: SIGKILL the replica holding the dispatcher's lease --------------
     await asyncio.sleep(max(0.0, LEAD_S + SPREAD_S / 3 - (time.monotonic() - started)))
@@ -121,27 +127,29 @@ async def test_delayed_jobs_and_a_schedule_through_a_kill_and_a_drain(
         " WHERE job_id = ANY($1)",
         ids,
     )
-    early = [r["job_id"] for r in rows if r["started_at"] < r["run_at"]]
-    lateness = [(r["started_at"] - r["run_at"]).total_seconds() for r in rows]
+    # against the time each job was given (a job read after its time has no run_at: it ran at
+    # once), so every job counts
+    early = [r["job_id"] for r in rows if r["started_at"] < due_at[r["job_id"]]]
+    lateness = [(r["started_at"] - due_at[r["job_id"]]).total_seconds() for r in rows]
 
     def within(r: asyncpg.Record, at: datetime) -> bool:
-        return bool(at - timedelta(seconds=1) <= r["run_at"] <= at + timedelta(seconds=20))
+        due = due_at[r["job_id"]]
+        return bool(at - timedelta(seconds=1) <= due <= at + timedelta(seconds=20))
 
-    failover = [
-        (r["started_at"] - r["run_at"]).total_seconds() for r in rows if within(r, killed_at)
-    ]
-    drain = [(r["started_at"] - r["run_at"]).total_seconds() for r in rows if within(r, drained_at)]
+    def late(r: asyncpg.Record) -> float:
+        return float((r["started_at"] - due_at[r["job_id"]]).total_seconds())
+
+    failover = [late(r) for r in rows if within(r, killed_at)]
+    drain = [late(r) for r in rows if within(r, drained_at)]
     # the steady state: jobs due away from the kill and the drain (a killed replica's partitions
     # wait for the group's session timeout, whatever the dispatcher does)
-    steady = [
-        (r["started_at"] - r["run_at"]).total_seconds()
-        for r in rows
-        if not within(r, killed_at) and not within(r, drained_at)
-    ]
+    steady = [late(r) for r in rows if not within(r, killed_at) and not within(r, drained_at)]
     reruns = sum(1 for r in rows if r["executions"] > 1)
     # the dispatcher's part alone: its publish after the job's time (a job started twice, or
     # whose publish was repeated, keeps the last publish)
-    dispatch = [(r["dispatched_at"] - r["run_at"]).total_seconds() for r in rows]
+    dispatch = [
+        (r["dispatched_at"] - r["run_at"]).total_seconds() for r in rows if r["dispatched_at"]
+    ]
 
     # every tick between the schedule's start and the end is one job, none missing
     await wait_for(
@@ -165,6 +173,7 @@ async def test_delayed_jobs_and_a_schedule_through_a_kill_and_a_drain(
         "killed": victim_name,
         "drained": drained,
         "early": len(early),
+        "run_at_once_not_parked": parked_late,
         "lateness_p50_s": round(percentile(lateness, 0.50), 3),
         "lateness_p99_s": round(percentile(lateness, 0.99), 3),
         "lateness_max_s": round(max(lateness), 3),
