@@ -38,6 +38,12 @@ from jobstream.streams.dlq.cli import dlq_group
 from jobstream.streams.exits import Exit
 from jobstream.streams.ops.backup import backup_command, prune_command, restore_command
 from jobstream.streams.ops.doctor import doctor_command
+from jobstream.streams.ops.scheduling import (
+    scheduled_group,
+    schedules_group,
+    submit_timing,
+    timing_options,
+)
 from jobstream.streams.output import print_json
 from jobstream.streams.producer.server import api_command
 from jobstream.streams.services import database_url, kafka_bootstrap, resolve
@@ -169,10 +175,16 @@ def _payload(text: str) -> dict[str, Any]:
 @click.option(
     "--count", type=click.IntRange(min=1), default=1, show_default=True, help="publish this many"
 )
+@timing_options
 @app_option
 @with_settings
 def cmd_submit(
-    settings: Settings, job_type: str, payload: str, job_id: str | None, count: int
+    settings: Settings,
+    job_type: str,
+    payload: str,
+    job_id: str | None,
+    count: int,
+    **timing: str | None,
 ) -> int:
     from jobstream.agents.catalog import default_registry
     from jobstream.streams.kafka.security import client_options
@@ -181,7 +193,7 @@ def cmd_submit(
 
     body = _payload(payload)
     registry = default_registry(settings)
-    item: dict[str, Any] = {"type": job_type, "payload": body}
+    item: dict[str, Any] = {"type": job_type, "payload": body, **submit_timing(timing)}
     try:
         events = [
             validate_job(
@@ -311,6 +323,8 @@ for _cmd in (
     backup_command,
     restore_command,
     prune_command,
+    scheduled_group,
+    schedules_group,
 ):
     cli.add_command(_cmd)
 

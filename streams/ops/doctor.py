@@ -348,6 +348,57 @@ def check_retention(settings: Settings) -> list[Check]:
     return checks
 
 
+DUE_WARN_S = 60.0
+DUE_FAIL_S = 300.0
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What PostgreSQL says of the dispatcher of one main topic."""
+
+    holder: str | None
+    """The lease's holder (``worker:pid:instance``), None when it was never taken."""
+    live: bool
+    until_s: float
+    """Seconds until the lease ends (negative: it ended that long ago)."""
+    held_s: float
+    """Seconds the holder has held it."""
+    due: int
+    oldest_due_s: float
+    schedules_behind: int
+
+
+def check_dispatcher(d: Dispatch) -> Check:
+    """The dispatcher's lease is held and renewed, and due jobs are not piling up."""
+    name = "dispatcher"
+    backlog = f"{d.due} due job(s) waiting" + (
+        f", the oldest {d.oldest_due_s:.0f}s past its time" if d.due else ""
+    )
+    behind = f"; {d.schedules_behind} schedule(s) behind" if d.schedules_behind else ""
+    if not d.live:
+        who = (
+            f"the lease of {d.holder.split(':', 1)[0]} ended {-d.until_s:.0f}s ago"
+            if d.holder
+            else "it was never taken"
+        )
+        detail = f"no replica holds the dispatcher's lease ({who}); {backlog}{behind}"
+        if d.oldest_due_s > DUE_WARN_S or d.schedules_behind:
+            return fail(name, detail, "start a worker: one replica at a time dispatches")
+        if d.due:
+            return warn(name, detail, "start a worker: one replica at a time dispatches")
+        return ok(name, detail)
+    detail = (
+        f"held by {(d.holder or '?').split(':', 1)[0]} for {d.held_s:.0f}s, renewed"
+        f" (ends in {d.until_s:.0f}s); {backlog}{behind}"
+    )
+    fix = "the holder does not keep up or cannot publish: see its log, restart it"
+    if d.oldest_due_s > DUE_FAIL_S:
+        return fail(name, detail, fix)
+    if d.oldest_due_s > DUE_WARN_S or d.schedules_behind:
+        return warn(name, detail, fix)
+    return ok(name, detail)
+
+
 def check_sentry(settings: Settings) -> Check:
     if settings.sentry_dsn is None:
         return ok("sentry", f"not configured ({ENV}SENTRY_DSN unset): errors are only logged")
@@ -669,11 +720,38 @@ async def postgres_checks(settings: Settings, *, probe: bool, job_types: JobType
                 )
                 buckets = [Bucket(r["key"], r["paused_s"] or 0.0) for r in rows]
             checks += check_rate_limits(job_types.limited, job_types.keys, buckets)
+            if await conn.fetchval("SELECT to_regclass('timed_audit') IS NOT NULL"):
+                checks.append(check_dispatcher(await _dispatch(conn, settings)))
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         checks.append(fail("postgresql", f"query failed ({_reason(exc, secrets)})", "check it"))
     finally:
         await conn.close()
     return checks
+
+
+async def _dispatch(conn: Any, settings: Settings) -> Dispatch:
+    from jobstream.models.schedules import MISFIRE_GRACE_S
+    from jobstream.streams.pg import leases, scheduled, schedules
+
+    main = topic_names(settings.topic_prefix, settings.retry_tiers_s).main
+    lease = await leases.read(conn, f"dispatcher:{main}")
+    due, oldest = await scheduled.waiting(conn, main)
+    behind = await schedules.behind(conn, main, MISFIRE_GRACE_S)
+    now: datetime = await conn.fetchval("SELECT now()")
+    if lease is None:
+        return Dispatch(None, False, 0.0, 0.0, due, oldest, behind)
+    until, acquired = lease["until"], lease["acquired_at"]
+    assert isinstance(until, datetime)
+    assert isinstance(acquired, datetime)
+    return Dispatch(
+        str(lease["holder"]),
+        bool(lease["live"]),
+        (until - now).total_seconds(),
+        (now - acquired).total_seconds(),
+        due,
+        oldest,
+        behind,
+    )
 
 
 async def run_checks(settings: Settings, *, probe: bool = False) -> list[Check]:

@@ -4,7 +4,9 @@ Why rows are pruned at all: every job leaves one row, so at a few hundred thousa
 the table grows without bound while only recent rows are read (status queries, re-emitted
 outcomes, dedupe of redelivered events). A limit per terminal status, by age and by count,
 bounds it; rows that are ``retrying`` are never touched, because they are how a redelivered
-event learns that its retry is already durable.
+event learns that its retry is already durable, nor are ``scheduled`` rows (a delayed job's row
+is the job itself until it is published). ``cancelled`` and ``expired`` rows, jobs that ended
+without a result, follow the limits of succeeded rows.
 
 A dead-lettered row is kept while its dead letter may still be in the dead-letter topic: the
 row is how an operator finds the letter, and the replay tool's dedupe relies on both. The topic
@@ -53,7 +55,9 @@ DEAD_LETTER_MARGIN_S = 3600.0
 differ, and a dead letter is published after its row's ``finished_at`` (later still when Kafka
 was unreachable and the publish was retried)."""
 
-PRUNABLE = (JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED)
+PRUNABLE = (JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED, JobStatus.CANCELLED, JobStatus.EXPIRED)
+"""The terminal statuses. Never ``scheduled`` (a job waiting for its time: its row is its only
+copy), ``running`` or ``retrying`` rows."""
 
 _COUNT_CUTOFF = """
 SELECT finished_at FROM jobs
@@ -119,6 +123,13 @@ class RetentionPolicy:
                     JobStatus.DEAD_LETTERED,
                     s.retention_dead_lettered_age_s,
                     s.retention_dead_lettered_max_rows,
+                ),
+                # jobs that ended without a result are kept as long as succeeded ones
+                StatusRule(
+                    JobStatus.CANCELLED, s.retention_succeeded_age_s, s.retention_succeeded_max_rows
+                ),
+                StatusRule(
+                    JobStatus.EXPIRED, s.retention_succeeded_age_s, s.retention_succeeded_max_rows
                 ),
             ),
             batch_size=s.retention_batch_size,

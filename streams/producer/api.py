@@ -32,7 +32,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -47,6 +47,7 @@ from jobstream.models.errors import InvalidJobError
 from jobstream.models.job import JobEvent
 from jobstream.streams.httpserver import CLIENT_CLOSED, RequestBodyTimeout, client_gone
 from jobstream.streams.metrics import Metrics
+from jobstream.streams.producer.timing import Timing, parse_instant
 from jobstream.streams.settings import Settings
 from jobstream.streams.topics import TopicNames
 
@@ -63,6 +64,11 @@ MAX_ID_LENGTH = 200  # JobEvent.id's own limit: a longer id can never have a row
 SUBMIT_FIELDS = frozenset({"type", "payload", "id", "metadata", "partition_key"})
 """What a producer may set; ``attempt``, ``history``, ``not_before``, ``v`` and ``created_at``
 belong to the workers and the server."""
+TIMING_FIELDS = frozenset({"delay_s", "run_at", "ttl_s", "expires_at"})
+"""When the job may run and until when (:func:`read_timing`): ``delay_s`` or ``run_at``
+(ISO-8601 with its offset), ``ttl_s`` or ``expires_at``."""
+TIMED_ROW_FIELDS = ("run_at", "expires_at", "started_at")
+"""What a status answer shows of a timed job: a ``scheduled`` job's time, its expiry."""
 ROW_FIELDS = (
     "type", "status", "attempt", "result", "error", "error_class", "executions", "worker",
     "source", "replay_of", "created_at", "finished_at", "updated_at",
@@ -186,12 +192,14 @@ def validate_job(
     the others refuse too, and a job they accept no worker dead-letters as undecodable."""
     if not isinstance(item, dict):
         raise _invalid([_error(at, f"expected a job object, got {_json_type(item)}", "dict_type")])
-    accepted = ", ".join(sorted(SUBMIT_FIELDS))
+    accepted = ", ".join(sorted(SUBMIT_FIELDS | TIMING_FIELDS))
     errors = [
         _error([*at, key], f"unknown field; a job may set {accepted}", "extra_forbidden")
         for key in item
-        if key not in SUBMIT_FIELDS
+        if key not in SUBMIT_FIELDS and key not in TIMING_FIELDS
     ]
+    timing, timing_errors = read_timing(item, at)
+    errors.extend(timing_errors)
     fields = {k: v for k, v in item.items() if k in SUBMIT_FIELDS}
     if fields.get("id") is None:
         fields.pop("id", None)  # null id: the server picks one, like a missing id
@@ -224,11 +232,85 @@ def validate_job(
             job_type.payload_model.model_validate(event.payload)
         except ValidationError as exc:
             errors.extend(_pydantic_errors(exc, [*at, "payload"]))
+    if timing:
+        event = event.model_copy(
+            update={"not_before": timing.not_before, "expires_at": timing.expires_at}
+        )
     if not errors:
         errors.extend(_worker_refusal(event, max_event_bytes, at))
     if errors:
         raise _invalid(errors, **_known_types_if_needed(errors, registry))
     return event
+
+
+def read_timing(
+    item: dict[str, Any], at: tuple[int, ...] = ()
+) -> tuple[Timing, list[dict[str, Any]]]:
+    """``delay_s``/``run_at`` and ``ttl_s``/``expires_at`` of a submitted job, read with the
+    rules every producer shares (:class:`jobstream.streams.producer.timing.Timing`); each
+    problem is an error at the field it is about. A null is the same as a missing field."""
+    parsed, errors = _timing_values(item, at)
+    if errors:
+        return Timing(), errors
+    now = datetime.now(UTC)
+    # each field on its own first, so an error names the field it is about
+    for key, arg in (
+        ("delay_s", "delay"), ("run_at", "run_at"), ("ttl_s", "ttl"), ("expires_at", "expires_at")
+    ):  # fmt: skip
+        if key in parsed:
+            try:
+                Timing.of(now=now, **{arg: parsed[key]})
+            except ValueError as exc:
+                errors.append(_error([*at, key], str(exc), "timing_invalid"))
+            except OverflowError:  # a time at the edge of the calendar, moved to UTC
+                errors.append(_error([*at, key], f"{key} is out of range", "timing_invalid"))
+    for first, second in (("delay_s", "run_at"), ("ttl_s", "expires_at")):
+        if first in parsed and second in parsed:
+            msg = f"give {first} or {second}, not both"
+            errors.append(_error([*at, second], msg, "timing_invalid"))
+    if errors:
+        return Timing(), errors
+    try:
+        timing = Timing.of(
+            delay=parsed.get("delay_s"),
+            run_at=parsed.get("run_at"),
+            ttl=parsed.get("ttl_s"),
+            expires_at=parsed.get("expires_at"),
+            now=now,
+        )
+    except ValueError as exc:  # the only rule left that needs both: expiry after the start
+        key = "ttl_s" if "ttl_s" in parsed else "expires_at"
+        return Timing(), [_error([*at, key], str(exc), "timing_invalid")]
+    return timing, []
+
+
+def _timing_values(
+    item: dict[str, Any], at: tuple[int, ...]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The timing fields as numbers and instants, or why not."""
+    errors: list[dict[str, Any]] = []
+    parsed: dict[str, Any] = {}
+    for key in sorted(TIMING_FIELDS):
+        value = item.get(key)
+        if value is None:
+            continue
+        if key.endswith("_s"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                msg = f"{key} is a number of seconds, not {_json_type(value)}"
+                errors.append(_error([*at, key], msg, "timing_invalid"))
+            elif abs(value) > 1e12:  # far past any limit; a float() of a huge int would raise
+                errors.append(_error([*at, key], f"{key} is out of range", "timing_invalid"))
+            else:
+                parsed[key] = float(value)
+        elif not isinstance(value, str):
+            msg = f"{key} is an ISO-8601 time with its UTC offset, not {_json_type(value)}"
+            errors.append(_error([*at, key], msg, "timing_invalid"))
+        else:
+            try:
+                parsed[key] = parse_instant(value)
+            except ValueError as exc:
+                errors.append(_error([*at, key], str(exc), "timing_invalid"))
+    return parsed, errors
 
 
 def _worker_refusal(
@@ -303,10 +385,13 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 def api_routes(runtime: ApiRuntime) -> list[web.RouteDef]:
     """``POST /jobs`` and ``GET /jobs/{job_id}``, behind the bearer token when one is set."""
+    from jobstream.streams.producer.timed_api import timed_routes  # it builds on this module
+
     api = _JobsApi(runtime)
     return [
         web.post("/jobs", api.guarded("submit", api.submit)),
         web.get("/jobs/{job_id}", api.guarded("status", api.status)),
+        *timed_routes(runtime, api),
     ]
 
 
@@ -571,7 +656,7 @@ class _JobsApi:
 def job_view(job_id: str, row: dict[str, Any]) -> dict[str, Any]:
     """A ``jobs`` row as the API shows it: fixed keys, timestamps as ISO-8601."""
     view: dict[str, Any] = {"id": row.get("job_id", job_id)}
-    for name in ROW_FIELDS:
+    for name in (*ROW_FIELDS, *TIMED_ROW_FIELDS):
         value = row.get(name)
         view[name] = value.isoformat() if isinstance(value, date) else value
     return view

@@ -2,9 +2,10 @@
 
 Every replica runs one; the one holding the ``dispatcher`` lease (a row, renewed; see
 :mod:`jobstream.streams.pg.leases`) does the work, the others wait to take it over. Nothing
-waits in memory: a due job's row is its outbox. The dispatcher publishes it to the main topic
-(``not_before`` cleared) and marks it dispatched; a worker's claim takes the row when the record
-arrives. A publish that is repeated (a dispatcher that died before marking it, a lost record
+waits in memory: a due job's row is its outbox. The dispatcher takes a batch of due rows
+(marking them dispatched as it reads them), publishes them to the main topic (``not_before``
+cleared); a worker's claim takes the row when the record arrives. A publish that is repeated (a
+new holder publishes again what its predecessor took and nobody claimed, a lost record is
 published again after ``REDISPATCH_S``) is absorbed by the claims, and a schedule's tick is a
 job id derived from the schedule and the tick, so a tick fired twice is one job.
 
@@ -20,15 +21,17 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
 from jobstream.agents.fitting import wire
 from jobstream.models.job import JobEvent
 from jobstream.models.schedules import MISFIRE_GRACE_S, ScheduleSpec, due, tick_job_id
-from jobstream.streams.failures import describe
+from jobstream.streams.failures import RecordTooLargeError, describe
 from jobstream.streams.kafka.publisher import Publisher
 from jobstream.streams.metrics import Metrics
 from jobstream.streams.pg import leases, scheduled, schedules
@@ -38,10 +41,15 @@ log = logging.getLogger(__name__)
 
 LEASE = "dispatcher"
 """The lease's name, with the main topic it serves after a colon."""
-LEASE_TTL_S = 10.0
+LEASE_TTL_S = 5.0
+"""A SIGKILLed holder's due jobs wait this long (and up to a third more) for another replica;
+a holder stalled longer than this loses the lease, and the two publishing at once for a moment
+costs duplicate records only (the claims absorb them)."""
 POLL_S = 0.2
 """How often the holder looks for due jobs and ticks when there was nothing to do."""
 BATCH = 1000
+PUBLISHING = 4
+"""Batches queued to Kafka and not yet acknowledged, at most."""
 """Due jobs published per round; a full round goes again at once."""
 SAMPLE_S = 5.0
 
@@ -72,17 +80,23 @@ class Dispatcher:
         self._renewed = 0.0
         self._sampled = 0.0
         self._failing = False
+        self._publishing: deque[asyncio.Task[None]] = deque()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="dispatcher")
 
     async def stop(self) -> None:
-        """Stop, and give the lease back so another replica takes over at once."""
+        """Stop, and give the lease back so another replica takes over at once (the batches
+        being published are acknowledged, or given back, first)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        pending, self._publishing = list(self._publishing), deque()
+        for failed in await asyncio.gather(*pending, return_exceptions=True):
+            if isinstance(failed, Exception):
+                log.warning("dispatcher: a batch was not published: %s", describe(failed))
         if self.holding:
             self.holding = False
             self.metrics.dispatcher_leader.set(0)
@@ -117,7 +131,12 @@ class Dispatcher:
             return
         held = await leases.take(self.pool, self.lease, self.holder, LEASE_TTL_S)
         if held and not self.holding:
-            log.info("dispatcher: this replica dispatches scheduled jobs now")
+            again = await scheduled.in_doubt(self.pool, self.topic)
+            log.info(
+                "dispatcher: this replica dispatches scheduled jobs now (%d taken before and"
+                " not claimed go again)",
+                again,
+            )
         self.holding = held
         self._renewed = now
         self.metrics.dispatcher_leader.set(1 if held else 0)
@@ -136,18 +155,52 @@ class Dispatcher:
         return full
 
     async def _dispatch(self) -> bool:
+        """Take a batch of due jobs and queue it to Kafka; its acknowledgement is awaited
+        while the next batches are taken (at most ``PUBLISHING`` batches unacknowledged), so
+        the rate is not one batch per broker round trip."""
+        while len(self._publishing) >= PUBLISHING or (
+            self._publishing and self._publishing[0].done()
+        ):
+            await self._publishing.popleft()  # raises what failed its publish
         found = await scheduled.due(self.pool, self.topic, BATCH)
         if not found:
             return False
-        events = [
-            JobEvent.model_validate(d.event).model_copy(update={"not_before": None}) for d in found
-        ]
-        sent = await self._publish(events)
-        await scheduled.dispatched(self.pool, [e.id for e in sent])
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for d in found:
+                try:
+                    futures.append(await self.publisher.send(self.topics.main, d.record, key=d.key))
+                except RecordTooLargeError as exc:  # it stays taken: tried again in REDISPATCH_S
+                    log.warning("scheduled job %s cannot be published: %s", d.job_id, exc)
+        except BaseException:
+            await self._give_back(found, futures)
+            raise
+        self._publishing.append(
+            asyncio.create_task(self._acknowledged(found, futures), name="dispatcher-publish")
+        )
+        return len(found) == BATCH
+
+    async def _acknowledged(
+        self, found: Sequence[scheduled.Due], futures: Sequence[asyncio.Future[Any]]
+    ) -> None:
+        try:
+            await asyncio.gather(*futures)
+        except BaseException:
+            await self._give_back(found, futures)
+            raise
         for d in found:
             self.metrics.dispatch_lateness.observe(max(0.0, d.late_s))
-        self.metrics.dispatched.inc(len(sent))
-        return len(found) == BATCH
+        self.metrics.dispatched.inc(len(found))
+
+    async def _give_back(
+        self, found: Sequence[scheduled.Due], futures: Sequence[asyncio.Future[Any]]
+    ) -> None:
+        """Taken but not published: the next round takes them again (a record that did reach
+        Kafka is a copy the claims absorb)."""
+        for fut in futures:  # retrieved, so asyncio does not report them as never awaited
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        with contextlib.suppress(Exception):
+            await asyncio.shield(scheduled.release(self.pool, [d.job_id for d in found]))
 
     async def _fire(self) -> None:
         for stored, now in await schedules.due(self.pool, self.topic):

@@ -187,3 +187,93 @@ async def test_the_password_reaches_pg_dump_only_through_its_environment(
     assert all(secret not in c for c in argv), argv
     assert f"password: {secret}" in calls
     assert secret not in out + restored
+
+
+async def test_scheduled_jobs_schedules_and_their_audit_survive_a_backup_and_restore(
+    kafka_bootstrap: str, database_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """A delayed job waits as a row, a schedule is a row: a restore brings both back, and a
+    worker on the restored database runs the job when it is due."""
+    from datetime import timedelta
+
+    from jobstream.models.schedules import ScheduleSpec
+    from jobstream.streams.pg import scheduled, schedules
+
+    async with (
+        fresh_database(database_url, "bk") as source,
+        fresh_database(database_url, "rs") as target,
+    ):
+        pool = await create_pool(source, min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+            async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
+                job_id = await client.submit("echo", {"n": 1}, job_id=f"{prefix}-d", delay=3600)
+            factory = WorkerFactory(
+                bootstrap=kafka_bootstrap, dsn=source, prefix=prefix, tmp=tmp_path / "source"
+            )
+            try:
+                await factory.start().wait_assigned()  # parks the delayed job as its row
+
+                async def parked() -> bool:
+                    status = await pool.fetchval(
+                        "SELECT status FROM jobs WHERE job_id = $1", job_id
+                    )
+                    return bool(status == "scheduled")
+
+                await wait_for(parked, timeout=60, what="the scheduled row")
+            finally:
+                factory.close()
+            db_now = await pool.fetchval("SELECT now()")
+            spec = ScheduleSpec(name="nightly", job_type="echo", cron="0 3 * * *")
+            assert await schedules.add(pool, prefix, spec, db_now, by="test")
+            # due in a few seconds now: the restored copy must run it
+            await scheduled.move(pool, prefix, job_id, db_now + timedelta(seconds=3), by="test")
+            before = {
+                "jobs": rows_by_id(await pool.fetch("SELECT * FROM jobs")),
+                "schedules": [dict(r) for r in await pool.fetch("SELECT * FROM schedules")],
+                "audit": [dict(r) for r in await pool.fetch("SELECT * FROM timed_audit")],
+            }
+        finally:
+            await pool.close()
+        env = cli_env(kafka_bootstrap, source, prefix)
+        code, out = await run_cli("backup", f"{tmp_path}/backups/", "--json", env=env)
+        assert code == 0, out
+        manifest = json.loads(out)
+        assert manifest["rows"]["public.schedules"] == 1
+        assert manifest["rows"]["public.timed_audit"] == 2
+        code, out = await run_cli(
+            "restore", manifest["path"], env=cli_env(kafka_bootstrap, target, prefix)
+        )
+        assert code == 0, out
+
+        restored = await create_pool(target, min_size=1, max_size=2)
+        try:
+            assert rows_by_id(await restored.fetch("SELECT * FROM jobs")) == before["jobs"]
+            assert [dict(r) for r in await restored.fetch("SELECT * FROM schedules")] == before[
+                "schedules"
+            ]
+            assert [dict(r) for r in await restored.fetch("SELECT * FROM timed_audit")] == before[
+                "audit"
+            ]
+            factory = WorkerFactory(
+                bootstrap=kafka_bootstrap, dsn=target, prefix=prefix, tmp=tmp_path / "target"
+            )
+            try:
+                factory.start()
+
+                async def ran() -> bool:
+                    row = await restored.fetchrow(
+                        "SELECT status, executions FROM jobs WHERE job_id = $1", job_id
+                    )
+                    return row is not None and row["status"] == "succeeded"
+
+                await wait_for(ran, timeout=120, what="the restored scheduled job ran")
+                executions = await restored.fetchval(
+                    "SELECT executions FROM jobs WHERE job_id = $1", job_id
+                )
+                assert executions == 1
+            finally:
+                factory.close()
+        finally:
+            await restored.close()

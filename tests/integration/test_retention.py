@@ -30,6 +30,7 @@ from jobstream.streams.pg.retention import (
     Sweeper,
     dead_letter_horizon,
 )
+from jobstream.streams.settings import Settings
 from tests.integration.harness import run_cli
 from tests.integration.pgtools import fresh_database
 
@@ -283,7 +284,7 @@ async def test_prune_command_dry_run_then_for_real(
     report = json.loads(out)
     counts = {s["status"]: s["rows"] for s in report["statuses"]}
     assert report["dry_run"]
-    assert counts == {"succeeded": 40, "dead_lettered": 0}
+    assert counts == {"succeeded": 40, "dead_lettered": 0, "cancelled": 0, "expired": 0}
     assert await pool.fetchval("SELECT count(*) FROM jobs") == 55
 
     code, out = await run_cli("prune", env=env)
@@ -296,3 +297,37 @@ async def test_prune_command_dry_run_then_for_real(
     assert json.loads(out)["total"] == 5
     left = await remaining(pool)
     assert set(left) == set(rows("s-new", 7)) | set(rows("r-old", 3))
+
+
+async def test_cancelled_and_expired_rows_go_like_the_others_and_scheduled_rows_never(
+    db: tuple[str, asyncpg.Pool],
+) -> None:
+    _, pool = db
+    now: datetime = await pool.fetchval("SELECT clock_timestamp()")
+    old, recent = now - timedelta(days=3), now - timedelta(hours=1)
+    for status in ("succeeded", "cancelled", "expired"):
+        await insert(pool, [f"{status}-old"], status, old)
+        await insert(pool, [f"{status}-new"], status, recent)
+    # a job scheduled long ago for a time far ahead (no finished_at), and one with a stray
+    # finished_at: neither is a finished job
+    await pool.execute(
+        "INSERT INTO jobs (job_id, type, status, attempt, created_at, run_at, finished_at, event)"
+        " VALUES ('later', 'echo', 'scheduled', 1, $1, $2, NULL, '{}'),"
+        "        ('stray', 'echo', 'scheduled', 1, $1, $2, $1, '{}')",
+        now - timedelta(days=30),
+        now + timedelta(days=30),
+    )
+    settings = Settings(retention_succeeded_age_s=DAY, retention_succeeded_max_rows=None)
+    report = await Sweeper(pool, RetentionPolicy.from_settings(settings)).sweep()
+    assert {s.status: s.rows for s in report.statuses if s.rows} == {
+        "succeeded": 1,
+        "cancelled": 1,
+        "expired": 1,
+    }
+    assert set(await remaining(pool)) == {
+        "succeeded-new", "cancelled-new", "expired-new", "later", "stray",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="never pruned"):
+        await Sweeper(
+            pool, RetentionPolicy(rules=(StatusRule(JobStatus.SCHEDULED, 1.0, None),))
+        ).sweep()

@@ -153,6 +153,18 @@ SCENARIOS: tuple[Scenario, ...] = (
         upstream_latency_ms=FAKE_LATENCY_MS,
         summary="llm.chat against the fake OpenRouter (500 ms)",
     ),
+    Scenario(
+        "timed-100k", "timed", "echo", 2, 100, 100_000, 20_000, 0, 0,
+        summary="100,000 scheduled rows due across one minute, published by the dispatcher",
+    ),
+    Scenario(
+        "timed-burst", "timed", "echo", 2, 100, 100_000, 20_000, 0, 0,
+        summary="100,000 scheduled rows all due at the same instant: the dispatcher's rate",
+    ),
+    Scenario(
+        "timed-tier", "timed", "echo", 2, 100, 100_000, 20_000, 0, 0,
+        summary="the same minute held by a retry tier's forwarders (5000 a replica) instead",
+    ),
 )  # fmt: skip
 BY_NAME = {s.name: s for s in SCENARIOS}
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -160,6 +172,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "echo": ("echo-1", "echo-2"),
     "llm": ("llm-25", "llm-500"),
     "baseline": BASELINES,
+    "timed": ("timed-100k", "timed-burst", "timed-tier"),
     # the numbering of the original request, so "1,3" means what the issue said
     "1": ("echo-1",),
     "2": ("echo-2",),
@@ -526,6 +539,60 @@ def markdown_table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+TIMED_HEADER = ("timed scenario", "jobs", "due over s", "dispatch p50 ms", "dispatch p99 ms",
+                "dispatched/s", "busiest s", "start p50 ms", "start p99 ms", "all done after s",
+                "peak RSS MB")  # fmt: skip
+
+
+def render_timed_table(results: Sequence[Mapping[str, Any]]) -> str | None:
+    """The timed scenarios' own table (:mod:`jobstream.streams.dev.bench.timed`): the
+    dispatcher's lateness and rate, and each job's start after its due time."""
+    rows: list[tuple[str, ...]] = [TIMED_HEADER]
+    for r in results:
+        t = r.get("timed")
+        if r.get("kind") != "timed":
+            continue
+        if not t:
+            rows.append((r["name"], f"{r['jobs']:,}", *(["failed"] + [""] * 8)))
+            continue
+        dispatch = t.get("dispatch_lateness_ms") or {}
+        start = t.get("start_lateness_ms") or {}
+        rows.append(
+            (
+                r["name"],
+                _jobs_cell(r.get("completed") or 0, r["jobs"]),
+                _fmt(t.get("due_span_s"), ".0f"),
+                _fmt(dispatch.get("p50"), ",.0f"),
+                _fmt(dispatch.get("p99"), ",.0f"),
+                _fmt(t.get("dispatch_rate_per_s"), ",.0f"),
+                _fmt(t.get("dispatch_busiest_second"), ",d"),
+                _fmt(start.get("p50"), ",.0f"),
+                _fmt(start.get("p99"), ",.0f"),
+                _fmt(t.get("last_succeeded_after_first_due_s"), ",.1f"),
+                _fmt((r.get("rss_mb") or {}).get("max"), ",.0f"),
+            )
+        )
+    if len(rows) == 1:
+        return None
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TIMED_HEADER))]
+    lines = []
+    for k, row in enumerate(rows):
+        cells = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+        if k == 0:
+            lines.append(
+                "| "
+                + " | ".join(
+                    "-" * w if i == 0 else "-" * (w - 1) + ":" for i, w in enumerate(widths)
+                )
+                + " |"
+            )
+    return "\n".join(lines)
+
+
 def _ceiling_note(r: Mapping[str, Any]) -> str | None:
     if r.get("vs_ceiling") is None:
         return None
@@ -595,7 +662,7 @@ RESULT_KEYS: tuple[str, ...] = (
     "expected_jobs_s", "slow_slots", "slow_bound_jobs_s", "ceiling_jobs_s", "vs_ceiling",
     "vs_faust", "vs_aiokafka", "rss_mb", "soak",
     "outputs", "rows", "exit_codes", "cpu", "upstream", "worker_metrics", "profile", "logs",
-    "error",
+    "timed", "timed_parked_s", "error",
 )  # fmt: skip
 """Every scenario result has exactly these keys, in this order, failed or not."""
 REPORT_KEYS = frozenset(

@@ -87,6 +87,7 @@ from jobstream.streams.dev.bench.report import (
     render_notes,
     render_profile,
     render_table,
+    render_timed_table,
     summarize,
     summarize_count,
     write_report,
@@ -279,6 +280,10 @@ class Bench:
                 await run_soak(self, spec, prefix, children, extra_cleanup, result)
             elif spec.kind == "upstream":
                 await self._run_upstream(spec, prefix, jobs, warmup, children, result)
+            elif spec.kind == "timed":
+                from jobstream.streams.dev.bench.timed import run_timed
+
+                await run_timed(self, spec, prefix, jobs, children, result)
             else:
                 collector = await self._start_processes(
                     spec, prefix, jobs, warmup, result, children, extra_cleanup
@@ -836,6 +841,7 @@ class Bench:
             # by prefix rather than by the ids collected: a publish that failed half-way still
             # left rows of jobs whose ids this process never got back
             await self.pool.execute("DELETE FROM jobs WHERE job_id LIKE $1", f"{prefix}-%")
+            await self.pool.execute("DELETE FROM leases WHERE name = $1", f"dispatcher:{prefix}")
             for step in extra:
                 await step()
         except Exception as exc:  # noqa: BLE001 - cleanup is best effort; the measurement is already taken
@@ -1007,6 +1013,10 @@ async def _run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
             print()
             print(render_table(results))
             print()
+            timed_table = render_timed_table(results)
+            if timed_table:
+                print(timed_table)
+                print()
             notes = render_notes(results)
             if notes:
                 print(notes)

@@ -33,6 +33,8 @@ COMMANDS = {
     "worker", "migrate", "submit", "status", "api", "console", "doctor", "backup", "restore",
     "prune", "dlq list", "dlq stats", "dlq show", "dlq replay", "dev up", "dev down",
     "dev status", "dev env", "dev fetch", "dev kafka-tool", "demo", "fake-openrouter",
+    "scheduled list", "scheduled retime", "scheduled run-now", "schedules list", "schedules add",
+    "schedules pause", "schedules resume", "schedules remove", "schedules run-now",
 }  # fmt: skip
 
 
@@ -121,6 +123,10 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         (["submit", "echo", "--id", ""], "id:"),
         (["submit", "echo", "--payload", "[1]"], "--payload must be a JSON object"),
         (["submit", "echo", "--payload", "{"], "--payload is not JSON"),
+        (["submit", "echo", "--delay", "soon"], "--delay: 'soon' is not a duration"),
+        (["submit", "echo", "--at", "2027-01-01T03:00:00"], "run_at: "),
+        (["submit", "echo", "--delay", "10m", "--ttl", "1m"], "ttl_s: the job would expire"),
+        (["submit", "echo", "--expires-at", "2020-01-01T00:00:00Z"], "expires_at: "),
     ],
 )
 def test_submit_refuses_a_bad_job_in_one_line_and_publishes_nothing(

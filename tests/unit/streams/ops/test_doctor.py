@@ -235,3 +235,37 @@ async def test_an_unreachable_broker_fails_naming_the_setting() -> None:
     assert c.detail.endswith(")")
     assert "unreachable" in c.detail
     assert "JOBSTREAM_KAFKA_BOOTSTRAP" in c.fix
+
+
+def test_dispatcher_lease_held_and_fresh_with_nothing_piling_up_is_ok() -> None:
+    from jobstream.streams.ops.doctor import Dispatch, check_dispatcher
+
+    held = Dispatch("w1:41:ab12", True, 4.2, 300.0, 3, 0.4, 0)
+    got = check_dispatcher(held)
+    assert got.status is Status.OK
+    assert "held by w1 for 300s" in got.detail
+    assert "3 due job(s) waiting" in got.detail
+
+
+def test_dispatcher_due_jobs_piling_up_under_a_live_lease_warn_then_fail() -> None:
+    from jobstream.streams.ops.doctor import Dispatch, check_dispatcher
+
+    assert check_dispatcher(Dispatch("w1:1:a", True, 4.0, 9.0, 900, 90.0, 0)).status is Status.WARN
+    assert check_dispatcher(Dispatch("w1:1:a", True, 4.0, 9.0, 900, 600.0, 0)).status is Status.FAIL
+    behind = check_dispatcher(Dispatch("w1:1:a", True, 4.0, 9.0, 0, 0.0, 2))
+    assert behind.status is Status.WARN
+    assert "2 schedule(s) behind" in behind.detail
+
+
+def test_dispatcher_without_a_live_lease() -> None:
+    from jobstream.streams.ops.doctor import Dispatch, check_dispatcher
+
+    idle = check_dispatcher(Dispatch(None, False, 0.0, 0.0, 0, 0.0, 0))
+    assert idle.status is Status.OK  # nothing is due: nothing waits for a dispatcher
+    assert "never taken" in idle.detail
+    lapsed = check_dispatcher(Dispatch("w2:7:c", False, -42.0, 0.0, 5, 10.0, 0))
+    assert lapsed.status is Status.WARN
+    assert "the lease of w2 ended 42s ago" in lapsed.detail
+    assert "start a worker" in lapsed.fix
+    stalled = check_dispatcher(Dispatch("w2:7:c", False, -600.0, 0.0, 5000, 590.0, 0))
+    assert stalled.status is Status.FAIL

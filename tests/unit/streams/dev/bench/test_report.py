@@ -414,6 +414,11 @@ def test_default_is_everything_baselines_first() -> None:
     assert _names("all") == _names(None) == [s.name for s in SCENARIOS if s.kind in measured]
 
 
+def test_the_timed_scenarios_run_without_baselines() -> None:
+    assert _names("timed") == ["timed-100k", "timed-burst", "timed-tier"]
+    assert _names("timed-100k") == ["timed-100k"]
+
+
 def test_baselines_are_added_for_the_ratios_unless_refused() -> None:
     assert _names("echo-2") == ["faust", "aiokafka", "echo-2"]
     assert _names("llm-500") == ["faust", "aiokafka", "upstream", "llm-500"]
