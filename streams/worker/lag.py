@@ -101,6 +101,7 @@ class LagMonitor:
         self.options = dict(options or {})
         self.clock = clock
         self._tiers = {t.topic: t.label for t in topics.tiers}
+        self._ours = [topics.main, *self._tiers]
         self._admin: AIOKafkaAdminClient | None = None
         self._peek: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -122,6 +123,12 @@ class LagMonitor:
             **common,
         )
         await self._peek.start()
+        # Without topics of their own, aiokafka's clients keep (and refresh, every 5 min and on
+        # each unsubscribe) the metadata of every topic in the cluster: thousands of partitions
+        # parsed and held per replica on a busy cluster. No public call sets them for an admin
+        # client, hence its ``_client``.
+        self._admin._client.set_topics(self._ours)
+        self._peek._client.set_topics(self._ours)
         for tier in self.topics.tiers:
             label = self._tiers[tier.topic]
             self.metrics.retry_tier_delay.labels(group=self.group, tier=label).set(tier.delay_s)
@@ -216,7 +223,8 @@ class LagMonitor:
     ) -> dict[Partition, int | None]:
         assert self._peek is not None
         tps = {TopicPartition(*tp): o for tp, o in offsets.items()}
-        self._peek.assign(list(tps))
+        self._peek.assign(list(tps))  # unpaused; it tracks only these partitions' topics now
+        self._peek._client.set_topics(self._ours)
         for tp, offset in tps.items():
             self._peek.seek(tp, offset)
         found: dict[Partition, int | None] = {}
@@ -229,7 +237,9 @@ class LagMonitor:
                     if records:
                         found[(tp.topic, tp.partition)] = records[0].timestamp
         finally:
-            self._peek.unsubscribe()  # no background prefetching between samples
+            # no background fetching between samples; not ``unsubscribe()``, which would drop
+            # the topics and fetch the whole cluster's metadata
+            self._peek.pause(*tps)
         return found
 
     def _export(self, lags: list[PartitionLag]) -> None:

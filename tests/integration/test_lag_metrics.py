@@ -20,8 +20,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from jobstream.streams.kafka.admin import ensure_topics
+from jobstream.streams.metrics import Metrics
 from jobstream.streams.producer.client import JobClient
 from jobstream.streams.topics import topic_names
+from jobstream.streams.worker.lag import LagMonitor
 from tests.integration.harness import WorkerFactory, wait_for
 
 BACKLOG = 12
@@ -236,3 +239,39 @@ async def test_each_replica_reports_exactly_the_partitions_it_owns_until_it_leav
         return got == {p: float(n) for p, n in broker.items()}
 
     await wait_for(all_on_the_first, timeout=60, what="the remaining replica reporting all")
+
+
+async def test_the_lag_monitor_keeps_the_metadata_of_its_own_topics_only(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    """A replica's lag clients track the group's topics: not the whole cluster's metadata, which
+    aiokafka keeps (and re-reads every 5 minutes and on each unsubscribe) for a client that
+    names no topics (thousands of partitions per replica on a shared cluster)."""
+    names = topic_names(prefix, (60.0,))
+    other = f"{prefix}-not-ours"
+    await ensure_topics(kafka_bootstrap, [*names.all(), other], partitions=PARTITIONS)
+    async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
+        await client.submit_many(client.build("echo", {"n": i}) for i in range(BACKLOG))
+    owned = [(t, p) for t in (names.main, names.tiers[0].topic) for p in range(PARTITIONS)]
+    monitor = LagMonitor(
+        bootstrap=kafka_bootstrap,
+        group=prefix,
+        topics=names,
+        metrics=Metrics(),
+        assignment=lambda: owned,
+        in_flight={},
+        interval_s=0.2,
+    )
+    await monitor.start()
+    try:
+        for _ in range(3):
+            lags = await monitor.sample()
+        assert sum(lag.events for lag in lags) == BACKLOG  # nothing consumed: all of it waits
+        assert all(lag.oldest_timestamp_ms for lag in lags if lag.events)  # records were read
+        ours = {names.main, *(t.topic for t in names.tiers)}
+        for client_ in (monitor._admin, monitor._peek):
+            assert client_ is not None
+            await client_._client.force_metadata_update()
+            assert client_._client.cluster.topics() <= ours, client_
+    finally:
+        await monitor.stop()
