@@ -337,5 +337,22 @@ def decode_done(text: str) -> tuple[int, frozenset[int]] | None:
     )
 
 
+class TopicScopedProducer(faust_aiokafka.Producer):
+    """faust's producer, tracking the app's topics only.
+
+    faust sends nothing through it here (the runtime has its own producer), so its aiokafka
+    client names no topics, and aiokafka then keeps the metadata of every topic in the cluster
+    and re-reads it every 5 minutes: thousands of partitions held and parsed per replica on a
+    busy cluster, and an RSS that steps up with every topic anyone creates.
+    """
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        names = sorted({name for channel in self.transport.app.topics for name in channel.topics})
+        if names and self._producer is not None:
+            self._producer.client.set_topics(names)
+
+
 class Transport(faust_aiokafka.Transport):
     Consumer = SafeOffsetConsumer
+    Producer = TopicScopedProducer
