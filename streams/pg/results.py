@@ -157,11 +157,21 @@ RETURNING job_id
 it (a redelivered copy, or a job submitted twice)."""
 
 _RENEW = """
+WITH held AS (
+    SELECT j.job_id FROM jobs AS j
+    JOIN unnest($1::text[], $2::text[]) AS t(job_id, token)
+      ON j.job_id = t.job_id AND j.claim_token = t.token
+    WHERE j.status = 'running'
+    ORDER BY j.job_id
+    FOR UPDATE OF j
+)
 UPDATE jobs AS j SET lease_until = now() + make_interval(secs => $3), updated_at = now()
-FROM unnest($1::text[], $2::text[]) AS t(job_id, token)
-WHERE j.job_id = t.job_id AND j.claim_token = t.token AND j.status = 'running'
+FROM held WHERE j.job_id = held.job_id
 RETURNING j.job_id
 """
+"""Rows are locked in job id order, as every batch statement here takes them (its input
+sorted by job id): two replicas' batches that share rows wait for each other instead of
+deadlocking."""
 
 
 async def fetch_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:
@@ -277,23 +287,24 @@ class ResultStore:
         """See ``_PARK``: None where the row was made, else the row that was there."""
         if not rows:
             return []
+        ordered = sorted(rows, key=_job_id)  # the lock order (see _RENEW)
         try:
             made = {
                 r["job_id"]
                 for r in await self._pool.fetch(
                     _PARK,
-                    [r.job_id for r in rows],
-                    [_text(r.type) for r in rows],
-                    ["scheduled"] * len(rows),
-                    [r.attempt for r in rows],
-                    [r.created_at for r in rows],
-                    [r.run_at for r in rows],
-                    [r.expires_at for r in rows],
-                    [r.event for r in rows],
-                    [0] * len(rows),
-                    [self.worker] * len(rows),
-                    [r.source for r in rows],
-                    [r.topic for r in rows],
+                    [r.job_id for r in ordered],
+                    [_text(r.type) for r in ordered],
+                    ["scheduled"] * len(ordered),
+                    [r.attempt for r in ordered],
+                    [r.created_at for r in ordered],
+                    [r.run_at for r in ordered],
+                    [r.expires_at for r in ordered],
+                    [r.event for r in ordered],
+                    [0] * len(ordered),
+                    [self.worker] * len(ordered),
+                    [r.source for r in ordered],
+                    [r.topic for r in ordered],
                 )
             }
             kept = [r.job_id for r in rows if r.job_id not in made]
@@ -373,7 +384,7 @@ class ResultStore:
                     _text(row.replay_of), _text(row.worker), row.created_at, row.finished_at,
                     0, row.claim_token,
                 )
-                for row in rows
+                for row in sorted(rows, key=_job_id)  # the lock order (see _RENEW)
             ],
             14,
         )  # fmt: skip
@@ -391,7 +402,7 @@ class ResultStore:
         first: dict[str, ClaimRequest] = {}
         for req in requests:
             first.setdefault(req.job_id, req)
-        unique = list(first.values())
+        unique = sorted(first.values(), key=_job_id)  # the lock order (see _RENEW)
         try:
             records = await self._pool.fetch(
                 _CLAIM,
@@ -463,3 +474,7 @@ class ResultStore:
                 del self.held[job_id]
                 if self._metrics is not None:
                     self._metrics.claims_lost.inc()
+
+
+def _job_id(item: JobRow | ClaimRequest | ScheduledRow) -> str:
+    return item.job_id
