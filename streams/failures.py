@@ -72,7 +72,12 @@ def pooler_symptom(exc: BaseException) -> bool:
         exc, asyncpg.InvalidSQLStatementNameError | asyncpg.DuplicatePreparedStatementError
     ):
         return True  # 26000, 42P05
-    return isinstance(exc, asyncpg.ProtocolViolationError) and "bind message" in str(exc)
+    # 08P01: a Bind shaped for one statement reaching another of the same name, left on the
+    # server connection by another client ("bind message supplies 1 parameters, but ...",
+    # "insufficient data left in message" when a parameter's binary size differs)
+    return isinstance(exc, asyncpg.ProtocolViolationError) and (
+        "bind message" in str(exc) or "insufficient data left in message" in str(exc)
+    )
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -6,7 +6,7 @@ and it misbehaves on purpose: latency, injected 5xx, its own rate limit and forc
 What it saw is counted at ``GET /stats`` so a test can check an observed rate against a limit.
 
 Run it in-process with :class:`FakeOpenRouter`, or as a process with
-``python -m streams.dev.fake_openrouter --port 8089 --latency-ms 500 --error-rate 0.01``.
+``python -m jobstream.streams.dev.fake_openrouter --port 8089 --latency-ms 500 --error-rate 0.01``.
 """
 
 from __future__ import annotations
@@ -441,11 +441,11 @@ def fake_openrouter_command(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m streams.dev.fake_openrouter``, the same command as
+    """``python -m jobstream.streams.dev.fake_openrouter``, the same command as
     ``jobstream fake-openrouter``."""
     try:
         result = fake_openrouter_command.main(
-            argv, prog_name="python -m streams.dev.fake_openrouter", standalone_mode=False
+            argv, prog_name="python -m jobstream.streams.dev.fake_openrouter", standalone_mode=False
         )
     except click.ClickException as exc:
         exc.show()

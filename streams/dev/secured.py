@@ -347,14 +347,14 @@ async def _serve(state_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m streams.dev.secured --state-dir D``: both services in the foreground,
+    """``python -m jobstream.streams.dev.secured --state-dir D``: both services in the foreground,
     with the ``JOBSTREAM_*`` exports of a client printed, until Ctrl-C."""
     import argparse
     import sys
     import tempfile
 
     parser = argparse.ArgumentParser(
-        prog="python -m streams.dev.secured",
+        prog="python -m jobstream.streams.dev.secured",
         description="A SASL_SSL Kafka and a TLS-only PostgreSQL beside the dev stack.",
     )
     parser.add_argument("--state-dir", type=Path, help="default: a new temporary directory")

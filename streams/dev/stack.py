@@ -11,7 +11,7 @@ This module holds the public API (up, down, status, the dev resolver) and the CL
 :mod:`jobstream.streams.dev.kafka` and :mod:`jobstream.streams.dev.postgres` know their service,
 :mod:`jobstream.streams.dev.containers` the Docker path.
 
-Usage: ``python -m streams.dev.stack up|down|status|env|fetch [--state-dir D]
+Usage: ``python -m jobstream.streams.dev.stack up|down|status|env|fetch [--state-dir D]
 [--kafka-port N] [--pg-port N]``.
 """
 
@@ -238,7 +238,7 @@ async def resolve_services(settings: Settings) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m streams.dev.stack",
+        prog="python -m jobstream.streams.dev.stack",
         description="Local Kafka + PostgreSQL on 127.0.0.1 for development and tests.",
     )
     parser.add_argument("command", choices=["up", "down", "status", "env", "fetch"])
@@ -267,7 +267,7 @@ async def _command(args: argparse.Namespace) -> int:
         info = await stack_up(state_dir, kafka_port=args.kafka_port, pg_port=args.pg_port)
         verb = "already running" if info.already_running else "started"
         print(f"{verb} in {time.monotonic() - started:.1f}s\n{info.describe()}")
-        print(f'use it: eval "$(python -m streams.dev.stack env --state-dir {state_dir})"')
+        print(f'use it: eval "$(python -m jobstream.streams.dev.stack env --state-dir {state_dir})"')
         return 0
     if args.command == "down":
         await stack_down(state_dir)
@@ -282,7 +282,7 @@ async def _command(args: argparse.Namespace) -> int:
         return 0
     status = await stack_status(state_dir)
     if status is None:
-        hint = "start it with: python -m streams.dev.stack up"
+        hint = "start it with: python -m jobstream.streams.dev.stack up"
         print(f"not running (state dir {state_dir}); {hint}", file=sys.stderr)
         return 1
     print(status.exports() if args.command == "env" else status.describe() + "\n", end="")

@@ -226,11 +226,11 @@ def parse_args(argv: Sequence[str]) -> DlqArgs:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m streams.dlq.cli``: the same commands as ``jobstream dlq``."""
+    """``python -m jobstream.streams.dlq.cli``: the same commands as ``jobstream dlq``."""
     try:
         result = dlq_group.main(
             list(sys.argv[1:] if argv is None else argv),
-            prog_name="python -m streams.dlq.cli",
+            prog_name="python -m jobstream.streams.dlq.cli",
             standalone_mode=False,
         )
     except click.ClickException as exc:

@@ -648,27 +648,30 @@ async def check_pooler(dsn: str) -> Check:
     first = await asyncpg.connect(dsn, timeout=TIMEOUT_S)
     second = await asyncpg.connect(dsn, timeout=TIMEOUT_S, statement_cache_size=0)
     try:
+        # the symptom may come at any step: the first statement itself can meet a server
+        # connection where another client (a worker not told of the pooler) left a statement
+        # of the same name, or lose its server connection between prepare and execute.
+        # Straight to PostgreSQL, a fresh connection never sees either.
         await first.fetchval("SELECT $1::int", 1)
         async with second.transaction():
             await second.fetchval("SELECT 1")
-            try:
-                await asyncio.wait_for(first.fetchval("SELECT $1::int", 2), TIMEOUT_S)
-            except asyncpg.PostgresError as exc:
-                if not pooler_symptom(exc):
-                    raise
-                return warn(
-                    "pooler",
-                    "PostgreSQL answers through a transaction-mode pooler (a prepared statement"
-                    " vanished between transactions); workers switch to unnamed statements at"
-                    " their first such error",
-                    f"set {ENV}DB_POOLER_MODE=transaction",
-                )
-            except TimeoutError:
-                return warn(
-                    "pooler",
-                    "inconclusive: a second query waited for a server connection",
-                    f"set {ENV}DB_POOLER_MODE=transaction if a pooler is in front of PostgreSQL",
-                )
+            await asyncio.wait_for(first.fetchval("SELECT $1::int", 2), TIMEOUT_S)
+    except asyncpg.PostgresError as exc:
+        if not pooler_symptom(exc):
+            raise
+        return warn(
+            "pooler",
+            "PostgreSQL answers through a transaction-mode pooler (a prepared statement"
+            " vanished or was already there); workers switch to unnamed statements at"
+            " their first such error",
+            f"set {ENV}DB_POOLER_MODE=transaction",
+        )
+    except TimeoutError:
+        return warn(
+            "pooler",
+            "inconclusive: a second query waited for a server connection",
+            f"set {ENV}DB_POOLER_MODE=transaction if a pooler is in front of PostgreSQL",
+        )
     finally:
         await first.close()
         await second.close()

@@ -37,7 +37,11 @@ async def test_topics_groups_and_configs_as_kafkas_tools_see_them(
             await producer.send_and_wait(names.main, b"x", partition=0, key=str(i).encode())
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=prefix)
+    # no auto-commit: on stop it would commit the position it fetched (the log end, 5) over
+    # the offset committed here, whenever that fetch finished first
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=prefix, enable_auto_commit=False
+    )
     await consumer.start()
     try:  # the group has read two of the five events on partition 0
         consumer.assign([TopicPartition(names.main, 0)])

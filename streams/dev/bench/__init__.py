@@ -1,1 +1,1 @@
-"""The end-to-end benchmark: ``python -m streams.dev.bench``."""
+"""The end-to-end benchmark: ``python -m jobstream.streams.dev.bench``."""

@@ -1,4 +1,4 @@
-"""``python -m streams.dev.bench``: run the benchmark."""
+"""``python -m jobstream.streams.dev.bench``: run the benchmark."""
 
 from jobstream.streams.dev.bench.run import main
 

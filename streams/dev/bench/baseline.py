@@ -7,7 +7,7 @@ record per input with the same producer settings as jobstream's :class:`Publishe
 the batch is durable and only then commits its offsets, so it keeps jobstream's at-least-once
 contract. There is no PostgreSQL, no handler, no faust.
 
-It runs as its own process (``python -m streams.dev.bench.baseline``), like a worker replica, so the
+It runs as its own process (``python -m jobstream.streams.dev.bench.baseline``), like a worker replica, so the
 benchmark process that publishes and reads the outputs competes with it the same way. It prints
 ``assigned N partitions`` once the group has given it work and exits 0 on SIGTERM/SIGINT.
 """
@@ -96,7 +96,7 @@ async def run(bootstrap: str, in_topic: str, out_topic: str, group: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m streams.dev.bench.baseline",
+        prog="python -m jobstream.streams.dev.bench.baseline",
         description="Bare aiokafka consume-produce-commit loop (the benchmark's baseline).",
     )
     p.add_argument("--bootstrap", required=True)

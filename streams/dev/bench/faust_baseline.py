@@ -136,7 +136,7 @@ def _run(bootstrap: str, topic_name: str, group: str, sizes: Sequence[int], data
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m streams.dev.bench.faust_baseline",
+        prog="python -m jobstream.streams.dev.bench.faust_baseline",
         description="Bare faust agent that only counts events (the benchmark's faust baseline).",
     )
     p.add_argument("--bootstrap", required=True)

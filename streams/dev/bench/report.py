@@ -746,7 +746,7 @@ def build_report(
 ) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION,
-        "tool": "python -m streams.dev.bench",
+        "tool": "python -m jobstream.streams.dev.bench",
         "started_at": started_at,
         "finished_at": finished_at,
         "complete": complete,

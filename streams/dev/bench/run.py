@@ -44,7 +44,7 @@ The machine is usually shared and small, so the JSON also records the load avera
 used by each process (workers, fake upstream, this process) and by the whole machine during the
 timed window: a low ratio with the machine at 100 % says "CPU-bound", not "slow design".
 
-Usage: ``python -m streams.dev.bench [--quick] [--scenarios echo-1,llm] [--profile] [--out PATH]``;
+Usage: ``python -m jobstream.streams.dev.bench [--quick] [--scenarios echo-1,llm] [--profile] [--out PATH]``;
 ``--list`` shows the scenarios, ``--help`` the rest. Other ``JOBSTREAM_*`` variables in the
 environment reach the workers, so ``JOBSTREAM_BATCH_MAX_DELAY_MS=2 make bench`` is an experiment.
 """
@@ -856,7 +856,7 @@ class Bench:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m streams.dev.bench",
+        prog="python -m jobstream.streams.dev.bench",
         description="End-to-end throughput and latency of jobstream, with a bare-Kafka baseline.",
     )
     p.add_argument("--quick", action="store_true", help="small N: the whole run in < 3 min")

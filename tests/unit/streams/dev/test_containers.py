@@ -25,7 +25,8 @@ async def test_docker_answers_only_when_the_daemon_does(
 
 def test_testcontainers_are_imported_lazily() -> None:
     code = (
-        "import sys, streams.dev.stack, streams.dev.kafka, streams.dev.postgres\n"
+        "import sys, jobstream.streams.dev.stack, jobstream.streams.dev.kafka\n"
+        "import jobstream.streams.dev.postgres\n"
         "print(any(m.startswith('testcontainers') for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
