@@ -208,6 +208,28 @@ schedule belong to the main topic they are published to, and each prefix's dispa
 lease) publishes only those."""
 
 
+JOB_CONTROL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS control_audit (
+    id       bigserial PRIMARY KEY,
+    at       timestamptz NOT NULL DEFAULT now(),
+    topic    text,
+    action   text NOT NULL CHECK (action IN ('cancel', 'reopen')),
+    job_id   text NOT NULL,
+    was      text,
+    answer   text NOT NULL,
+    by       text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS control_audit_job_idx ON control_audit (job_id, id);
+COMMENT ON TABLE control_audit IS
+    'Who cancelled which job (or reopened a cancelled one for a replay), and what it was then';
+CREATE INDEX IF NOT EXISTS jobs_cancel_requested_idx ON jobs (updated_at DESC, job_id DESC)
+    WHERE cancel_requested_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS dedupe_keys_job_idx ON dedupe_keys (job_id);
+"""
+"""Job control: the audit of cancels (written in the cancel's own transaction), the console's
+"asked to cancel" filter, and the dedupe keys of a job (the console's job page, retention)."""
+
+
 def _migrations() -> Sequence[tuple[str, str]]:
     return (
         ("0001_jobs", JOBS_SCHEMA),
@@ -220,6 +242,7 @@ def _migrations() -> Sequence[tuple[str, str]]:
         ("0012_drop_redundant_status_index", LEAN_INDEXES_SCHEMA),
         ("0013_timed_jobs_and_control", TIMED_AND_CONTROL_SCHEMA),
         ("0014_timed_jobs_per_topic", TIMED_PER_TOPIC_SCHEMA),
+        ("0016_job_control", JOB_CONTROL_SCHEMA),
     )
 
 

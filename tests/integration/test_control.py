@@ -1,0 +1,204 @@
+"""Job control on the real stack, one behaviour at a time: a cancel in each state of a job, the
+awaited result (already there, arriving, timed out, with progress), and a replay of a
+cancelled job only on purpose.
+
+The load tests (hundreds of cancels across replicas, concurrent producers of one dedupe key,
+a thousand callers waiting through a SIGKILL) are in ``test_control_load.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from jobstream.models.control import CancelAnswer, JobResult, Progress
+from jobstream.models.errors import ConfigurationError, ResultTimeoutError
+from jobstream.models.job import JobOutcome, JobStatus
+from jobstream.streams.producer.client import JobClient
+from jobstream.streams.settings import Settings
+from jobstream.streams.setup import prepare
+from jobstream.streams.topics import topic_names
+from tests.integration.harness import TIERS_S, WorkerFactory, settled, topic_reader, wait_for
+
+APP = "tests.control_app:app"
+
+
+@pytest.fixture
+async def topics_made(kafka_bootstrap: str, database_url: str, prefix: str) -> None:
+    """The prefix's topics and the schema, before any worker runs (jobs may queue in Kafka)."""
+    settings = Settings(topic_prefix=prefix, partitions=4, retry_tiers_s=TIERS_S)
+    names = topic_names(prefix, TIERS_S)
+    pool = await prepare(settings, bootstrap=kafka_bootstrap, dsn=database_url, topics=names)
+    await pool.close()
+
+
+@pytest.fixture
+async def client(
+    kafka_bootstrap: str, database_url: str, prefix: str, topics_made: None
+) -> AsyncIterator[JobClient]:
+    from tests.control_app import app
+
+    async with JobClient(
+        kafka_bootstrap, topic_prefix=prefix, app=app, database_url=database_url
+    ) as c:
+        yield c
+
+
+async def _row(pool: asyncpg.Pool, job_id: str) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job_id)
+    assert row is not None, job_id
+    return row
+
+
+async def test_a_cancel_in_every_state_of_a_job(
+    client: JobClient,
+    workers: WorkerFactory,
+    pg_pool: asyncpg.Pool,
+    kafka_bootstrap: str,
+    prefix: str,
+) -> None:
+    names = topic_names(prefix, TIERS_S)
+    async with topic_reader(kafka_bootstrap, names.outcomes) as outcomes:
+        # queued in Kafka before any worker runs, and an id never submitted (submitted later)
+        queued = await client.submit("echo", {"n": 1})
+        unknown = f"{prefix}-never-yet"
+        [q, u] = await client.cancel_many([queued, unknown])
+        assert (q.answer, q.status, q.was) == (CancelAnswer.CANCELLED, JobStatus.CANCELLED, None)
+        assert (u.answer, u.was) == (CancelAnswer.CANCELLED, None)
+        late = await client.submit("echo", {"n": 2}, job_id=unknown)
+        # the canceller published their outcome records itself
+        await outcomes.wait_count(2, timeout=30)
+        assert {(o["job_id"], o["status"]) for o in outcomes.json()} == {
+            (queued, "cancelled"),
+            (late, "cancelled"),
+        }
+
+        worker = workers.start(JOBSTREAM_APP=APP)
+        await worker.wait_assigned()
+        # scheduled: parked by the worker as a row, then cancelled before its time
+        delayed = await client.submit("echo", {"n": 3}, delay=3600)
+
+        async def parked() -> bool:
+            row = await pg_pool.fetchrow("SELECT status FROM jobs WHERE job_id = $1", delayed)
+            return row is not None and row["status"] == "scheduled"
+
+        await wait_for(parked, timeout=30, what="the delayed job's scheduled row")
+        d = await client.cancel(delayed)
+        assert (d.answer, d.was) == (CancelAnswer.CANCELLED, JobStatus.SCHEDULED)
+
+        # running: the handler is cancelled and the job ends cancelled
+        running = await client.submit("steps", {"steps": 300, "seconds": 300})
+
+        async def started() -> bool:
+            row = await pg_pool.fetchrow("SELECT progress FROM jobs WHERE job_id = $1", running)
+            return row is not None and row["progress"] is not None
+
+        await wait_for(started, timeout=30, what="the long job reporting progress")
+        asked = time.monotonic()
+        r = await client.cancel(running)
+        assert (r.answer, r.status, r.was) == (
+            CancelAnswer.REQUESTED,
+            JobStatus.RUNNING,
+            JobStatus.RUNNING,
+        )
+        ended = await client.result(running, timeout=30)
+        took = time.monotonic() - asked
+        assert ended.status is JobStatus.CANCELLED
+        assert took < 10, took  # a broken mechanism would wait for the 300 s handler
+
+        # finished: nothing changes, the answer says how it ended
+        done = await client.submit_and_wait("echo", {"n": 4}, timeout=30)
+        f = await client.cancel(done.job_id)
+        assert (f.answer, f.status) == (CancelAnswer.FINISHED, JobStatus.SUCCEEDED)
+
+        await settled(kafka_bootstrap, prefix, [outcomes])
+        for job_id in (queued, late, delayed):
+            row = await _row(pg_pool, job_id)
+            assert (row["status"], row["executions"]) == ("cancelled", 0), job_id
+        row = await _row(pg_pool, running)
+        assert (row["status"], row["executions"]) == ("cancelled", 1)
+        assert row["error"] == "cancelled on request while it ran"
+        assert (await _row(pg_pool, done.job_id))["status"] == "succeeded"
+        # the queued records reached the worker: it re-emitted their outcome, ran nothing
+        seen = [JobOutcome.model_validate(o) for o in outcomes.json()]
+        assert [o.reemitted for o in seen if o.job_id == queued] == [False, True]
+        audit = await pg_pool.fetch(
+            "SELECT job_id, was, answer, by FROM control_audit WHERE topic = $1 ORDER BY id",
+            prefix,
+        )
+        assert [(a["job_id"], a["answer"]) for a in audit] == [
+            (queued, "cancelled"),
+            (unknown, "cancelled"),
+            (delayed, "cancelled"),
+            (running, "requested"),
+            (done.job_id, "finished"),
+        ]
+        assert all(a["by"].startswith("client:") for a in audit)
+
+
+async def test_results_already_there_arriving_timed_out_and_with_progress(
+    client: JobClient, workers: WorkerFactory
+) -> None:
+    worker = workers.start(JOBSTREAM_APP=APP)
+    await worker.wait_assigned()
+    first = await client.submit_and_wait("echo", {"n": 1}, timeout=30)
+    assert first.status is JobStatus.SUCCEEDED
+    assert first.result["echo"] == {"n": 1}
+    # already there: answered from the row
+    again = await client.result(first.job_id, timeout=5)
+    assert (again.status, again.result) == (first.status, first.result)
+
+    with pytest.raises(ResultTimeoutError) as timed_out:
+        await client.submit_and_wait("steps", {"steps": 2, "seconds": 60}, timeout=1)
+    assert isinstance(timed_out.value, TimeoutError)
+
+    seen: list[Progress] = []
+    slow = await client.submit_and_wait(
+        "steps", {"n": 7, "steps": 8, "seconds": 4}, timeout=60, on_progress=seen.append
+    )
+    assert slow.result["n"] == 7
+    fractions = [p.fraction for p in seen]
+    assert len(fractions) >= 2, fractions
+    assert fractions == sorted(fractions)
+    assert seen[-1].detail is not None
+    assert seen[-1].detail.startswith("step ")
+
+    watched = await client.submit("steps", {"n": 8, "steps": 6, "seconds": 3})
+    updates = [u async for u in client.watch(watched, timeout=60)]
+    assert isinstance(updates[-1], JobResult)
+    assert updates[-1].result["n"] == 8
+    assert any(isinstance(u, Progress) for u in updates[:-1])
+
+
+async def test_control_without_a_database_says_which_setting(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    async with JobClient(kafka_bootstrap, topic_prefix=prefix) as plain:
+        for call in (plain.cancel("x"), plain.result("x", timeout=1)):
+            with pytest.raises(ConfigurationError, match="JOBSTREAM_DATABASE_URL"):
+                await call
+
+
+async def test_a_result_arrives_while_the_worker_restarts(
+    client: JobClient, workers: WorkerFactory, pg_pool: asyncpg.Pool
+) -> None:
+    first = workers.start("r1", JOBSTREAM_APP=APP)
+    await first.wait_assigned()
+    job = await client.submit("steps", {"n": 3, "steps": 20, "seconds": 6})
+    waiting = asyncio.create_task(client.result(job, timeout=120))
+
+    async def running() -> bool:
+        row = await pg_pool.fetchrow("SELECT progress FROM jobs WHERE job_id = $1", job)
+        return row is not None and row["progress"] is not None
+
+    await wait_for(running, timeout=30, what="the job running on r1")
+    await asyncio.to_thread(first.kill)
+    second = workers.start("r2", JOBSTREAM_APP=APP)
+    await second.wait_assigned()
+    got = await waiting
+    assert got.status is JobStatus.SUCCEEDED
+    assert got.result["n"] == 3
