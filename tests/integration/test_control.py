@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
-from jobstream.models.control import CancelAnswer, JobResult, Progress
-from jobstream.models.errors import ConfigurationError, ResultTimeoutError
+from jobstream.models.control import CancelAnswer, Dedupe, JobResult, Progress, Submission
+from jobstream.models.errors import ConfigurationError, ResultTimeoutError, SubmitError
 from jobstream.models.job import JobOutcome, JobStatus
 from jobstream.streams.producer.client import JobClient
 from jobstream.streams.settings import Settings
@@ -202,3 +203,59 @@ async def test_a_result_arrives_while_the_worker_restarts(
     got = await waiting
     assert got.status is JobStatus.SUCCEEDED
     assert got.result["n"] == 3
+
+
+async def _key_expired(pool: asyncpg.Pool, key: str) -> bool:
+    return bool(
+        await pool.fetchval("SELECT expires_at <= now() FROM dedupe_keys WHERE key = $1", key)
+    )
+
+
+async def test_dedupe_modes_one_producer(
+    client: JobClient, workers: WorkerFactory, pg_pool: asyncpg.Pool, prefix: str
+) -> None:
+    worker = workers.start(JOBSTREAM_APP=APP)
+    await worker.wait_assigned()
+
+    # simple: the first stands while it is unfinished, a new job once it finished
+    key = Dedupe(f"{prefix}-simple")
+    first = await client.submit_unique("steps", {"n": 1, "steps": 2, "seconds": 1}, dedupe=key)
+    second = await client.submit_unique("steps", {"n": 2}, dedupe=key)
+    assert (first.deduplicated, second) == (False, Submission(first.job_id, True))
+    assert (await client.result(first.job_id, timeout=30)).result["n"] == 1
+    third = await client.submit_unique("steps", {"n": 3}, dedupe=key)
+    assert not third.deduplicated
+    assert third.job_id != first.job_id
+
+    # throttle: the first stands for the TTL, finished or not
+    key = Dedupe(f"{prefix}-throttle", "throttle", ttl=3)
+    first = await client.submit_unique("echo", {"n": 1}, dedupe=key)
+    assert (await client.result(first.job_id, timeout=30)).status is JobStatus.SUCCEEDED
+    again = await client.submit_unique("echo", {"n": 2}, dedupe=key)
+    assert again == Submission(first.job_id, True)
+    await wait_for(lambda: _key_expired(pg_pool, key.key), timeout=10, what="the throttle's ttl")
+    after = await client.submit_unique("echo", {"n": 3}, dedupe=key)
+    assert not after.deduplicated
+
+    # debounce: the waiting job takes the last payload and the last time, and runs once
+    key = Dedupe(f"{prefix}-debounce", "debounce")
+    subs = [await client.submit_unique("echo", {"n": n}, dedupe=key, delay=2) for n in range(3)]
+    assert [s.deduplicated for s in subs] == [False, True, True]
+    assert {s.job_id for s in subs} == {subs[0].job_id}
+    submitted_last = datetime.now(UTC)
+    row = await _row(pg_pool, subs[0].job_id)
+    assert row["run_at"] >= submitted_last + timedelta(seconds=1.5)
+    done = await client.result(subs[0].job_id, timeout=30)
+    assert done.result["echo"] == {"n": 2}
+    assert (await _row(pg_pool, subs[0].job_id))["executions"] == 1
+    with pytest.raises(SubmitError, match="debounce needs a delay"):
+        await client.submit_unique("echo", {}, dedupe=key)
+
+    # a double click that waits: both callers get the one job's result
+    key = Dedupe(f"{prefix}-click")
+    a, b = await asyncio.gather(
+        client.submit_and_wait("steps", {"n": 5, "steps": 2, "seconds": 1}, dedupe=key, timeout=30),
+        client.submit_and_wait("steps", {"n": 6, "steps": 2, "seconds": 1}, dedupe=key, timeout=30),
+    )
+    assert a.job_id == b.job_id
+    assert a.result == b.result
