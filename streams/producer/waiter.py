@@ -19,7 +19,7 @@ Without Kafka (the HTTP API's long poll) the same registry is fed by the row rea
 short interval: the row is the truth, so nothing can be missed either, only seen later.
 
 A wait costs a future, a dict entry and its caller's coroutine; one consumer, one reading task
-and one query per interval serve all of them.
+and one query per interval serve all of them (figures in the README).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import asyncpg
@@ -54,7 +55,7 @@ PROGRESS_S = 0.5
 IDLE_PARTITION_S = 30.0
 """A partition without waiters is fetched this long more, then paused: a burst of waits on it
 needs no new position lookup."""
-FETCH_WAIT_MS = 100
+FETCH_WAIT_MS = 250
 """The consumer's long poll: also how long a partition's activation may wait for a fetch in
 flight before its position is taken."""
 
@@ -70,11 +71,19 @@ someone follows."""
 
 @dataclass(eq=False, slots=True)
 class _Entry:
-    future: asyncio.Future[JobResult]
-    waits: int = 0
+    """One awaited job: a future per wait (a wait that is cancelled leaves the others alone)."""
+
+    waits: list[asyncio.Future[JobResult]] = field(default_factory=list)
     listeners: list[ProgressCallback] = field(default_factory=list)
     seen: tuple[Any, ...] | None = None
     """The last progress passed to the listeners."""
+    done: JobResult | None = None
+
+    def resolve(self, result: JobResult) -> None:
+        self.done = result
+        for waiting in self.waits:
+            if not waiting.done():
+                waiting.set_result(result)
 
 
 class OutcomeFeed:
@@ -270,8 +279,8 @@ class ResultWaiter:
         if self._feed is not None:
             await self._feed.stop()
         for entry in self._entries.values():
-            if not entry.future.done():
-                entry.future.cancel()
+            for waiting in entry.waits:
+                waiting.cancel()
 
     # -- waiting -------------------------------------------------------------------------------
 
@@ -284,11 +293,13 @@ class ResultWaiter:
     ) -> JobResult:
         """The job's result once it finished; raises :class:`ResultTimeoutError` past
         ``timeout`` seconds (None: no limit)."""
-        async with (
-            deadline(job_id, timeout),
-            self.expecting(job_id, on_progress=on_progress) as wait,
-        ):
-            return await wait()
+        async with deadline(job_id, timeout):
+            waiting, partition = await self._enter(job_id, on_progress)
+            try:
+                self._read_soon(job_id)
+                return await waiting
+            finally:
+                self._leave(job_id, waiting, on_progress, partition)
 
     @contextlib.asynccontextmanager
     async def expecting(
@@ -297,35 +308,59 @@ class ResultWaiter:
         """Registers ``job_id`` and reads its outcome partition from now on, before anything
         about it is read or published; yields the function that waits for it (reading its row
         first). Bound the wait with :func:`deadline`."""
+        waiting, partition = await self._enter(job_id, on_progress)
+
+        async def wait() -> JobResult:
+            self._read_soon(job_id)
+            return await waiting
+
+        try:
+            yield wait
+        finally:
+            self._leave(job_id, waiting, on_progress, partition)
+
+    async def _enter(
+        self, job_id: str, on_progress: ProgressCallback | None
+    ) -> tuple[asyncio.Future[JobResult], int | None]:
+        """Registers a wait (its future) and reads the job's outcome partition from now on."""
         if self._closed:
             raise RuntimeError("the result waiter is closed")
         entry = self._entries.get(job_id)
-        if entry is None or entry.future.done():
-            entry = _Entry(asyncio.get_running_loop().create_future())
-            self._entries[job_id] = entry
-        entry.waits += 1
+        if entry is None:
+            entry = self._entries[job_id] = _Entry()
+        waiting: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
+        if entry.done is not None:
+            waiting.set_result(entry.done)
+        entry.waits.append(waiting)
         if on_progress is not None:
             entry.listeners.append(on_progress)
             self._listening.set()
-        partition: int | None = None
         try:
             partition = await self._watch(job_id)
-            self._ensure_poller()
+        except BaseException:
+            self._leave(job_id, waiting, on_progress, None)
+            raise
+        self._ensure_poller()
+        return waiting, partition
 
-            async def wait() -> JobResult:
-                self._read_soon(job_id)
-                return await asyncio.shield(entry.future)
-
-            yield wait
-        finally:
+    def _leave(
+        self,
+        job_id: str,
+        waiting: asyncio.Future[JobResult],
+        on_progress: ProgressCallback | None,
+        partition: int | None,
+    ) -> None:
+        entry = self._entries.get(job_id)
+        if entry is not None:
+            with contextlib.suppress(ValueError):
+                entry.waits.remove(waiting)
             if on_progress is not None:
                 with contextlib.suppress(ValueError):
                     entry.listeners.remove(on_progress)
-            entry.waits -= 1
-            if entry.waits == 0 and self._entries.get(job_id) is entry:
+            if not entry.waits:
                 del self._entries[job_id]
-            if partition is not None and self._feed is not None:
-                self._feed.unwatch(partition)
+        if partition is not None and self._feed is not None:
+            self._feed.unwatch(partition)
 
     async def updates(
         self,
@@ -386,7 +421,7 @@ class ResultWaiter:
 
     def _outcome(self, job_id: str, value: bytes) -> None:
         entry = self._entries.get(job_id)
-        if entry is None or entry.future.done():
+        if entry is None or entry.done is not None:
             return
         try:
             outcome = JobOutcome.model_validate_json(value)
@@ -399,7 +434,7 @@ class ResultWaiter:
         if outcome.result_truncated:
             self._read_soon(job_id)  # the whole result is in the row
             return
-        entry.future.set_result(
+        entry.resolve(
             JobResult(
                 job_id=job_id,
                 status=outcome.status,
@@ -461,11 +496,11 @@ class ResultWaiter:
         rows = await self.pool.fetch(_ROWS, ids, list(TERMINAL_STATUSES), follow)
         for row in rows:
             entry = self._entries.get(row["job_id"])
-            if entry is None or entry.future.done():
+            if entry is None or entry.done is not None:
                 continue
             status = JobStatus(row["status"])
             if status.terminal:
-                entry.future.set_result(
+                entry.resolve(
                     JobResult(
                         job_id=row["job_id"],
                         status=status,
@@ -493,15 +528,34 @@ class ResultWaiter:
                             log.exception("a progress callback failed")
 
 
-@contextlib.asynccontextmanager
-async def deadline(job_id: str, within_s: float | None) -> AsyncIterator[None]:
+class deadline:
     """Bounds a wait for ``job_id``: past ``within_s`` seconds (None: no bound) the wait is
-    cancelled and :class:`ResultTimeoutError` raised."""
-    scope = asyncio.timeout(within_s)
-    try:
-        async with scope:
-            yield
-    except TimeoutError:
-        if scope.expired():
-            raise ResultTimeoutError(job_id, within_s or 0.0) from None
-        raise
+    cancelled and :class:`ResultTimeoutError` raised. A class, not a generator: one is made
+    per wait, and thousands may be open."""
+
+    __slots__ = ("_scope", "job_id", "within_s")
+
+    def __init__(self, job_id: str, within_s: float | None) -> None:
+        self.job_id = job_id
+        self.within_s = within_s
+        self._scope: asyncio.Timeout | None = None
+
+    async def __aenter__(self) -> None:
+        if self.within_s is not None:
+            self._scope = asyncio.timeout(self.within_s)
+            await self._scope.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._scope is None:
+            return
+        try:
+            await self._scope.__aexit__(exc_type, exc, tb)
+        except TimeoutError:
+            if self._scope.expired():
+                raise ResultTimeoutError(self.job_id, self.within_s or 0.0) from None
+            raise
