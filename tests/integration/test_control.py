@@ -9,6 +9,7 @@ a thousand callers waiting through a SIGKILL) are in ``test_control_load.py``.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -259,3 +260,76 @@ async def test_dedupe_modes_one_producer(
     )
     assert a.job_id == b.job_id
     assert a.result == b.result
+
+
+async def test_the_cli_cancels_by_id_and_by_filter_dedupes_and_waits(
+    client: JobClient, workers: WorkerFactory, pg_pool: asyncpg.Pool, prefix: str
+) -> None:
+    worker = workers.start(JOBSTREAM_APP=APP)
+    await worker.wait_assigned()
+    # by filter: scheduled jobs of one type; a dry run changes nothing
+    later = [await client.submit("echo", {"n": i}, delay=3600) for i in range(3)]
+    other = await client.submit("steps", {"steps": 1}, delay=3600)
+
+    async def parked() -> bool:
+        n = await pg_pool.fetchval(
+            "SELECT count(*) FROM jobs WHERE job_id = ANY($1) AND status = 'scheduled'",
+            [*later, other],
+        )
+        return int(n) == 4
+
+    await wait_for(parked, timeout=30, what="four scheduled rows")
+    code, out = await workers.cli("cancel", "--type", "echo", "--status", "scheduled", "--dry-run")
+    assert code == 0, out
+    assert all(j in out for j in later)
+    assert other not in out
+    assert "would cancel 3 job(s)" in out
+    assert (
+        await pg_pool.fetchval(
+            "SELECT count(*) FROM jobs WHERE job_id = ANY($1) AND status = 'cancelled'", later
+        )
+        == 0
+    )
+    code, out = await workers.cli("cancel", "--type", "echo", "--json")
+    assert code == 0, out
+    answers = json.loads(out[out.index("[") :])
+    assert {(a["id"], a["cancel"], a["was"]) for a in answers} == {
+        (j, "cancelled", "scheduled") for j in later
+    }
+    code, out = await workers.cli("cancel", "--type", "echo")
+    assert code == 1
+    assert "no unfinished job" in out
+    # by id: one finished, one unknown
+    done = await client.submit_and_wait("echo", {}, timeout=30)
+    code, out = await workers.cli("cancel", done.job_id, f"{prefix}-nobody")
+    assert code == 0, out
+    assert "finished" in out
+    assert "1 cancelled, 1 finished" in out
+    by = await pg_pool.fetchval("SELECT by FROM control_audit WHERE job_id = $1", later[0])
+    assert by.startswith("cli:")
+
+    # submit under a dedupe key: the second answer is the first job, said on stderr
+    key = f"{prefix}-cli"
+    code, first = await workers.cli("submit", "steps", "--payload", '{"steps": 8, "seconds": 8}',
+                                    "--dedupe-key", key, "--app", APP)  # fmt: skip
+    assert code == 0, first
+    code, second = await workers.cli("submit", "steps", "--dedupe-key", key, "--app", APP)
+    assert code == 0, second
+    job_id = first.strip().splitlines()[-1]
+    assert f"deduplicated: job {job_id} stands for key" in second
+
+    # status --wait: progress on stderr, then the finished row
+    code, out = await workers.cli("status", job_id, "--wait", "30")
+    assert code == 0, out
+    assert "progress " in out
+    assert '"status": "succeeded"' in out
+    running = await client.submit("steps", {"steps": 100, "seconds": 100})
+    await wait_for(lambda: _has_row(pg_pool, running), timeout=30, what="the long job's row")
+    code, out = await workers.cli("status", running, "--wait", "1")
+    assert code == 1
+    assert "has not finished within 1s" in out
+    await client.cancel(running)
+
+
+async def _has_row(pool: asyncpg.Pool, job_id: str) -> bool:
+    return await pool.fetchval("SELECT 1 FROM jobs WHERE job_id = $1", job_id) is not None
