@@ -101,6 +101,14 @@ def job_filter(query: Mapping[str, str], statuses: tuple[str, ...]) -> JobFilter
     )
 
 
+def cancel_filter(query: Mapping[str, str]) -> bool:
+    """``cancel=requested``: only the jobs someone asked to cancel."""
+    value = query.get("cancel") or ""
+    if value not in ("", "requested"):
+        raise BadInput(f"cancel must be requested (or absent), not {value[:40]!r}")
+    return value == "requested"
+
+
 def times(query: Mapping[str, object]) -> tuple[datetime | None, datetime | None]:
     """``since`` and ``until`` of a query or body, checked (``None`` where absent)."""
     now = datetime.now(UTC)

@@ -175,7 +175,9 @@ def _visible_row(request: web.Request, row: dict[str, Any] | None) -> dict[str, 
 async def _jobs(request: web.Request) -> dict[str, Any]:
     console = _console(request)
     flt = params.job_filter(request.query, console.schema.statuses)
-    flt = dataclasses.replace(flt, prefix=_prefix(request))
+    flt = dataclasses.replace(
+        flt, prefix=_prefix(request), cancel_requested=params.cancel_filter(request.query)
+    )
     after = params.cursor(request.query)
     limit = params.limit(request.query)
     rows, next_cursor = await queries.jobs_page(console.pool, flt, after, limit)
@@ -240,9 +242,12 @@ async def _job(request: web.Request) -> dict[str, Any]:
             row["result"] = text
     else:
         text = "(none)"
+    from jobstream.streams.console.control import job_control
+
     return {
         "job_id": job_id,
         "row": row,
+        "control": await job_control(console, request, job_id, row),
         "result_text": text,
         "dead_letters": [detail(d, show_payload=show) for d in letters],
         "history": [h.model_dump(mode="json") for h in latest.history] if latest else [],
@@ -258,9 +263,12 @@ async def job_page(request: web.Request) -> web.Response:
     try:
         job = await _job(request)
     except web.HTTPNotFound:
+        from jobstream.streams.console.control import job_control
+
         job_id = request.match_info["job_id"]
-        return render(request, "job.html", status=404, job=None, missing=job_id)
-    return render(request, "job.html", job=job, missing=None)
+        control = await job_control(_console(request), request, job_id, None)
+        return render(request, "job.html", status=404, job=None, missing=job_id, control=control)
+    return render(request, "job.html", job=job, missing=None, control=job["control"])
 
 
 @routes.get("/api/jobs/{job_id}")
