@@ -242,6 +242,10 @@ async def _job(request: web.Request) -> dict[str, Any]:
             row["result"] = text
     else:
         text = "(none)"
+    if row is not None and row.get("event") is not None and not show:
+        # a scheduled job's event (the outbox) holds its payload
+        size = len(json.dumps(row["event"], default=_json_default).encode())
+        row["event"] = f"(hidden: {size} bytes; set JOBSTREAM_CONSOLE_SHOW_PAYLOADS)"
     from jobstream.streams.console.control import job_control
 
     return {

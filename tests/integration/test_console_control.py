@@ -51,12 +51,15 @@ async def world(kafka_bootstrap: str, database_url: str, prefix: str) -> AsyncIt
         for job_id, job_type, status, progress, detail, key in rows:
             await pool.execute(
                 "INSERT INTO jobs (job_id, type, status, attempt, progress, progress_detail,"
-                " progress_at, dedupe_key, topic, run_at, lease_until, claim_token, finished_at)"
+                " progress_at, dedupe_key, topic, run_at, lease_until, claim_token, finished_at,"
+                " event)"
                 " VALUES ($1, $2, $3, 1, $4, $5, now(), $6, $7,"
                 " CASE WHEN $3 = 'scheduled' THEN now() + interval '1 hour' END,"
                 " CASE WHEN $3 = 'running' THEN now() + interval '1 minute' END,"
                 " CASE WHEN $3 = 'running' THEN 'tok' END,"
-                " CASE WHEN $3 = 'succeeded' THEN now() END)",
+                " CASE WHEN $3 = 'succeeded' THEN now() END,"
+                " CASE WHEN $3 = 'scheduled' THEN jsonb_build_object('id', $1::text,"
+                " 'type', $2::text, 'payload', jsonb_build_object('card', 'card-4111')) END)",
                 job_id, job_type, status, progress, detail, key, prefix,
             )  # fmt: skip
         await pool.execute(
@@ -98,6 +101,8 @@ async def test_a_viewer_sees_control_but_cannot_cancel(world: World) -> None:
         )
         status, page = await _get(viewer, world.base + "jobs/wait-1")
         assert f"<code>{world.prefix}-key</code> (throttle; held until" in page
+        assert "card-4111" not in page  # the outbox event's payload: hidden from a viewer
+        assert "(hidden: " in page
         status, body = await _cancel(viewer, world.base + "api/jobs/run-1/cancel", csrf)
         assert status == 403
         assert "operator" in body["error"]
