@@ -175,6 +175,7 @@ class ReplayRequest(BaseModel):
     dry_run: bool = True
     reset_attempts: bool = False
     force: bool = False
+    include_cancelled: bool = False
     limit: int | None = Field(default=None, ge=1)
     rate: float | None = Field(default=None, gt=0)
     expect: int | None = Field(default=None, ge=0)

@@ -396,6 +396,7 @@ async def api_replay(request: web.Request) -> web.Response:
         rate=min(req.rate or settings.console_replay_rate, settings.console_replay_rate),
         reset_attempts=req.reset_attempts,
         force=req.force,
+        include_cancelled=req.include_cancelled,
     )
     planned: list[int] = []
 
@@ -445,6 +446,7 @@ async def api_replay(request: web.Request) -> web.Response:
             "replayed": counts.replayed if counts else 0,
             "skipped_already_replayed": counts.skipped_replayed if counts else 0,
             "skipped_invalid": counts.skipped_invalid if counts else 0,
+            "skipped_cancelled": counts.skipped_cancelled if counts else 0,
             "failed": counts.failed if counts else 0,
         }
     )

@@ -16,10 +16,12 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from jobstream.models.control import CancelAnswer, Dedupe, JobResult, Progress, Submission
+from jobstream.models.deadletter import DeadLetter, DeadLetterReason, b64
 from jobstream.models.errors import ConfigurationError, ResultTimeoutError, SubmitError
-from jobstream.models.job import JobOutcome, JobStatus
+from jobstream.models.job import JobEvent, JobOutcome, JobStatus
 from jobstream.streams.producer.client import JobClient
 from jobstream.streams.settings import Settings
 from jobstream.streams.setup import prepare
@@ -333,3 +335,58 @@ async def test_the_cli_cancels_by_id_and_by_filter_dedupes_and_waits(
 
 async def _has_row(pool: asyncpg.Pool, job_id: str) -> bool:
     return await pool.fetchval("SELECT 1 FROM jobs WHERE job_id = $1", job_id) is not None
+
+
+async def test_a_cancelled_job_is_replayed_only_on_purpose(
+    client: JobClient,
+    workers: WorkerFactory,
+    pg_pool: asyncpg.Pool,
+    kafka_bootstrap: str,
+    prefix: str,
+) -> None:
+    """Its dead letter is still in the DLQ (it was dead-lettered, replayed, then cancelled):
+    a replay skips it, unless asked to include cancelled jobs: then it runs again."""
+    names = topic_names(prefix, TIERS_S)
+    job_id = f"{prefix}-was-cancelled"
+    event = JobEvent(id=job_id, type="echo", payload={"n": 9})
+    now = datetime.now(UTC)
+    letter = DeadLetter(
+        id=DeadLetter.coordinates(prefix, 0, 0), job_id=job_id, job_type="echo",
+        reason=DeadLetterReason.FATAL_ERROR, error_class="FatalError", error_message="once",
+        attempt=1, source_topic=prefix, source_partition=0, source_offset=0,
+        first_failure_at=now, last_failure_at=now, original_key=b64(job_id.encode()),
+        original_value=b64(event.to_bytes()),
+    )  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(names.dlq, letter.to_bytes(), key=job_id.encode())
+    finally:
+        await producer.stop()
+    [answer] = await client.cancel_many([job_id])
+    assert answer.answer is CancelAnswer.CANCELLED
+    worker = workers.start(JOBSTREAM_APP=APP)
+    await worker.wait_assigned()
+
+    code, out = await workers.cli("dlq", "replay", "--key", job_id, "--dry-run")
+    assert code == 0, out
+    assert "skip-cancelled" in out
+    assert "would replay 0" in out
+    code, out = await workers.cli("dlq", "replay", "--key", job_id)
+    assert code == 0, out
+    assert "skipped-cancelled 1" in out
+    assert (await _row(pg_pool, job_id))["status"] == "cancelled"
+
+    code, out = await workers.cli("dlq", "replay", "--key", job_id, "--include-cancelled")
+    assert code == 0, out
+    assert "replayed 1" in out
+    done = await client.result(job_id, timeout=60)
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.result["echo"] == {"n": 9}
+    audit = await pg_pool.fetch(
+        "SELECT action, was, answer FROM control_audit WHERE job_id = $1 ORDER BY id", job_id
+    )
+    assert [(a["action"], a["was"], a["answer"]) for a in audit] == [
+        ("cancel", None, "cancelled"),
+        ("reopen", "cancelled", "dead_lettered"),
+    ]

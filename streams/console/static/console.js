@@ -237,6 +237,7 @@
       b.dry_run = dryRun;
       b.reset_attempts = panel.querySelector("[name=reset_attempts]").checked;
       b.force = panel.querySelector("[name=force]").checked;
+      b.include_cancelled = panel.querySelector("[name=include_cancelled]").checked;
       const lim = panel.querySelector("[name=limit]").value.trim();
       if (lim) b.limit = Number(lim);
       if (!dryRun) b.expect = expect;
@@ -252,7 +253,8 @@
       document.getElementById("replay-plan").hidden = false;
       document.getElementById("replay-summary").textContent =
         `Dry run: would replay ${d.would_replay}, skip ${d.skipped_already_replayed} already replayed,` +
-        ` skip ${d.skipped_invalid} invalid (of ${d.matched} matching; ${d.scanned} scanned), at ${d.rate}/s.`;
+        ` skip ${d.skipped_invalid} invalid, skip ${d.skipped_cancelled} cancelled since` +
+        ` (of ${d.matched} matching; ${d.scanned} scanned), at ${d.rate}/s.`;
       fill(document.getElementById("replay-items"),
         d.items.map((i) => [i.action, i.id, i.job_id, i.type]), "nothing selected", 4);
       confirmBtn.hidden = d.would_replay === 0;
@@ -267,7 +269,7 @@
       const d = r.data;
       result.className = d.failed ? "error" : "";
       result.textContent = `Replayed ${d.replayed}, skipped ${d.skipped_already_replayed} already replayed,` +
-        ` ${d.skipped_invalid} invalid, failed ${d.failed}.`;
+        ` ${d.skipped_invalid} invalid, ${d.skipped_cancelled} cancelled since, failed ${d.failed}.`;
       confirmBtn.hidden = true;
     });
   }
