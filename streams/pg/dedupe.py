@@ -1,5 +1,5 @@
-"""Deduplicated submits: a key in ``dedupe_keys`` (its primary key is the constraint) names the
-job that stands for it, and one transaction decides what a submit does.
+"""Deduplicated submits: a key in ``dedupe_keys`` (its primary key, with the main topic, is the
+constraint) names the job that stands for it, and one transaction decides what a submit does.
 
 The transaction takes the key (``INSERT ... ON CONFLICT DO NOTHING``; a key that is there is
 then locked ``FOR UPDATE``, and so is its standing job's row), decides by the mode (see
@@ -69,22 +69,25 @@ def _expires(n: int) -> str:
 
 
 _TAKE = f"""
-INSERT INTO dedupe_keys (key, job_id, mode, created_at, expires_at)
-VALUES ($1, $2, $3, now(), {_expires(4)})
-ON CONFLICT (key) DO NOTHING
+INSERT INTO dedupe_keys (key, job_id, mode, created_at, expires_at, topic)
+VALUES ($1, $2, $3, now(), {_expires(4)}, $5)
+ON CONFLICT (topic, key) DO NOTHING
 RETURNING job_id
 """
 
 _KEY = """
-SELECT job_id, expires_at <= now() AS expired FROM dedupe_keys WHERE key = $1 FOR UPDATE
+SELECT job_id, expires_at <= now() AS expired FROM dedupe_keys
+WHERE key = $1 AND topic = $2 FOR UPDATE
 """
 
 _MOVE = f"""
 UPDATE dedupe_keys SET job_id = $2, mode = $3, created_at = now(), expires_at = {_expires(4)}
-WHERE key = $1
+WHERE key = $1 AND topic = $5
 """
 
-_EXTEND = f"UPDATE dedupe_keys SET expires_at = {_expires(3)} WHERE key = $1 AND job_id = $2"
+_EXTEND = f"""
+UPDATE dedupe_keys SET expires_at = {_expires(3)} WHERE key = $1 AND job_id = $2 AND topic = $4
+"""
 
 _STANDING = "SELECT status FROM jobs WHERE job_id = $1 FOR UPDATE"
 
@@ -121,11 +124,11 @@ async def submit(conn: Connection, event: JobEvent, dedupe: Dedupe, *, topic: st
     async with conn.transaction():
         now: datetime = await conn.fetchval("SELECT now()")
         ttl = ttl_for(dedupe, event, now)
-        args = (dedupe.key, event.id, mode.value, ttl)
+        args = (dedupe.key, event.id, mode.value, ttl, topic)
         for _ in range(3):
             if await conn.fetchval(_TAKE, *args) is not None:
                 return await _new(conn, event, dedupe.key, topic)
-            key = await conn.fetchrow(_KEY, dedupe.key)
+            key = await conn.fetchrow(_KEY, dedupe.key, topic)
             if key is not None:
                 break
             # the key was deleted between the two statements (retention): take it again
@@ -142,7 +145,7 @@ async def submit(conn: Connection, event: JobEvent, dedupe: Dedupe, *, topic: st
             await conn.execute(
                 _REPLACE, standing_id, _json(replaced), replaced.not_before, replaced.expires_at
             )
-            await conn.execute(_EXTEND, dedupe.key, standing_id, ttl)
+            await conn.execute(_EXTEND, dedupe.key, standing_id, ttl, topic)
             return Taken(standing_id, deduplicated=True)
         await conn.execute(_MOVE, *args)
         return await _new(conn, event, dedupe.key, topic)

@@ -227,7 +227,16 @@ CREATE INDEX IF NOT EXISTS jobs_cancel_requested_idx ON jobs (updated_at DESC, j
 CREATE INDEX IF NOT EXISTS dedupe_keys_job_idx ON dedupe_keys (job_id);
 """
 """Job control: the audit of cancels (written in the cancel's own transaction), the console's
-"asked to cancel" filter, and the dedupe keys of a job (the console's job page, retention)."""
+"asked to cancel" filter, and the dedupe key of a job (the console's job page)."""
+
+
+DEDUPE_PER_TOPIC_SCHEMA = """
+ALTER TABLE dedupe_keys ADD COLUMN IF NOT EXISTS topic text NOT NULL DEFAULT '';
+ALTER TABLE dedupe_keys DROP CONSTRAINT IF EXISTS dedupe_keys_pkey;
+ALTER TABLE dedupe_keys ADD PRIMARY KEY (topic, key);
+"""
+"""Dedupe keys per main topic: deployments with their own prefix may share a database, and
+each may use a key the other does."""
 
 
 def _migrations() -> Sequence[tuple[str, str]]:
@@ -243,6 +252,7 @@ def _migrations() -> Sequence[tuple[str, str]]:
         ("0013_timed_jobs_and_control", TIMED_AND_CONTROL_SCHEMA),
         ("0014_timed_jobs_per_topic", TIMED_PER_TOPIC_SCHEMA),
         ("0016_job_control", JOB_CONTROL_SCHEMA),
+        ("0016_dedupe_keys_per_topic", DEDUPE_PER_TOPIC_SCHEMA),
     )
 
 

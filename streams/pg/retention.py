@@ -94,11 +94,10 @@ waits. A submit then makes a new job, with or without the row, so deleting it ch
 answer; a submit that holds the key's row lock is skipped and its key kept for the next sweep."""
 
 _DELETE_KEYS = f"""
-WITH gone AS (
-    DELETE FROM dedupe_keys
-    WHERE key = ANY(ARRAY(
-        SELECT key FROM dedupe_keys d WHERE {_STALE_KEY} LIMIT $1 FOR UPDATE SKIP LOCKED
-    ))
+WITH stale AS (
+    SELECT topic, key FROM dedupe_keys d WHERE {_STALE_KEY} LIMIT $1 FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM dedupe_keys k USING stale s WHERE k.topic = s.topic AND k.key = s.key
     RETURNING 1
 )
 SELECT count(*) AS n, clock_timestamp() AS at FROM gone

@@ -312,29 +312,33 @@ async def test_the_cli_cancels_by_id_and_by_filter_dedupes_and_waits(
 
     # submit under a dedupe key: the second answer is the first job, said on stderr
     key = f"{prefix}-cli"
-    code, first = await workers.cli("submit", "steps", "--payload", '{"steps": 8, "seconds": 8}',
-                                    "--dedupe-key", key, "--app", APP)  # fmt: skip
+    long = '{"steps": 100, "seconds": 100}'
+    code, first = await workers.cli(
+        "submit", "steps", "--payload", long, "--dedupe-key", key, "--app", APP
+    )
     assert code == 0, first
     code, second = await workers.cli("submit", "steps", "--dedupe-key", key, "--app", APP)
     assert code == 0, second
     job_id = first.strip().splitlines()[-1]
     assert f"deduplicated: job {job_id} stands for key" in second
 
-    # status --wait: progress on stderr, then the finished row
-    code, out = await workers.cli("status", job_id, "--wait", "30")
-    assert code == 0, out
+    # status --wait: the progress on stderr while it waits; exit 1 when it is not finished
+    async def progressing() -> bool:
+        progress = await pg_pool.fetchval("SELECT progress FROM jobs WHERE job_id = $1", job_id)
+        return progress is not None
+
+    await wait_for(progressing, timeout=30, what="the job's progress")
+    code, out = await workers.cli("status", job_id, "--wait", "1")
+    assert code == 1, out
     assert "progress " in out
-    assert '"status": "succeeded"' in out
-    running = await client.submit("steps", {"steps": 100, "seconds": 100})
-    await wait_for(lambda: _has_row(pg_pool, running), timeout=30, what="the long job's row")
-    code, out = await workers.cli("status", running, "--wait", "1")
-    assert code == 1
+    assert "% step " in out
     assert "has not finished within 1s" in out
-    await client.cancel(running)
-
-
-async def _has_row(pool: asyncpg.Pool, job_id: str) -> bool:
-    return await pool.fetchval("SELECT 1 FROM jobs WHERE job_id = $1", job_id) is not None
+    # and the finished row once it ends while the command waits
+    waiting = asyncio.create_task(workers.cli("status", job_id, "--wait", "60"))
+    await client.cancel(job_id)
+    code, out = await waiting
+    assert code == 0, out
+    assert '"status": "cancelled"' in out
 
 
 async def test_a_cancelled_job_is_replayed_only_on_purpose(
