@@ -464,3 +464,62 @@ async def test_10000_waiters_in_one_client_cost_little(
     report("waiters-cost", figures, tmp_path)
     for w in replicas:
         assert w.alive, w.tail()
+
+
+@pytest.mark.timeout(420)
+async def test_cancelling_running_jobs_behind_a_transaction_mode_pooler(
+    kafka_bootstrap: str, database_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """Replicas and the canceller reach PostgreSQL only through PgBouncer (transaction mode):
+    the marks are still seen within the control interval (no LISTEN, no session state)."""
+    from tests.control_app import app
+    from tests.integration.pgtools import PgBouncer, fresh_database, with_database
+
+    bouncer = PgBouncer(database_url).start()
+    try:
+        await bouncer.wait_ready()
+        async with fresh_database(database_url, "ctl") as direct:
+            via = with_database(bouncer.dsn(), direct.rsplit("/", 1)[1])
+            factory = WorkerFactory(bootstrap=kafka_bootstrap, dsn=via, prefix=prefix, tmp=tmp_path)
+            try:
+                replicas = [
+                    factory.start(
+                        n,
+                        JOBSTREAM_APP=APP,
+                        JOBSTREAM_PARTITIONS=PARTITIONS,
+                        JOBSTREAM_CONCURRENCY="100",
+                        JOBSTREAM_DB_POOLER_MODE="transaction",
+                    )
+                    for n in ("p1", "p2")
+                ]
+                await asyncio.gather(*(w.wait_assigned() for w in replicas))
+                async with JobClient(
+                    kafka_bootstrap, topic_prefix=prefix, app=app, database_url=via,
+                    pooler_mode="transaction",
+                ) as c:  # fmt: skip
+                    ids = await c.submit_many(c.build("sleep", {"seconds": 30}) for _ in range(100))
+                    pool = c._pool
+                    assert pool is not None
+
+                    async def all_running() -> bool:
+                        return (await statuses(pool, ids)).get("running", 0) == len(ids)
+
+                    await wait_for(all_running, timeout=120, what="100 sleep jobs running")
+                    answers = await c.cancel_many(ids)
+                    assert {a.answer for a in answers} == {CancelAnswer.REQUESTED}
+                    ended = await asyncio.gather(*(c.result(j, timeout=60) for j in ids))
+                    assert {e.status for e in ended} == {JobStatus.CANCELLED}
+                    took = [
+                        r["took"]
+                        for r in await pool.fetch(
+                            "SELECT extract(epoch FROM finished_at - cancel_requested_at)::float8"
+                            " AS took FROM jobs WHERE job_id = ANY($1)",
+                            ids,
+                        )
+                    ]
+                report("cancel-behind-pgbouncer", {"jobs": len(ids), **spread(took)}, tmp_path)
+                assert max(took) < 10
+            finally:
+                factory.close()
+    finally:
+        bouncer.stop()
