@@ -10,7 +10,7 @@ from aiohttp import web
 
 from jobstream.models.control import CancelAnswer
 from jobstream.models.job import JobStatus
-from jobstream.streams.console import params
+from jobstream.streams.console import params, queries
 from jobstream.streams.console.access import Role, json_error, require_operator, session_of
 from jobstream.streams.console.context import Console
 from jobstream.streams.pg import control as pg_control
@@ -53,6 +53,8 @@ async def api_cancel(request: web.Request) -> web.Response:
     require_operator(request)
     console = request.app[CONSOLE_KEY]
     job_id = params.job_id(request.match_info["job_id"])
+    if not params.all_prefixes(request.query) and await _elsewhere(console, job_id):
+        raise json_error(404, f"job {job_id!r} belongs to another topic prefix (scope=all)")
     by = console.replayed_by("operator", request.remote)
     async with console.pool.acquire() as conn:
         done = await pg_control.cancel(conn, job_id, topic=console.topics.main, by=by)
@@ -72,4 +74,13 @@ async def api_cancel(request: web.Request) -> web.Response:
         "was": r.was.value if r.was is not None else None,
         "message": ANSWERS[r.answer],
     }
-    return as_json(body, status=409 if r.answer is CancelAnswer.FINISHED else 200)
+    if r.answer is CancelAnswer.FINISHED:  # a 4xx: in the console's error shape as well
+        return as_json({"error": f"{ANSWERS[r.answer]} ({r.status.value})", **body}, status=409)
+    return as_json(body)
+
+
+async def _elsewhere(console: Console, job_id: str) -> bool:
+    """The job has a row, and it is another topic prefix's (the console shows only its own)."""
+    if await queries.job_row(console.pool, job_id) is None:
+        return False
+    return await queries.job_row(console.pool, job_id, prefix=console.topics.prefix) is None

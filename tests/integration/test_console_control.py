@@ -48,6 +48,10 @@ async def world(kafka_bootstrap: str, database_url: str, prefix: str) -> AsyncIt
             ("wait-1", "echo", "scheduled", None, None, f"{prefix}-key"),
             ("done-1", "echo", "succeeded", None, None, None),
         ]
+        await pool.execute(
+            "INSERT INTO jobs (job_id, type, status, attempt, topic, run_at)"
+            " VALUES ('other-1', 'echo', 'scheduled', 1, 'someone-else', now())"
+        )
         for job_id, job_type, status, progress, detail, key in rows:
             await pool.execute(
                 "INSERT INTO jobs (job_id, type, status, attempt, progress, progress_detail,"
@@ -127,6 +131,11 @@ async def test_an_operator_cancels_audited_and_the_list_filters_them(world: Worl
         assert (status, body["cancel"], body["was"]) == (200, "cancelled", "scheduled")
         status, body = await _cancel(op, base + "api/jobs/done-1/cancel", csrf)
         assert (status, body["cancel"], body["status"]) == (409, "finished", "succeeded")
+        assert "finished already" in body["error"]
+        # another prefix's job is not this console's to cancel (unless scope=all)
+        status, body = await _cancel(op, base + "api/jobs/other-1/cancel", csrf)
+        assert status == 404
+        assert "another topic prefix" in body["error"]
         # an id with no row: operators may cancel it from its (404) page; it never runs
         status, page = await _get(op, base + "jobs/ghost-1")
         assert status == 404

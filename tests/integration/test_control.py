@@ -394,3 +394,30 @@ async def test_a_cancelled_job_is_replayed_only_on_purpose(
         ("cancel", None, "cancelled"),
         ("reopen", "cancelled", "dead_lettered"),
     ]
+
+
+async def test_a_cancel_asked_while_its_worker_is_dead_holds_after_the_restart(
+    client: JobClient, workers: WorkerFactory, pg_pool: asyncpg.Pool
+) -> None:
+    """The mark is in the row: the replica that takes the dead one's work over finds it in
+    its claim and ends the job cancelled without running it again."""
+    lease = {"JOBSTREAM_APP": APP, "JOBSTREAM_CLAIM_LEASE_S": "3"}
+    first = workers.start("d1", **lease)
+    await first.wait_assigned()
+    job_id = await client.submit("steps", {"steps": 600, "seconds": 600})
+
+    async def running() -> bool:
+        progress = await pg_pool.fetchval("SELECT progress FROM jobs WHERE job_id = $1", job_id)
+        return progress is not None
+
+    await wait_for(running, timeout=30, what="the job running on d1")
+    await asyncio.to_thread(first.kill)
+    asked = await client.cancel(job_id)
+    assert (asked.answer, asked.status) == (CancelAnswer.REQUESTED, JobStatus.RUNNING)
+    second = workers.start("d2", **lease)
+    await second.wait_assigned()
+    ended = await client.result(job_id, timeout=120)
+    assert ended.status is JobStatus.CANCELLED
+    row = await _row(pg_pool, job_id)
+    assert (row["status"], row["executions"], row["worker"]) == ("cancelled", 1, "d2")
+    assert row["error"] == "cancelled on request"
