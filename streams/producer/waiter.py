@@ -191,11 +191,13 @@ class OutcomeFeed:
     def _pause_idle(self) -> None:
         now = time.monotonic()
         for p, since in list(self._idle_since.items()):
-            if now - since >= IDLE_PARTITION_S and p not in self._interest and p in self._active:
+            if p in self._interest or now - since < IDLE_PARTITION_S:
+                continue
+            del self._idle_since[p]
+            if p in self._active:
                 assert self._consumer is not None
                 self._consumer.pause(TopicPartition(self.topic, p))
                 self._active.discard(p)
-                del self._idle_since[p]
 
     async def _read(self) -> None:
         consumer = self._consumer

@@ -22,6 +22,7 @@ from jobstream.models.control import CancelAnswer, Dedupe, JobResult, Progress, 
 from jobstream.models.deadletter import DeadLetter, DeadLetterReason, b64
 from jobstream.models.errors import ConfigurationError, ResultTimeoutError, SubmitError
 from jobstream.models.job import JobEvent, JobOutcome, JobStatus
+from jobstream.streams.producer import waiter as waiter_module
 from jobstream.streams.producer.client import JobClient
 from jobstream.streams.settings import Settings
 from jobstream.streams.setup import prepare
@@ -421,3 +422,28 @@ async def test_a_cancel_asked_while_its_worker_is_dead_holds_after_the_restart(
     row = await _row(pg_pool, job_id)
     assert (row["status"], row["executions"], row["worker"]) == ("cancelled", 1, "d2")
     assert row["error"] == "cancelled on request"
+
+
+async def test_a_wait_on_a_partition_that_went_idle_reads_it_again_from_now(
+    client: JobClient, workers: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition without waiters is paused after a while; the next wait on it takes a new
+    position (before the job's row is read), so its outcome is still seen."""
+    monkeypatch.setattr(waiter_module, "IDLE_PARTITION_S", 0.2)
+    client._results().reread_s = 3600  # no safety net: only the outcome records can tell
+    worker = workers.start(JOBSTREAM_APP=APP)
+    await worker.wait_assigned()
+    first = await client.submit_and_wait("echo", {"n": 1}, timeout=30)
+    feed = client._results()._feed
+    assert feed is not None
+
+    async def paused() -> bool:
+        return not feed._active
+
+    await wait_for(paused, timeout=10, what="the idle outcome partition paused")
+    # a job whose outcome goes to the same partition (outcomes are keyed by job id)
+    where = feed.partition(first.job_id)
+    job_id = next(j for i in range(1000) if feed.partition(j := f"{first.job_id}-{i}") == where)
+    again = await client.submit_and_wait("echo", {"n": 2}, job_id=job_id, timeout=30)
+    assert again.result["echo"] == {"n": 2}
+    assert where in feed._active
