@@ -20,6 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from jobstream.agents.app import Job, JobApp, JobOptions
 from jobstream.agents.registry import JobContext
+from jobstream.models.control import (
+    CancelAnswer,
+    CancelResult,
+    Dedupe,
+    DedupeMode,
+    JobResult,
+    JobUpdate,
+    Progress,
+    Submission,
+)
 from jobstream.models.deadletter import DeadLetter, DeadLetterReason
 from jobstream.models.errors import (
     ConfigurationError,
@@ -28,6 +38,7 @@ from jobstream.models.errors import (
     JobstreamError,
     JobTimeoutError,
     RateLimitedError,
+    ResultTimeoutError,
     RetryableError,
     SubmitError,
 )
@@ -39,9 +50,13 @@ if TYPE_CHECKING:
     from jobstream.streams.producer.client import JobClient
 
 __all__ = [
+    "CancelAnswer",
+    "CancelResult",
     "ConfigurationError",
     "DeadLetter",
     "DeadLetterReason",
+    "Dedupe",
+    "DedupeMode",
     "FatalError",
     "Job",
     "JobApp",
@@ -51,13 +66,18 @@ __all__ = [
     "JobEvent",
     "JobOptions",
     "JobOutcome",
+    "JobResult",
     "JobStatus",
     "JobTimeoutError",
+    "JobUpdate",
     "JobstreamError",
+    "Progress",
     "RateLimit",
     "RateLimitedError",
+    "ResultTimeoutError",
     "RetryableError",
     "Settings",
+    "Submission",
     "SubmitError",
     "builtin",
 ]

@@ -68,3 +68,13 @@ class ConfigurationError(JobstreamError):
 
 class StackError(JobstreamError):
     """Raised when the local Kafka/PostgreSQL stack cannot be started or reached."""
+
+
+class ResultTimeoutError(JobstreamError, TimeoutError):
+    """Raised when a job has not finished within the time its caller waited for its result; the
+    job goes on (cancel it to stop it)."""
+
+    def __init__(self, job_id: str, timeout_s: float) -> None:
+        super().__init__(f"job {job_id} did not finish within {timeout_s:g}s")
+        self.job_id = job_id
+        self.timeout_s = timeout_s

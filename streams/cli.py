@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from jobstream.models.control import Dedupe
 from jobstream.streams.command import (
     JOB_TYPES,
     KAFKA,
@@ -45,6 +46,13 @@ from jobstream.streams.ops.scheduling import (
     timing_options,
 )
 from jobstream.streams.output import print_json
+from jobstream.streams.producer.control_cli import (
+    cancel_command,
+    dedupe_options,
+    submit_unique,
+    wait_finished,
+    wait_option,
+)
 from jobstream.streams.producer.server import api_command
 from jobstream.streams.services import database_url, kafka_bootstrap, resolve
 from jobstream.streams.settings import Settings
@@ -91,7 +99,7 @@ WORKER_VARIABLES = names(
     ),
     LOGS,
 )
-SUBMIT_VARIABLES = names(KAFKA, ("topic_prefix", "max_event_bytes"), JOB_TYPES)
+SUBMIT_VARIABLES = names(KAFKA, ("topic_prefix", "max_event_bytes"), JOB_TYPES, POSTGRES)
 
 
 def _preflight(settings: Settings, bootstrap: str, dsn: str) -> None:
@@ -176,6 +184,7 @@ def _payload(text: str) -> dict[str, Any]:
     "--count", type=click.IntRange(min=1), default=1, show_default=True, help="publish this many"
 )
 @timing_options
+@dedupe_options
 @app_option
 @with_settings
 def cmd_submit(
@@ -184,6 +193,7 @@ def cmd_submit(
     payload: str,
     job_id: str | None,
     count: int,
+    dedupe: Dedupe | None,
     **timing: str | None,
 ) -> int:
     from jobstream.agents.catalog import default_registry
@@ -203,6 +213,8 @@ def cmd_submit(
         ]
     except ApiError as exc:
         raise CommandError(f"invalid job: {error_line(exc)}", Exit.USAGE) from None
+    if dedupe is not None:
+        return submit_unique(settings, events, dedupe)
     bootstrap = kafka_bootstrap(settings)
 
     async def run() -> list[str]:
@@ -221,28 +233,35 @@ def cmd_submit(
     "status",
     variables=("database_url", "db_pooler_mode"),
     short_help="show a job's row",
-    help="Print the row of job JOB_ID as JSON; exits 1 when the job has no row yet (queued "
-    "in Kafka or waiting for a handler slot, or unknown).",
+    help="Print the row of job JOB_ID as JSON (with its progress); exits 1 when the job has no "
+    "row yet (queued in Kafka or waiting for a handler slot, or unknown). With --wait, waits "
+    "for the job to finish first, printing its progress on stderr, and exits 1 when it has not "
+    "finished by then.",
 )
 @click.argument("job_id")
+@wait_option
 @with_settings
-def cmd_status(settings: Settings, job_id: str) -> int:
+def cmd_status(settings: Settings, job_id: str, wait_s: float | None) -> int:
     from jobstream.streams.pg.pool import create_pool
     from jobstream.streams.pg.results import fetch_job
 
     dsn = database_url(settings)
 
-    async def run() -> dict[str, Any] | None:
-        pool = await create_pool(dsn, min_size=1, max_size=1, pooler_mode=settings.db_pooler_mode)
+    async def run() -> tuple[dict[str, Any] | None, bool]:
+        pool = await create_pool(dsn, min_size=1, max_size=2, pooler_mode=settings.db_pooler_mode)
         try:
-            return await fetch_job(pool, job_id)
+            finished = await wait_finished(pool, job_id, wait_s) if wait_s else True
+            return await fetch_job(pool, job_id), finished
         finally:
             await pool.close()
 
-    row = asyncio.run(run())
+    row, finished = asyncio.run(run())
     if row is None:
         raise CommandError(f"job {job_id} has no row yet (queued, or unknown)", Exit.FAILED)
     print_json(row)
+    if not finished:
+        click.echo(f"job {job_id} has not finished within {wait_s:g}s", err=True)
+        return Exit.FAILED
     return Exit.OK
 
 
@@ -316,6 +335,7 @@ for _cmd in (
     cmd_migrate,
     cmd_submit,
     cmd_status,
+    cancel_command,
     api_command,
     console_command,
     dlq_group,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ import jinja2
 from jobstream.streams.console.cluster import ClusterView
 from jobstream.streams.console.dlq_tail import DeadLetterTail
 from jobstream.streams.console.queries import JobsSchema, discover
+from jobstream.streams.kafka.publisher import Publisher
 from jobstream.streams.settings import Settings
 from jobstream.streams.topics import TopicNames, topic_names
 
@@ -36,6 +38,10 @@ class Console:
     kafka_options: dict[str, Any] = field(default_factory=dict)
     """aiokafka arguments for TLS/SASL, as every other client of the project uses."""
     templates: jinja2.Environment = field(default_factory=template_env)
+    _publisher: Publisher | None = None
+    """For the outcome records of jobs an operator cancels before they started: made on the
+    first such cancel."""
+    _publisher_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
     async def open(cls, settings: Settings, *, bootstrap: str, pool: asyncpg.Pool) -> Console:
@@ -57,6 +63,20 @@ class Console:
     async def close(self) -> None:
         await self.cluster.close()
         await self.dead_letters.close()
+        if self._publisher is not None:
+            await self._publisher.stop()
+            self._publisher = None
+
+    async def send_outcome(self, key: bytes, value: bytes) -> None:
+        """Publish one outcome record (a job cancelled here) and wait until Kafka has it."""
+        async with self._publisher_lock:
+            if self._publisher is None:
+                publisher = Publisher(
+                    self.bootstrap, client_id="jobstream-console", options=self.kafka_options
+                )
+                await publisher.start()
+                self._publisher = publisher
+        await (await self._publisher.send(self.topics.outcomes, value, key=key))
 
     def replayed_by(self, role: str, remote: str | None) -> str:
         """Who replayed, for the audit: the console, the role, where from; never a token."""

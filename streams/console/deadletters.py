@@ -137,6 +137,7 @@ def plan_json(items: Sequence[PlanItem]) -> dict[str, Any]:
         "would_replay": tally[Action.REPLAY],
         "skipped_already_replayed": tally[Action.SKIP_REPLAYED],
         "skipped_invalid": tally[Action.SKIP_INVALID],
+        "skipped_cancelled": tally[Action.SKIP_CANCELLED],
         "items": [
             {
                 "action": i.action.value,

@@ -101,6 +101,14 @@ def job_filter(query: Mapping[str, str], statuses: tuple[str, ...]) -> JobFilter
     )
 
 
+def cancel_filter(query: Mapping[str, str]) -> bool:
+    """``cancel=requested``: only the jobs someone asked to cancel."""
+    value = query.get("cancel") or ""
+    if value not in ("", "requested"):
+        raise BadInput(f"cancel must be requested (or absent), not {value[:40]!r}")
+    return value == "requested"
+
+
 def times(query: Mapping[str, object]) -> tuple[datetime | None, datetime | None]:
     """``since`` and ``until`` of a query or body, checked (``None`` where absent)."""
     now = datetime.now(UTC)
@@ -167,6 +175,7 @@ class ReplayRequest(BaseModel):
     dry_run: bool = True
     reset_attempts: bool = False
     force: bool = False
+    include_cancelled: bool = False
     limit: int | None = Field(default=None, ge=1)
     rate: float | None = Field(default=None, gt=0)
     expect: int | None = Field(default=None, ge=0)

@@ -50,6 +50,8 @@ class JobFilter:
     """Exclusive, on ``updated_at``."""
     prefix: str | None = None
     """Leave out rows that came from another prefix's topics (see :func:`source_topic_sql`)."""
+    cancel_requested: bool = False
+    """Only jobs someone asked to cancel (running ones being stopped, and those it stopped)."""
 
 
 def source_topic_sql(prefix: str, arg: Callable[[Any], str]) -> str:
@@ -103,6 +105,8 @@ def jobs_page_sql(
             where.append(f"{column} = {arg(value)}")
     if flt.prefix is not None:
         where.append(source_topic_sql(flt.prefix, arg))
+    if flt.cancel_requested:
+        where.append("cancel_requested_at IS NOT NULL")
     if flt.since is not None:
         where.append(f"updated_at >= {arg(flt.since)}")
     if flt.until is not None:

@@ -175,7 +175,9 @@ def _visible_row(request: web.Request, row: dict[str, Any] | None) -> dict[str, 
 async def _jobs(request: web.Request) -> dict[str, Any]:
     console = _console(request)
     flt = params.job_filter(request.query, console.schema.statuses)
-    flt = dataclasses.replace(flt, prefix=_prefix(request))
+    flt = dataclasses.replace(
+        flt, prefix=_prefix(request), cancel_requested=params.cancel_filter(request.query)
+    )
     after = params.cursor(request.query)
     limit = params.limit(request.query)
     rows, next_cursor = await queries.jobs_page(console.pool, flt, after, limit)
@@ -240,9 +242,16 @@ async def _job(request: web.Request) -> dict[str, Any]:
             row["result"] = text
     else:
         text = "(none)"
+    if row is not None and row.get("event") is not None and not show:
+        # a scheduled job's event (the outbox) holds its payload
+        size = len(json.dumps(row["event"], default=_json_default).encode())
+        row["event"] = f"(hidden: {size} bytes; set JOBSTREAM_CONSOLE_SHOW_PAYLOADS)"
+    from jobstream.streams.console.control import job_control
+
     return {
         "job_id": job_id,
         "row": row,
+        "control": await job_control(console, request, job_id, row),
         "result_text": text,
         "dead_letters": [detail(d, show_payload=show) for d in letters],
         "history": [h.model_dump(mode="json") for h in latest.history] if latest else [],
@@ -258,9 +267,12 @@ async def job_page(request: web.Request) -> web.Response:
     try:
         job = await _job(request)
     except web.HTTPNotFound:
+        from jobstream.streams.console.control import job_control
+
         job_id = request.match_info["job_id"]
-        return render(request, "job.html", status=404, job=None, missing=job_id)
-    return render(request, "job.html", job=job, missing=None)
+        control = await job_control(_console(request), request, job_id, None)
+        return render(request, "job.html", status=404, job=None, missing=job_id, control=control)
+    return render(request, "job.html", job=job, missing=None, control=job["control"])
 
 
 @routes.get("/api/jobs/{job_id}")
@@ -384,6 +396,7 @@ async def api_replay(request: web.Request) -> web.Response:
         rate=min(req.rate or settings.console_replay_rate, settings.console_replay_rate),
         reset_attempts=req.reset_attempts,
         force=req.force,
+        include_cancelled=req.include_cancelled,
     )
     planned: list[int] = []
 
@@ -433,6 +446,7 @@ async def api_replay(request: web.Request) -> web.Response:
             "replayed": counts.replayed if counts else 0,
             "skipped_already_replayed": counts.skipped_replayed if counts else 0,
             "skipped_invalid": counts.skipped_invalid if counts else 0,
+            "skipped_cancelled": counts.skipped_cancelled if counts else 0,
             "failed": counts.failed if counts else 0,
         }
     )

@@ -36,6 +36,7 @@ from jobstream.streams.console.access import (
     wants_json,
 )
 from jobstream.streams.console.context import Console
+from jobstream.streams.console.control import routes as control_routes
 from jobstream.streams.console.routes import CONSOLE_KEY, render, routes
 from jobstream.streams.console.timed import timed_routes
 from jobstream.streams.exits import Exit
@@ -133,6 +134,7 @@ def console_app(
     app.cleanup_ctx.append(lifecycle)
     app.add_routes(routes)
     app.add_routes(timed_routes)
+    app.add_routes(control_routes)
     app.router.add_static("/static", STATIC, append_version=True)
     return app
 

@@ -267,7 +267,8 @@ async def _command(args: argparse.Namespace) -> int:
         info = await stack_up(state_dir, kafka_port=args.kafka_port, pg_port=args.pg_port)
         verb = "already running" if info.already_running else "started"
         print(f"{verb} in {time.monotonic() - started:.1f}s\n{info.describe()}")
-        print(f'use it: eval "$(python -m jobstream.streams.dev.stack env --state-dir {state_dir})"')
+        env_cmd = f"python -m jobstream.streams.dev.stack env --state-dir {state_dir}"
+        print(f'use it: eval "$({env_cmd})"')
         return 0
     if args.command == "down":
         await stack_down(state_dir)

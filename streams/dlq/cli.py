@@ -64,7 +64,9 @@ evidence of earlier failures). Records that are not a valid JobEvent are skipped
 --include-invalid, which republishes their bytes unchanged. Each replay is recorded in the
 PostgreSQL table dlq_replays after the broker acknowledged it: a dead letter is republished
 once unless --force, and a crash between the two republishes it at most once more.
---limit counts republished dead letters, oldest failure first.
+--limit counts republished dead letters, oldest failure first. A dead letter whose job was
+cancelled since is skipped (skip-cancelled) unless --include-cancelled: then the job is
+reopened in the replay's transaction (audited in control_audit) and runs again.
 """
 )
 
@@ -89,6 +91,7 @@ class DlqArgs:
     reset_attempts: bool = False
     force: bool = False
     include_invalid: bool = False
+    include_cancelled: bool = False
 
     @classmethod
     def of(cls, command: str, params: Mapping[str, Any]) -> DlqArgs:
@@ -198,6 +201,11 @@ def _replay_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--force", is_flag=True, help="replay again if already replayed"),
         click.option(
             "--include-invalid", is_flag=True, help="republish non-JobEvent bytes unchanged"
+        ),
+        click.option(
+            "--include-cancelled",
+            is_flag=True,
+            help="replay jobs cancelled since too (each is reopened, audited, and runs again)",
         ),
     ]
     for option in reversed(options):
@@ -351,6 +359,7 @@ async def _replay(
         reset_attempts=args.reset_attempts,
         force=args.force,
         include_invalid=args.include_invalid,
+        include_cancelled=args.include_cancelled,
     )
     conn = await _connect(dsn)  # before the snapshot: fail fast, not after a long read
     bar = None if opts.dry_run else Progress(0, "replay", file=sys.stderr)
@@ -528,6 +537,8 @@ def _print_dry_run(items: Sequence[Any], as_json: bool) -> None:
         "skipped_already_replayed": tally[Action.SKIP_REPLAYED],
         "skipped_invalid": tally[Action.SKIP_INVALID],
     }
+    if tally[Action.SKIP_CANCELLED]:  # named only when there are some: the output stays as it was
+        summary["skipped_cancelled"] = tally[Action.SKIP_CANCELLED]
     if as_json:
         summary["items"] = [
             {"action": i.action.value, "id": i.dead_letter.id, "job_id": i.dead_letter.job_id}
@@ -547,10 +558,12 @@ def _print_dry_run(items: Sequence[Any], as_json: bool) -> None:
         f"dry run: would replay {summary['would_replay']}, "
         f"skipped-already-replayed {summary['skipped_already_replayed']}, "
         f"skipped-invalid {summary['skipped_invalid']}"
+        + (f", skipped-cancelled {n}" if (n := summary.get("skipped_cancelled")) else "")
     )
 
 
 def _print_summary(c: ReplayCounts, as_json: bool) -> None:
+    cancelled = {"skipped_cancelled": c.skipped_cancelled} if c.skipped_cancelled else {}
     if as_json:
         print(
             json.dumps(
@@ -558,6 +571,7 @@ def _print_summary(c: ReplayCounts, as_json: bool) -> None:
                     "replayed": c.replayed,
                     "skipped_already_replayed": c.skipped_replayed,
                     "skipped_invalid": c.skipped_invalid,
+                    **cancelled,
                     "failed": c.failed,
                 }
             )
@@ -565,7 +579,9 @@ def _print_summary(c: ReplayCounts, as_json: bool) -> None:
         return
     print(
         f"replayed {c.replayed}, skipped-already-replayed {c.skipped_replayed}, "
-        f"skipped-invalid {c.skipped_invalid}, failed {c.failed}"
+        f"skipped-invalid {c.skipped_invalid}, "
+        + (f"skipped-cancelled {c.skipped_cancelled}, " if cancelled else "")
+        + f"failed {c.failed}"
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -31,6 +31,7 @@ from jobstream.streams.dlq.snapshot import (
     start_client,
 )
 from jobstream.streams.metrics import Metrics
+from jobstream.streams.pg.control import reopen
 from jobstream.streams.pg.migrations import migrate
 from jobstream.streams.pg.pool import Connection
 
@@ -45,6 +46,8 @@ class Action(StrEnum):
     REPLAY = "replay"
     SKIP_REPLAYED = "skip-already-replayed"
     SKIP_INVALID = "skip-invalid"
+    SKIP_CANCELLED = "skip-cancelled"
+    """Its job was cancelled since: replayed only with ``include_cancelled``."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,10 @@ class ReplayOptions:
     reset_attempts: bool = False
     force: bool = False
     include_invalid: bool = False
+    include_cancelled: bool = False
+    """Replay dead letters of jobs cancelled since, too: each such job is reopened (back to
+    ``dead_lettered``, audited) in its replay's transaction, so that the replay runs it. The
+    one way a cancelled job runs again, and only on purpose."""
 
 
 @dataclass(frozen=True)
@@ -114,15 +121,27 @@ class PlanItem:
     dead_letter: DeadLetter
     action: Action
     record: OutgoingRecord | None
+    reopen: bool = False
+    """Its job is cancelled: the replay reopens it first (``include_cancelled``)."""
 
 
-def plan(matched: Sequence[DeadLetter], already: set[str], opts: ReplayOptions) -> list[PlanItem]:
-    """Decide each dead letter's fate; ``--limit`` counts only the ones to republish."""
+def plan(
+    matched: Sequence[DeadLetter],
+    already: set[str],
+    opts: ReplayOptions,
+    cancelled: Set[str] = frozenset(),
+) -> list[PlanItem]:
+    """Decide each dead letter's fate; ``--limit`` counts only the ones to republish.
+    ``cancelled`` names the jobs whose row is ``cancelled`` now."""
     items: list[PlanItem] = []
     to_replay = 0
     for dl in matched:
         if opts.limit is not None and to_replay >= opts.limit:
             break
+        reopen = dl.job_id in cancelled
+        if reopen and not opts.include_cancelled:
+            items.append(PlanItem(dl, Action.SKIP_CANCELLED, None))
+            continue
         if dl.id in already and not opts.force:
             items.append(PlanItem(dl, Action.SKIP_REPLAYED, None))
             continue
@@ -132,7 +151,7 @@ def plan(matched: Sequence[DeadLetter], already: set[str], opts: ReplayOptions) 
         if rec is None:
             items.append(PlanItem(dl, Action.SKIP_INVALID, None))
             continue
-        items.append(PlanItem(dl, Action.REPLAY, rec))
+        items.append(PlanItem(dl, Action.REPLAY, rec, reopen=reopen))
         to_replay += 1
     return items
 
@@ -145,6 +164,7 @@ class ReplayCounts:
     replayed: int = 0
     skipped_replayed: int = 0
     skipped_invalid: int = 0
+    skipped_cancelled: int = 0
     failed: int = 0
 
 
@@ -188,6 +208,7 @@ async def replay(
     counts = ReplayCounts(total=sum(1 for i in items if i.action is Action.REPLAY))
     counts.skipped_replayed = sum(1 for i in items if i.action is Action.SKIP_REPLAYED)
     counts.skipped_invalid = sum(1 for i in items if i.action is Action.SKIP_INVALID)
+    counts.skipped_cancelled = sum(1 for i in items if i.action is Action.SKIP_CANCELLED)
     if not counts.total:
         return counts
     options = options or {}
@@ -269,7 +290,8 @@ async def replay_matching(
     if not opts.dry_run:
         await migrate(conn)
     already = await dlq_audit.replayed_ids(conn, (d.id for d in snap.matched))
-    items = plan(snap.matched, already, opts)
+    cancelled = await cancelled_jobs(conn, {d.job_id for d in snap.matched})
+    items = plan(snap.matched, already, opts, cancelled)
     if opts.dry_run:
         return ReplayRun(snap, items)
     if approve is not None and not approve(items):
@@ -286,6 +308,17 @@ async def replay_matching(
         options=options,
     )
     return ReplayRun(snap, items, counts)
+
+
+async def cancelled_jobs(conn: Connection, job_ids: Set[str]) -> set[str]:
+    """Which of ``job_ids`` are cancelled now (read-only: a dry run may ask)."""
+    if not job_ids or not await conn.fetchval("SELECT to_regclass('jobs') IS NOT NULL"):
+        return set()
+    rows = await conn.fetch(
+        "SELECT job_id FROM jobs WHERE job_id = ANY($1::text[]) AND status = 'cancelled'",
+        list(job_ids),
+    )
+    return {r["job_id"] for r in rows}
 
 
 async def _producer(bootstrap: str, options: Mapping[str, Any]) -> AIOKafkaProducer:
@@ -342,6 +375,8 @@ async def _replay_one(
             prior = await dlq_audit.claim(conn, dl.id)
             if prior and not opts.force:
                 return Action.SKIP_REPLAYED
+            if item.reopen:  # asked for (include_cancelled): see ReplayOptions
+                await reopen(conn, dl.job_id, topic=opts.target_topic, by=by)
             md = await asyncio.wait_for(
                 producer.send_and_wait(
                     opts.target_topic, value=rec.value, key=rec.key, headers=rec.headers

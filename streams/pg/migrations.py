@@ -234,6 +234,37 @@ and published rows not claimed for a while (published again). The audit of opera
 timed jobs, written in the transaction of the action."""
 
 
+JOB_CONTROL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS control_audit (
+    id       bigserial PRIMARY KEY,
+    at       timestamptz NOT NULL DEFAULT now(),
+    topic    text,
+    action   text NOT NULL CHECK (action IN ('cancel', 'reopen')),
+    job_id   text NOT NULL,
+    was      text,
+    answer   text NOT NULL,
+    by       text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS control_audit_job_idx ON control_audit (job_id, id);
+COMMENT ON TABLE control_audit IS
+    'Who cancelled which job (or reopened a cancelled one for a replay), and what it was then';
+CREATE INDEX IF NOT EXISTS jobs_cancel_requested_idx ON jobs (updated_at DESC, job_id DESC)
+    WHERE cancel_requested_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS dedupe_keys_job_idx ON dedupe_keys (job_id);
+"""
+"""Job control: the audit of cancels (written in the cancel's own transaction), the console's
+"asked to cancel" filter, and the dedupe key of a job (the console's job page)."""
+
+
+DEDUPE_PER_TOPIC_SCHEMA = """
+ALTER TABLE dedupe_keys ADD COLUMN IF NOT EXISTS topic text NOT NULL DEFAULT '';
+ALTER TABLE dedupe_keys DROP CONSTRAINT IF EXISTS dedupe_keys_pkey;
+ALTER TABLE dedupe_keys ADD PRIMARY KEY (topic, key);
+"""
+"""Dedupe keys per main topic: deployments with their own prefix may share a database, and
+each may use a key the other does."""
+
+
 def _migrations() -> Sequence[tuple[str, str]]:
     return (
         ("0001_jobs", JOBS_SCHEMA),
@@ -247,6 +278,8 @@ def _migrations() -> Sequence[tuple[str, str]]:
         ("0013_timed_jobs_and_control", TIMED_AND_CONTROL_SCHEMA),
         ("0014_timed_jobs_per_topic", TIMED_PER_TOPIC_SCHEMA),
         ("0015_timed_dispatch_and_audit", TIMED_AUDIT_SCHEMA),
+        ("0016_job_control", JOB_CONTROL_SCHEMA),
+        ("0017_dedupe_keys_per_topic", DEDUPE_PER_TOPIC_SCHEMA),
     )
 
 

@@ -84,6 +84,31 @@ WITH gone AS (
 SELECT count(*) AS n, clock_timestamp() AS at FROM gone
 """
 
+_STALE_KEY = """
+    d.expires_at <= now()
+    OR (d.mode = 'simple' AND NOT EXISTS (
+        SELECT 1 FROM jobs j
+        WHERE j.job_id = d.job_id AND j.status IN ('scheduled', 'running', 'retrying')))
+    OR (d.mode = 'debounce' AND NOT EXISTS (
+        SELECT 1 FROM jobs j WHERE j.job_id = d.job_id AND j.status = 'scheduled'))
+"""
+"""A dedupe key that decides nothing any more (see :func:`jobstream.streams.pg.dedupe.decide`):
+past its TTL; ``simple`` whose job finished (or is gone); ``debounce`` whose job no longer
+waits. A submit then makes a new job, with or without the row, so deleting it changes no
+answer; a submit that holds the key's row lock is skipped and its key kept for the next sweep."""
+
+_DELETE_KEYS = f"""
+WITH stale AS (
+    SELECT topic, key FROM dedupe_keys d WHERE {_STALE_KEY} LIMIT $1 FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM dedupe_keys k USING stale s WHERE k.topic = s.topic AND k.key = s.key
+    RETURNING 1
+)
+SELECT count(*) AS n, clock_timestamp() AS at FROM gone
+"""
+
+_COUNT_KEYS = f"SELECT count(*) FROM dedupe_keys d WHERE {_STALE_KEY}"
+
 _TABLE_SIZE = """
 SELECT coalesce((SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'jobs'::regclass), 0)
            AS rows,
@@ -165,6 +190,8 @@ class SweepReport:
     batches: list[Batch] = field(default_factory=list)
     dead_letter_horizon: datetime | None = None
     seconds: float = 0.0
+    dedupe_keys: int = 0
+    """Dedupe keys that decided nothing any more, deleted (or with ``dry_run``: due)."""
 
     @property
     def total(self) -> int:
@@ -177,6 +204,7 @@ class SweepReport:
             "total": self.total,
             "seconds": round(self.seconds, 3),
             "dead_letter_horizon": _iso(self.dead_letter_horizon),
+            "dedupe_keys": self.dedupe_keys,
             "statuses": [
                 {"status": s.status, "cutoff": _iso(s.cutoff), "rows": s.rows, "note": s.note}
                 for s in self.statuses
@@ -322,8 +350,30 @@ class Sweeper:
             if not await self._delete(status, report):
                 report.ran = False
                 break
+        if report.ran:
+            await self._sweep_keys(report, dry_run)
         report.seconds = time.monotonic() - started
         return report
+
+    async def _sweep_keys(self, report: SweepReport, dry_run: bool) -> None:
+        """Dedupe keys that decide nothing any more, in batches under the sweep lock."""
+        if dry_run:
+            report.dedupe_keys = int(await self._pool.fetchval(_COUNT_KEYS))
+            return
+        batch_size = self._policy.batch_size
+        async with self._pool.acquire() as conn:
+            while True:
+                async with conn.transaction():
+                    lock = await conn.fetchrow(_LOCK, SWEEP_LOCK)
+                    assert lock is not None  # a SELECT without FROM: always one row
+                    if not lock["got"]:
+                        report.ran = False
+                        return
+                    row = await conn.fetchrow(_DELETE_KEYS, batch_size)
+                assert row is not None  # an aggregate over the deleted rows: always one row
+                report.dedupe_keys += int(row["n"])
+                if int(row["n"]) < batch_size:
+                    return
 
     def _needs_horizon(self) -> bool:
         return not self._policy.include_unexpired_dead_letters and any(
@@ -397,12 +447,13 @@ class Sweeper:
         try:
             report = await self.sweep()
             result = "done" if report.ran else "skipped"
-            if report.total:
+            if report.total or report.dedupe_keys:
                 log.info(
-                    "retention: pruned %d rows in %.2fs (%s)",
+                    "retention: pruned %d rows in %.2fs (%s), %d stale dedupe keys",
                     report.total,
                     report.seconds,
                     ", ".join(f"{s.status} {s.rows}" for s in report.statuses),
+                    report.dedupe_keys,
                 )
             await self.observe_table()
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:

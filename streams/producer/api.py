@@ -23,6 +23,11 @@ Decisions a caller may want to know:
   an unknown path or method (:func:`json_errors`); 503 means Kafka or PostgreSQL did not answer.
 * A job is refused exactly when a worker would dead-letter its bytes as undecodable: the check
   runs the workers' own :func:`jobstream.agents.decode.decode_event` on them.
+* Job control (needs the host's PostgreSQL): a job with a ``dedupe`` object is submitted under
+  that key (``200`` with ``deduplicated: true`` when a job stands for it already, ``202`` for a
+  new one, both with the id); ``POST /jobs/{id}/cancel`` cancels a job; ``GET /jobs/{id}?wait=S``
+  answers once the job finished or after ``S`` seconds (at most :data:`MAX_WAIT_S`), whichever
+  comes first.
 """
 
 from __future__ import annotations
@@ -42,12 +47,15 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from jobstream.agents.decode import decode_event, json_problem, unstorable_char
+from jobstream.models.control import CancelAnswer, Dedupe, Submission
 from jobstream.models.deadletter import DeadLetterReason
-from jobstream.models.errors import InvalidJobError
+from jobstream.models.errors import InvalidJobError, ResultTimeoutError
 from jobstream.models.job import JobEvent
 from jobstream.streams.httpserver import CLIENT_CLOSED, RequestBodyTimeout, client_gone
 from jobstream.streams.metrics import Metrics
+from jobstream.streams.producer.control import cancel_jobs, row_waiter, submit_unique
 from jobstream.streams.producer.timing import Timing, parse_instant
+from jobstream.streams.producer.waiter import ResultWaiter
 from jobstream.streams.settings import Settings
 from jobstream.streams.topics import TopicNames
 
@@ -115,7 +123,8 @@ class ApiRuntime(Protocol):
     """Satisfied by :class:`jobstream.streams.worker.runtime.Runtime` and by :class:`ApiServer`.
 
     Read-only properties, so a host whose attributes are narrower (``ResultStore | None``)
-    still matches; ``store`` is read per request because a host may set it after mounting.
+    still matches; ``store`` and ``pool`` are read per request because a host may set them
+    after mounting.
     """
 
     @property
@@ -124,6 +133,10 @@ class ApiRuntime(Protocol):
     def publisher(self) -> EventSender: ...
     @property
     def store(self) -> JobLookup | None: ...
+    @property
+    def pool(self) -> asyncpg.Pool | None:
+        """The jobs table's database, for job control (cancel, dedupe, long polls)."""
+
     @property
     def topics(self) -> TopicNames: ...
     @property
@@ -392,6 +405,7 @@ def api_routes(runtime: ApiRuntime) -> list[web.RouteDef]:
         web.post("/jobs", api.guarded("submit", api.submit)),
         web.get("/jobs/{job_id}", api.guarded("status", api.status)),
         *timed_routes(runtime, api),
+        web.post("/jobs/{job_id}/cancel", api.guarded("cancel", api.cancel)),
     ]
 
 
@@ -399,6 +413,7 @@ class _JobsApi:
     def __init__(self, runtime: ApiRuntime) -> None:
         self.rt = runtime
         self.metrics = runtime.metrics
+        self._waiter: ResultWaiter | None = None
 
     def guarded(self, route: str, handler: Handler) -> Handler:
         """Auth first, then the handler; every failure leaves as JSON, never as a traceback."""
@@ -445,10 +460,12 @@ class _JobsApi:
         body = await self.read_body(request)
         data = self.parse_json(body)
         if isinstance(data, dict):
-            events = [self.validate(data, ())]
+            specs = self.dedupe_specs([data], batch=False)
+            events = [self.validate(_without_dedupe(data), ())]
             batch = False
         elif isinstance(data, list):
-            events = self.validate_batch(data)
+            specs = self.dedupe_specs(data, batch=True)
+            events = self.validate_batch([_without_dedupe(item) for item in data])
             batch = True
         else:
             raise _invalid(
@@ -460,6 +477,8 @@ class _JobsApi:
                     )
                 ]
             )
+        if any(specs):
+            return await self.submit_unique(events, specs, batch)
         await self.publish(events)
         for event in events:
             self.metrics.api_jobs_submitted.labels(type=event.type).inc()
@@ -626,6 +645,9 @@ class _JobsApi:
         why = unstorable_char(job_id)
         if why is not None:  # no job can have this id: no row to look for
             raise _invalid([_error(["id"], f"the id {why}", "json_unstorable")])
+        wait_s = _wait_param(request)
+        if wait_s:
+            await self.wait_finished(job_id, wait_s)
         store = self.rt.store
         if store is None:
             raise _db_unavailable("the result store is not started yet")
@@ -650,7 +672,137 @@ class _JobsApi:
                 },
                 status=404,
             )
-        return web.json_response(job_view(job_id, row))
+        return web.json_response({**job_view(job_id, row), **control_view(row)})
+
+    # -- job control: dedupe keys, cancel, long polls (needs the host's PostgreSQL) -----------
+
+    def control_pool(self) -> asyncpg.Pool:
+        pool = self.rt.pool
+        if pool is None:
+            raise _db_unavailable("the database is not connected yet")
+        return pool
+
+    def dedupe_specs(self, items: list[Any], batch: bool) -> list[Dedupe | None]:
+        """The ``dedupe`` object of each item (None where absent), or a 400 naming each
+        problem; read before the rest of the item is validated, which does not know it."""
+        specs: list[Dedupe | None] = []
+        errors: list[dict[str, Any]] = []
+        for i, item in enumerate(items):
+            at: tuple[int, ...] = (i,) if batch else ()
+            raw = item.get(DEDUPE_FIELD) if isinstance(item, dict) else None
+            if raw is None:
+                specs.append(None)
+                continue
+            try:
+                specs.append(read_dedupe(raw))
+            except ValueError as exc:
+                errors.append(_error([*at, DEDUPE_FIELD], str(exc), "dedupe_invalid"))
+                specs.append(None)
+        if errors:
+            raise _invalid(errors)
+        return specs
+
+    async def submit_unique(
+        self, events: list[JobEvent], specs: list[Dedupe | None], batch: bool
+    ) -> web.Response:
+        """Items with a key one by one (each its own transaction, see
+        :func:`jobstream.streams.pg.dedupe.submit`), the others published together."""
+        plain = [e for e, spec in zip(events, specs, strict=True) if spec is None]
+        for i, (event, spec) in enumerate(zip(events, specs, strict=True)):
+            if spec is not None and spec.mode == "debounce" and event.not_before is None:
+                at: list[str | int] = [DEDUPE_FIELD, "mode"]
+                if batch:
+                    at.insert(0, i)
+                msg = "debounce needs a delay: the time each submit moves the job to"
+                raise _invalid([_error(at, msg, "dedupe_invalid")])
+        pool = self.control_pool()
+        if plain:
+            await self.publish(plain)
+        answers: list[Submission] = []
+        for event, spec in zip(events, specs, strict=True):
+            if spec is None:
+                answers.append(Submission(event.id, False))
+                continue
+            try:
+                async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                    answers.append(
+                        await submit_unique(
+                            pool, self.rt.publisher, self.rt.topics.main, event, spec
+                        )
+                    )
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                log.warning("a deduplicated submit failed: %s", type(exc).__name__)
+                raise _db_unavailable("the database did not answer") from None
+        for event, answer in zip(events, answers, strict=True):
+            if not answer.deduplicated:
+                self.metrics.api_jobs_submitted.labels(type=event.type).inc()
+        every = all(a.deduplicated for a in answers)
+        status = 200 if every else 202
+        if batch:
+            return web.json_response(
+                {
+                    "ids": [a.job_id for a in answers],
+                    "status": "deduplicated" if every else "queued",
+                    "deduplicated": [a.deduplicated for a in answers],
+                },
+                status=status,
+            )
+        [answer] = answers
+        return web.json_response(
+            {
+                "id": answer.job_id,
+                "status": "deduplicated" if answer.deduplicated else "queued",
+                "deduplicated": answer.deduplicated,
+            },
+            status=status,
+            headers={"Location": f"/jobs/{quote(answer.job_id, safe='')}"},
+        )
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        """``POST /jobs/{id}/cancel``: 200 cancelled (it never runs), 202 requested (its worker
+        stops it within about a second), 409 when it had finished already."""
+        job_id = _checked_id(request.match_info["job_id"])
+        pool = self.control_pool()
+        by = f"api from {request.remote or 'unknown'}"
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+                [done] = await cancel_jobs(pool, self.rt.publisher, self.rt.topics, [job_id], by=by)
+        except asyncpg.DataError:
+            raise _invalid(
+                [_error(["id"], "PostgreSQL cannot look up this id", "id_invalid")]
+            ) from None
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            log.warning("cancelling a job failed: %s", type(exc).__name__)
+            raise _db_unavailable("the database did not answer") from None
+        body = {
+            "id": job_id,
+            "cancel": done.answer.value,
+            "status": done.status.value,
+            "was": done.was.value if done.was is not None else None,
+        }
+        if done.answer is CancelAnswer.FINISHED:
+            finished = ApiError(
+                409,
+                "already_finished",
+                f"the job finished already ({done.status.value}): nothing to cancel",
+                id=job_id,
+            )
+            finished.body["status"] = done.status.value  # ApiError's own argument is the HTTP one
+            raise finished
+        return web.json_response(body, status=202 if done.answer is CancelAnswer.REQUESTED else 200)
+
+    async def wait_finished(self, job_id: str, wait_s: float) -> None:
+        """Returns when the job's row is terminal or after ``wait_s``, whichever is first: the
+        caller then reads the row as it is."""
+        if self._waiter is None or self._waiter.pool is not self.rt.pool:
+            self._waiter = row_waiter(self.control_pool())
+        try:
+            await self._waiter.result(job_id, timeout=wait_s)
+        except ResultTimeoutError:
+            return  # (a TimeoutError, so an OSError: caught first)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning("waiting for a job failed: %s", type(exc).__name__)
+            raise _db_unavailable("the database did not answer") from None
 
 
 def job_view(job_id: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -660,6 +812,80 @@ def job_view(job_id: str, row: dict[str, Any]) -> dict[str, Any]:
         value = row.get(name)
         view[name] = value.isoformat() if isinstance(value, date) else value
     return view
+
+
+# --- job control: the request fields and the view ----------------------------------------------
+
+DEDUPE_FIELD = "dedupe"
+"""``{"key": ..., "mode": "simple" | "throttle" | "debounce", "ttl_s": seconds}`` on a job."""
+MAX_WAIT_S = 60.0
+"""The longest ``?wait=`` of ``GET /jobs/{id}``: below common proxy and load-balancer timeouts."""
+CONTROL_ROW_FIELDS = (
+    "progress", "progress_detail", "progress_at", "cancel_requested_at", "dedupe_key",
+)  # fmt: skip
+
+
+def read_dedupe(raw: Any) -> Dedupe:
+    """A job's ``dedupe`` object; ``ValueError`` saying what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"dedupe is an object with key, mode and ttl_s, not {_json_type(raw)}")
+    unknown = sorted(set(raw) - {"key", "mode", "ttl_s"})
+    if unknown:
+        raise ValueError(f"dedupe has key, mode and ttl_s only, not {', '.join(unknown)}")
+    ttl = raw.get("ttl_s")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
+        raise ValueError(f"dedupe.ttl_s is a number of seconds, not {_json_type(ttl)}")
+    key = raw.get("key")
+    if not isinstance(key, str):
+        raise ValueError(f"dedupe.key is a string, not {_json_type(key)}")
+    return Dedupe(key, raw.get("mode") or "simple", ttl)
+
+
+def _without_dedupe(item: Any) -> Any:
+    if isinstance(item, dict) and DEDUPE_FIELD in item:
+        return {k: v for k, v in item.items() if k != DEDUPE_FIELD}
+    return item
+
+
+def _wait_param(request: web.Request) -> float:
+    raw = request.query.get("wait")
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        wait_s = float(raw)
+    except ValueError:
+        wait_s = -1.0
+    if not 0 <= wait_s <= MAX_WAIT_S:  # also NaN
+        raise _invalid(
+            [
+                _error(
+                    ["wait"],
+                    f"wait is a number of seconds from 0 to {MAX_WAIT_S:g}",
+                    "wait_invalid",
+                )
+            ]
+        )
+    return wait_s
+
+
+def _checked_id(job_id: str) -> str:
+    if len(job_id) > MAX_ID_LENGTH:
+        raise _invalid(
+            [_error(["id"], f"job ids have at most {MAX_ID_LENGTH} characters", "id_length")]
+        )
+    why = unstorable_char(job_id)
+    if why is not None:
+        raise _invalid([_error(["id"], f"the id {why}", "json_unstorable")])
+    return job_id
+
+
+def control_view(row: dict[str, Any]) -> dict[str, Any]:
+    """What a status answer shows of job control: progress, a pending cancel, the dedupe key."""
+    return {
+        name: value.isoformat() if isinstance(value, date) else value
+        for name in CONTROL_ROW_FIELDS
+        if (value := row.get(name)) is not None or name == "progress"
+    }
 
 
 def _too_large(declared: int | None, limit: int) -> ApiError:

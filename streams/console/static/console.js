@@ -237,6 +237,7 @@
       b.dry_run = dryRun;
       b.reset_attempts = panel.querySelector("[name=reset_attempts]").checked;
       b.force = panel.querySelector("[name=force]").checked;
+      b.include_cancelled = panel.querySelector("[name=include_cancelled]").checked;
       const lim = panel.querySelector("[name=limit]").value.trim();
       if (lim) b.limit = Number(lim);
       if (!dryRun) b.expect = expect;
@@ -252,7 +253,8 @@
       document.getElementById("replay-plan").hidden = false;
       document.getElementById("replay-summary").textContent =
         `Dry run: would replay ${d.would_replay}, skip ${d.skipped_already_replayed} already replayed,` +
-        ` skip ${d.skipped_invalid} invalid (of ${d.matched} matching; ${d.scanned} scanned), at ${d.rate}/s.`;
+        ` skip ${d.skipped_invalid} invalid, skip ${d.skipped_cancelled} cancelled since` +
+        ` (of ${d.matched} matching; ${d.scanned} scanned), at ${d.rate}/s.`;
       fill(document.getElementById("replay-items"),
         d.items.map((i) => [i.action, i.id, i.job_id, i.type]), "nothing selected", 4);
       confirmBtn.hidden = d.would_replay === 0;
@@ -267,8 +269,69 @@
       const d = r.data;
       result.className = d.failed ? "error" : "";
       result.textContent = `Replayed ${d.replayed}, skipped ${d.skipped_already_replayed} already replayed,` +
-        ` ${d.skipped_invalid} invalid, failed ${d.failed}.`;
+        ` ${d.skipped_invalid} invalid, ${d.skipped_cancelled} cancelled since, failed ${d.failed}.`;
       confirmBtn.hidden = true;
+    });
+  }
+
+  // --- a job's control: the progress bar moves, the operators' cancel button ---------------
+  function jobControl() {
+    const card = document.getElementById("job-control");
+    if (!card) return;
+    const id = card.dataset.job;
+    const result = document.getElementById("job-cancel-result");
+    const panel = document.getElementById("job-cancel-panel");
+    let timer = null;
+
+    function show(data) {
+      const row = data.row, c = data.control;
+      const badge = document.getElementById("job-status");
+      if (row && badge) { badge.textContent = row.status; badge.className = `st st-${row.status}`; }
+      const bar = document.getElementById("job-progress");
+      const text = document.getElementById("job-progress-text");
+      if (c.progress !== null && c.progress !== undefined) {
+        bar.hidden = false;
+        bar.value = c.progress;
+        text.textContent = `${Math.round(c.progress * 100)}%` + (c.progress_detail ? ` · ${c.progress_detail}` : "");
+      }
+      if (c.cancel_requested_at) {
+        document.getElementById("job-cancel-state").textContent = `asked at ${c.cancel_requested_at.slice(0, 19)}`;
+      }
+      if (!c.cancellable) {
+        if (panel) panel.hidden = true;
+        if (timer !== null) { clearInterval(timer); timer = null; }
+      }
+      stamp();
+    }
+    async function tick() {
+      const r = await api(`/api/jobs/${enc(id)}`);
+      if (r.status === 200) show(r.data);
+    }
+    if (card.dataset.live === "yes" && document.getElementById("job-id")) timer = setInterval(tick, 1000);
+
+    const ask = document.getElementById("job-cancel");
+    if (!ask) return;
+    const confirmBox = document.getElementById("job-cancel-confirm");
+    ask.addEventListener("click", () => { confirmBox.hidden = false; ask.hidden = true; });
+    document.getElementById("job-cancel-no").addEventListener("click", () => { confirmBox.hidden = true; ask.hidden = false; });
+    document.getElementById("job-cancel-yes").addEventListener("click", async () => {
+      const yes = document.getElementById("job-cancel-yes");
+      yes.disabled = true;
+      result.textContent = "cancelling…"; result.className = "";
+      const r = await api(`/api/jobs/${enc(id)}/cancel`, {});
+      yes.disabled = false;
+      confirmBox.hidden = true;
+      if (r.data && r.data.cancel) {
+        result.textContent = r.data.message;
+        result.className = r.status === 200 ? "" : "error";
+        if (panel) panel.hidden = true;
+        if (!document.getElementById("job-id")) { window.location.reload(); return; }  // it has a row now
+        tick();
+      } else {
+        result.textContent = (r.data && r.data.error) || `HTTP ${r.status}`;
+        result.className = "error";
+        ask.hidden = false;
+      }
     });
   }
 
@@ -276,6 +339,7 @@
     const page = document.body.dataset.page;
     if (page === "overview") overview();
     if (page === "jobs") jobs();
+    if (page === "job") jobControl();
     replayPanel();
   });
 })();

@@ -7,9 +7,10 @@ record per input with the same producer settings as jobstream's :class:`Publishe
 the batch is durable and only then commits its offsets, so it keeps jobstream's at-least-once
 contract. There is no PostgreSQL, no handler, no faust.
 
-It runs as its own process (``python -m jobstream.streams.dev.bench.baseline``), like a worker replica, so the
-benchmark process that publishes and reads the outputs competes with it the same way. It prints
-``assigned N partitions`` once the group has given it work and exits 0 on SIGTERM/SIGINT.
+It runs as its own process (``python -m jobstream.streams.dev.bench.baseline``), like a
+worker replica, so the benchmark process that publishes and reads the outputs competes with it
+the same way. It prints ``assigned N partitions`` once the group has given it work and exits 0
+on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``python -m jobstream.streams.dev.bench.console``: the console's pages against a million-row jobs table.
+"""``python -m jobstream.streams.dev.bench.console``: the console's pages against a
+million-row jobs table.
 
 Creates a throw-away database on the server of ``JOBSTREAM_DATABASE_URL`` (or the local
 stack's), applies the migrations, fills ``jobs`` with generated rows spread over the last
@@ -175,7 +176,9 @@ async def run(rows: int, hours: float, repeat: int, keep: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobstream.streams.dev.bench.console", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m jobstream.streams.dev.bench.console", description=__doc__
+    )
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--hours", type=float, default=22.0, help="spread the rows over this long")
     p.add_argument("--repeat", type=int, default=10)

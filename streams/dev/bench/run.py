@@ -44,7 +44,8 @@ The machine is usually shared and small, so the JSON also records the load avera
 used by each process (workers, fake upstream, this process) and by the whole machine during the
 timed window: a low ratio with the machine at 100 % says "CPU-bound", not "slow design".
 
-Usage: ``python -m jobstream.streams.dev.bench [--quick] [--scenarios echo-1,llm] [--profile] [--out PATH]``;
+Usage: ``python -m jobstream.streams.dev.bench [--quick] [--scenarios echo-1,llm] [--profile]
+[--out PATH]``;
 ``--list`` shows the scenarios, ``--help`` the rest. Other ``JOBSTREAM_*`` variables in the
 environment reach the workers, so ``JOBSTREAM_BATCH_MAX_DELAY_MS=2 make bench`` is an experiment.
 """

@@ -30,7 +30,8 @@ from jobstream.streams.settings import Settings
 ROOT = Path(__file__).resolve().parents[3]
 
 COMMANDS = {
-    "worker", "migrate", "submit", "status", "api", "console", "doctor", "backup", "restore",
+    "worker", "migrate", "submit", "status", "cancel", "api", "console", "doctor", "backup",
+    "restore",
     "prune", "dlq list", "dlq stats", "dlq show", "dlq replay", "dev up", "dev down",
     "dev status", "dev env", "dev fetch", "dev kafka-tool", "demo", "fake-openrouter",
     "scheduled list", "scheduled retime", "scheduled run-now", "schedules list", "schedules add",

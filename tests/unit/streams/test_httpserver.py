@@ -49,6 +49,7 @@ class ApiHost:
     publisher: Any = None
     store: Any = None
     registry: Registry = field(default_factory=Registry)
+    pool: Any = None
 
     @property
     def topics(self) -> TopicNames:

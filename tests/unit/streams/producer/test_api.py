@@ -100,6 +100,7 @@ class FakeRuntime:
     store: FakeStore | None = field(default_factory=FakeStore)
     registry: Registry = field(default_factory=registry)
     metrics: Metrics = field(default_factory=Metrics)
+    pool: Any = None
 
     @property
     def topics(self) -> TopicNames:
