@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -17,7 +18,9 @@ from jobstream.streams.producer.client import JobClient
 from tests.integration.harness import WorkerFactory, run_cli, wait_for
 from tests.integration.pgtools import fresh_database
 
-JOBS = 6000
+BATCH = 100
+"""Jobs submitted every 50 ms for as long as the backup runs (a load that ends while the dump is
+taken, as a fixed batch did once the worker got faster, proves nothing about writes meanwhile)."""
 
 
 def cli_env(bootstrap: str, dsn: str, prefix: str) -> dict[str, str]:
@@ -68,11 +71,26 @@ async def test_backup_under_load_then_restore_into_a_fresh_database(
     ):
         factory = WorkerFactory(bootstrap=kafka_bootstrap, dsn=source, prefix=prefix, tmp=tmp_path)
         pool = await create_pool(source, min_size=1, max_size=2)
+        submitted: list[str] = []
+        stop = asyncio.Event()
+
+        async def keep_submitting(client: JobClient) -> None:
+            while not stop.is_set():
+                n = len(submitted)
+                batch = [client.build("echo", {"n": n + i}) for i in range(BATCH)]
+                submitted.extend(await client.submit_many(batch))
+                await asyncio.sleep(0.05)
+
+        async def rows() -> int:
+            return int(await pool.fetchval("SELECT count(*) FROM jobs"))
+
+        client = JobClient(kafka_bootstrap, topic_prefix=prefix)
+        producer: asyncio.Task[None] | None = None
         try:
             worker = factory.start()
             await worker.wait_assigned()
-            async with JobClient(kafka_bootstrap, topic_prefix=prefix) as client:
-                await client.submit_many([client.build("echo", {"n": i}) for i in range(JOBS)])
+            await client.start()
+            producer = asyncio.create_task(keep_submitting(client))
 
             async def finished() -> int:
                 return int(
@@ -80,7 +98,7 @@ async def test_backup_under_load_then_restore_into_a_fresh_database(
                 )
 
             await wait_for(lambda: _at_least(finished, 300), timeout=120, what="300 jobs done")
-            rows_before = int(await pool.fetchval("SELECT count(*) FROM jobs"))
+            rows_before = await rows()
             code, out = await run_cli(
                 "backup",
                 f"{tmp_path}/backups/",
@@ -88,14 +106,18 @@ async def test_backup_under_load_then_restore_into_a_fresh_database(
                 env=cli_env(kafka_bootstrap, source, prefix),
             )
             assert code == 0, out
-            rows_after = int(await pool.fetchval("SELECT count(*) FROM jobs"))
             manifest = json.loads(out)
+            in_dump = manifest["rows"]["public.jobs"]
+            # the load goes on: rows written after the snapshot come
+            await wait_for(lambda: _at_least(rows, in_dump + 1), timeout=60, what="rows after")
+            rows_after = await rows()
+            stop.set()
+            await producer
             dump = Path(manifest["path"])
             assert manifest["dump"]["file"] == dump.name
             assert manifest["dump"]["bytes"] > 0
 
             # the worker kept writing while the dump was taken
-            in_dump = manifest["rows"]["public.jobs"]
             assert rows_before < in_dump < rows_after, (rows_before, in_dump, rows_after)
             assert "0005_execution_claims" in manifest["schema_migrations"]
             assert manifest["jobstream_version"]
@@ -121,7 +143,9 @@ async def test_backup_under_load_then_restore_into_a_fresh_database(
             assert all(copy[j]["status"] == "succeeded" for j in below)
 
             # the rows at backup time are all there, and as they were
-            await wait_for(lambda: _at_least(finished, JOBS), timeout=180, what="all jobs done")
+            await wait_for(
+                lambda: _at_least(finished, len(submitted)), timeout=180, what="all jobs done"
+            )
             now = rows_by_id(await pool.fetch("SELECT * FROM jobs"))
             assert len(copy) == in_dump
             for job_id, row in copy.items():
@@ -132,6 +156,10 @@ async def test_backup_under_load_then_restore_into_a_fresh_database(
                     assert now[job_id]["status"] == "succeeded"
             assert [m["name"] for m in migrations] == manifest["schema_migrations"]
         finally:
+            stop.set()
+            if producer is not None and not producer.done():
+                producer.cancel()
+            await client.stop()
             factory.close()
             await pool.close()
 
