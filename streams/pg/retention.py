@@ -360,20 +360,13 @@ class Sweeper:
         if dry_run:
             report.dedupe_keys = int(await self._pool.fetchval(_COUNT_KEYS))
             return
-        batch_size = self._policy.batch_size
-        async with self._pool.acquire() as conn:
-            while True:
-                async with conn.transaction():
-                    lock = await conn.fetchrow(_LOCK, SWEEP_LOCK)
-                    assert lock is not None  # a SELECT without FROM: always one row
-                    if not lock["got"]:
-                        report.ran = False
-                        return
-                    row = await conn.fetchrow(_DELETE_KEYS, batch_size)
-                assert row is not None  # an aggregate over the deleted rows: always one row
-                report.dedupe_keys += int(row["n"])
-                if int(row["n"]) < batch_size:
-                    return
+
+        def counted(_locked_at: datetime, row: asyncpg.Record) -> int:
+            report.dedupe_keys += int(row["n"])
+            return int(row["n"])
+
+        if not await self._locked_batches(_DELETE_KEYS, on_batch=counted):
+            report.ran = False
 
     def _needs_horizon(self) -> bool:
         return not self._policy.include_unexpired_dead_letters and any(
@@ -394,6 +387,27 @@ class Sweeper:
 
     async def _delete(self, status: StatusReport, report: SweepReport) -> bool:
         """Batches until fewer than a batch are due; False if another replica holds the lock."""
+
+        def counted(locked_at: datetime, row: asyncpg.Record) -> int:
+            n = int(row["n"])
+            report.batches.append(Batch(locked_at, row["at"], n))
+            status.rows += n
+            if self._metrics is not None and n:
+                self._metrics.retention_pruned.labels(status=status.status).inc(n)
+            return n
+
+        return await self._locked_batches(_DELETE, status.status, status.cutoff, on_batch=counted)
+
+    async def _locked_batches(
+        self,
+        statement: str,
+        *args: object,
+        on_batch: Callable[[datetime, asyncpg.Record], int],
+    ) -> bool:
+        """Runs a batched delete (its last parameter the batch size), each batch in a
+        transaction of its own under the sweep lock, until one deletes fewer than a batch;
+        False if another replica holds the lock. ``on_batch`` gets the lock's time and the
+        statement's row and returns how many rows that batch deleted."""
         batch_size = self._policy.batch_size
         async with self._pool.acquire() as conn:
             while True:
@@ -402,14 +416,9 @@ class Sweeper:
                     assert lock is not None  # a SELECT without FROM: always one row
                     if not lock["got"]:
                         return False
-                    row = await conn.fetchrow(_DELETE, status.status, status.cutoff, batch_size)
+                    row = await conn.fetchrow(statement, *args, batch_size)
                 assert row is not None  # an aggregate over the deleted rows: always one row
-                n = int(row["n"])
-                report.batches.append(Batch(lock["at"], row["at"], n))
-                status.rows += n
-                if self._metrics is not None and n:
-                    self._metrics.retention_pruned.labels(status=status.status).inc(n)
-                if n < batch_size:
+                if on_batch(lock["at"], row) < batch_size:
                     return True
 
     async def observe_table(self) -> tuple[int, int]:
